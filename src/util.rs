@@ -1,0 +1,31 @@
+//! Small shared helpers.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Writes a file atomically: `write` fills a temporary file beside `path`, then it is renamed.
+pub(crate) fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    let mut tmp: PathBuf = path.to_path_buf();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tmp.set_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let res = write(&tmp);
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return res;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Writes bytes atomically.
+pub(crate) fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write(path, |tmp| std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e)))
+}
