@@ -537,7 +537,8 @@ impl Hook for Patch {
         let src = self.source.narrow(1, ctx.offset, s)?; // [batch, pos, d_model]
         check_dtype_device(&src, x.dtype(), x.device(), &format!("patch source at {}", ctx.point))?;
         let sel = ctx.selector(&self.positions, x)?; // [batch, pos, 1]
-        let y = (x + (src - x)?.broadcast_mul(&sel)?)?; // [batch, pos, d_model]
+        // Exact selection (sel is 0 or 1): src * sel + x * (1 - sel).
+        let y = (src.broadcast_mul(&sel)? + x.broadcast_mul(&(1.0 - &sel)?)?)?; // [batch, pos, d_model]
         Ok(Some(y))
     }
 }
