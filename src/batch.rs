@@ -29,7 +29,10 @@ impl Batch {
     /// Left-pads `prompts` to the longest one. Errors on an empty batch or an empty prompt.
     pub fn new<P: AsRef<[u32]>>(prompts: &[P]) -> Result<Self> {
         if prompts.is_empty() {
-            return Err(Error::InvalidArgument { name: "prompts".into(), msg: "the batch is empty".into() });
+            return Err(Error::InvalidArgument {
+                name: "prompts".into(),
+                msg: "the batch is empty".into(),
+            });
         }
         if let Some(index) = prompts.iter().position(|p| p.as_ref().is_empty()) {
             return Err(Error::EmptyPrompt { index });
@@ -89,6 +92,10 @@ impl Batch {
 
     /// The padded ids as a `[batch, seq_len]` u32 tensor on `device`.
     pub fn tokens(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.ids, (self.len(), self.seq_len), device)?)
+        Ok(Tensor::from_slice(
+            &self.ids,
+            (self.len(), self.seq_len),
+            device,
+        )?)
     }
 }

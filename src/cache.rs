@@ -72,11 +72,17 @@ impl ActivationCache {
     /// Saves as one safetensors file whose keys are TransformerLens names; written atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let tensors: Vec<(String, Tensor)> =
-            self.map.iter().map(|(p, t)| (p.to_string(), t.clone())).collect();
+        let tensors: Vec<(String, Tensor)> = self
+            .map
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.clone()))
+            .collect();
         crate::util::atomic_write(path, |tmp| {
             candle_core::safetensors::save(
-                &tensors.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+                &tensors
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect(),
                 tmp,
             )
             .map_err(Error::from)
@@ -87,12 +93,16 @@ impl ActivationCache {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
-        let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let tensors =
+            candle_core::safetensors::load(path, device).map_err(|e| Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: crate::error::candle_msg(&e),
+            })?;
         let mut map = BTreeMap::new();
         for (k, v) in tensors {
             map.insert(k.parse::<HookPoint>()?, v);
@@ -105,7 +115,9 @@ impl Hook for ActivationCache {
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Result<Option<Tensor>> {
         let x = x.clone();
         let v = match self.map.remove(&ctx.point) {
-            Some(prev) if ctx.offset > 0 && prev.dim(1)? == ctx.offset => Tensor::cat(&[&prev, &x], 1)?,
+            Some(prev) if ctx.offset > 0 && prev.dim(1)? == ctx.offset => {
+                Tensor::cat(&[&prev, &x], 1)?
+            }
             _ => x,
         };
         self.map.insert(ctx.point, v);

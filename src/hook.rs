@@ -118,7 +118,9 @@ impl FromStr for HookPoint {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::BadHookName { name: s.to_string() };
+        let bad = || Error::BadHookName {
+            name: s.to_string(),
+        };
         match s {
             "hook_embed" => return Ok(HookPoint::Embed),
             "ln_final.hook_normalized" => return Ok(HookPoint::FinalNorm),
@@ -294,7 +296,9 @@ pub struct Hooks<'h> {
 
 impl fmt::Debug for Hooks<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hooks").field("len", &self.entries.len()).finish()
+        f.debug_struct("Hooks")
+            .field("len", &self.entries.len())
+            .finish()
     }
 }
 
@@ -306,8 +310,7 @@ impl<'h> Hooks<'h> {
 
     /// Adds `hook` at `point`.
     pub fn add(&mut self, point: HookPoint, hook: impl Hook + 'h) -> &mut Self {
-        self.entries
-            .push((Selector::Point(point), Box::new(hook)));
+        self.entries.push((Selector::Point(point), Box::new(hook)));
         self
     }
 
@@ -345,11 +348,7 @@ impl<'h> Hooks<'h> {
 
     /// The last of `points` (in firing order) at which some hook fires.
     pub fn last_point(&self, points: &[HookPoint]) -> Option<HookPoint> {
-        points
-            .iter()
-            .rev()
-            .copied()
-            .find(|p| self.wants(*p))
+        points.iter().rev().copied().find(|p| self.wants(*p))
     }
 
     /// Checks every hook's point against a model with `n_layers` blocks.
@@ -392,7 +391,12 @@ pub(crate) fn check_like(y: &Tensor, x: &Tensor, what: &str) -> Result<()> {
 }
 
 /// Errors unless `t` has `dtype` and lives on `device`.
-pub(crate) fn check_dtype_device(t: &Tensor, dtype: DType, device: &Device, what: &str) -> Result<()> {
+pub(crate) fn check_dtype_device(
+    t: &Tensor,
+    dtype: DType,
+    device: &Device,
+    what: &str,
+) -> Result<()> {
     if t.dtype() != dtype {
         return Err(Error::DtypeOrDevice {
             what: what.to_string(),
@@ -437,7 +441,11 @@ pub struct AddVector {
 impl AddVector {
     /// Adds `scale * vector` at every real token.
     pub fn new(vector: Tensor, scale: f64) -> Self {
-        Self { vector, scale, positions: Positions::All }
+        Self {
+            vector,
+            scale,
+            positions: Positions::All,
+        }
     }
 
     /// Restricts the intervention to `positions`.
@@ -470,14 +478,22 @@ pub struct ProjectOut {
 impl ProjectOut {
     /// Ablates `direction` (normalised here) at every real token.
     pub fn new(direction: &Tensor) -> Result<Self> {
-        let norm = direction.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let norm = direction
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
         if !norm.is_finite() || norm == 0.0 {
             return Err(Error::InvalidArgument {
                 name: "direction".into(),
                 msg: format!("cannot project out a direction of norm {norm}"),
             });
         }
-        Ok(Self { direction: (direction / norm)?, positions: Positions::All })
+        Ok(Self {
+            direction: (direction / norm)?,
+            positions: Positions::All,
+        })
     }
 
     /// Restricts the intervention to `positions`.
@@ -489,7 +505,11 @@ impl ProjectOut {
 
 impl Hook for ProjectOut {
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Result<Option<Tensor>> {
-        check_vector(&self.direction, x, &format!("direction ablated at {}", ctx.point))?;
+        check_vector(
+            &self.direction,
+            x,
+            &format!("direction ablated at {}", ctx.point),
+        )?;
         let sel = ctx.selector(&self.positions, x)?; // [batch, pos, 1]
         let d = self.direction.reshape((1, 1, ()))?; // [1, 1, d_model]
         let coef = x.broadcast_mul(&d)?.sum_keepdim(D::Minus1)?; // [batch, pos, 1]
@@ -513,7 +533,10 @@ pub struct Patch {
 impl Patch {
     /// Patches `source` in at every real token.
     pub fn new(source: Tensor) -> Self {
-        Self { source, positions: Positions::All }
+        Self {
+            source,
+            positions: Positions::All,
+        }
     }
 
     /// Restricts the patch to `positions`.
@@ -535,9 +558,14 @@ impl Hook for Patch {
             });
         }
         let src = self.source.narrow(1, ctx.offset, s)?; // [batch, pos, d_model]
-        check_dtype_device(&src, x.dtype(), x.device(), &format!("patch source at {}", ctx.point))?;
+        check_dtype_device(
+            &src,
+            x.dtype(),
+            x.device(),
+            &format!("patch source at {}", ctx.point),
+        )?;
         let sel = ctx.selector(&self.positions, x)?; // [batch, pos, 1]
-        // Exact selection (sel is 0 or 1): src * sel + x * (1 - sel).
+                                                     // Exact selection (sel is 0 or 1): src * sel + x * (1 - sel).
         let y = (src.broadcast_mul(&sel)? + x.broadcast_mul(&(1.0 - &sel)?)?)?; // [batch, pos, d_model]
         Ok(Some(y))
     }

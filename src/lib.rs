@@ -46,7 +46,9 @@ pub use batch::Batch;
 pub use cache::ActivationCache;
 pub use error::{Error, Result};
 pub use generate::GenerateOptions;
-pub use hook::{hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero};
+pub use hook::{
+    hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero,
+};
 pub use model::{Config, KvCache, LoadOptions, Model};
 pub use tokenize::{ChatMessage, Tokenizer};
 
@@ -56,7 +58,10 @@ pub fn load(path: impl AsRef<std::path::Path>) -> Result<(Model, Tokenizer)> {
 }
 
 /// [`load`] with options (device, dtype, quantized weights).
-pub fn load_with(path: impl AsRef<std::path::Path>, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
+pub fn load_with(
+    path: impl AsRef<std::path::Path>,
+    opts: &LoadOptions,
+) -> Result<(Model, Tokenizer)> {
     let path = path.as_ref();
     let model = Model::load(path, opts)?;
     let tok = if path.is_dir() {

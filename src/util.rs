@@ -27,5 +27,7 @@ pub(crate) fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>)
 
 /// Writes bytes atomically.
 pub(crate) fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    atomic_write(path, |tmp| std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e)))
+    atomic_write(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))
+    })
 }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use crate::error::candle_msg;
 use crate::model::config::Arch;
 use crate::{Error, Result};
 
@@ -37,7 +38,7 @@ pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<Fi
 }
 
 fn gguf_error(path: &Path, e: candle_core::Error) -> Error {
-    let msg = e.to_string();
+    let msg = candle_msg(&e);
     if let Some(rest) = msg.split("unknown dtype for tensor ").nth(1) {
         return Error::UnsupportedTensorType {
             path: path.to_path_buf(),
@@ -45,7 +46,10 @@ fn gguf_error(path: &Path, e: candle_core::Error) -> Error {
             dtype: format!("ggml type id {}", rest.trim()),
         };
     }
-    Error::Checkpoint { path: path.to_path_buf(), msg }
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    }
 }
 
 /// llama.cpp's name for a Hugging Face tensor name.
@@ -58,7 +62,10 @@ fn gguf_name(hf: &str, arch: Arch) -> String {
         "model.embed_tokens" => "token_embd".to_string(),
         "model.norm" => "output_norm".to_string(),
         "lm_head" => "output".to_string(),
-        _ => match stem.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) {
+        _ => match stem
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+        {
             Some((l, rest)) => {
                 let part = match rest {
                     "input_layernorm" => "attn_norm",
@@ -90,25 +97,54 @@ fn gguf_name(hf: &str, arch: Arch) -> String {
 }
 
 impl Weights {
-    pub(crate) fn gguf(path: &Path, content: gguf_file::Content, reader: BufReader<File>, arch: Arch) -> Self {
-        Weights::Gguf { path: path.to_path_buf(), content, reader: Mutex::new(reader), arch }
+    pub(crate) fn gguf(
+        path: &Path,
+        content: gguf_file::Content,
+        reader: BufReader<File>,
+        arch: Arch,
+    ) -> Self {
+        Weights::Gguf {
+            path: path.to_path_buf(),
+            content,
+            reader: Mutex::new(reader),
+            arch,
+        }
     }
 
     pub(crate) fn safetensors(dir: &Path) -> Result<Self> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-            .filter(|p| !p.file_name().is_some_and(|n| n == "adapter_model.safetensors"))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "safetensors")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n == "adapter_model.safetensors")
+            })
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::Checkpoint { path: dir.to_path_buf(), msg: "no *.safetensors files in this directory".into() });
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                msg: "no *.safetensors files in this directory".into(),
+            });
         }
         // SAFETY: the files are memory-mapped read-only; puppetlens never writes to a checkpoint it has open.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(|e| Error::Checkpoint { path: dir.to_path_buf(), msg: e.to_string() })?;
-        Ok(Weights::Safetensors { path: dir.to_path_buf(), st })
+        let st =
+            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
+                Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    msg: candle_msg(&e),
+                }
+            })?;
+        Ok(Weights::Safetensors {
+            path: dir.to_path_buf(),
+            st,
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -120,7 +156,9 @@ impl Weights {
     /// Whether the checkpoint holds `name`.
     pub(crate) fn contains(&self, name: &str) -> bool {
         match self {
-            Weights::Gguf { content, arch, .. } => content.tensor_infos.contains_key(&gguf_name(name, *arch)),
+            Weights::Gguf { content, arch, .. } => {
+                content.tensor_infos.contains_key(&gguf_name(name, *arch))
+            }
             Weights::Safetensors { st, .. } => st.get(name).is_ok(),
         }
     }
@@ -128,34 +166,62 @@ impl Weights {
     /// The tensor `name`, kept quantized when the checkpoint stores it so (GGUF only).
     pub(crate) fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         match self {
-            Weights::Gguf { path, content, reader, arch } => {
+            Weights::Gguf {
+                path,
+                content,
+                reader,
+                arch,
+            } => {
                 let gname = gguf_name(name, *arch);
-                let info = content
-                    .tensor_infos
-                    .get(&gname)
-                    .ok_or_else(|| Error::MissingTensor { path: path.clone(), name: format!("{name} (GGUF `{gname}`)") })?;
-                let mut r = reader.lock().map_err(|_| Error::Checkpoint { path: path.clone(), msg: "reader lock poisoned".into() })?;
-                info.read(&mut *r, content.tensor_data_offset, device).map_err(|e| Error::Checkpoint {
+                let info =
+                    content
+                        .tensor_infos
+                        .get(&gname)
+                        .ok_or_else(|| Error::MissingTensor {
+                            path: path.clone(),
+                            name: format!("{name} (GGUF `{gname}`)"),
+                        })?;
+                let mut r = reader.lock().map_err(|_| Error::Checkpoint {
                     path: path.clone(),
-                    msg: format!("tensor `{gname}`: {e}"),
-                })
+                    msg: "reader lock poisoned".into(),
+                })?;
+                info.read(&mut *r, content.tensor_data_offset, device)
+                    .map_err(|e| Error::Checkpoint {
+                        path: path.clone(),
+                        msg: format!("tensor `{gname}`: {}", candle_msg(&e)),
+                    })
             }
             Weights::Safetensors { .. } => {
                 let t = self.tensor(name, &[], DType::F32, device)?;
-                Ok(QTensor::quantize(&t, candle_core::quantized::GgmlDType::F32)?)
+                Ok(QTensor::quantize(
+                    &t,
+                    candle_core::quantized::GgmlDType::F32,
+                )?)
             }
         }
     }
 
     /// The tensor `name` as a dense tensor of `dtype` on `device`; `shape` (when not empty) is checked.
-    pub(crate) fn tensor(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub(crate) fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let t = match self {
             Weights::Gguf { .. } => self.qtensor(name, device)?.dequantize(device)?,
             Weights::Safetensors { path, st } => {
-                let view = st.get(name).map_err(|_| Error::MissingTensor { path: path.clone(), name: name.to_string() })?;
+                let view = st.get(name).map_err(|_| Error::MissingTensor {
+                    path: path.clone(),
+                    name: name.to_string(),
+                })?;
                 use candle_core::safetensors::Load;
                 match view.dtype() {
-                    safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16 | safetensors::Dtype::F64 => {}
+                    safetensors::Dtype::F32
+                    | safetensors::Dtype::F16
+                    | safetensors::Dtype::BF16
+                    | safetensors::Dtype::F64 => {}
                     other => {
                         return Err(Error::UnsupportedTensorType {
                             path: path.clone(),
@@ -164,7 +230,10 @@ impl Weights {
                         })
                     }
                 }
-                view.load(device).map_err(|e| Error::Checkpoint { path: path.clone(), msg: format!("tensor `{name}`: {e}") })?
+                view.load(device).map_err(|e| Error::Checkpoint {
+                    path: path.clone(),
+                    msg: format!("tensor `{name}`: {}", candle_msg(&e)),
+                })?
             }
         };
         if !shape.is_empty() && t.dims() != shape {
@@ -184,11 +253,38 @@ mod tests {
 
     #[test]
     fn gguf_names() {
-        assert_eq!(gguf_name("model.embed_tokens.weight", Arch::Llama), "token_embd.weight");
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.weight", Arch::Llama), "blk.3.attn_q.weight");
-        assert_eq!(gguf_name("model.layers.3.post_attention_layernorm.weight", Arch::Llama), "blk.3.ffn_norm.weight");
-        assert_eq!(gguf_name("model.layers.3.post_attention_layernorm.weight", Arch::Gemma3), "blk.3.post_attention_norm.weight");
-        assert_eq!(gguf_name("model.layers.0.pre_feedforward_layernorm.weight", Arch::Gemma3), "blk.0.ffn_norm.weight");
-        assert_eq!(gguf_name("model.layers.0.self_attn.q_proj.bias", Arch::Qwen2), "blk.0.attn_q.bias");
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight", Arch::Llama),
+            "token_embd.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.weight", Arch::Llama),
+            "blk.3.attn_q.weight"
+        );
+        assert_eq!(
+            gguf_name(
+                "model.layers.3.post_attention_layernorm.weight",
+                Arch::Llama
+            ),
+            "blk.3.ffn_norm.weight"
+        );
+        assert_eq!(
+            gguf_name(
+                "model.layers.3.post_attention_layernorm.weight",
+                Arch::Gemma3
+            ),
+            "blk.3.post_attention_norm.weight"
+        );
+        assert_eq!(
+            gguf_name(
+                "model.layers.0.pre_feedforward_layernorm.weight",
+                Arch::Gemma3
+            ),
+            "blk.0.ffn_norm.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.q_proj.bias", Arch::Qwen2),
+            "blk.0.attn_q.bias"
+        );
     }
 }

@@ -14,10 +14,17 @@ use puppetlens::{Batch, GenerateOptions, Hooks, LoadOptions, Model};
 /// f32 tolerance on logits of magnitude ~20-30: equivalent ops in another order. Measured worst
 /// max abs diff: 3.2e-5 (SmolLM2), 7.6e-5 (Gemma 3); the tolerance is ~3x the worst.
 const LOGIT_TOL: f32 = 2.5e-4;
-const GREEDY_PROMPTS: [&str; 3] = ["The capital of France is", "The first three prime numbers are", "Water boils at"];
+const GREEDY_PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "The first three prime numbers are",
+    "Water boils at",
+];
 const GREEDY_TOKENS: usize = 16;
 
-fn reference_llama(path: &std::path::Path, dequantize: bool) -> candle_transformers::models::quantized_llama::ModelWeights {
+fn reference_llama(
+    path: &std::path::Path,
+    dequantize: bool,
+) -> candle_transformers::models::quantized_llama::ModelWeights {
     // candle reads CANDLE_DEQUANTIZE_ALL once per thread, when the first QMatMul is built: build the
     // reference on a fresh thread with the variable set as wanted.
     let path = path.to_path_buf();
@@ -29,20 +36,51 @@ fn reference_llama(path: &std::path::Path, dequantize: bool) -> candle_transform
         }
         let mut f = std::fs::File::open(&path).unwrap();
         let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(c, &mut f, &Device::Cpu).unwrap()
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+            c,
+            &mut f,
+            &Device::Cpu,
+        )
+        .unwrap()
     })
     .join()
     .unwrap()
 }
 
-fn greedy_llama(r: &candle_transformers::models::quantized_llama::ModelWeights, ids: &[u32], n: usize) -> Vec<u32> {
+fn greedy_llama(
+    r: &candle_transformers::models::quantized_llama::ModelWeights,
+    ids: &[u32],
+    n: usize,
+) -> Vec<u32> {
     let mut r = r.clone();
     let mut out = Vec::new();
-    let mut logits = r.forward(&Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap(), 0).unwrap();
+    let mut logits = r
+        .forward(
+            &Tensor::new(ids, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            0,
+        )
+        .unwrap();
     for i in 0..n {
-        let next = logits.squeeze(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let next = logits
+            .squeeze(0)
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
         out.push(next);
-        logits = r.forward(&Tensor::new(&[next], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), ids.len() + i).unwrap();
+        logits = r
+            .forward(
+                &Tensor::new(&[next], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                ids.len() + i,
+            )
+            .unwrap();
     }
     out
 }
@@ -55,18 +93,43 @@ fn smollm2_logits_and_greedy_match_candle_quantized_llama() {
     let mut worst = (0f32, 0f32);
     for p in PROMPTS {
         let ids = tok.encode(p).unwrap();
-        let ours = model.forward_last(&Batch::single(&ids).unwrap(), &mut Hooks::new()).unwrap().i(0).unwrap();
-        let theirs = reference.clone().forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), 0).unwrap().i(0).unwrap();
+        let ours = model
+            .forward_last(&Batch::single(&ids).unwrap(), &mut Hooks::new())
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let theirs = reference
+            .clone()
+            .forward(
+                &Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                0,
+            )
+            .unwrap()
+            .i(0)
+            .unwrap();
         let d = max_abs_diff(&ours, &theirs);
         let rel = d / max_abs(&theirs);
-        println!("smollm2 {p:?}: {} tokens, max abs diff {d:e}, relative {rel:e}", ids.len());
+        println!(
+            "smollm2 {p:?}: {} tokens, max abs diff {d:e}, relative {rel:e}",
+            ids.len()
+        );
         worst = (worst.0.max(d), worst.1.max(rel));
         assert!(d <= LOGIT_TOL, "{p:?}: max abs diff {d}");
     }
     println!("smollm2 worst: abs {:e} rel {:e}", worst.0, worst.1);
     for p in GREEDY_PROMPTS {
         let ids = tok.encode(p).unwrap();
-        let ours = model.generate(&[&ids], &GenerateOptions::greedy(GREEDY_TOKENS), &mut Hooks::new()).unwrap().remove(0);
+        let ours = model
+            .generate(
+                &[&ids],
+                &GenerateOptions::greedy(GREEDY_TOKENS),
+                &mut Hooks::new(),
+            )
+            .unwrap()
+            .remove(0);
         let theirs = greedy_llama(&reference, &ids, GREEDY_TOKENS);
         println!("smollm2 greedy {p:?} -> {:?}", tok.decode(&ours).unwrap());
         assert_eq!(ours, theirs, "{p:?}");
@@ -103,18 +166,43 @@ fn gemma3_logits_and_greedy_match_candle_gemma3_on_exported_safetensors() {
         sliding_window_pattern: 6,
         max_position_embeddings: c.max_position,
     };
-    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap() };
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
     let mut reference = candle_transformers::models::gemma3::Model::new(false, &cfg, vb).unwrap();
     let mut worst = (0f32, 0f32);
     for p in PROMPTS {
         let ids = tok.encode(p).unwrap();
         assert_eq!(st_tok.encode(p).unwrap(), ids, "exported tokenizer");
         let batch = Batch::single(&ids).unwrap();
-        let ours = model.forward_last(&batch, &mut Hooks::new()).unwrap().i(0).unwrap();
-        let ours_st = st_model.forward_last(&batch, &mut Hooks::new()).unwrap().i(0).unwrap();
+        let ours = model
+            .forward_last(&batch, &mut Hooks::new())
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let ours_st = st_model
+            .forward_last(&batch, &mut Hooks::new())
+            .unwrap()
+            .i(0)
+            .unwrap();
         let d_st = max_abs_diff(&ours, &ours_st);
         reference.clear_kv_cache();
-        let theirs = reference.forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), 0).unwrap().i((0, 0)).unwrap();
+        let theirs = reference
+            .forward(
+                &Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                0,
+            )
+            .unwrap()
+            .i((0, 0))
+            .unwrap();
         let d = max_abs_diff(&ours, &theirs);
         let rel = d / max_abs(&theirs);
         println!("gemma3 {p:?}: {} tokens, max abs diff {d:e}, relative {rel:e}; gguf vs safetensors path {d_st:e}", ids.len());
@@ -125,14 +213,43 @@ fn gemma3_logits_and_greedy_match_candle_gemma3_on_exported_safetensors() {
     println!("gemma3 worst: abs {:e} rel {:e}", worst.0, worst.1);
     for p in GREEDY_PROMPTS {
         let ids = tok.encode(p).unwrap();
-        let ours = model.generate(&[&ids], &GenerateOptions::greedy(GREEDY_TOKENS), &mut Hooks::new()).unwrap().remove(0);
+        let ours = model
+            .generate(
+                &[&ids],
+                &GenerateOptions::greedy(GREEDY_TOKENS),
+                &mut Hooks::new(),
+            )
+            .unwrap()
+            .remove(0);
         reference.clear_kv_cache();
         let mut theirs = Vec::new();
-        let mut logits = reference.forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), 0).unwrap();
+        let mut logits = reference
+            .forward(
+                &Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                0,
+            )
+            .unwrap();
         for i in 0..GREEDY_TOKENS {
-            let next = logits.i((0, 0)).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            let next = logits
+                .i((0, 0))
+                .unwrap()
+                .argmax(0)
+                .unwrap()
+                .to_scalar::<u32>()
+                .unwrap();
             theirs.push(next);
-            logits = reference.forward(&Tensor::new(&[next], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), ids.len() + i).unwrap();
+            logits = reference
+                .forward(
+                    &Tensor::new(&[next], &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    ids.len() + i,
+                )
+                .unwrap();
         }
         println!("gemma3 greedy {p:?} -> {:?}", tok.decode(&ours).unwrap());
         assert_eq!(ours, theirs, "{p:?}");

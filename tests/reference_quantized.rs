@@ -20,22 +20,49 @@ fn argmax(t: &Tensor) -> u32 {
 fn kl(p_logits: &Tensor, q_logits: &Tensor) -> f32 {
     let lp = candle_nn::ops::log_softmax(p_logits, 0).unwrap();
     let lq = candle_nn::ops::log_softmax(q_logits, 0).unwrap();
-    (lp.exp().unwrap() * (lp - lq).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+    (lp.exp().unwrap() * (lp - lq).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
 fn smollm2_kept_quantized_matches_candle_quantized_kernels() {
-    assert!(std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_none(), "unset CANDLE_DEQUANTIZE_ALL for this test");
+    assert!(
+        std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_none(),
+        "unset CANDLE_DEQUANTIZE_ALL for this test"
+    );
     let path = common::path(common::SMOLLM);
     let (_, tok) = common::smollm();
-    let model = Model::load(&path, &LoadOptions { keep_quantized: true, ..LoadOptions::default() }).unwrap();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            keep_quantized: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
     let mut f = std::fs::File::open(&path).unwrap();
     let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-    let reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(c, &mut f, &Device::Cpu).unwrap();
+    let reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        c,
+        &mut f,
+        &Device::Cpu,
+    )
+    .unwrap();
     for p in PROMPTS {
         let ids = tok.encode(p).unwrap();
-        let ours = model.forward_last(&Batch::single(&ids).unwrap(), &mut Hooks::new()).unwrap().i(0).unwrap();
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let ours = model
+            .forward_last(&Batch::single(&ids).unwrap(), &mut Hooks::new())
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let theirs = reference.clone().forward(&input, 0).unwrap().i(0).unwrap();
         let d = max_abs_diff(&ours, &theirs);
         let kl = kl(&theirs, &ours);

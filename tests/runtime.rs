@@ -5,8 +5,8 @@ mod common;
 use candle_core::{IndexOp, Tensor, D};
 use common::max_abs_diff;
 use puppetlens::{
-    hook_fn, ActivationCache, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model, Patch, Positions, ProjectOut,
-    Tokenizer, Zero,
+    hook_fn, ActivationCache, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model, Patch,
+    Positions, ProjectOut, Tokenizer, Zero,
 };
 
 const BATCH_PROMPTS: [&str; 4] = [
@@ -23,7 +23,10 @@ fn models() -> [(&'static str, &'static (Model, Tokenizer)); 2] {
 }
 
 fn encode_all(tok: &Tokenizer) -> Vec<Vec<u32>> {
-    BATCH_PROMPTS.iter().map(|p| tok.encode(p).unwrap()).collect()
+    BATCH_PROMPTS
+        .iter()
+        .map(|p| tok.encode(p).unwrap())
+        .collect()
 }
 
 #[test]
@@ -35,7 +38,9 @@ fn padded_batch_rows_equal_running_each_alone() {
         let (logits, cache) = model.run_with_cache(&batch, keep).unwrap(); // [4, s, vocab]
         let mut worst = 0f32;
         for (i, ids) in prompts.iter().enumerate() {
-            let (alone, alone_cache) = model.run_with_cache(&Batch::single(ids).unwrap(), keep).unwrap();
+            let (alone, alone_cache) = model
+                .run_with_cache(&Batch::single(ids).unwrap(), keep)
+                .unwrap();
             let pad = batch.pads()[i];
             let row = logits.i(i).unwrap().narrow(0, pad, ids.len()).unwrap();
             let d = max_abs_diff(&row, &alone.i(0).unwrap());
@@ -43,7 +48,13 @@ fn padded_batch_rows_equal_running_each_alone() {
             assert!(d <= BATCH_TOL, "{name} row {i}: logits differ by {d}");
             for l in [0, model.config().n_layers / 2, model.config().n_layers - 1] {
                 let p = HookPoint::ResidPost(l);
-                let a = cache.get(p).unwrap().i(i).unwrap().narrow(0, pad, ids.len()).unwrap();
+                let a = cache
+                    .get(p)
+                    .unwrap()
+                    .i(i)
+                    .unwrap()
+                    .narrow(0, pad, ids.len())
+                    .unwrap();
                 let b = alone_cache.get(p).unwrap().i(0).unwrap();
                 let d = max_abs_diff(&a, &b) / common::max_abs(&b).max(1.0);
                 assert!(d <= BATCH_TOL, "{name} row {i} {p}: relative diff {d}");
@@ -61,21 +72,32 @@ fn empty_hooks_and_zero_vector_change_nothing() {
         // Hooks that only observe, at every point.
         let mut seen = 0usize;
         let mut observe = Hooks::new();
-        observe.add_where(|_| true, hook_fn(|_x: &Tensor, _ctx: &puppetlens::HookCtx| {
-            seen += 1;
-            Ok(None)
-        }));
+        observe.add_where(
+            |_| true,
+            hook_fn(|_x: &Tensor, _ctx: &puppetlens::HookCtx| {
+                seen += 1;
+                Ok(None)
+            }),
+        );
         let observed = model.forward(&batch, &mut observe).unwrap();
         drop(observe);
         assert_eq!(seen, model.hook_points().len());
-        assert_eq!(max_abs_diff(&plain, &observed), 0.0, "{name}: observing hooks changed logits");
+        assert_eq!(
+            max_abs_diff(&plain, &observed),
+            0.0,
+            "{name}: observing hooks changed logits"
+        );
         let zero = Tensor::zeros(model.config().d_model, model.dtype(), model.device()).unwrap();
         let mut hooks = Hooks::new();
         for l in 0..model.config().n_layers {
             hooks.add(HookPoint::ResidPost(l), AddVector::new(zero.clone(), 8.0));
         }
         let steered = model.forward(&batch, &mut hooks).unwrap();
-        assert_eq!(max_abs_diff(&plain, &steered), 0.0, "{name}: adding a zero vector changed logits");
+        assert_eq!(
+            max_abs_diff(&plain, &steered),
+            0.0,
+            "{name}: adding a zero vector changed logits"
+        );
     }
 }
 
@@ -91,7 +113,11 @@ fn interventions_never_touch_padding_and_do_what_they_say() {
     let base = base.get(at).unwrap();
     let v = Tensor::randn(0f32, 1.0, d, model.device()).unwrap();
     let mask = Tensor::from_vec(
-        batch.pads().iter().flat_map(|&p| (0..batch.seq_len()).map(move |j| if j >= p { 1f32 } else { 0.0 })).collect::<Vec<_>>(),
+        batch
+            .pads()
+            .iter()
+            .flat_map(|&p| (0..batch.seq_len()).map(move |j| if j >= p { 1f32 } else { 0.0 }))
+            .collect::<Vec<_>>(),
         (batch.len(), batch.seq_len(), 1),
         model.device(),
     )
@@ -112,30 +138,70 @@ fn interventions_never_touch_padding_and_do_what_they_say() {
     // AddVector: +3v on real tokens, padding untouched.
     let added = after(Box::new(AddVector::new(v.clone(), 3.0)));
     assert_eq!(max_abs_diff(&pad_part(&added), &pad_part(base)), 0.0);
-    let expect = (base + mask.broadcast_mul(&(&v * 3.0).unwrap().reshape((1, 1, d)).unwrap()).unwrap()).unwrap();
+    let expect = (base
+        + mask
+            .broadcast_mul(&(&v * 3.0).unwrap().reshape((1, 1, d)).unwrap())
+            .unwrap())
+    .unwrap();
     assert!(max_abs_diff(&added, &expect) <= 1e-4);
 
     // AddVector at the last position only.
     let last = after(Box::new(AddVector::new(v.clone(), 3.0).at(Positions::Last)));
     let s = batch.seq_len();
-    assert_eq!(max_abs_diff(&last.narrow(1, 0, s - 1).unwrap(), &base.narrow(1, 0, s - 1).unwrap()), 0.0);
-    assert!(max_abs_diff(&last.narrow(1, s - 1, 1).unwrap(), &expect.narrow(1, s - 1, 1).unwrap()) <= 1e-4);
+    assert_eq!(
+        max_abs_diff(
+            &last.narrow(1, 0, s - 1).unwrap(),
+            &base.narrow(1, 0, s - 1).unwrap()
+        ),
+        0.0
+    );
+    assert!(
+        max_abs_diff(
+            &last.narrow(1, s - 1, 1).unwrap(),
+            &expect.narrow(1, s - 1, 1).unwrap()
+        ) <= 1e-4
+    );
 
     // ProjectOut: no component along v on real tokens, padding untouched.
     let ablated = after(Box::new(ProjectOut::new(&v).unwrap()));
     assert_eq!(max_abs_diff(&pad_part(&ablated), &pad_part(base)), 0.0);
-    let unit = (&v / v.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap() as f64).unwrap();
-    let comp = real_part(&ablated).broadcast_mul(&unit.reshape((1, 1, d)).unwrap()).unwrap().sum(D::Minus1).unwrap();
+    let unit = (&v
+        / v.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64)
+        .unwrap();
+    let comp = real_part(&ablated)
+        .broadcast_mul(&unit.reshape((1, 1, d)).unwrap())
+        .unwrap()
+        .sum(D::Minus1)
+        .unwrap();
     let scale = common::max_abs(base);
-    assert!(common::max_abs(&comp) <= 1e-5 * scale, "component left: {}", common::max_abs(&comp));
+    assert!(
+        common::max_abs(&comp) <= 1e-5 * scale,
+        "component left: {}",
+        common::max_abs(&comp)
+    );
 
     // Zero at chosen positions (token position 0 of each row).
-    let zeroed = after(Box::new(Zero { positions: Positions::At(vec![0]) }));
+    let zeroed = after(Box::new(Zero {
+        positions: Positions::At(vec![0]),
+    }));
     assert_eq!(max_abs_diff(&pad_part(&zeroed), &pad_part(base)), 0.0);
     for (i, &pad) in batch.pads().iter().enumerate() {
         assert_eq!(common::max_abs(&zeroed.i((i, pad)).unwrap()), 0.0);
         if pad + 1 < s {
-            assert_eq!(max_abs_diff(&zeroed.i((i, pad + 1)).unwrap(), &base.i((i, pad + 1)).unwrap()), 0.0);
+            assert_eq!(
+                max_abs_diff(
+                    &zeroed.i((i, pad + 1)).unwrap(),
+                    &base.i((i, pad + 1)).unwrap()
+                ),
+                0.0
+            );
         }
     }
 }
@@ -155,13 +221,25 @@ fn patching_a_whole_residual_from_another_run_gives_that_runs_logits() {
     let d = max_abs_diff(&patched, &logits_b);
     println!("patched vs source run: {d:e}");
     assert!(d <= 1e-5, "{d}");
-    assert!(max_abs_diff(&logits_a, &logits_b) > 0.1, "the two prompts must differ for this test to mean anything");
+    assert!(
+        max_abs_diff(&logits_a, &logits_b) > 0.1,
+        "the two prompts must differ for this test to mean anything"
+    );
     // Patching only the last position moves the last logits but leaves earlier positions alone.
     let mut hooks = Hooks::new();
-    hooks.add(at, Patch::new(cache_b.get(at).unwrap().clone()).at(Positions::Last));
+    hooks.add(
+        at,
+        Patch::new(cache_b.get(at).unwrap().clone()).at(Positions::Last),
+    );
     let last_only = model.forward(&a, &mut hooks).unwrap();
     let s = a.seq_len();
-    assert_eq!(max_abs_diff(&last_only.narrow(1, 0, s - 1).unwrap(), &logits_a.narrow(1, 0, s - 1).unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &last_only.narrow(1, 0, s - 1).unwrap(),
+            &logits_a.narrow(1, 0, s - 1).unwrap()
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -176,7 +254,11 @@ fn forward_without_logits_stops_at_the_last_hook_and_matches_full_run() {
             hooks.add(at, &mut rec);
             model.run_hooks(&batch, &mut hooks).unwrap();
         }
-        assert_eq!(max_abs_diff(rec.get(at).unwrap(), full.get(at).unwrap()), 0.0, "{name}");
+        assert_eq!(
+            max_abs_diff(rec.get(at).unwrap(), full.get(at).unwrap()),
+            0.0,
+            "{name}"
+        );
         let mut none = Hooks::new();
         model.run_hooks(&batch, &mut none).unwrap(); // no hooks: nothing to run, no error
     }
@@ -185,31 +267,72 @@ fn forward_without_logits_stops_at_the_last_hook_and_matches_full_run() {
 #[test]
 fn kv_cached_generation_equals_full_recompute_under_the_same_hooks() {
     for (name, (model, tok)) in models() {
-        let prompts: Vec<Vec<u32>> = ["The capital of France is", "My favourite food is"].iter().map(|p| tok.encode(p).unwrap()).collect();
+        let prompts: Vec<Vec<u32>> = ["The capital of France is", "My favourite food is"]
+            .iter()
+            .map(|p| tok.encode(p).unwrap())
+            .collect();
         let len = prompts.iter().map(|p| p.len()).max().unwrap();
         let v = {
-            let c = model.cache(&Batch::single(&prompts[0]).unwrap(), |p| p == HookPoint::ResidPost(3)).unwrap();
-            c.get(HookPoint::ResidPost(3)).unwrap().i((0, prompts[0].len() - 1)).unwrap()
+            let c = model
+                .cache(&Batch::single(&prompts[0]).unwrap(), |p| {
+                    p == HookPoint::ResidPost(3)
+                })
+                .unwrap();
+            c.get(HookPoint::ResidPost(3))
+                .unwrap()
+                .i((0, prompts[0].len() - 1))
+                .unwrap()
         };
-        for opts in [GenerateOptions::greedy(12), GenerateOptions::sampled(12, 0.8, 7)] {
+        for opts in [
+            GenerateOptions::greedy(12),
+            GenerateOptions::sampled(12, 0.8, 7),
+        ] {
             for steer in [None, Some(Positions::All), Some(Positions::From(len))] {
                 let run = |kv_cache: bool| {
                     let mut hooks = Hooks::new();
                     if let Some(pos) = &steer {
-                        hooks.add(HookPoint::ResidPost(3), AddVector::new(v.clone(), 1.5).at(pos.clone()));
+                        hooks.add(
+                            HookPoint::ResidPost(3),
+                            AddVector::new(v.clone(), 1.5).at(pos.clone()),
+                        );
                     }
-                    model.generate(&prompts, &GenerateOptions { kv_cache, ..opts.clone() }, &mut hooks).unwrap()
+                    model
+                        .generate(
+                            &prompts,
+                            &GenerateOptions {
+                                kv_cache,
+                                ..opts.clone()
+                            },
+                            &mut hooks,
+                        )
+                        .unwrap()
                 };
                 let cached = run(true);
                 let full = run(false);
-                println!("{name} t={} steer={steer:?}: {:?}", opts.temperature, tok.decode(&cached[0]).unwrap());
+                println!(
+                    "{name} t={} steer={steer:?}: {:?}",
+                    opts.temperature,
+                    tok.decode(&cached[0]).unwrap()
+                );
                 assert_eq!(cached, full, "{name} {opts:?} {steer:?}");
                 assert_eq!(cached[0].len(), 12);
             }
         }
         // Seeded sampling is reproducible.
-        let a = model.generate(&prompts, &GenerateOptions::sampled(8, 1.0, 42), &mut Hooks::new()).unwrap();
-        let b = model.generate(&prompts, &GenerateOptions::sampled(8, 1.0, 42), &mut Hooks::new()).unwrap();
+        let a = model
+            .generate(
+                &prompts,
+                &GenerateOptions::sampled(8, 1.0, 42),
+                &mut Hooks::new(),
+            )
+            .unwrap();
+        let b = model
+            .generate(
+                &prompts,
+                &GenerateOptions::sampled(8, 1.0, 42),
+                &mut Hooks::new(),
+            )
+            .unwrap();
         assert_eq!(a, b);
     }
 }
@@ -218,9 +341,13 @@ fn kv_cached_generation_equals_full_recompute_under_the_same_hooks() {
 fn batched_generation_equals_generating_each_prompt_alone() {
     let (model, tok) = common::gemma();
     let prompts = encode_all(tok);
-    let together = model.generate(&prompts, &GenerateOptions::greedy(8), &mut Hooks::new()).unwrap();
+    let together = model
+        .generate(&prompts, &GenerateOptions::greedy(8), &mut Hooks::new())
+        .unwrap();
     for (i, p) in prompts.iter().enumerate() {
-        let alone = model.generate(&[p], &GenerateOptions::greedy(8), &mut Hooks::new()).unwrap();
+        let alone = model
+            .generate(&[p], &GenerateOptions::greedy(8), &mut Hooks::new())
+            .unwrap();
         assert_eq!(together[i], alone[0], "row {i}");
     }
 }
@@ -233,8 +360,14 @@ fn recording_during_generation_holds_the_whole_sequence() {
     let out = {
         let mut hooks = Hooks::new();
         hooks.add(HookPoint::ResidPost(0), &mut rec);
-        model.generate(&[&ids], &GenerateOptions::greedy(5), &mut hooks).unwrap().remove(0)
+        model
+            .generate(&[&ids], &GenerateOptions::greedy(5), &mut hooks)
+            .unwrap()
+            .remove(0)
     };
     // The last generated token is never fed back, so the cache covers prompt + 4 tokens.
-    assert_eq!(rec.get(HookPoint::ResidPost(0)).unwrap().dims(), &[1, ids.len() + out.len() - 1, model.config().d_model]);
+    assert_eq!(
+        rec.get(HookPoint::ResidPost(0)).unwrap().dims(),
+        &[1, ids.len() + out.len() - 1, model.config().d_model]
+    );
 }

@@ -47,8 +47,10 @@ impl Arch {
 pub enum Activation {
     /// SiLU (Llama, Mistral, Qwen2).
     Silu,
-    /// GELU with the tanh approximation (Gemma).
+    /// GELU with the tanh approximation (Gemma; `gelu_pytorch_tanh`, `gelu_new`).
     GeluTanh,
+    /// Exact (erf) GELU (`gelu`).
+    Gelu,
 }
 
 /// Attention span of one layer.
@@ -142,6 +144,14 @@ impl Config {
         }
     }
 
+    /// RoPE scaling of layer `l`: the configured scaling on global layers, none on local ones.
+    pub fn rope_scaling_of(&self, l: usize) -> RopeScaling {
+        match self.layer_spans.get(l) {
+            Some(AttnSpan::Local(_)) if self.rope_local_theta.is_some() => RopeScaling::None,
+            _ => self.rope_scaling,
+        }
+    }
+
     /// Reads the configuration from GGUF metadata, filling values the file lacks as llama.cpp does.
     pub fn from_gguf(md: &HashMap<String, gguf_file::Value>, path: &Path) -> Result<Self> {
         let g = Gguf { md, path };
@@ -151,10 +161,16 @@ impl Config {
         let d_model = g.usize(&a("embedding_length"))?;
         let n_layers = g.usize(&a("block_count"))?;
         let n_heads = g.usize(&a("attention.head_count"))?;
-        let n_kv_heads = g.opt_usize(&a("attention.head_count_kv"))?.unwrap_or(n_heads);
-        let head_dim = g.opt_usize(&a("attention.key_length"))?.unwrap_or(d_model / n_heads.max(1));
+        let n_kv_heads = g
+            .opt_usize(&a("attention.head_count_kv"))?
+            .unwrap_or(n_heads);
+        let head_dim = g
+            .opt_usize(&a("attention.key_length"))?
+            .unwrap_or(d_model / n_heads.max(1));
         let d_mlp = g.usize(&a("feed_forward_length"))?;
-        let rms_eps = g.opt_f64(&a("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+        let rms_eps = g
+            .opt_f64(&a("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5);
         let max_position = g.opt_usize(&a("context_length"))?.unwrap_or(4096);
         let vocab_size = match g.opt_usize(&a("vocab_size"))? {
             Some(v) => v,
@@ -166,7 +182,10 @@ impl Config {
         let is_gemma = arch == Arch::Gemma3;
         let default_theta = if is_gemma { 1_000_000.0 } else { 10_000.0 };
         let rope_theta = g.opt_f64(&a("rope.freq_base"))?.unwrap_or(default_theta) as f32;
-        let rope_scaling = match (g.opt_string(&a("rope.scaling.type"))?.as_deref(), g.opt_f64(&a("rope.scaling.factor"))?) {
+        let rope_scaling = match (
+            g.opt_string(&a("rope.scaling.type"))?.as_deref(),
+            g.opt_f64(&a("rope.scaling.factor"))?,
+        ) {
             (Some("linear"), Some(f)) if f != 1.0 => RopeScaling::Linear(f as f32),
             _ => RopeScaling::None,
         };
@@ -201,7 +220,11 @@ impl Config {
             sandwich_norm: is_gemma,
             embed_scale: is_gemma.then(|| (d_model as f64).sqrt()),
             tie_embeddings: true, // the loader unties it when `output.weight` exists
-            activation: if is_gemma { Activation::GeluTanh } else { Activation::Silu },
+            activation: if is_gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
             attn_scale: 1.0 / (head_dim as f64).sqrt(),
             max_position,
             final_logit_softcap: g.opt_f64(&a("final_logit_softcapping"))?,
@@ -227,10 +250,16 @@ impl Config {
         let n_layers = h.usize("num_hidden_layers")?;
         let head_dim = h.opt_usize("head_dim")?.unwrap_or(d_model / n_heads.max(1));
         let n_kv_heads = h.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-        let rope_theta = h.opt_f64("rope_theta")?.unwrap_or(if is_gemma { 1_000_000.0 } else { 10_000.0 }) as f32;
+        let rope_theta =
+            h.opt_f64("rope_theta")?
+                .unwrap_or(if is_gemma { 1_000_000.0 } else { 10_000.0 }) as f32;
         let rope_scaling = match j.get("rope_scaling") {
             Some(Json::Object(o)) => {
-                let kind = o.get("rope_type").or_else(|| o.get("type")).and_then(|v| v.as_str()).unwrap_or("");
+                let kind = o
+                    .get("rope_type")
+                    .or_else(|| o.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
                 let f = |k: &str| o.get(k).and_then(|v| v.as_f64());
                 match kind {
                     "linear" => RopeScaling::Linear(f("factor").unwrap_or(1.0) as f32),
@@ -238,7 +267,9 @@ impl Config {
                         factor: f("factor").unwrap_or(8.0) as f32,
                         low_freq_factor: f("low_freq_factor").unwrap_or(1.0) as f32,
                         high_freq_factor: f("high_freq_factor").unwrap_or(4.0) as f32,
-                        original_max_position: f("original_max_position_embeddings").unwrap_or(8192.0) as usize,
+                        original_max_position: f("original_max_position_embeddings")
+                            .unwrap_or(8192.0)
+                            as usize,
                     },
                     "default" | "" => RopeScaling::None,
                     other => {
@@ -263,12 +294,33 @@ impl Config {
                         _ => AttnSpan::Local(window),
                     })
                     .collect(),
-                None => gemma3_spans(n_layers, window, h.opt_usize("sliding_window_pattern")?.unwrap_or(6)),
+                None => gemma3_spans(
+                    n_layers,
+                    window,
+                    h.opt_usize("sliding_window_pattern")?.unwrap_or(6),
+                ),
             }
         } else {
-            let use_window = j.get("use_sliding_window").and_then(|v| v.as_bool()).unwrap_or(arch == Arch::Mistral);
+            let use_window = j
+                .get("use_sliding_window")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(arch == Arch::Mistral);
+            // Qwen2 windows only layers from `max_window_layers` on (Hugging Face's rule).
+            let first_windowed = if arch == Arch::Qwen2 {
+                h.opt_usize("max_window_layers")?.unwrap_or(0)
+            } else {
+                0
+            };
             match window {
-                Some(w) if use_window && w > 0 => vec![AttnSpan::Local(w); n_layers],
+                Some(w) if use_window && w > 0 => (0..n_layers)
+                    .map(|l| {
+                        if l >= first_windowed {
+                            AttnSpan::Local(w)
+                        } else {
+                            AttnSpan::Global
+                        }
+                    })
+                    .collect(),
                 _ => vec![AttnSpan::Global; n_layers],
             }
         };
@@ -279,10 +331,14 @@ impl Config {
                 msg: format!("{} entries for {n_layers} layers", layer_spans.len()),
             });
         }
-        let act = h.opt_string("hidden_activation")?.or(h.opt_string("hidden_act")?).unwrap_or_else(|| "silu".into());
+        let act = h
+            .opt_string("hidden_activation")?
+            .or(h.opt_string("hidden_act")?)
+            .unwrap_or_else(|| "silu".into());
         let activation = match act.as_str() {
             "silu" | "swish" => Activation::Silu,
-            "gelu_pytorch_tanh" | "gelu" | "gelu_new" => Activation::GeluTanh,
+            "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
             other => {
                 return Err(Error::Config {
                     path: path.to_path_buf(),
@@ -314,11 +370,17 @@ impl Config {
             rope_scaling,
             rope_interleaved: false,
             layer_spans,
-            qkv_bias: arch == Arch::Qwen2 || j.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2
+                || j.get("attention_bias")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
             qk_norm: is_gemma,
             sandwich_norm: is_gemma,
             embed_scale: is_gemma.then(|| (d_model as f64).sqrt()),
-            tie_embeddings: j.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(is_gemma),
+            tie_embeddings: j
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(is_gemma),
             activation,
             attn_scale,
             max_position: h.opt_usize("max_position_embeddings")?.unwrap_or(4096),
@@ -359,15 +421,21 @@ impl Config {
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position,
             "tie_word_embeddings": self.tie_embeddings,
-            "hidden_act": match self.activation { Activation::Silu => "silu", Activation::GeluTanh => "gelu_pytorch_tanh" },
+            "hidden_act": match self.activation { Activation::Silu => "silu", Activation::GeluTanh => "gelu_pytorch_tanh", Activation::Gelu => "gelu" },
             "sliding_window": window,
             "torch_dtype": "float32",
         });
         if let Json::Object(o) = &mut j {
             if self.arch == Arch::Gemma3 {
                 o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
-                o.insert("query_pre_attn_scalar".into(), Json::from(1.0 / (self.attn_scale * self.attn_scale)));
-                o.insert("rope_local_base_freq".into(), Json::from(self.rope_local_theta.unwrap_or(10_000.0)));
+                o.insert(
+                    "query_pre_attn_scalar".into(),
+                    Json::from(1.0 / (self.attn_scale * self.attn_scale)),
+                );
+                o.insert(
+                    "rope_local_base_freq".into(),
+                    Json::from(self.rope_local_theta.unwrap_or(10_000.0)),
+                );
                 let types: Vec<&str> = self
                     .layer_spans
                     .iter()
@@ -381,9 +449,17 @@ impl Config {
             match self.rope_scaling {
                 RopeScaling::None => {}
                 RopeScaling::Linear(f) => {
-                    o.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": f}));
+                    o.insert(
+                        "rope_scaling".into(),
+                        serde_json::json!({"rope_type": "linear", "factor": f}),
+                    );
                 }
-                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position,
+                } => {
                     o.insert(
                         "rope_scaling".into(),
                         serde_json::json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
@@ -404,7 +480,13 @@ impl Config {
 
 fn gemma3_spans(n_layers: usize, window: usize, pattern: usize) -> Vec<AttnSpan> {
     (0..n_layers)
-        .map(|l| if pattern > 0 && (l + 1) % pattern == 0 { AttnSpan::Global } else { AttnSpan::Local(window) })
+        .map(|l| {
+            if pattern > 0 && (l + 1) % pattern == 0 {
+                AttnSpan::Global
+            } else {
+                AttnSpan::Local(window)
+            }
+        })
         .collect()
 }
 
@@ -415,16 +497,30 @@ struct Gguf<'a> {
 
 impl Gguf<'_> {
     fn err(&self, key: &str, msg: impl Into<String>) -> Error {
-        Error::Config { path: self.path.to_path_buf(), field: key.to_string(), msg: msg.into() }
+        Error::Config {
+            path: self.path.to_path_buf(),
+            field: key.to_string(),
+            msg: msg.into(),
+        }
     }
     fn get(&self, key: &str) -> Result<&gguf_file::Value> {
-        self.md.get(key).ok_or_else(|| self.err(key, "missing from GGUF metadata"))
+        self.md
+            .get(key)
+            .ok_or_else(|| self.err(key, "missing from GGUF metadata"))
     }
     fn string(&self, key: &str) -> Result<String> {
-        Ok(self.get(key)?.to_string().map_err(|e| self.err(key, e.to_string()))?.clone())
+        Ok(self
+            .get(key)?
+            .to_string()
+            .map_err(|e| self.err(key, e.to_string()))?
+            .clone())
     }
     fn opt_string(&self, key: &str) -> Result<Option<String>> {
-        if self.md.contains_key(key) { self.string(key).map(Some) } else { Ok(None) }
+        if self.md.contains_key(key) {
+            self.string(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     fn usize(&self, key: &str) -> Result<usize> {
         let v = self.get(key)?;
@@ -437,12 +533,21 @@ impl Gguf<'_> {
             gguf_file::Value::I16(x) if *x >= 0 => *x as u64,
             gguf_file::Value::I32(x) if *x >= 0 => *x as u64,
             gguf_file::Value::I64(x) if *x >= 0 => *x as u64,
-            other => return Err(self.err(key, format!("expected a non-negative integer, got {other:?}"))),
+            other => {
+                return Err(self.err(
+                    key,
+                    format!("expected a non-negative integer, got {other:?}"),
+                ))
+            }
         };
         Ok(n as usize)
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        if self.md.contains_key(key) { self.usize(key).map(Some) } else { Ok(None) }
+        if self.md.contains_key(key) {
+            self.usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.md.get(key) {
@@ -461,33 +566,48 @@ struct Hf<'a> {
 
 impl Hf<'_> {
     fn err(&self, key: &str, msg: impl Into<String>) -> Error {
-        Error::Config { path: self.path.to_path_buf(), field: key.to_string(), msg: msg.into() }
+        Error::Config {
+            path: self.path.to_path_buf(),
+            field: key.to_string(),
+            msg: msg.into(),
+        }
     }
     fn present(&self, key: &str) -> Option<&Json> {
         self.j.get(key).filter(|v| !v.is_null())
     }
     fn string(&self, key: &str) -> Result<String> {
-        self.opt_string(key)?.ok_or_else(|| self.err(key, "missing from config.json"))
+        self.opt_string(key)?
+            .ok_or_else(|| self.err(key, "missing from config.json"))
     }
     fn opt_string(&self, key: &str) -> Result<Option<String>> {
         match self.present(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
         }
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.err(key, "missing from config.json"))
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(key, "missing from config.json"))
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.present(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}"))),
         }
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.present(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
         }
     }
 }

@@ -13,7 +13,10 @@ use crate::{Error, Result};
 fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let hd = out / heads;
-    Ok(w.reshape((heads, hd / 2, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?)
+    Ok(w.reshape((heads, hd / 2, 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))?)
 }
 
 pub(super) fn export(model: &Model, dir: &Path) -> Result<()> {
@@ -32,10 +35,11 @@ pub(super) fn export(model: &Model, dir: &Path) -> Result<()> {
     let mut hf_cfg = cfg.clone();
     hf_cfg.rope_interleaved = false;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let json = serde_json::to_string_pretty(&hf_cfg.to_hf_json()).map_err(|e| Error::InvalidArgument {
-        name: "config".into(),
-        msg: e.to_string(),
-    })?;
+    let json =
+        serde_json::to_string_pretty(&hf_cfg.to_hf_json()).map_err(|e| Error::InvalidArgument {
+            name: "config".into(),
+            msg: e.to_string(),
+        })?;
     atomic_write(&dir.join("model.safetensors"), |tmp| {
         let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
         candle_core::safetensors::save(&map, tmp).map_err(Error::from)

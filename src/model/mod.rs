@@ -43,7 +43,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, keep_quantized: false }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            keep_quantized: false,
+        }
     }
 }
 
@@ -55,9 +59,20 @@ enum Linear {
 }
 
 impl Linear {
-    fn load(ws: &Weights, prefix: &str, out_in: (usize, usize), bias: bool, opts: &LoadOptions) -> Result<Self> {
+    fn load(
+        ws: &Weights,
+        prefix: &str,
+        out_in: (usize, usize),
+        bias: bool,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let b = if bias {
-            Some(ws.tensor(&format!("{prefix}.bias"), &[out_in.0], opts.dtype, &opts.device)?)
+            Some(ws.tensor(
+                &format!("{prefix}.bias"),
+                &[out_in.0],
+                opts.dtype,
+                &opts.device,
+            )?)
         } else {
             None
         };
@@ -65,7 +80,10 @@ impl Linear {
         if opts.keep_quantized && matches!(ws, Weights::Gguf { .. }) {
             let q = ws.qtensor(&name, &opts.device)?;
             check_shape(&name, ws, q.shape().dims(), &[out_in.0, out_in.1])?;
-            return Ok(Linear::Quant { w: QMatMul::from_qtensor(q)?, b });
+            return Ok(Linear::Quant {
+                w: QMatMul::from_qtensor(q)?,
+                b,
+            });
         }
         let w = ws.tensor(&name, &[out_in.0, out_in.1], opts.dtype, &opts.device)?;
         Ok(Linear::Dense { w, b })
@@ -86,7 +104,9 @@ impl Linear {
             Linear::Quant { w, .. } => w.forward(x)?,
         };
         match self {
-            Linear::Dense { b: Some(b), .. } | Linear::Quant { b: Some(b), .. } => Ok(y.broadcast_add(b)?),
+            Linear::Dense { b: Some(b), .. } | Linear::Quant { b: Some(b), .. } => {
+                Ok(y.broadcast_add(b)?)
+            }
             _ => Ok(y),
         }
     }
@@ -111,14 +131,31 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(ws: &Weights, name: &str, dim: usize, cfg: &Config, opts: &LoadOptions) -> Result<Self> {
+    fn load(
+        ws: &Weights,
+        name: &str,
+        dim: usize,
+        cfg: &Config,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let w = ws.tensor(&format!("{name}.weight"), &[dim], DType::F32, &opts.device)?;
-        let w = if cfg.norm_weight_offset != 0.0 { (w + cfg.norm_weight_offset)? } else { w };
-        Ok(Self { w: w.to_dtype(opts.dtype)?, eps: cfg.rms_eps as f32 })
+        let w = if cfg.norm_weight_offset != 0.0 {
+            (w + cfg.norm_weight_offset)?
+        } else {
+            w
+        };
+        Ok(Self {
+            w: w.to_dtype(opts.dtype)?,
+            eps: cfg.rms_eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.w, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.w,
+            self.eps,
+        )?)
     }
 }
 
@@ -174,7 +211,11 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a batch whose rows have these left-padding lengths.
     pub fn new(n_layers: usize, pads: Vec<usize>) -> Self {
-        Self { layers: vec![None; n_layers], pads, seen: 0 }
+        Self {
+            layers: vec![None; n_layers],
+            pads,
+            seen: 0,
+        }
     }
 
     /// How many columns (padding included) the cache holds.
@@ -203,11 +244,11 @@ pub(crate) enum Output {
 #[derive(Debug)]
 pub struct Model {
     cfg: Config,
-    embed: Tensor,                 // [vocab, d_model]
-    unembed: Linear,               // [vocab, d_model]
+    embed: Tensor,   // [vocab, d_model]
+    unembed: Linear, // [vocab, d_model]
     blocks: Vec<Block>,
     final_norm: RmsNorm,
-    inv_freqs: Vec<Tensor>,        // distinct rope tables' inverse frequencies, [head_dim / 2] f32
+    inv_freqs: Vec<Tensor>, // distinct rope tables' inverse frequencies, [head_dim / 2] f32
     device: Device,
     dtype: DType,
 }
@@ -217,7 +258,10 @@ impl Model {
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
         let path = path.as_ref();
         if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         if path.is_dir() {
             Self::from_safetensors_dir(path, opts)
@@ -262,7 +306,10 @@ impl Model {
             return Err(Error::Config {
                 path: ws.path().to_path_buf(),
                 field: "attention heads".into(),
-                msg: format!("{} heads, {} kv heads, head_dim {}", cfg.n_heads, cfg.n_kv_heads, cfg.head_dim),
+                msg: format!(
+                    "{} heads, {} kv heads, head_dim {}",
+                    cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+                ),
             });
         }
         if matches!(ws, Weights::Gguf { .. }) {
@@ -272,27 +319,44 @@ impl Model {
         }
         let unembed = if cfg.tie_embeddings {
             if opts.keep_quantized && matches!(ws, Weights::Gguf { .. }) {
-                Linear::Quant { w: QMatMul::from_qtensor(ws.qtensor(embed_name, dev)?)?, b: None }
+                Linear::Quant {
+                    w: QMatMul::from_qtensor(ws.qtensor(embed_name, dev)?)?,
+                    b: None,
+                }
             } else {
-                Linear::Dense { w: embed.clone(), b: None }
+                Linear::Dense {
+                    w: embed.clone(),
+                    b: None,
+                }
             }
         } else {
             Linear::load(ws, "lm_head", (cfg.vocab_size, cfg.d_model), false, opts)?
         };
         let (h, kvh, hd, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model);
-        let mut thetas: Vec<f32> = Vec::new();
+        let mut ropes: Vec<(f32, RopeScaling)> = Vec::new();
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = format!("model.layers.{l}");
-            let norm = |n: &str, dim: usize| RmsNorm::load(ws, &format!("{p}.{n}"), dim, &cfg, opts);
-            let lin = |n: &str, oi: (usize, usize), bias: bool| Linear::load(ws, &format!("{p}.{n}"), oi, bias, opts);
+            let norm =
+                |n: &str, dim: usize| RmsNorm::load(ws, &format!("{p}.{n}"), dim, &cfg, opts);
+            let lin = |n: &str, oi: (usize, usize), bias: bool| {
+                Linear::load(ws, &format!("{p}.{n}"), oi, bias, opts)
+            };
             let attn = Attention {
                 q: lin("self_attn.q_proj", (h * hd, d), cfg.qkv_bias)?,
                 k: lin("self_attn.k_proj", (kvh * hd, d), cfg.qkv_bias)?,
                 v: lin("self_attn.v_proj", (kvh * hd, d), cfg.qkv_bias)?,
                 o: lin("self_attn.o_proj", (d, h * hd), false)?,
-                q_norm: if cfg.qk_norm { Some(norm("self_attn.q_norm", hd)?) } else { None },
-                k_norm: if cfg.qk_norm { Some(norm("self_attn.k_norm", hd)?) } else { None },
+                q_norm: if cfg.qk_norm {
+                    Some(norm("self_attn.q_norm", hd)?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(norm("self_attn.k_norm", hd)?)
+                } else {
+                    None
+                },
                 n_heads: h,
                 n_kv_heads: kvh,
                 head_dim: hd,
@@ -314,12 +378,12 @@ impl Model {
             } else {
                 (None, norm("post_attention_layernorm", d)?, None)
             };
-            let theta = cfg.rope_theta_of(l);
-            let rope = match thetas.iter().position(|t| *t == theta) {
+            let rope_key = (cfg.rope_theta_of(l), cfg.rope_scaling_of(l));
+            let rope = match ropes.iter().position(|k| *k == rope_key) {
                 Some(i) => i,
                 None => {
-                    thetas.push(theta);
-                    thetas.len() - 1
+                    ropes.push(rope_key);
+                    ropes.len() - 1
                 }
             };
             blocks.push(Block {
@@ -334,16 +398,24 @@ impl Model {
             });
         }
         let final_norm = RmsNorm::load(ws, "model.norm", d, &cfg, opts)?;
-        let inv_freqs = thetas
+        let inv_freqs = ropes
             .iter()
-            .map(|&theta| {
-                let scaling = if theta == cfg.rope_theta { cfg.rope_scaling } else { RopeScaling::None };
+            .map(|&(theta, scaling)| {
                 let f = inv_freq(hd, theta, scaling);
                 let n = f.len();
                 Tensor::from_vec(f, n, dev)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Model { cfg, embed, unembed, blocks, final_norm, inv_freqs, device: dev.clone(), dtype: opts.dtype })
+        Ok(Model {
+            cfg,
+            embed,
+            unembed,
+            blocks,
+            final_norm,
+            inv_freqs,
+            device: dev.clone(),
+            dtype: opts.dtype,
+        })
     }
 
     /// The model's configuration.
@@ -371,14 +443,20 @@ impl Model {
     /// Each row's logits equal running that row alone; padding columns hold unspecified values.
     pub fn forward(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
         self.run(batch, None, hooks, Output::AllLogits)?
-            .ok_or_else(|| Error::InvalidArgument { name: "forward".into(), msg: "no logits computed".into() })
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "forward".into(),
+                msg: "no logits computed".into(),
+            })
     }
 
     /// Logits at the last position of each row, `[batch, vocab]` f32 (left padding puts every
     /// row's last token in the last column).
     pub fn forward_last(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
         self.run(batch, None, hooks, Output::LastLogits)?
-            .ok_or_else(|| Error::InvalidArgument { name: "forward_last".into(), msg: "no logits computed".into() })
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "forward_last".into(),
+                msg: "no logits computed".into(),
+            })
     }
 
     /// Runs only as far as the last hook point any of `hooks` fires at; computes no logits.
@@ -402,7 +480,11 @@ impl Model {
     }
 
     /// The activations at every point `keep` selects, stopping after the last one (no logits).
-    pub fn cache(&self, batch: &Batch, keep: impl Fn(HookPoint) -> bool) -> Result<ActivationCache> {
+    pub fn cache(
+        &self,
+        batch: &Batch,
+        keep: impl Fn(HookPoint) -> bool,
+    ) -> Result<ActivationCache> {
         let mut cache = ActivationCache::new();
         {
             let mut hooks = Hooks::new();
@@ -414,20 +496,36 @@ impl Model {
 
     /// One KV-cached step: runs `batch`'s columns after those already in `kv` and returns the
     /// last column's logits, `[batch, vocab]` f32. `batch` must have the cache's rows.
-    pub fn forward_cached(&self, batch: &Batch, kv: &mut KvCache, hooks: &mut Hooks) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         self.run(batch, Some(kv), hooks, Output::LastLogits)?
-            .ok_or_else(|| Error::InvalidArgument { name: "forward_cached".into(), msg: "no logits computed".into() })
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "forward_cached".into(),
+                msg: "no logits computed".into(),
+            })
     }
 
-    fn check_batch(&self, batch: &Batch, offset: usize) -> Result<()> {
+    pub(crate) fn check_batch(&self, batch: &Batch, offset: usize) -> Result<()> {
         let total = offset + batch.seq_len();
         for (i, row) in batch.rows().enumerate() {
             let len = total - batch.pads()[i];
             if len > self.cfg.max_position {
-                return Err(Error::PromptTooLong { index: i, len, max: self.cfg.max_position });
+                return Err(Error::PromptTooLong {
+                    index: i,
+                    len,
+                    max: self.cfg.max_position,
+                });
             }
             if let Some(&id) = row.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-                return Err(Error::TokenOutOfRange { index: i, id, vocab: self.cfg.vocab_size });
+                return Err(Error::TokenOutOfRange {
+                    index: i,
+                    id,
+                    vocab: self.cfg.vocab_size,
+                });
             }
         }
         Ok(())
@@ -486,7 +584,15 @@ impl Model {
         let mut fire = |point: HookPoint, x: Tensor| -> Result<Tensor> {
             match &hook_mask {
                 None => Ok(x),
-                Some(mask) => hooks.fire(x, &HookCtx { point, mask, pads: &pads, offset }),
+                Some(mask) => hooks.fire(
+                    x,
+                    &HookCtx {
+                        point,
+                        mask,
+                        pads: &pads,
+                        offset,
+                    },
+                ),
             }
         };
 
@@ -503,13 +609,19 @@ impl Model {
             .iter()
             .map(|f| {
                 let freqs = pos.broadcast_mul(&f.reshape((1, 1, ()))?)?; // [b, s, head_dim/2]
-                Ok(Rope { cos: freqs.cos()?.to_dtype(self.dtype)?, sin: freqs.sin()?.to_dtype(self.dtype)? })
+                Ok(Rope {
+                    cos: freqs.cos()?.to_dtype(self.dtype)?,
+                    sin: freqs.sin()?.to_dtype(self.dtype)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let masks = self.masks(&pads, offset, s)?;
 
         let tokens = batch.tokens(&self.device)?; // [b, s] u32
-        let x = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, s, cfg.d_model))?; // [b, s, d_model]
+        let x = self
+            .embed
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, s, cfg.d_model))?; // [b, s, d_model]
         let x = match cfg.embed_scale {
             Some(scale) => (x * scale)?,
             None => x,
@@ -524,8 +636,16 @@ impl Model {
                 return Ok(None);
             }
             let cache = kv.as_deref_mut().map(|k| &mut k.layers[l]);
-            let mask = masks.iter().find(|(span, _)| *span == block.span).map(|(_, m)| m);
-            let attn = block.attn.forward(&block.attn_norm.forward(&resid)?, &ropes[block.rope], mask, cache)?; // [b, s, d_model]
+            let mask = masks
+                .iter()
+                .find(|(span, _)| *span == block.span)
+                .map(|(_, m)| m);
+            let attn = block.attn.forward(
+                &block.attn_norm.forward(&resid)?,
+                &ropes[block.rope],
+                mask,
+                cache,
+            )?; // [b, s, d_model]
             let attn = match &block.post_attn_norm {
                 Some(n) => n.forward(&attn)?,
                 None => attn,
@@ -630,9 +750,24 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self.q.forward(x)?.reshape((b, s, h, hd))?.transpose(1, 2)?.contiguous()?; // [b, h, s, hd]
-        let k = self.k.forward(x)?.reshape((b, s, kvh, hd))?.transpose(1, 2)?.contiguous()?; // [b, kvh, s, hd]
-        let v = self.v.forward(x)?.reshape((b, s, kvh, hd))?.transpose(1, 2)?.contiguous()?; // [b, kvh, s, hd]
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((b, s, h, hd))?
+            .transpose(1, 2)?
+            .contiguous()?; // [b, h, s, hd]
+        let k = self
+            .k
+            .forward(x)?
+            .reshape((b, s, kvh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?; // [b, kvh, s, hd]
+        let v = self
+            .v
+            .forward(x)?
+            .reshape((b, s, kvh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?; // [b, kvh, s, hd]
         let q = match &self.q_norm {
             Some(n) => n.forward(&q)?,
             None => q,
@@ -641,7 +776,11 @@ impl Attention {
             Some(n) => n.forward(&k)?,
             None => k,
         };
-        let rot = if self.interleaved { candle_nn::rotary_emb::rope_i } else { candle_nn::rotary_emb::rope };
+        let rot = if self.interleaved {
+            candle_nn::rotary_emb::rope_i
+        } else {
+            candle_nn::rotary_emb::rope
+        };
         let q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
         let k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
         let (k, v) = match cache {
@@ -666,7 +805,10 @@ impl Attention {
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?; // [b, h, s, t]
         let y = att.reshape((b, kvh, rep * s, t))?.matmul(&v)?; // [b, kvh, rep*s, hd]
-        let y = y.reshape((b, h, s, hd))?.transpose(1, 2)?.reshape((b, s, h * hd))?; // [b, s, h*hd]
+        let y = y
+            .reshape((b, h, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, h * hd))?; // [b, s, h*hd]
         self.o.forward(&y) // [b, s, d_model]
     }
 }
@@ -677,6 +819,7 @@ impl Mlp {
         let g = match self.act {
             Activation::Silu => candle_nn::ops::silu(&g)?,
             Activation::GeluTanh => g.gelu()?,
+            Activation::Gelu => g.gelu_erf()?,
         };
         let u = self.up.forward(x)?; // [b, s, d_mlp]
         self.down.forward(&(g * u)?) // [b, s, d_model]
@@ -691,7 +834,12 @@ fn inv_freq(head_dim: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
     match scaling {
         RopeScaling::None => base,
         RopeScaling::Linear(f) => base.into_iter().map(|x| x / f).collect(),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position,
+        } => {
             let old = original_max_position as f32;
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
@@ -703,7 +851,8 @@ fn inv_freq(head_dim: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -739,11 +888,17 @@ impl ModelParts<'_> {
         let bias = |l: &Linear| match l {
             Linear::Dense { b, .. } | Linear::Quant { b, .. } => b.clone(),
         };
-        let mut out = vec![("model.embed_tokens.weight".to_string(), m.embed.to_dtype(DType::F32)?)];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            m.embed.to_dtype(DType::F32)?,
+        )];
         if !m.cfg.tie_embeddings {
             out.push(("lm_head.weight".into(), dense(&m.unembed)?));
         }
-        out.push(("model.norm.weight".into(), m.final_norm.w.to_dtype(DType::F32)?));
+        out.push((
+            "model.norm.weight".into(),
+            m.final_norm.w.to_dtype(DType::F32)?,
+        ));
         for (l, blk) in m.blocks.iter().enumerate() {
             let p = format!("model.layers.{l}");
             let mut lin = |n: &str, x: &Linear| -> Result<()> {

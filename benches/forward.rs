@@ -1,0 +1,220 @@
+//! Prompt-processing throughput on the real checkpoints, side by side with candle-transformers'
+//! own models on the same weights, in one run: `cargo bench --bench forward`.
+//!
+//! Rows: puppetlens with no hooks, with every `hook_resid_post` cached, with one add-intervention,
+//! and cache-only (no logits); candle-transformers' `quantized_llama` / `gemma3` with weights
+//! dequantized to f32 (the same arithmetic as puppetlens's default), and with candle's quantized
+//! kernels. Achieved GFLOP/s are set against this machine's measured f32 matmul rate.
+//! Set `PUPPETLENS_BENCH_QUICK=1` for a short run.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use puppetlens::{AddVector, Batch, HookPoint, Hooks, LoadOptions, Model};
+
+const SEQ: usize = 128;
+
+fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    f(); // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// f32 matmul rate of this machine, GFLOP/s, on shapes like the models' projections.
+fn matmul_rate() -> f64 {
+    let a = Tensor::randn(0f32, 1.0, (SEQ * 4, 640), &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (2048, 640), &Device::Cpu).unwrap();
+    let s = time(10, || {
+        a.matmul(&b.t().unwrap()).unwrap();
+    });
+    2.0 * (SEQ * 4 * 640 * 2048) as f64 / s / 1e9
+}
+
+/// FLOPs of one forward over `s` tokens with last-position logits only.
+fn flops(m: &Model, s: usize) -> f64 {
+    let c = m.config();
+    let (d, h, kv, hd, f) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_mlp);
+    let proj = d * h * hd * 2 + d * kv * hd * 2 + 3 * d * f; // q, o, k, v, gate, up, down
+    let attn = 2 * h * hd * s; // scores + weighted sum, averaged over the causal triangle (s/2 keys x 2)
+    let per_layer = 2 * proj * s + 2 * attn * s;
+    (c.n_layers * per_layer + 2 * d * c.vocab_size) as f64
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::var_os("PUPPETLENS_BENCH_QUICK").is_some();
+    let reps = if quick { 2 } else { 5 };
+    let rate = matmul_rate();
+    println!(
+        "machine f32 matmul rate: {rate:.0} GFLOP/s ({} threads)\n",
+        candle_core::utils::get_num_threads()
+    );
+    println!("| model | implementation | tokens/s | ratio vs candle-transformers f32 | GFLOP/s | % of matmul rate |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for name in ["smollm2-135m-instruct", "gemma-3-270m"] {
+        let path = puppetlens::fetch::fetch(name)?;
+        let (model, tok) = puppetlens::load(&path)?;
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+        let mut ids = tok.encode(&text)?;
+        ids.truncate(SEQ);
+        let batch = Batch::single(&ids)?;
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let fl = flops(&model, SEQ);
+        let mut rows: Vec<(String, f64)> = Vec::new();
+
+        // candle-transformers, dequantized to f32 (the same arithmetic as ours).
+        let theirs_f32 = if name.starts_with("smollm2") {
+            let p = path.clone();
+            let r = std::thread::spawn(move || {
+                std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+                let mut f = std::fs::File::open(&p).unwrap();
+                let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+                let m = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+                    c,
+                    &mut f,
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let inp = Tensor::new(&[1u32], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let _ = m.clone().forward(&inp, 0);
+                m
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("reference thread panicked"))?;
+            time(reps, || {
+                r.clone().forward(&input, 0).unwrap();
+            })
+        } else {
+            let dir = std::env::temp_dir().join(format!("puppetlens-bench-{}", std::process::id()));
+            model.export_safetensors(&dir)?;
+            let c = model.config();
+            let cfg = candle_transformers::models::gemma3::Config {
+                attention_bias: false,
+                head_dim: c.head_dim,
+                hidden_activation: candle_nn::Activation::GeluPytorchTanh,
+                hidden_size: c.d_model,
+                intermediate_size: c.d_mlp,
+                num_attention_heads: c.n_heads,
+                num_hidden_layers: c.n_layers,
+                num_key_value_heads: c.n_kv_heads,
+                rms_norm_eps: c.rms_eps,
+                rope_theta: c.rope_theta as f64,
+                rope_local_base_freq: 10_000.0,
+                vocab_size: c.vocab_size,
+                final_logit_softcapping: None,
+                attn_logit_softcapping: None,
+                query_pre_attn_scalar: c.head_dim,
+                sliding_window: 512,
+                sliding_window_pattern: 6,
+                max_position_embeddings: c.max_position,
+            };
+            let vb = unsafe {
+                candle_nn::VarBuilder::from_mmaped_safetensors(
+                    &[dir.join("model.safetensors")],
+                    DType::F32,
+                    &Device::Cpu,
+                )?
+            };
+            let mut r = candle_transformers::models::gemma3::Model::new(false, &cfg, vb)?;
+            let s = time(reps, || {
+                r.clear_kv_cache();
+                r.forward(&input, 0).unwrap();
+            });
+            drop(r);
+            std::fs::remove_dir_all(&dir).ok();
+            s
+        };
+        rows.push(("candle-transformers, f32 weights".into(), theirs_f32));
+
+        // candle-transformers with candle's quantized kernels.
+        let theirs_q = {
+            let mut f = std::fs::File::open(&path)?;
+            let c = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+            if name.starts_with("smollm2") {
+                let r = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+                    c,
+                    &mut f,
+                    &Device::Cpu,
+                )?;
+                time(reps, || {
+                    r.clone().forward(&input, 0).unwrap();
+                })
+            } else {
+                let r = candle_transformers::models::quantized_gemma3::ModelWeights::from_gguf(
+                    c,
+                    &mut f,
+                    &Device::Cpu,
+                )?;
+                time(reps, || {
+                    r.clone().forward(&input, 0).unwrap();
+                })
+            }
+        };
+        rows.push(("candle-transformers, quantized kernels".into(), theirs_q));
+
+        rows.push((
+            "puppetlens, no hooks".into(),
+            time(reps, || {
+                model.forward_last(&batch, &mut Hooks::new()).unwrap();
+            }),
+        ));
+        rows.push((
+            "puppetlens, all hook_resid_post cached".into(),
+            time(reps, || {
+                let mut cache = puppetlens::ActivationCache::new();
+                let mut hooks = Hooks::new();
+                hooks.add_where(|p| matches!(p, HookPoint::ResidPost(_)), &mut cache);
+                model.forward_last(&batch, &mut hooks).unwrap();
+            }),
+        ));
+        let v = Tensor::ones(model.config().d_model, DType::F32, &Device::Cpu)?;
+        let mid = model.config().n_layers / 2;
+        rows.push((
+            "puppetlens, one add-intervention".into(),
+            time(reps, || {
+                let mut hooks = Hooks::new();
+                hooks.add(HookPoint::ResidPost(mid), AddVector::new(v.clone(), 1.0));
+                model.forward_last(&batch, &mut hooks).unwrap();
+            }),
+        ));
+        rows.push((
+            "puppetlens, cache all resid_post, no logits".into(),
+            time(reps, || {
+                model
+                    .cache(&batch, |p| matches!(p, HookPoint::ResidPost(_)))
+                    .unwrap();
+            }),
+        ));
+        let qmodel = Model::load(
+            &path,
+            &LoadOptions {
+                keep_quantized: true,
+                ..LoadOptions::default()
+            },
+        )?;
+        rows.push((
+            "puppetlens, kept quantized".into(),
+            time(reps, || {
+                qmodel.forward_last(&batch, &mut Hooks::new()).unwrap();
+            }),
+        ));
+        for (label, secs) in rows {
+            let gflops = fl / secs / 1e9;
+            println!(
+                "| {name} | {label} | {:.0} | {:.2}x | {gflops:.1} | {:.0}% |",
+                SEQ as f64 / secs,
+                theirs_f32 / secs,
+                100.0 * gflops / rate
+            );
+        }
+    }
+    println!("\n{SEQ}-token prompt, batch 1, best of {reps} runs after a warm-up; last-position logits only.");
+    Ok(())
+}
