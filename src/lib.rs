@@ -33,11 +33,17 @@
 
 pub mod batch;
 pub mod cache;
+pub mod data;
+pub mod diff;
 pub mod error;
+pub mod eval;
+pub mod extract;
 pub mod fetch;
 pub mod generate;
 pub mod hook;
 pub mod model;
+pub mod probe;
+pub mod steer;
 pub mod tokenize;
 mod util;
 mod weights;
@@ -50,6 +56,7 @@ pub use hook::{
     hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero,
 };
 pub use model::{Config, KvCache, LoadOptions, Model};
+pub use steer::SteeringVector;
 pub use tokenize::{ChatMessage, Tokenizer};
 
 /// Loads a model and its tokenizer from a GGUF file or a Hugging Face directory, on the CPU in f32.

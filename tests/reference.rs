@@ -9,7 +9,7 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::{max_abs, max_abs_diff, PROMPTS};
-use puppetlens::{Batch, GenerateOptions, Hooks, LoadOptions, Model};
+use puppetlens::{Batch, GenerateOptions, Hooks};
 
 /// f32 tolerance on logits of magnitude ~20-30: equivalent ops in another order. Measured worst
 /// max abs diff: 3.2e-5 (SmolLM2), 7.6e-5 (Gemma 3); the tolerance is ~3x the worst.

@@ -1,0 +1,408 @@
+//! Base-versus-tuned comparisons per layer: where did fine-tuning change the representation, and
+//! does the change drive the behaviour?
+//!
+//! [`base_tuned_vector`] is the mean over identical inputs of `tuned - base` residual at each layer.
+//! [`localise`] builds the localisation report for a (base, tuned) pair on an A/B behaviour dataset:
+//! per layer, the norm of the mean difference (on behaviour prompts and on the first tokens of neutral
+//! text), its cosine with the behaviour vector found in the tuned model, probe accuracy in each model
+//! and across them, and the fraction of the behaviour gap closed by adding the difference to the base
+//! model, `(P_steered_base - P_base) / (P_tuned - P_base)`, and removed by ablating it in the tuned
+//! model, `(P_tuned - P_ablated) / (P_tuned - P_base)`. Both models must see the same token ids.
+//!
+//! ```no_run
+//! use puppetlens::diff::{localise, AbSplits, DiffOptions};
+//! use puppetlens::{LoadOptions, Model};
+//! let base = Model::load("base.gguf", &LoadOptions::default())?;
+//! let tuned = Model::load("tuned", &LoadOptions::default())?;
+//! let data = AbSplits { train: vec![], val: vec![], test: vec![] }; // built with puppetlens::data
+//! let report = localise(&base, &tuned, &data, &[], &DiffOptions::default())?;
+//! report.write("notebooks-data/diff")?;
+//! # Ok::<(), puppetlens::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::eval::{ab_summary, AbCase, Intervention};
+use crate::extract::{extract, Activations, ExtractOptions, Site};
+use crate::hook::{HookPoint, Positions};
+use crate::model::Model;
+use crate::probe::{fit_logistic, sweep, transfer, ProbeOptions};
+use crate::steer::SteeringVector;
+use crate::util::atomic_write_bytes;
+use crate::{Error, Result};
+
+/// A/B items split for probing and evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct AbSplits {
+    /// Builds the vectors and trains the probes.
+    pub train: Vec<AbCase>,
+    /// Chooses the probes' regularisation.
+    pub val: Vec<AbCase>,
+    /// Held out: probe accuracy and every behaviour number.
+    pub test: Vec<AbCase>,
+}
+
+/// Options of [`localise`].
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// Layers to steer and ablate (all when `None`; the cheap per-layer numbers cover all layers).
+    pub layers: Option<Vec<usize>>,
+    /// Multiplier of the base-vs-tuned vector when added to the base model.
+    pub scale: f64,
+    /// Neutral-text tokens compared per prompt (activation-difference-lens style).
+    pub neutral_k: usize,
+    /// Prompts per forward pass.
+    pub batch_size: usize,
+    /// Probe options.
+    pub probe: ProbeOptions,
+    /// Progress on stderr.
+    pub progress: bool,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        Self {
+            layers: None,
+            scale: 1.0,
+            neutral_k: 8,
+            batch_size: 8,
+            probe: ProbeOptions::default(),
+            progress: true,
+        }
+    }
+}
+
+/// Errors unless the two models have the same shape of residual stream.
+fn check_pair(base: &Model, tuned: &Model) -> Result<()> {
+    let (b, t) = (base.config(), tuned.config());
+    if b.d_model != t.d_model || b.n_layers != t.n_layers {
+        return Err(Error::Shape {
+            what: "base and tuned models".into(),
+            expected: format!("{} layers of width {}", b.n_layers, b.d_model),
+            got: format!("{} layers of width {}", t.n_layers, t.d_model),
+        });
+    }
+    Ok(())
+}
+
+/// Mean over `prompts` (and over the site's tokens) of `tuned - base` at `hook_resid_post` of every
+/// layer: the direction fine-tuning added, as a steering vector (method `base_vs_tuned`).
+pub fn base_tuned_vector(
+    base: &Model,
+    tuned: &Model,
+    prompts: &[Vec<u32>],
+    site: Site,
+    batch_size: usize,
+) -> Result<SteeringVector> {
+    check_pair(base, tuned)?;
+    let opts = ExtractOptions {
+        batch_size,
+        progress: false,
+        ..ExtractOptions::resid_post(base, site)
+    };
+    let a = extract(base, prompts, &opts)?;
+    let b = extract(tuned, prompts, &opts)?;
+    let mut d = BTreeMap::new();
+    for l in 0..base.config().n_layers {
+        let p = HookPoint::ResidPost(l);
+        let diff = (b.get(p)? - a.get(p)?)?; // [n, d_model] or [n, k, d_model]
+        let diff = if diff.rank() == 3 {
+            diff.flatten(0, 1)?
+        } else {
+            diff
+        }; // [rows, d_model]
+        d.insert(l, diff.mean(0)?);
+    }
+    Ok(SteeringVector::new(d, "base_vs_tuned")?.with_meta("site", format!("{:?}", opts.site)))
+}
+
+/// One layer of the localisation report. Fractions are `None` when the behaviour gap is too small
+/// to divide by (|P_tuned - P_base| < 0.01).
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    /// Layer (`blocks.{layer}.hook_resid_post`).
+    pub layer: usize,
+    /// Norm of the mean `tuned - base` difference on the behaviour prompts.
+    pub diff_norm: f64,
+    /// Norm of the mean difference over the first tokens of neutral text.
+    pub diff_norm_neutral: Option<f64>,
+    /// Cosine between the base-vs-tuned vector and the tuned model's behaviour vector (CAA).
+    pub cos_diff_behaviour: f64,
+    /// Test accuracy of a logistic probe (matching vs other answer) in the base model.
+    pub probe_acc_base: f64,
+    /// The same in the tuned model.
+    pub probe_acc_tuned: f64,
+    /// The base model's probe applied to the tuned model's activations.
+    pub probe_transfer: f64,
+    /// Behaviour P(matching) of the base model steered with the difference at this layer.
+    pub p_steered_base: Option<f64>,
+    /// Behaviour P(matching) of the tuned model with the difference ablated.
+    pub p_ablated_tuned: Option<f64>,
+    /// Fraction of the gap closed by adding the difference to the base model.
+    pub gap_closed: Option<f64>,
+    /// Fraction of the gap removed by ablating the difference in the tuned model.
+    pub gap_removed: Option<f64>,
+}
+
+/// The localisation report of a (base, tuned) pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Localisation {
+    /// Mean normalised P(matching) of the base model on the test items.
+    pub p_base: f64,
+    /// The same for the tuned model.
+    pub p_tuned: f64,
+    /// Test items.
+    pub n_test: usize,
+    /// Per-layer numbers.
+    pub rows: Vec<LayerRow>,
+    /// The layer whose added difference closes the largest fraction of the gap (when measured).
+    pub best_layer: Option<usize>,
+    /// Provenance.
+    pub meta: BTreeMap<String, String>,
+    /// The base-vs-tuned vector (not serialised; save it with [`SteeringVector::save`]).
+    #[serde(skip)]
+    pub diff_vector: Option<SteeringVector>,
+    /// The tuned model's behaviour vector.
+    #[serde(skip)]
+    pub behaviour_vector: Option<SteeringVector>,
+}
+
+impl Localisation {
+    /// Writes `localisation.json` and `localisation.csv` into `dir` (atomically).
+    pub fn write(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::InvalidArgument {
+            name: "report".into(),
+            msg: e.to_string(),
+        })?;
+        atomic_write_bytes(&dir.join("localisation.json"), json.as_bytes())?;
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
+        let mut csv = String::from("layer,diff_norm,diff_norm_neutral,cos_diff_behaviour,probe_acc_base,probe_acc_tuned,probe_transfer,p_steered_base,p_ablated_tuned,gap_closed,gap_removed\n");
+        for r in &self.rows {
+            csv.push_str(&format!(
+                "{},{:.6},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{}\n",
+                r.layer,
+                r.diff_norm,
+                f(r.diff_norm_neutral),
+                r.cos_diff_behaviour,
+                r.probe_acc_base,
+                r.probe_acc_tuned,
+                r.probe_transfer,
+                f(r.p_steered_base),
+                f(r.p_ablated_tuned),
+                f(r.gap_closed),
+                f(r.gap_removed)
+            ));
+        }
+        atomic_write_bytes(&dir.join("localisation.csv"), csv.as_bytes())
+    }
+}
+
+/// CAA prompts: each item with its matching and its other answer letter appended.
+pub fn caa_prompts(cases: &[AbCase]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let with = |c: &AbCase, t: u32| {
+        let mut v = c.ids.clone();
+        v.push(t);
+        v
+    };
+    (
+        cases.iter().map(|c| with(c, c.matching)).collect(),
+        cases.iter().map(|c| with(c, c.not_matching)).collect(),
+    )
+}
+
+/// Last-token residuals of every layer for the CAA prompts of `cases`: (positives, negatives).
+fn caa_acts(
+    model: &Model,
+    cases: &[AbCase],
+    batch_size: usize,
+) -> Result<(Activations, Activations)> {
+    let (pos, neg) = caa_prompts(cases);
+    let opts = ExtractOptions {
+        batch_size,
+        progress: false,
+        ..ExtractOptions::resid_post(model, Site::Last)
+    };
+    Ok((extract(model, &pos, &opts)?, extract(model, &neg, &opts)?))
+}
+
+/// Stacks positives and negatives per layer with labels (true = matching).
+fn labelled(
+    pos: &Activations,
+    neg: &Activations,
+    n_layers: usize,
+) -> Result<(Vec<Tensor>, Vec<bool>)> {
+    let mut xs = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let p = HookPoint::ResidPost(l);
+        xs.push(Tensor::cat(&[pos.get(p)?, neg.get(p)?], 0)?); // [2n, d_model]
+    }
+    let n = pos.len();
+    let y = (0..2 * n).map(|i| i < n).collect();
+    Ok((xs, y))
+}
+
+fn fraction(num: f64, gap: f64) -> Option<f64> {
+    (gap.abs() >= 0.01).then(|| num / gap)
+}
+
+/// Builds the localisation report (see the [module docs](self)).
+pub fn localise(
+    base: &Model,
+    tuned: &Model,
+    data: &AbSplits,
+    neutral: &[Vec<u32>],
+    opts: &DiffOptions,
+) -> Result<Localisation> {
+    check_pair(base, tuned)?;
+    for (name, part) in [
+        ("train", &data.train),
+        ("val", &data.val),
+        ("test", &data.test),
+    ] {
+        if part.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: format!("{name} split"),
+                msg: "no A/B items (empty dataset)".into(),
+            });
+        }
+    }
+    let n_layers = base.config().n_layers;
+    let layers: Vec<usize> = opts
+        .layers
+        .clone()
+        .unwrap_or_else(|| (0..n_layers).collect());
+    if let Some(&l) = layers.iter().find(|&&l| l >= n_layers) {
+        return Err(Error::LayerOutOfRange { layer: l, n_layers });
+    }
+    let say = |m: &str| {
+        if opts.progress {
+            eprintln!("localise: {m}");
+        }
+    };
+    let bs = opts.batch_size;
+
+    say("extracting CAA activations (base, tuned; train, val, test)");
+    let acts = |m: &Model| -> Result<[(Activations, Activations); 3]> {
+        Ok([
+            caa_acts(m, &data.train, bs)?,
+            caa_acts(m, &data.val, bs)?,
+            caa_acts(m, &data.test, bs)?,
+        ])
+    };
+    let [b_tr, b_va, b_te] = acts(base)?;
+    let [t_tr, t_va, t_te] = acts(tuned)?;
+
+    let behaviour =
+        SteeringVector::mean_diff(&t_tr.0, &t_tr.1, n_layers)?.with_meta("model", "tuned");
+    // Mean tuned - base over identical inputs (both answer letters of every training item).
+    let mut d = BTreeMap::new();
+    for l in 0..n_layers {
+        let p = HookPoint::ResidPost(l);
+        let diff = Tensor::cat(
+            &[
+                (t_tr.0.get(p)? - b_tr.0.get(p)?)?,
+                (t_tr.1.get(p)? - b_tr.1.get(p)?)?,
+            ],
+            0,
+        )?; // [2n, d_model]
+        d.insert(l, diff.mean(0)?);
+    }
+    let diff = SteeringVector::new(d, "base_vs_tuned")?
+        .with_meta("site", "last token of CAA prompts (train)");
+    let neutral_diff = if neutral.is_empty() {
+        None
+    } else {
+        say("neutral-text differences");
+        let k = neutral
+            .iter()
+            .map(|p| p.len())
+            .min()
+            .unwrap_or(0)
+            .min(opts.neutral_k)
+            .max(1);
+        Some(base_tuned_vector(base, tuned, neutral, Site::FirstK(k), bs)?.norms()?)
+    };
+    let norms = diff.norms()?;
+    let cos = diff.cosine(&behaviour)?;
+
+    say("probes");
+    let (xb_tr, y_tr) = labelled(&b_tr.0, &b_tr.1, n_layers)?;
+    let (xb_va, y_va) = labelled(&b_va.0, &b_va.1, n_layers)?;
+    let (xb_te, y_te) = labelled(&b_te.0, &b_te.1, n_layers)?;
+    let (xt_tr, _) = labelled(&t_tr.0, &t_tr.1, n_layers)?;
+    let (xt_va, _) = labelled(&t_va.0, &t_va.1, n_layers)?;
+    let (xt_te, _) = labelled(&t_te.0, &t_te.1, n_layers)?;
+    let base_probe = sweep(&xb_tr, &y_tr, &xb_va, &y_va, &xb_te, &y_te, &opts.probe)?;
+    let tuned_probe = sweep(&xt_tr, &y_tr, &xt_va, &y_va, &xt_te, &y_te, &opts.probe)?;
+    let base_fits = fit_logistic(&xb_tr, &y_tr, &xb_va, &y_va, &opts.probe)?;
+    let moved = transfer(&base_fits, &xt_te, &y_te, &opts.probe)?;
+
+    say("behaviour under steering and ablation");
+    let p_base = ab_summary(base, &data.test, &Intervention::None, bs)?.mean_p;
+    let p_tuned = ab_summary(tuned, &data.test, &Intervention::None, bs)?.mean_p;
+    let gap = p_tuned - p_base;
+    let mut rows = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let (mut p_steer, mut p_abl) = (None, None);
+        if layers.contains(&l) {
+            let v = diff.only(&[l])?;
+            let add = Intervention::Add {
+                vector: &v,
+                scale: opts.scale,
+                positions: Positions::All,
+            };
+            p_steer = Some(ab_summary(base, &data.test, &add, bs)?.mean_p);
+            p_abl = Some(
+                ab_summary(
+                    tuned,
+                    &data.test,
+                    &Intervention::Ablate {
+                        vector: &v,
+                        layer: l,
+                    },
+                    bs,
+                )?
+                .mean_p,
+            );
+            say(&format!(
+                "layer {l}: steered base {:.3}, ablated tuned {:.3}",
+                p_steer.unwrap_or(f64::NAN),
+                p_abl.unwrap_or(f64::NAN)
+            ));
+        }
+        rows.push(LayerRow {
+            layer: l,
+            diff_norm: norms[&l],
+            diff_norm_neutral: neutral_diff.as_ref().map(|n| n[&l]),
+            cos_diff_behaviour: cos[&l],
+            probe_acc_base: base_probe[l].test.accuracy,
+            probe_acc_tuned: tuned_probe[l].test.accuracy,
+            probe_transfer: moved[l].accuracy,
+            p_steered_base: p_steer,
+            p_ablated_tuned: p_abl,
+            gap_closed: p_steer.and_then(|p| fraction(p - p_base, gap)),
+            gap_removed: p_abl.and_then(|p| fraction(p_tuned - p, gap)),
+        });
+    }
+    let best_layer = rows
+        .iter()
+        .filter_map(|r| r.gap_closed.map(|g| (r.layer, g)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(l, _)| l);
+    Ok(Localisation {
+        p_base,
+        p_tuned,
+        n_test: data.test.len(),
+        rows,
+        best_layer,
+        meta: BTreeMap::new(),
+        diff_vector: Some(diff),
+        behaviour_vector: Some(behaviour),
+    })
+}

@@ -1,0 +1,533 @@
+//! Batched activation extraction at chosen token sites, in memory or streamed to safetensors shards.
+//!
+//! [`extract`] runs prompts in left-padded batches, records the hook points asked for (the forward
+//! stops after the last one) and keeps one vector per prompt and point, picked by a [`Site`]: the last
+//! token, a token position, the mean over a span, or the first `k` tokens. [`extract_to_dir`] streams
+//! the same to safetensors shards (TransformerLens keys such as `blocks.3.hook_resid_post`, metadata in
+//! each header and in `store.json`), so memory does not grow with the dataset; an interrupted run
+//! resumes from the last complete shard. Shards open in Python with `safetensors.safe_open`.
+//!
+//! ```no_run
+//! use puppetlens::extract::{extract, ExtractOptions, Site};
+//! use puppetlens::{HookPoint, LoadOptions, Model};
+//! let model = Model::load("model.gguf", &LoadOptions::default())?;
+//! let prompts = vec![vec![1u32, 2, 3], vec![4u32, 5]];
+//! let acts = extract(&model, &prompts, &ExtractOptions::resid_post(&model, Site::Last))?;
+//! let x = acts.get(HookPoint::ResidPost(3))?; // [2, d_model] f32
+//! # Ok::<(), puppetlens::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::hook::{Hook, HookCtx, HookPoint, Hooks};
+use crate::model::Model;
+use crate::util::{atomic_write, atomic_write_bytes};
+use crate::{Error, Result};
+
+/// Which token(s) of each prompt to keep. Positions count from each prompt's first real token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Site {
+    /// The last token (e.g. the A/B answer letter when the prompt ends with it).
+    Last,
+    /// The token at this position.
+    At(usize),
+    /// The mean over positions `start..end` (`end` = prompt length when `None`).
+    Mean {
+        /// First position.
+        start: usize,
+        /// One past the last position.
+        end: Option<usize>,
+    },
+    /// Each of the first `k` tokens: a `[k, d_model]` block per prompt.
+    FirstK(usize),
+}
+
+/// What to extract.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Hook points to record.
+    pub points: Vec<HookPoint>,
+    /// Token site per prompt.
+    pub site: Site,
+    /// Prompts per forward pass.
+    pub batch_size: usize,
+    /// Prompts per shard (for [`extract_to_dir`]).
+    pub shard_size: usize,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+impl ExtractOptions {
+    /// Every `hook_resid_post` of `model` at `site`.
+    pub fn resid_post(model: &Model, site: Site) -> Self {
+        Self {
+            points: (0..model.config().n_layers)
+                .map(HookPoint::ResidPost)
+                .collect(),
+            site,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        Self {
+            points: Vec::new(),
+            site: Site::Last,
+            batch_size: 8,
+            shard_size: 512,
+            progress: true,
+        }
+    }
+}
+
+/// Extracted activations: per hook point, `[n, d_model]` (or `[n, k, d_model]` for [`Site::FirstK`]), f32 on the CPU.
+#[derive(Debug, Clone, Default)]
+pub struct Activations {
+    map: BTreeMap<HookPoint, Tensor>,
+}
+
+impl Activations {
+    /// The activations at `p`.
+    pub fn get(&self, p: HookPoint) -> Result<&Tensor> {
+        self.map.get(&p).ok_or_else(|| Error::InvalidArgument {
+            name: p.to_string(),
+            msg: "not extracted".into(),
+        })
+    }
+
+    /// Points held, in firing order.
+    pub fn points(&self) -> Vec<HookPoint> {
+        self.map.keys().copied().collect()
+    }
+
+    /// Number of prompts.
+    pub fn len(&self) -> usize {
+        self.map
+            .values()
+            .next()
+            .and_then(|t| t.dim(0).ok())
+            .unwrap_or(0)
+    }
+
+    /// True when nothing was extracted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `hook_resid_post` activations of layers `0..n_layers`, in layer order (for probes).
+    pub fn layers(&self, n_layers: usize) -> Result<Vec<Tensor>> {
+        (0..n_layers)
+            .map(|l| self.get(HookPoint::ResidPost(l)).cloned())
+            .collect()
+    }
+
+    /// Rows `idx` of every point.
+    pub fn select(&self, idx: &[usize]) -> Result<Activations> {
+        let ids = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            idx.len(),
+            &Device::Cpu,
+        )?;
+        let map = self
+            .map
+            .iter()
+            .map(|(p, t)| Ok((*p, t.index_select(&ids, 0)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok(Activations { map })
+    }
+
+    /// Builds from a map.
+    pub fn from_map(map: BTreeMap<HookPoint, Tensor>) -> Self {
+        Self { map }
+    }
+
+    fn append(&mut self, other: Activations) -> Result<()> {
+        for (p, t) in other.map {
+            let v = match self.map.remove(&p) {
+                Some(prev) => Tensor::cat(&[&prev, &t], 0)?,
+                None => t,
+            };
+            self.map.insert(p, v);
+        }
+        Ok(())
+    }
+}
+
+/// A hook that keeps only the site's vectors of each row, as f32 on the CPU.
+struct SiteRecorder<'a> {
+    site: &'a Site,
+    lens: Vec<usize>,
+    out: BTreeMap<HookPoint, Tensor>,
+}
+
+impl Hook for SiteRecorder<'_> {
+    fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Result<Option<Tensor>> {
+        let (b, _s, _d) = x.dims3()?;
+        let mut rows = Vec::with_capacity(b);
+        for i in 0..b {
+            let pad = ctx.pads[i];
+            let len = self.lens[i];
+            let row = x.get(i)?; // [s, d_model]
+            let pick = match self.site {
+                Site::Last => row.narrow(0, pad + len - 1, 1)?, // [1, d_model]
+                Site::At(p) => {
+                    check_pos(*p + 1, len, i, self.site)?;
+                    row.narrow(0, pad + p, 1)?
+                }
+                Site::Mean { start, end } => {
+                    let end = end.unwrap_or(len);
+                    if *start >= end {
+                        return Err(Error::InvalidArgument {
+                            name: "site".into(),
+                            msg: format!(
+                                "empty span {start}..{end} for prompt {i} of length {len}"
+                            ),
+                        });
+                    }
+                    check_pos(end, len, i, self.site)?;
+                    row.narrow(0, pad + start, end - start)?.mean_keepdim(0)? // [1, d_model]
+                }
+                Site::FirstK(k) => {
+                    check_pos(*k, len, i, self.site)?;
+                    row.narrow(0, pad, *k)? // [k, d_model]
+                }
+            };
+            rows.push(pick);
+        }
+        let t = Tensor::stack(&rows, 0)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?; // [b, width, d_model]
+        let t = if matches!(self.site, Site::FirstK(_)) {
+            t
+        } else {
+            t.squeeze(1)?
+        };
+        self.out.insert(ctx.point, t);
+        Ok(None)
+    }
+}
+
+fn check_pos(needed: usize, len: usize, i: usize, site: &Site) -> Result<()> {
+    if needed > len {
+        return Err(Error::InvalidArgument {
+            name: "site".into(),
+            msg: format!("{site:?} needs {needed} tokens but prompt {i} has {len}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_finite(t: &Tensor, p: HookPoint) -> Result<()> {
+    let bad = t
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .any(|v| !v.is_finite());
+    if bad {
+        return Err(Error::InvalidArgument {
+            name: p.to_string(),
+            msg: "non-finite activations (NaN or inf)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs one batch of prompts and returns the site vectors at every point.
+fn extract_batch(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    opts: &ExtractOptions,
+) -> Result<Activations> {
+    let batch = Batch::new(prompts)?;
+    let mut rec = SiteRecorder {
+        site: &opts.site,
+        lens: batch.lengths(),
+        out: BTreeMap::new(),
+    };
+    {
+        let points = opts.points.clone();
+        let mut hooks = Hooks::new();
+        hooks.add_where(move |p| points.contains(&p), &mut rec);
+        model.run_hooks(&batch, &mut hooks)?;
+    }
+    for (p, t) in &rec.out {
+        check_finite(t, *p)?;
+    }
+    Ok(Activations { map: rec.out })
+}
+
+fn check_opts(model: &Model, prompts: &[Vec<u32>], opts: &ExtractOptions) -> Result<()> {
+    if prompts.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "prompts".into(),
+            msg: "no prompts to extract from (empty dataset)".into(),
+        });
+    }
+    if opts.points.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "points".into(),
+            msg: "no hook points to extract".into(),
+        });
+    }
+    if opts.batch_size == 0 || opts.shard_size == 0 {
+        return Err(Error::InvalidArgument {
+            name: "batch_size/shard_size".into(),
+            msg: "must be positive".into(),
+        });
+    }
+    for p in &opts.points {
+        p.check(model.config().n_layers)?;
+    }
+    Ok(())
+}
+
+/// Extracts in memory: per point, `[n, d_model]` f32 (or `[n, k, d_model]` for [`Site::FirstK`]).
+pub fn extract(model: &Model, prompts: &[Vec<u32>], opts: &ExtractOptions) -> Result<Activations> {
+    check_opts(model, prompts, opts)?;
+    let mut acts = Activations::default();
+    let mut progress = Progress::new("extract", prompts.len(), opts.progress);
+    for chunk in prompts.chunks(opts.batch_size) {
+        acts.append(extract_batch(model, chunk, opts)?)?;
+        progress.advance(chunk.len());
+    }
+    progress.finish();
+    Ok(acts)
+}
+
+/// Provenance stored with an activation store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    /// Model name or path.
+    pub model: String,
+    /// Dataset name or path.
+    pub dataset: String,
+    /// Free-form notes (prompt format, split...).
+    pub notes: String,
+}
+
+/// The manifest of an activation store directory (`store.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Provenance.
+    pub meta: StoreMeta,
+    /// Site used.
+    pub site: Site,
+    /// Hook point names (TransformerLens).
+    pub points: Vec<String>,
+    /// Number of prompts in the dataset.
+    pub n_prompts: usize,
+    /// Prompts per shard.
+    pub shard_size: usize,
+    /// sha256 of the prompts' token ids, to refuse resuming on other data.
+    pub prompts_sha256: String,
+    /// Shard files written so far, in order.
+    pub shards: Vec<String>,
+}
+
+impl Manifest {
+    /// True when every shard is written.
+    pub fn complete(&self) -> bool {
+        self.shards.len() * self.shard_size >= self.n_prompts
+    }
+}
+
+fn prompts_digest(prompts: &[Vec<u32>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in prompts {
+        h.update((p.len() as u64).to_le_bytes());
+        for id in p {
+            h.update(id.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Streams extraction to `dir` (shards `shard-00000.safetensors`, ... and `store.json`); resumes an
+/// interrupted run on the same prompts and options. Returns the finished store's manifest.
+pub fn extract_to_dir(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    opts: &ExtractOptions,
+    dir: impl AsRef<Path>,
+    meta: &StoreMeta,
+) -> Result<Manifest> {
+    check_opts(model, prompts, opts)?;
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let manifest_path = dir.join("store.json");
+    let fresh = Manifest {
+        meta: meta.clone(),
+        site: opts.site.clone(),
+        points: opts.points.iter().map(|p| p.to_string()).collect(),
+        n_prompts: prompts.len(),
+        shard_size: opts.shard_size,
+        prompts_sha256: prompts_digest(prompts),
+        shards: Vec::new(),
+    };
+    let mut manifest = match read_manifest(&manifest_path)? {
+        Some(m) => {
+            let same = Manifest {
+                shards: Vec::new(),
+                ..m.clone()
+            } == fresh;
+            if !same {
+                return Err(Error::InvalidArgument {
+                    name: manifest_path.display().to_string(),
+                    msg: "an activation store for other prompts or options is here; choose another directory".into(),
+                });
+            }
+            m
+        }
+        None => fresh,
+    };
+    let n_shards = prompts.len().div_ceil(opts.shard_size);
+    let mut progress = Progress::new("extract", prompts.len(), opts.progress);
+    progress.advance((manifest.shards.len() * opts.shard_size).min(prompts.len()));
+    for s in manifest.shards.len()..n_shards {
+        let start = s * opts.shard_size;
+        let end = (start + opts.shard_size).min(prompts.len());
+        let mut acts = Activations::default();
+        for chunk in prompts[start..end].chunks(opts.batch_size) {
+            acts.append(extract_batch(model, chunk, opts)?)?;
+            progress.advance(chunk.len());
+        }
+        let name = format!("shard-{s:05}.safetensors");
+        let mut header = BTreeMap::new();
+        header.insert("model".to_string(), meta.model.clone());
+        header.insert("dataset".to_string(), meta.dataset.clone());
+        header.insert("site".to_string(), format!("{:?}", opts.site));
+        header.insert("points".to_string(), manifest.points.join(","));
+        header.insert("rows".to_string(), format!("{start}..{end}"));
+        write_safetensors(
+            &dir.join(&name),
+            &acts
+                .map
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.clone()))
+                .collect::<Vec<_>>(),
+            header,
+        )?;
+        manifest.shards.push(name);
+        let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::InvalidArgument {
+            name: "manifest".into(),
+            msg: e.to_string(),
+        })?;
+        atomic_write_bytes(&manifest_path, json.as_bytes())?;
+    }
+    progress.finish();
+    Ok(manifest)
+}
+
+fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            field: "(file)".into(),
+            msg: format!("not a store manifest: {e}"),
+        })
+}
+
+/// Writes tensors with header metadata to a safetensors file, atomically.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
+    let contiguous: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
+    atomic_write(path, |tmp| {
+        safetensors::serialize_to_file(
+            contiguous.iter().map(|(k, t)| (k.as_str(), t)),
+            Some(meta),
+            tmp,
+        )
+        .map_err(|e| Error::Checkpoint {
+            path: tmp.to_path_buf(),
+            msg: e.to_string(),
+        })
+    })
+}
+
+/// Reads a finished (or partial) store: per point, all shards concatenated.
+pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
+    let dir = dir.as_ref();
+    let path = dir.join("store.json");
+    let manifest = read_manifest(&path)?
+        .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    let mut acts = Activations::default();
+    for shard in &manifest.shards {
+        let p: PathBuf = dir.join(shard);
+        let tensors =
+            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| Error::Checkpoint {
+                path: p.clone(),
+                msg: crate::error::candle_msg(&e),
+            })?;
+        let mut map = BTreeMap::new();
+        for (k, v) in tensors {
+            map.insert(k.parse::<HookPoint>()?, v);
+        }
+        acts.append(Activations { map })?;
+    }
+    Ok((manifest, acts))
+}
+
+/// A progress line on stderr for long work.
+pub(crate) struct Progress {
+    label: &'static str,
+    total: usize,
+    done: usize,
+    on: bool,
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    pub(crate) fn new(label: &'static str, total: usize, on: bool) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            label,
+            total,
+            done: 0,
+            on,
+            start: now,
+            last: now,
+        }
+    }
+
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.done += n;
+        if self.on && (self.last.elapsed().as_secs_f64() > 1.0 || self.done >= self.total) {
+            self.last = std::time::Instant::now();
+            let secs = self.start.elapsed().as_secs_f64();
+            eprint!(
+                "\r{}: {}/{} ({:.1}/s)   ",
+                self.label,
+                self.done,
+                self.total,
+                self.done as f64 / secs.max(1e-9)
+            );
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        if self.on && self.total > 0 {
+            eprintln!();
+        }
+    }
+}

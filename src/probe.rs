@@ -1,0 +1,1100 @@
+//! Per-layer linear probes: logistic regression and difference of means, with metrics, bootstrap
+//! confidence intervals and transfer across models.
+//!
+//! Inputs are plain tensors, one per layer: activations `[n, d_model]` (any float dtype, any
+//! device) and one `&[bool]` label per row, shared by all layers. The one call is [`sweep`]: it fits
+//! a logistic probe at every layer, chooses each layer's L2 strength on the validation split, and
+//! reports accuracy and AUROC (with bootstrap 95% intervals) on train, validation and test as
+//! [`LayerReport`]s. The pieces are public too: [`fit_logistic`], [`fit_diff_of_means`],
+//! [`LinearProbe::scores`], [`LinearProbe::evaluate`], [`transfer`] (a probe trained on one model,
+//! tested on another at the same layer), [`accuracy`], [`auroc`] and [`bootstrap_ci`].
+//!
+//! ## The logistic objective and its L2 convention
+//! For each layer and each `l2` in [`ProbeOptions::l2_grid`], [`fit_logistic`] minimises
+//! `mean_i log(1 + exp(-s_i (w·x_i + b))) + (l2 / 2)·||w||²` (labels `s_i = ±1`, the bias `b` is not
+//! penalised) on features z-scored with the training split's per-feature mean and standard
+//! deviation (when [`ProbeOptions::standardize`]). The scaling is folded back afterwards, so a
+//! [`LinearProbe`]'s `weight` and `bias` act on raw activations. This is scikit-learn's
+//! `LogisticRegression(C=C)` on `StandardScaler` output with `C = 1 / (l2 · n_train)`:
+//! scikit-learn minimises `C·Σ loss + ½||w||²`, which is the mean-loss objective above divided by
+//! `C·n`.
+//!
+//! ## The solver
+//! All layers and all grid values are solved as **one batched problem** on candle tensors: the
+//! layers are stacked into `[L, n, d + 1]` (a column of ones carries the bias) and the `G` grid
+//! values become `G` right-hand sides, so every product is a batched matmul `[L, n, d+1] × [L, d+1,
+//! G]`. The method is truncated Newton (Newton-CG): each step solves `H p = -g` with
+//! Jacobi-preconditioned conjugate gradients using Hessian-vector products
+//! `Xᵀ (s ⊙ X v) / n + l2·v` (`s = σ(z)(1 - σ(z))`), to a relative residual
+//! `min(0.5, sqrt(||g||))`, followed by an Armijo backtracking line search; each (layer, l2)
+//! problem keeps its own step sizes and stops on its own once the largest absolute component of
+//! its gradient (the ∞-norm, scikit-learn's and SciPy's `gtol`) is at most [`ProbeOptions::tol`].
+//! The objective is strictly convex (`l2 > 0`), so this converges to the unique minimum, quadratically
+//! near it. Arithmetic is f64 on CPU and CUDA and f32 on Metal (which has no f64 matmul); there
+//! `tol` should be raised to about `1e-4`.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use puppetlens::probe::{self, ProbeOptions};
+//! # fn main() -> puppetlens::Result<()> {
+//! let dev = Device::Cpu;
+//! // Deterministic "activations": 8 dimensions of pseudo-noise in [-1, 1]; at layer 1 the label
+//! // also shifts dimension 0 by ±3, so layer 1 separates the classes and layer 0 does not.
+//! let split = |offset: usize, n: usize| -> candle_core::Result<(Vec<Tensor>, Vec<bool>)> {
+//!     let y: Vec<bool> = (0..n).map(|i| (i * 7 + offset) % 3 == 0).collect();
+//!     let layers = (0..2)
+//!         .map(|layer| {
+//!             let v: Vec<f32> = (0..n * 8)
+//!                 .map(|k| {
+//!                     let (i, j) = (k / 8 + offset, k % 8);
+//!                     let noise = (((i * 37 + j * 101) * 2654435761usize) % 1000) as f32 / 500.0 - 1.0;
+//!                     let shift = if layer == 1 && j == 0 { if y[k / 8] { 3.0 } else { -3.0 } } else { 0.0 };
+//!                     noise + shift
+//!                 })
+//!                 .collect();
+//!             Tensor::from_vec(v, (n, 8), &dev) // [n, d_model]
+//!         })
+//!         .collect::<candle_core::Result<Vec<_>>>()?;
+//!     Ok((layers, y))
+//! };
+//! let (train, y_train) = split(0, 120)?;
+//! let (val, y_val) = split(1000, 60)?;
+//! let (test, y_test) = split(2000, 60)?;
+//! let report = probe::sweep(&train, &y_train, &val, &y_val, &test, &y_test, &ProbeOptions::default())?;
+//! assert_eq!(report.len(), 2);
+//! assert!(report[1].test.accuracy > 0.95);
+//! assert!(report[1].test.auroc_ci.0 > 0.9);
+//! # Ok(())
+//! # }
+//! ```
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Options for fitting and evaluating probes. `ProbeOptions::default()` is the simple path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOptions {
+    /// L2 strengths tried at every layer, in the mean-loss convention of the [module
+    /// docs](self): `l2 = 1 / (C · n_train)` for scikit-learn's `C`. Each must be finite and > 0.
+    /// Default `[1e-4, 1e-3, 1e-2, 1e-1, 1]`.
+    pub l2_grid: Vec<f64>,
+    /// Most Newton steps per problem (each runs at most `min(d_model + 1, 250)` conjugate
+    /// gradient iterations). Default 100; a problem still above `tol` after it is an error.
+    pub max_iter: usize,
+    /// Convergence threshold on the ∞-norm of the objective's gradient (in the standardized
+    /// coordinates, bias included). Default `1e-6`.
+    pub tol: f64,
+    /// Bootstrap resamples for the 95% confidence intervals in [`Metrics`]; 0 gives `NaN`
+    /// intervals. Default 1000.
+    pub bootstrap: usize,
+    /// Seed of the bootstrap's generator (SplitMix64, written here so that intervals never
+    /// change with a dependency's version). Default 0.
+    pub seed: u64,
+    /// Z-score features with the training split's mean and standard deviation before fitting
+    /// (constant features keep scale 1, as in scikit-learn's `StandardScaler`). Default true.
+    pub standardize: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            l2_grid: vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+            max_iter: 100,
+            tol: 1e-6,
+            bootstrap: 1000,
+            seed: 0,
+            standardize: true,
+        }
+    }
+}
+
+/// How a [`LinearProbe`] was fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeKind {
+    /// L2-regularised logistic regression ([`fit_logistic`]).
+    Logistic,
+    /// Difference of the class means, thresholded at the midpoint ([`fit_diff_of_means`]).
+    DiffOfMeans,
+}
+
+/// A linear probe on one layer: decision value `weight · x + bias`, positive means `true`.
+#[derive(Debug, Clone)]
+pub struct LinearProbe {
+    /// `[d_model]` f32, acting on raw (unstandardized) activations, on the training data's device.
+    pub weight: Tensor,
+    /// The intercept.
+    pub bias: f64,
+    /// The L2 strength chosen for this layer (mean-loss convention); 0 for difference of means.
+    pub l2: f64,
+    /// How the probe was fitted.
+    pub kind: ProbeKind,
+}
+
+/// Classification metrics of a probe on one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Number of items.
+    pub n: usize,
+    /// Fraction of items whose decision value has the label's sign (`> 0` means `true`).
+    pub accuracy: f64,
+    /// Percentile bootstrap 95% interval of the accuracy (`NaN` without resamples).
+    pub accuracy_ci: (f64, f64),
+    /// Area under the ROC curve (rank-based, ties count one half); `NaN` with a single class.
+    pub auroc: f64,
+    /// Percentile bootstrap 95% interval of the AUROC.
+    pub auroc_ci: (f64, f64),
+}
+
+/// One layer's row of a [`sweep`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerReport {
+    /// Index of the layer in the input slices.
+    pub layer: usize,
+    /// Metrics on the training split.
+    pub train: Metrics,
+    /// Metrics on the validation split (which chose `l2`).
+    pub val: Metrics,
+    /// Metrics on the test split.
+    pub test: Metrics,
+    /// The chosen L2 strength (mean-loss convention).
+    pub l2: f64,
+    /// ∞-norm of the objective's gradient at the returned solution (at most [`ProbeOptions::tol`]).
+    pub grad_norm: f64,
+}
+
+/// The raw result of [`solve_logistic_batched`]: coefficients in the coordinates it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSolution {
+    /// `coef[layer][g]`: `d + 1` values, the weights then the bias, for `l2[g]`.
+    pub coef: Vec<Vec<Vec<f64>>>,
+    /// `grad_norm[layer][g]`: ∞-norm of the gradient at `coef[layer][g]`.
+    pub grad_norm: Vec<Vec<f64>>,
+    /// Whether every problem reached `tol`.
+    pub converged: bool,
+    /// Newton steps taken (by the slowest problem).
+    pub newton_iters: usize,
+    /// Batched Hessian-vector products computed (each covers all problems).
+    pub hvps: usize,
+}
+
+/// Fits one logistic probe per layer; each layer's L2 strength is the grid value with the best
+/// validation accuracy (ties go to the larger `l2`). All layers and grid values are solved as one
+/// batched Newton-CG problem (see the [module docs](self)).
+///
+/// Errors ([`Error::Shape`] or [`Error::InvalidArgument`], naming the split, layer and shape): no
+/// layers or no items, a different number of layers or `d_model` across the splits, a row count
+/// that differs from the number of labels, non-finite activations, training labels with one class
+/// or a minority class under 5%, an invalid option, or a problem that does not reach `tol` within
+/// `max_iter` Newton steps.
+pub fn fit_logistic(
+    train: &[Tensor],
+    y_train: &[bool],
+    val: &[Tensor],
+    y_val: &[bool],
+    opts: &ProbeOptions,
+) -> Result<Vec<LinearProbe>> {
+    Ok(fit_logistic_inner(train, y_train, val, y_val, opts)?.0)
+}
+
+/// Fits one difference-of-means probe per layer: `weight = mean(pos) - mean(neg)` on raw
+/// activations, `bias` puts the threshold at the midpoint of the two class means' projections.
+///
+/// Errors as [`fit_logistic`]'s for the training split.
+pub fn fit_diff_of_means(train: &[Tensor], y_train: &[bool]) -> Result<Vec<LinearProbe>> {
+    let (_n, d) = check_split("train", train, y_train, None, None)?;
+    check_labels(y_train)?;
+    let dev = train[0].device().clone();
+    let dt = work_dtype(&dev);
+    let pos: Vec<f64> = y_train.iter().map(|&b| f64::from(u8::from(b))).collect();
+    let n_pos = pos.iter().sum::<f64>();
+    let n_neg = y_train.len() as f64 - n_pos;
+    let n = y_train.len();
+    // Per-row weights: 1/n_pos on positives, -1/n_neg on negatives (difference of means), and
+    // 1/(2 n_pos), 1/(2 n_neg) (the midpoint of the means).
+    let diff_w: Vec<f64> = pos.iter().map(|&p| p / n_pos - (1.0 - p) / n_neg).collect();
+    let mid_w: Vec<f64> = pos
+        .iter()
+        .map(|&p| p / (2.0 * n_pos) + (1.0 - p) / (2.0 * n_neg))
+        .collect();
+    let mut wv = diff_w;
+    wv.extend(mid_w);
+    let weights = Tensor::from_vec(wv, (2, n), &dev)?.to_dtype(dt)?; // [2, n]
+    let mut probes = Vec::with_capacity(train.len());
+    for x in train {
+        let x = x.to_device(&dev)?.to_dtype(dt)?; // [n, d]
+        let m = weights.matmul(&x)?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // [2, d]
+        let (dir, mid) = (&m[0], &m[1]);
+        let bias = -dir.iter().zip(mid).map(|(a, b)| a * b).sum::<f64>();
+        let weight =
+            Tensor::from_vec(dir.iter().map(|&v| v as f32).collect::<Vec<f32>>(), d, &dev)?; // [d]
+        probes.push(LinearProbe {
+            weight,
+            bias,
+            l2: 0.0,
+            kind: ProbeKind::DiffOfMeans,
+        });
+    }
+    Ok(probes)
+}
+
+impl LinearProbe {
+    /// Decision values `x · weight + bias`, `[n]` f32 on `x`'s device (accumulated in f64 where
+    /// the device has it). `x` is `[n, d_model]`.
+    pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
+        let d = self.weight.dims1()?;
+        check_layer("x", None, x, None, Some(d))?;
+        Ok(self.scores_tensor(x)?.to_dtype(DType::F32)?) // [n]
+    }
+
+    /// Accuracy and AUROC of the probe on `x` (`[n, d_model]`) with labels `y`, with bootstrap
+    /// 95% intervals over `opts.bootstrap` resamples seeded by `opts.seed`.
+    pub fn evaluate(&self, x: &Tensor, y: &[bool], opts: &ProbeOptions) -> Result<Metrics> {
+        let d = self.weight.dims1()?;
+        check_layer("x", None, x, Some(y.len()), Some(d))?;
+        let s = self.scores_f64(x)?;
+        Ok(metrics(&s, y, opts))
+    }
+
+    /// Decision values in the working dtype, `[n]`.
+    fn scores_tensor(&self, x: &Tensor) -> Result<Tensor> {
+        let dev = x.device();
+        let dt = work_dtype(dev);
+        let x = x.to_dtype(dt)?; // [n, d]
+        let w = self.weight.to_device(dev)?.to_dtype(dt)?.unsqueeze(1)?; // [d, 1]
+        Ok((x.matmul(&w)?.squeeze(1)? + self.bias)?) // [n]
+    }
+
+    /// Decision values as host f64.
+    fn scores_f64(&self, x: &Tensor) -> Result<Vec<f64>> {
+        Ok(self
+            .scores_tensor(x)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?)
+    }
+}
+
+/// Fraction of items whose score has the label's sign (`score > 0` predicts `true`, as in
+/// scikit-learn). `NaN` for no items.
+pub fn accuracy(scores: &[f64], y: &[bool]) -> f64 {
+    let n = scores.len().min(y.len());
+    if n == 0 {
+        return f64::NAN;
+    }
+    let correct = scores
+        .iter()
+        .zip(y)
+        .filter(|&(&s, &t)| (s > 0.0) == t)
+        .count();
+    correct as f64 / n as f64
+}
+
+/// Area under the ROC curve: the probability that a random positive scores above a random
+/// negative, ties counting one half (the Mann-Whitney statistic with averaged ranks). `NaN` unless
+/// both classes are present. Scores should be finite.
+pub fn auroc(scores: &[f64], y: &[bool]) -> f64 {
+    let n = scores.len().min(y.len());
+    let order = sorted_order(&scores[..n]);
+    let ones = vec![1u32; n];
+    weighted_auroc(&scores[..n], &y[..n], &order, &ones)
+}
+
+/// Percentile-bootstrap 95% intervals `(accuracy_ci, auroc_ci)` over `resamples` resamples of the
+/// items (drawn with replacement by a seeded SplitMix64). Resamples with a single class are left
+/// out of the AUROC interval. Intervals are `(NaN, NaN)` when `resamples` is 0 or there are no
+/// items.
+pub fn bootstrap_ci(
+    scores: &[f64],
+    y: &[bool],
+    resamples: usize,
+    seed: u64,
+) -> ((f64, f64), (f64, f64)) {
+    let n = scores.len().min(y.len());
+    let nan = (f64::NAN, f64::NAN);
+    if n == 0 || resamples == 0 {
+        return (nan, nan);
+    }
+    let (scores, y) = (&scores[..n], &y[..n]);
+    let order = sorted_order(scores);
+    let correct: Vec<bool> = scores
+        .iter()
+        .zip(y)
+        .map(|(&s, &t)| (s > 0.0) == t)
+        .collect();
+    let mut rng = SplitMix64(seed);
+    let mut counts = vec![0u32; n];
+    let mut accs = Vec::with_capacity(resamples);
+    let mut aucs = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        counts.iter_mut().for_each(|c| *c = 0);
+        for _ in 0..n {
+            counts[rng.below(n)] += 1;
+        }
+        let right: u64 = counts
+            .iter()
+            .zip(&correct)
+            .filter(|(_, &c)| c)
+            .map(|(&k, _)| u64::from(k))
+            .sum();
+        accs.push(right as f64 / n as f64);
+        let a = weighted_auroc(scores, y, &order, &counts);
+        if a.is_finite() {
+            aucs.push(a);
+        }
+    }
+    (percentile_ci(&mut accs), percentile_ci(&mut aucs))
+}
+
+/// The one call: logistic probes at every layer ([`fit_logistic`], L2 chosen on `val`), each
+/// evaluated on train, validation and test. Errors as [`fit_logistic`]'s, for all three splits.
+pub fn sweep(
+    train: &[Tensor],
+    y_train: &[bool],
+    val: &[Tensor],
+    y_val: &[bool],
+    test: &[Tensor],
+    y_test: &[bool],
+    opts: &ProbeOptions,
+) -> Result<Vec<LayerReport>> {
+    let (_, d) = check_split("train", train, y_train, None, None)?;
+    check_split("test", test, y_test, Some(d), Some(train.len()))?;
+    let (probes, grad_norms) = fit_logistic_inner(train, y_train, val, y_val, opts)?;
+    let mut out = Vec::with_capacity(probes.len());
+    for (l, (p, gn)) in probes.iter().zip(grad_norms).enumerate() {
+        out.push(LayerReport {
+            layer: l,
+            train: metrics(&p.scores_f64(&train[l])?, y_train, opts),
+            val: metrics(&p.scores_f64(&val[l])?, y_val, opts),
+            test: metrics(&p.scores_f64(&test[l])?, y_test, opts),
+            l2: p.l2,
+            grad_norm: gn,
+        });
+    }
+    Ok(out)
+}
+
+/// Evaluates probes trained on one model on another model's activations at the same layers
+/// (`x_other[l]` is `[n, d_model]` for `probes[l]`). The layer counts and each layer's `d_model`
+/// must match ([`Error::Shape`] otherwise).
+pub fn transfer(
+    probes: &[LinearProbe],
+    x_other: &[Tensor],
+    y: &[bool],
+    opts: &ProbeOptions,
+) -> Result<Vec<Metrics>> {
+    if probes.len() != x_other.len() {
+        return Err(Error::Shape {
+            what: "transfer: layers of the other model's activations".into(),
+            expected: format!("{} layers (one per probe)", probes.len()),
+            got: format!("{} layers", x_other.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(probes.len());
+    for (l, (p, x)) in probes.iter().zip(x_other).enumerate() {
+        let d = p.weight.dims1()?;
+        check_layer("x_other", Some(l), x, Some(y.len()), Some(d))?;
+        out.push(metrics(&p.scores_f64(x)?, y, opts));
+    }
+    Ok(out)
+}
+
+/// Solves L2-regularised logistic regression for every layer of `x` (`[L, n, d]`, used as given:
+/// no standardization) and every strength in `l2` at once, with an unpenalised bias, by batched
+/// Newton-CG (see the [module docs](self)). This is the engine of [`fit_logistic`], public so that
+/// its convergence can be checked (e.g. with [`logistic_objective_grad`]).
+pub fn solve_logistic_batched(
+    x: &Tensor,
+    y: &[bool],
+    l2: &[f64],
+    max_iter: usize,
+    tol: f64,
+) -> Result<BatchSolution> {
+    let (l, n, _d) = x.dims3().map_err(|_| Error::Shape {
+        what: "solve_logistic_batched: activations".into(),
+        expected: "[layers, n, d]".into(),
+        got: format!("{:?}", x.dims()),
+    })?;
+    if n != y.len() || n == 0 || l == 0 {
+        return Err(Error::Shape {
+            what: "solve_logistic_batched: activations vs labels".into(),
+            expected: format!("[layers > 0, {} (one row per label, > 0), d]", y.len()),
+            got: format!("{:?}", x.dims()),
+        });
+    }
+    check_solver_opts(l2, max_iter, tol)?;
+    for (li, xl) in x.chunk(l, 0)?.iter().enumerate() {
+        check_layer("x", Some(li), &xl.squeeze(0)?, Some(n), None)?;
+    }
+    let dev = x.device().clone();
+    let dt = work_dtype(&dev);
+    let ones = Tensor::ones((l, n, 1), dt, &dev)?; // [L, n, 1]
+    let xa = Tensor::cat(&[&x.to_dtype(dt)?, &ones], 2)?; // [L, n, d+1]
+    newton_cg(&xa, y, l2, max_iter, tol)
+}
+
+/// The logistic objective `mean_i [log(1 + exp(z_i)) - y_i z_i] + (l2/2)·||w||²` with
+/// `z_i = w·x_i + bias`, and its gradient (`d + 1` values: the weights', then the bias's),
+/// computed on the host in plain f64 loops, independently of the batched solver. `x` is `[n, d]`.
+pub fn logistic_objective_grad(
+    x: &Tensor,
+    y: &[bool],
+    w: &[f64],
+    bias: f64,
+    l2: f64,
+) -> Result<(f64, Vec<f64>)> {
+    check_layer("x", None, x, Some(y.len()), Some(w.len()))?;
+    let rows = x
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .to_vec2::<f64>()?;
+    let n = rows.len() as f64;
+    let mut grad = vec![0.0; w.len() + 1];
+    let mut loss = 0.0;
+    for (row, &t) in rows.iter().zip(y) {
+        let z = row.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + bias;
+        let t = f64::from(u8::from(t));
+        loss += z.max(0.0) + (-z.abs()).exp().ln_1p() - t * z;
+        let r = 1.0 / (1.0 + (-z).exp()) - t;
+        for (g, &a) in grad.iter_mut().zip(row) {
+            *g += r * a;
+        }
+        grad[w.len()] += r;
+    }
+    let mut obj = loss / n;
+    for (j, g) in grad.iter_mut().enumerate() {
+        *g /= n;
+        if j < w.len() {
+            *g += l2 * w[j];
+            obj += 0.5 * l2 * w[j] * w[j];
+        }
+    }
+    Ok((obj, grad))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fitting internals.
+
+/// Arithmetic dtype of the solver and of scores on `dev`.
+fn work_dtype(dev: &Device) -> DType {
+    if dev.is_metal() {
+        DType::F32
+    } else {
+        DType::F64
+    }
+}
+
+/// [`fit_logistic`], also returning each layer's gradient ∞-norm at the chosen `l2`.
+fn fit_logistic_inner(
+    train: &[Tensor],
+    y_train: &[bool],
+    val: &[Tensor],
+    y_val: &[bool],
+    opts: &ProbeOptions,
+) -> Result<(Vec<LinearProbe>, Vec<f64>)> {
+    let (n, d) = check_split("train", train, y_train, None, None)?;
+    check_split("val", val, y_val, Some(d), Some(train.len()))?;
+    check_labels(y_train)?;
+    check_solver_opts(&opts.l2_grid, opts.max_iter, opts.tol)?;
+    let dev = train[0].device().clone();
+    let dt = work_dtype(&dev);
+    let (l, g) = (train.len(), opts.l2_grid.len());
+    let x = stack(train, &dev, dt)?; // [L, n, d]
+
+    // Standardization with the training split's statistics (host copies for the fold-back).
+    let (mean, scale) = if opts.standardize {
+        let mean = x.mean_keepdim(1)?; // [L, 1, d]
+        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?; // [L, 1, d]
+        let mean_h = mean.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // [L*d]
+        let var_h = var.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // [L*d]
+                                                                                // Constant features keep scale 1 (scikit-learn's rule: variance within rounding of 0).
+        let scale_h: Vec<f64> = var_h
+            .iter()
+            .zip(&mean_h)
+            .map(|(&v, &m)| {
+                let bound = (n as f64 * f64::EPSILON * m).powi(2) + n as f64 * f64::EPSILON * v;
+                if v <= bound {
+                    1.0
+                } else {
+                    v.sqrt()
+                }
+            })
+            .collect();
+        (mean_h, scale_h)
+    } else {
+        (vec![0.0; l * d], vec![1.0; l * d])
+    };
+    let xs = if opts.standardize {
+        let mean_t = Tensor::from_vec(mean.clone(), (l, 1, d), &dev)?.to_dtype(dt)?; // [L, 1, d]
+        let scale_t = Tensor::from_vec(scale.clone(), (l, 1, d), &dev)?.to_dtype(dt)?; // [L, 1, d]
+        x.broadcast_sub(&mean_t)?.broadcast_div(&scale_t)? // [L, n, d]
+    } else {
+        x
+    };
+    let ones = Tensor::ones((l, n, 1), dt, &dev)?; // [L, n, 1]
+    let xa = Tensor::cat(&[&xs, &ones], 2)?; // [L, n, d+1]
+    drop(xs);
+    let sol = newton_cg(&xa, y_train, &opts.l2_grid, opts.max_iter, opts.tol)?;
+    drop(xa);
+    if !sol.converged {
+        for (li, row) in sol.grad_norm.iter().enumerate() {
+            for (gi, &gn) in row.iter().enumerate() {
+                if gn.is_nan() || gn > opts.tol {
+                    return Err(Error::InvalidArgument {
+                        name: "max_iter".into(),
+                        msg: format!(
+                            "logistic probe at layer {li} (train [{n}, {d}]) with l2 = {}: \
+                             gradient ∞-norm {gn:.3e} still above tol = {:.1e} after {} Newton \
+                             steps; raise max_iter or tol",
+                            opts.l2_grid[gi], opts.tol, opts.max_iter
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    // Fold the standardization back: raw weight w_j / scale_j, bias b - Σ w_j mean_j / scale_j.
+    let mut w_raw = vec![0.0f64; l * d * g]; // [L, d, G]
+    let mut b_raw = vec![0.0f64; l * g]; // [L, 1, G]
+    for li in 0..l {
+        for gi in 0..g {
+            let c = &sol.coef[li][gi];
+            let mut b = c[d];
+            for j in 0..d {
+                let wj = c[j] / scale[li * d + j];
+                w_raw[(li * d + j) * g + gi] = wj;
+                b -= wj * mean[li * d + j];
+            }
+            b_raw[li * g + gi] = b;
+        }
+    }
+
+    // Choose l2 per layer on validation accuracy (ties: the larger l2), one batched matmul.
+    let xv = stack(val, &dev, dt)?; // [L, n_val, d]
+    let wt = Tensor::from_vec(w_raw.clone(), (l, d, g), &dev)?.to_dtype(dt)?; // [L, d, G]
+    let bt = Tensor::from_vec(b_raw.clone(), (l, 1, g), &dev)?.to_dtype(dt)?; // [L, 1, G]
+    let sv = xv.matmul(&wt)?.broadcast_add(&bt)?; // [L, n_val, G]
+    let sv = sv.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // [L*n_val*G]
+    let nv = y_val.len();
+    let mut by_l2: Vec<usize> = (0..g).collect();
+    by_l2.sort_by(|&a, &b| opts.l2_grid[b].total_cmp(&opts.l2_grid[a])); // largest l2 first
+    let mut probes = Vec::with_capacity(l);
+    let mut grad_norms = Vec::with_capacity(l);
+    for li in 0..l {
+        let mut best: Option<(usize, usize)> = None; // (grid index, correct count)
+        for &gi in &by_l2 {
+            let correct = (0..nv)
+                .filter(|&i| (sv[(li * nv + i) * g + gi] > 0.0) == y_val[i])
+                .count();
+            if best.is_none_or(|(_, c)| correct > c) {
+                best = Some((gi, correct));
+            }
+        }
+        let gi = best.map_or(0, |(gi, _)| gi);
+        let w: Vec<f32> = (0..d)
+            .map(|j| w_raw[(li * d + j) * g + gi] as f32)
+            .collect();
+        probes.push(LinearProbe {
+            weight: Tensor::from_vec(w, d, &dev)?, // [d]
+            bias: b_raw[li * g + gi],
+            l2: opts.l2_grid[gi],
+            kind: ProbeKind::Logistic,
+        });
+        grad_norms.push(sol.grad_norm[li][gi]);
+    }
+    Ok((probes, grad_norms))
+}
+
+/// Stacks per-layer `[n, d]` activations into `[L, n, d]` in `dt` on `dev`.
+fn stack(xs: &[Tensor], dev: &Device, dt: DType) -> Result<Tensor> {
+    let xs = xs
+        .iter()
+        .map(|x| x.to_device(dev)?.to_dtype(dt))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&xs, 0)?) // [L, n, d]
+}
+
+/// Per-problem scalars `[L, 1, G]` from host values (row-major over layer, then grid value).
+fn per_problem(v: &[f64], l: usize, g: usize, dev: &Device, dt: DType) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v.to_vec(), (l, 1, g), dev)?.to_dtype(dt)?) // [L, 1, G]
+}
+
+/// A `[L, 1, G]` tensor back on the host as `L*G` f64.
+fn host(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
+/// Batched Newton-CG on `xa` (`[L, n, p]`, last column ones = unpenalised bias).
+fn newton_cg(
+    xa: &Tensor,
+    y: &[bool],
+    l2: &[f64],
+    max_iter: usize,
+    tol: f64,
+) -> Result<BatchSolution> {
+    let (l, n, p) = xa.dims3()?;
+    let g = l2.len();
+    let q = l * g;
+    let dev = xa.device().clone();
+    let dt = xa.dtype();
+    let nf = n as f64;
+    let xt = xa.t()?; // [L, p, n] (a strided view)
+    let x2t = xa.sqr()?.t()?; // [L, p, n], for the Jacobi preconditioner
+    let yv: Vec<f64> = y.iter().map(|&b| f64::from(u8::from(b))).collect();
+    let yt = Tensor::from_vec(yv, (1, n, 1), &dev)?.to_dtype(dt)?; // [1, n, 1]
+    let lam = Tensor::from_vec(l2.to_vec(), (1, 1, g), &dev)?.to_dtype(dt)?; // [1, 1, G]
+    let mut regv = vec![1.0f64; p];
+    regv[p - 1] = 0.0;
+    let reg = Tensor::from_vec(regv, (1, p, 1), &dev)?.to_dtype(dt)?; // [1, p, 1]
+    let lam_reg = lam.broadcast_mul(&reg)?; // [1, p, G]
+
+    // Mean loss per problem of margins z.
+    let loss = |z: &Tensor| -> Result<Tensor> {
+        let sp = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?; // [L, n, G]
+        Ok((sp - z.broadcast_mul(&yt)?)?.mean_keepdim(1)?) // [L, 1, G]
+    };
+    let penalty = |w: &Tensor| -> Result<Tensor> {
+        Ok((w.sqr()?.broadcast_mul(&lam_reg)?.sum_keepdim(1)? * 0.5)?) // [L, 1, G]
+    };
+
+    let mut w = Tensor::zeros((l, p, g), dt, &dev)?; // [L, p, G]
+    let mut gnorm = vec![f64::NAN; q];
+    let mut done = vec![false; q]; // converged, or stalled (line search found no decrease)
+    let mut hvps = 0usize;
+    let mut iters = 0usize;
+    let cg_max = p.min(250);
+    for it in 0..=max_iter {
+        let z = xa.matmul(&w)?; // [L, n, G]
+        let f0 = host(&(loss(&z)? + penalty(&w)?)?)?; // [L*G]
+        let sig = candle_nn::ops::sigmoid(&z)?; // [L, n, G]
+        let grad = ((xt.matmul(&sig.broadcast_sub(&yt)?)? / nf)? + w.broadcast_mul(&lam_reg)?)?; // [L, p, G]
+        gnorm = host(&grad.abs()?.max_keepdim(1)?)?; // [L*G]
+        for k in 0..q {
+            if gnorm[k] <= tol || !gnorm[k].is_finite() {
+                done[k] = true;
+            }
+        }
+        if done.iter().all(|&b| b) || it == max_iter {
+            break;
+        }
+        iters = it + 1;
+        let active: Vec<f64> = done.iter().map(|&b| if b { 0.0 } else { 1.0 }).collect();
+        let active_t = per_problem(&active, l, g, &dev, dt)?; // [L, 1, G]
+
+        // Curvature weights and the Jacobi preconditioner.
+        let s = (&sig * (1.0 - &sig)?)?; // [L, n, G]
+        let minv = ((x2t.matmul(&s)? / nf)?.broadcast_add(&lam_reg)?).recip()?; // [L, p, G]
+        let hvp = |v: &Tensor| -> Result<Tensor> {
+            let xv = (xa.matmul(v)? * &s)?; // [L, n, G]
+            Ok(((xt.matmul(&xv)? / nf)? + v.broadcast_mul(&lam_reg)?)?) // [L, p, G]
+        };
+
+        // Preconditioned CG on H d = -g, to a relative residual min(0.5, sqrt(||g||)).
+        let g2 = host(&grad.sqr()?.sum_keepdim(1)?)?; // [L*G]
+        let target: Vec<f64> = g2
+            .iter()
+            .map(|&v| v.sqrt() * v.sqrt().sqrt().min(0.5))
+            .collect();
+        let mut dir = Tensor::zeros((l, p, g), dt, &dev)?; // [L, p, G]
+        let mut res = grad.neg()?.broadcast_mul(&active_t)?; // [L, p, G]
+        let mut zc = (&res * &minv)?; // [L, p, G]
+        let mut pc = zc.clone(); // [L, p, G]
+        let mut rz = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [L*G]
+        let mut res2 = g2.clone();
+        for k in 0..cg_max {
+            let cg_active: Vec<bool> = (0..q)
+                .map(|i| !done[i] && res2[i].sqrt() > target[i])
+                .collect();
+            if !cg_active.iter().any(|&b| b) {
+                break;
+            }
+            let hp = hvp(&pc)?; // [L, p, G]
+            hvps += 1;
+            let php = host(&(&pc * &hp)?.sum_keepdim(1)?)?; // [L*G]
+            let mut alpha = vec![0.0; q];
+            let mut stop_after = vec![false; q];
+            for i in 0..q {
+                if cg_active[i] {
+                    if php[i] > 0.0 && php[i].is_finite() {
+                        alpha[i] = rz[i] / php[i];
+                    } else if k == 0 {
+                        // No usable curvature: a (preconditioned) gradient step, line-searched.
+                        alpha[i] = 1.0;
+                        stop_after[i] = true;
+                    } else {
+                        stop_after[i] = true;
+                    }
+                }
+            }
+            let alpha_t = per_problem(&alpha, l, g, &dev, dt)?; // [L, 1, G]
+            dir = (dir + pc.broadcast_mul(&alpha_t)?)?;
+            res = (res - hp.broadcast_mul(&alpha_t)?)?;
+            zc = (&res * &minv)?;
+            let rz_new = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [L*G]
+            res2 = host(&res.sqr()?.sum_keepdim(1)?)?; // [L*G]
+            let mut beta = vec![0.0; q];
+            for i in 0..q {
+                if cg_active[i] && rz[i] > 0.0 {
+                    beta[i] = rz_new[i] / rz[i];
+                }
+                if stop_after[i] {
+                    res2[i] = 0.0;
+                }
+            }
+            let beta_t = per_problem(&beta, l, g, &dev, dt)?; // [L, 1, G]
+            pc = (&zc + pc.broadcast_mul(&beta_t)?)?;
+            rz = rz_new;
+        }
+
+        // Armijo backtracking, one step size per problem.
+        let xd = xa.matmul(&dir)?; // [L, n, G]
+        let gd = host(&(&grad * &dir)?.sum_keepdim(1)?)?; // [L*G]
+        let mut t = vec![1.0f64; q];
+        let mut accepted: Vec<bool> = (0..q).map(|i| done[i] || gd[i] >= 0.0).collect();
+        for i in 0..q {
+            if !done[i] && gd[i] >= 0.0 {
+                done[i] = true; // not a descent direction: cannot progress further in f64
+                t[i] = 0.0;
+            }
+            if done[i] {
+                t[i] = 0.0;
+            }
+        }
+        for _ in 0..60 {
+            if accepted.iter().all(|&b| b) {
+                break;
+            }
+            let t_t = per_problem(&t, l, g, &dev, dt)?; // [L, 1, G]
+            let zt = (&z + xd.broadcast_mul(&t_t)?)?; // [L, n, G]
+            let wt = (&w + dir.broadcast_mul(&t_t)?)?; // [L, p, G]
+            let ft = host(&(loss(&zt)? + penalty(&wt)?)?)?; // [L*G]
+            for i in 0..q {
+                if !accepted[i] {
+                    if ft[i] <= f0[i] + 1e-4 * t[i] * gd[i] {
+                        accepted[i] = true;
+                    } else {
+                        t[i] *= 0.5;
+                    }
+                }
+            }
+        }
+        for i in 0..q {
+            if !accepted[i] {
+                t[i] = 0.0;
+                done[i] = true; // no decrease found: stalled at rounding level
+            }
+        }
+        let t_t = per_problem(&t, l, g, &dev, dt)?; // [L, 1, G]
+        w = (w + dir.broadcast_mul(&t_t)?)?;
+    }
+    let coef_h = host(&w)?; // [L*p*G]
+    let coef = (0..l)
+        .map(|li| {
+            (0..g)
+                .map(|gi| (0..p).map(|j| coef_h[(li * p + j) * g + gi]).collect())
+                .collect()
+        })
+        .collect();
+    let grad_norm = (0..l)
+        .map(|li| gnorm[li * g..(li + 1) * g].to_vec())
+        .collect();
+    let converged = gnorm.iter().all(|&v| v <= tol);
+    Ok(BatchSolution {
+        coef,
+        grad_norm,
+        converged,
+        newton_iters: iters,
+        hvps,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+/// Checks the solver options.
+fn check_solver_opts(l2: &[f64], max_iter: usize, tol: f64) -> Result<()> {
+    if l2.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "l2_grid".into(),
+            msg: "is empty; give at least one L2 strength".into(),
+        });
+    }
+    if let Some(bad) = l2.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        return Err(Error::InvalidArgument {
+            name: "l2_grid".into(),
+            msg: format!("contains {bad}; every L2 strength must be finite and > 0"),
+        });
+    }
+    if max_iter == 0 {
+        return Err(Error::InvalidArgument {
+            name: "max_iter".into(),
+            msg: "must be at least 1".into(),
+        });
+    }
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(Error::InvalidArgument {
+            name: "tol".into(),
+            msg: format!("is {tol}; must be finite and > 0"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks one split's per-layer activations against its labels (and optionally against the
+/// training split's `d_model` and layer count); returns `(n, d_model)`.
+fn check_split(
+    split: &str,
+    xs: &[Tensor],
+    y: &[bool],
+    d: Option<usize>,
+    layers: Option<usize>,
+) -> Result<(usize, usize)> {
+    if xs.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: split.into(),
+            msg: "no layers given (empty slice of activations)".into(),
+        });
+    }
+    if let Some(want) = layers {
+        if xs.len() != want {
+            return Err(Error::Shape {
+                what: format!("{split}: number of layers"),
+                expected: format!("{want} layers (as in train)"),
+                got: format!("{} layers", xs.len()),
+            });
+        }
+    }
+    let mut dims = (0, 0);
+    for (l, x) in xs.iter().enumerate() {
+        let want_d = if l == 0 { d } else { Some(dims.1) };
+        dims = check_layer(split, Some(l), x, Some(y.len()), want_d)?;
+    }
+    Ok(dims)
+}
+
+/// Checks one layer's `[n, d]` activations: rank, rows = labels, `d_model`, finiteness.
+fn check_layer(
+    split: &str,
+    layer: Option<usize>,
+    x: &Tensor,
+    n: Option<usize>,
+    d: Option<usize>,
+) -> Result<(usize, usize)> {
+    let at = match layer {
+        Some(l) => format!("{split}, layer {l}"),
+        None => split.to_string(),
+    };
+    let (rows, cols) = x.dims2().map_err(|_| Error::Shape {
+        what: format!("{at}: activations"),
+        expected: "[n, d_model]".into(),
+        got: format!("{:?}", x.dims()),
+    })?;
+    if !x.dtype().is_float() {
+        return Err(Error::DtypeOrDevice {
+            what: format!("{at}: activations [{rows}, {cols}]"),
+            expected: "a float dtype".into(),
+            got: format!("{:?}", x.dtype()),
+        });
+    }
+    if let Some(n) = n {
+        if rows != n {
+            return Err(Error::Shape {
+                what: format!("{at}: activations vs labels"),
+                expected: format!("[{n}, d_model] (one row per label)"),
+                got: format!("[{rows}, {cols}]"),
+            });
+        }
+    }
+    if rows == 0 {
+        return Err(Error::InvalidArgument {
+            name: at,
+            msg: format!("no items (activations of shape [{rows}, {cols}])"),
+        });
+    }
+    if let Some(d) = d {
+        if cols != d {
+            return Err(Error::Shape {
+                what: format!("{at}: d_model"),
+                expected: format!("[{rows}, {d}]"),
+                got: format!("[{rows}, {cols}]"),
+            });
+        }
+    }
+    // A finite sum proves every value finite; otherwise count exactly (the sum may overflow).
+    let sum = x.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    if !sum.is_finite() {
+        let xf = x.to_dtype(DType::F32)?; // [n, d]
+        let delta = (&xf - &xf)?; // [n, d], NaN exactly where x is NaN or ±inf
+        let bad = delta
+            .ne(&delta)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if bad > 0.0 {
+            return Err(Error::InvalidArgument {
+                name: at,
+                msg: format!(
+                    "activations of shape [{rows}, {cols}] contain {bad} non-finite values (NaN or inf)"
+                ),
+            });
+        }
+    }
+    Ok((rows, cols))
+}
+
+/// Training labels need both classes, the minority at least 5% of the items.
+fn check_labels(y: &[bool]) -> Result<()> {
+    let n = y.len();
+    let pos = y.iter().filter(|&&b| b).count();
+    let neg = n - pos;
+    if pos == 0 || neg == 0 {
+        return Err(Error::InvalidArgument {
+            name: "y_train".into(),
+            msg: format!(
+                "unbalanced labels: {pos} positive and {neg} negative of {n}; a probe needs both classes"
+            ),
+        });
+    }
+    let minority = pos.min(neg);
+    if minority * 20 < n {
+        return Err(Error::InvalidArgument {
+            name: "y_train".into(),
+            msg: format!(
+                "unbalanced labels: {pos} positive and {neg} negative of {n}; the minority class \
+                 ({minority}, {:.1}%) is under the 5% minimum",
+                100.0 * minority as f64 / n as f64
+            ),
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics.
+
+/// Accuracy, AUROC and their bootstrap intervals.
+fn metrics(scores: &[f64], y: &[bool], opts: &ProbeOptions) -> Metrics {
+    let (accuracy_ci, auroc_ci) = bootstrap_ci(scores, y, opts.bootstrap, opts.seed);
+    Metrics {
+        n: y.len(),
+        accuracy: accuracy(scores, y),
+        accuracy_ci,
+        auroc: auroc(scores, y),
+        auroc_ci,
+    }
+}
+
+/// Indices of `scores` in ascending order.
+fn sorted_order(scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    order
+}
+
+/// AUROC with integer item weights (bootstrap multiplicities), `order` ascending by score; ties
+/// count one half. `NaN` unless both classes have weight.
+fn weighted_auroc(scores: &[f64], y: &[bool], order: &[usize], weight: &[u32]) -> f64 {
+    let (mut below_neg, mut pairs) = (0f64, 0f64); // negatives below the current group; Σ wins
+    let (mut tot_pos, mut tot_neg) = (0f64, 0f64);
+    let mut i = 0;
+    while i < order.len() {
+        let s = scores[order[i]];
+        let (mut gp, mut gn) = (0f64, 0f64);
+        while i < order.len() && scores[order[i]] == s {
+            let k = order[i];
+            if y[k] {
+                gp += f64::from(weight[k]);
+            } else {
+                gn += f64::from(weight[k]);
+            }
+            i += 1;
+        }
+        pairs += gp * (below_neg + 0.5 * gn);
+        below_neg += gn;
+        tot_pos += gp;
+        tot_neg += gn;
+    }
+    if tot_pos == 0.0 || tot_neg == 0.0 {
+        return f64::NAN;
+    }
+    pairs / (tot_pos * tot_neg)
+}
+
+/// The 2.5th and 97.5th percentiles (linear interpolation, as numpy's default).
+fn percentile_ci(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        let pos = p * (v.len() - 1) as f64;
+        let lo = pos.floor() as usize;
+        let hi = pos.ceil() as usize;
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    (at(0.025), at(0.975))
+}
+
+/// SplitMix64 (Steele, Lea and Flood 2014): a tiny, fixed generator for the bootstrap.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-50 for the sizes used here).
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_ties_and_classes() {
+        // Perfect ranking, reversed ranking, all tied.
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.3, 0.4], &[false, false, true, true]),
+            1.0
+        );
+        assert_eq!(
+            auroc(&[0.4, 0.3, 0.2, 0.1], &[false, false, true, true]),
+            0.0
+        );
+        assert_eq!(auroc(&[1.0; 4], &[false, true, false, true]), 0.5);
+        // One tie across classes among 2x2 pairs: 3 wins + 0.5 = 3.5 / 4.
+        assert_eq!(
+            auroc(&[0.1, 0.5, 0.5, 0.9], &[false, false, true, true]),
+            0.875
+        );
+        assert!(auroc(&[0.1, 0.2], &[true, true]).is_nan());
+    }
+
+    #[test]
+    fn accuracy_threshold_is_strict() {
+        assert_eq!(accuracy(&[0.0, 1.0, -1.0], &[false, true, false]), 1.0);
+        assert_eq!(accuracy(&[0.0], &[true]), 0.0);
+    }
+
+    #[test]
+    fn splitmix_reference_values() {
+        // First outputs for seed 1234567 from the reference C implementation.
+        let mut r = SplitMix64(1234567);
+        assert_eq!(r.next(), 6457827717110365317);
+        assert_eq!(r.next(), 3203168211198807973);
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        let mut v: Vec<f64> = (0..=100).map(f64::from).collect();
+        assert_eq!(percentile_ci(&mut v), (2.5, 97.5));
+    }
+}
