@@ -32,16 +32,25 @@ const GLOOMY: [&str; 8] = [
     "I'm lonely and nobody cares about me.",
     "We lost. I'm heartbroken.",
 ];
-const NEUTRAL: [&str; 3] = ["Tell me about your weekend.", "Describe the weather today.", "What do you think of Mondays?"];
+const NEUTRAL: [&str; 3] = [
+    "Tell me about your weekend.",
+    "Describe the weather today.",
+    "What do you think of Mondays?",
+];
 
 fn arg<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let out_dir = std::path::PathBuf::from(arg::<String>(&args, "--out").unwrap_or_else(|| "notebooks-data/steer".into()));
+    let out_dir = std::path::PathBuf::from(
+        arg::<String>(&args, "--out").unwrap_or_else(|| "notebooks-data/steer".into()),
+    );
 
     let path = puppetlens::fetch::fetch("smollm2-135m-instruct")?;
     let (model, tok) = puppetlens::load(&path)?;
@@ -63,22 +72,49 @@ fn main() -> anyhow::Result<()> {
             .collect()
     };
     let (pos, neg) = (mean_resid(&JOYFUL)?, mean_resid(&GLOOMY)?);
-    let vectors: Vec<Tensor> = pos.iter().zip(&neg).map(|(p, n)| p - n).collect::<Result<_, _>>()?;
-    let norms: Vec<f32> = vectors.iter().map(|v| v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()).collect::<Result<_, _>>()?;
-    println!("difference-of-means norm per layer: {:?}", norms.iter().map(|n| (n * 10.0).round() / 10.0).collect::<Vec<_>>());
+    let vectors: Vec<Tensor> = pos
+        .iter()
+        .zip(&neg)
+        .map(|(p, n)| p - n)
+        .collect::<Result<_, _>>()?;
+    let norms: Vec<f32> = vectors
+        .iter()
+        .map(|v| v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>())
+        .collect::<Result<_, _>>()?;
+    println!(
+        "difference-of-means norm per layer: {:?}",
+        norms
+            .iter()
+            .map(|n| (n * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
 
     // Steer generation at `layer` with multiples of the raw difference of means (CAA's convention).
     let unit = vectors[layer].clone();
-    let prompts: Vec<Vec<u32>> = NEUTRAL.iter().take(if quick { 1 } else { 3 }).map(|s| tok.encode_chat(&[ChatMessage::user(*s)], true)).collect::<Result<_, _>>()?;
-    let opts = GenerateOptions { max_new_tokens: if quick { 16 } else { 40 }, stop_tokens: tok.eos_id().into_iter().collect(), ..GenerateOptions::default() };
+    let prompts: Vec<Vec<u32>> = NEUTRAL
+        .iter()
+        .take(if quick { 1 } else { 3 })
+        .map(|s| tok.encode_chat(&[ChatMessage::user(*s)], true))
+        .collect::<Result<_, _>>()?;
+    let opts = GenerateOptions {
+        max_new_tokens: if quick { 16 } else { 40 },
+        stop_tokens: tok.eos_id().into_iter().collect(),
+        ..GenerateOptions::default()
+    };
     let mut runs = Vec::new();
     for mult in [-scale, 0.0, scale] {
         let mut hooks = Hooks::new();
-        hooks.add(HookPoint::ResidPost(layer), AddVector::new(unit.clone(), mult));
+        hooks.add(
+            HookPoint::ResidPost(layer),
+            AddVector::new(unit.clone(), mult),
+        );
         let outs = model.generate(&prompts, &opts, &mut hooks)?;
         for (p, o) in NEUTRAL.iter().zip(&outs) {
             let text = tok.decode(o)?;
-            println!("[layer {layer}, x{mult:+.1}] {p} -> {}", text.replace('\n', " "));
+            println!(
+                "[layer {layer}, x{mult:+.1}] {p} -> {}",
+                text.replace('\n', " ")
+            );
             runs.push(serde_json::json!({"prompt": p, "layer": layer, "multiplier": mult, "completion": text}));
         }
     }
