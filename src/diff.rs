@@ -350,7 +350,8 @@ pub fn localise(
     let mut rows = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let (mut p_steer, mut p_abl) = (None, None);
-        if layers.contains(&l) {
+        // A zero difference has nothing to add and no direction to ablate.
+        if layers.contains(&l) && norms[&l] > 0.0 {
             let v = diff.only(&[l])?;
             let add = Intervention::Add {
                 vector: &v,

@@ -640,7 +640,13 @@ fn newton_cg(
     let dt = xa.dtype();
     let nf = n as f64;
     let xt = xa.t()?; // [L, p, n] (a strided view)
-    let x2t = xa.sqr()?.t()?; // [L, p, n], for the Jacobi preconditioner
+                      // Hessian-vector products run in f32 (halving the memory traffic of the CG loop, whose
+                      // truncated solves need a relative accuracy of only about 1e-3); gradients, objectives and line
+                      // searches stay in `dt`, so convergence is judged at full precision.
+    let hdt = DType::F32;
+    let xh = xa.to_dtype(hdt)?; // [L, n, p]
+    let xht = xh.t()?; // [L, p, n]
+    let x2t = xh.sqr()?.t()?; // [L, p, n], for the Jacobi preconditioner
     let yv: Vec<f64> = y.iter().map(|&b| f64::from(u8::from(b))).collect();
     let yt = Tensor::from_vec(yv, (1, n, 1), &dev)?.to_dtype(dt)?; // [1, n, 1]
     let lam = Tensor::from_vec(l2.to_vec(), (1, 1, g), &dev)?.to_dtype(dt)?; // [1, 1, G]
@@ -683,11 +689,12 @@ fn newton_cg(
         let active_t = per_problem(&active, l, g, &dev, dt)?; // [L, 1, G]
 
         // Curvature weights and the Jacobi preconditioner.
-        let s = (&sig * (1.0 - &sig)?)?; // [L, n, G]
-        let minv = ((x2t.matmul(&s)? / nf)?.broadcast_add(&lam_reg)?).recip()?; // [L, p, G]
+        let s = (&sig * (1.0 - &sig)?)?.to_dtype(hdt)?; // [L, n, G]
+        let minv = ((x2t.matmul(&s)?.to_dtype(dt)? / nf)?.broadcast_add(&lam_reg)?).recip()?; // [L, p, G]
         let hvp = |v: &Tensor| -> Result<Tensor> {
-            let xv = (xa.matmul(v)? * &s)?; // [L, n, G]
-            Ok(((xt.matmul(&xv)? / nf)? + v.broadcast_mul(&lam_reg)?)?) // [L, p, G]
+            let xv = (xh.matmul(&v.to_dtype(hdt)?)? * &s)?; // [L, n, G]
+            let xtxv = xht.matmul(&xv)?.to_dtype(dt)?; // [L, p, G]
+            Ok(((xtxv / nf)? + v.broadcast_mul(&lam_reg)?)?) // [L, p, G]
         };
 
         // Preconditioned CG on H d = -g, to a relative residual min(0.5, sqrt(||g||)).
@@ -702,6 +709,8 @@ fn newton_cg(
         let mut pc = zc.clone(); // [L, p, G]
         let mut rz = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [L*G]
         let mut res2 = g2.clone();
+        let trace_t = std::time::Instant::now();
+        let hv0 = hvps;
         for k in 0..cg_max {
             let cg_active: Vec<bool> = (0..q)
                 .map(|i| !done[i] && res2[i].sqrt() > target[i])
@@ -747,6 +756,15 @@ fn newton_cg(
             rz = rz_new;
         }
 
+        if std::env::var_os("PUPPETLENS_PROBE_TRACE").is_some() {
+            eprintln!(
+                "newton {it}: active {} cg {} in {:.2}s, max gnorm {:.2e}",
+                done.iter().filter(|&&b| !b).count(),
+                hvps - hv0,
+                trace_t.elapsed().as_secs_f64(),
+                gnorm.iter().cloned().fold(0.0, f64::max)
+            );
+        }
         // Armijo backtracking, one step size per problem.
         let xd = xa.matmul(&dir)?; // [L, n, G]
         let gd = host(&(&grad * &dir)?.sum_keepdim(1)?)?; // [L*G]
