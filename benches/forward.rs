@@ -9,6 +9,9 @@
 
 use std::time::Instant;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use puppetlens::{AddVector, Batch, HookPoint, Hooks, LoadOptions, Model};
 
@@ -94,27 +97,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             let dir = std::env::temp_dir().join(format!("puppetlens-bench-{}", std::process::id()));
             model.export_safetensors(&dir)?;
-            let c = model.config();
-            let cfg = candle_transformers::models::gemma3::Config {
-                attention_bias: false,
-                head_dim: c.head_dim,
-                hidden_activation: candle_nn::Activation::GeluPytorchTanh,
-                hidden_size: c.d_model,
-                intermediate_size: c.d_mlp,
-                num_attention_heads: c.n_heads,
-                num_hidden_layers: c.n_layers,
-                num_key_value_heads: c.n_kv_heads,
-                rms_norm_eps: c.rms_eps,
-                rope_theta: c.rope_theta as f64,
-                rope_local_base_freq: 10_000.0,
-                vocab_size: c.vocab_size,
-                final_logit_softcapping: None,
-                attn_logit_softcapping: None,
-                query_pre_attn_scalar: c.head_dim,
-                sliding_window: 512,
-                sliding_window_pattern: 6,
-                max_position_embeddings: c.max_position,
-            };
+            let cfg = common::candle_gemma3_config(model.config());
             let vb = unsafe {
                 candle_nn::VarBuilder::from_mmaped_safetensors(
                     &[dir.join("model.safetensors")],

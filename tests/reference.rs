@@ -47,40 +47,26 @@ fn reference_llama(
     .unwrap()
 }
 
-fn greedy_llama(
-    r: &candle_transformers::models::quantized_llama::ModelWeights,
+/// Greedy decoding with a reference model's `forward(tokens [1, s], offset)`, whose output holds the
+/// last position's logits (any leading dims of size 1).
+fn greedy_reference(
+    mut forward: impl FnMut(&Tensor, usize) -> Tensor,
     ids: &[u32],
     n: usize,
 ) -> Vec<u32> {
-    let mut r = r.clone();
+    let input = |t: &[u32]| Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mut out = Vec::new();
-    let mut logits = r
-        .forward(
-            &Tensor::new(ids, &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap(),
-            0,
-        )
-        .unwrap();
+    let mut logits = forward(&input(ids), 0);
     for i in 0..n {
         let next = logits
-            .squeeze(0)
+            .flatten_all()
             .unwrap()
             .argmax(0)
             .unwrap()
             .to_scalar::<u32>()
             .unwrap();
         out.push(next);
-        logits = r
-            .forward(
-                &Tensor::new(&[next], &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-                ids.len() + i,
-            )
-            .unwrap();
+        logits = forward(&input(&[next]), ids.len() + i);
     }
     out
 }
@@ -130,7 +116,8 @@ fn smollm2_logits_and_greedy_match_candle_quantized_llama() {
             )
             .unwrap()
             .remove(0);
-        let theirs = greedy_llama(&reference, &ids, GREEDY_TOKENS);
+        let mut r = reference.clone();
+        let theirs = greedy_reference(|x, off| r.forward(x, off).unwrap(), &ids, GREEDY_TOKENS);
         println!("smollm2 greedy {p:?} -> {:?}", tok.decode(&ours).unwrap());
         assert_eq!(ours, theirs, "{p:?}");
     }
@@ -145,27 +132,7 @@ fn gemma3_logits_and_greedy_match_candle_gemma3_on_exported_safetensors() {
 
     // Our own safetensors path gives the same logits as the GGUF path.
     let (st_model, st_tok) = puppetlens::load(&dir).unwrap();
-    let c = model.config();
-    let cfg = candle_transformers::models::gemma3::Config {
-        attention_bias: false,
-        head_dim: c.head_dim,
-        hidden_activation: candle_nn::Activation::GeluPytorchTanh,
-        hidden_size: c.d_model,
-        intermediate_size: c.d_mlp,
-        num_attention_heads: c.n_heads,
-        num_hidden_layers: c.n_layers,
-        num_key_value_heads: c.n_kv_heads,
-        rms_norm_eps: c.rms_eps,
-        rope_theta: c.rope_theta as f64,
-        rope_local_base_freq: 10_000.0,
-        vocab_size: c.vocab_size,
-        final_logit_softcapping: None,
-        attn_logit_softcapping: None,
-        query_pre_attn_scalar: c.head_dim,
-        sliding_window: 512,
-        sliding_window_pattern: 6,
-        max_position_embeddings: c.max_position,
-    };
+    let cfg = common::candle_gemma3_config(model.config());
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(
             &[dir.join("model.safetensors")],
@@ -222,35 +189,11 @@ fn gemma3_logits_and_greedy_match_candle_gemma3_on_exported_safetensors() {
             .unwrap()
             .remove(0);
         reference.clear_kv_cache();
-        let mut theirs = Vec::new();
-        let mut logits = reference
-            .forward(
-                &Tensor::new(ids.as_slice(), &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-                0,
-            )
-            .unwrap();
-        for i in 0..GREEDY_TOKENS {
-            let next = logits
-                .i((0, 0))
-                .unwrap()
-                .argmax(0)
-                .unwrap()
-                .to_scalar::<u32>()
-                .unwrap();
-            theirs.push(next);
-            logits = reference
-                .forward(
-                    &Tensor::new(&[next], &Device::Cpu)
-                        .unwrap()
-                        .unsqueeze(0)
-                        .unwrap(),
-                    ids.len() + i,
-                )
-                .unwrap();
-        }
+        let theirs = greedy_reference(
+            |x, off| reference.forward(x, off).unwrap(),
+            &ids,
+            GREEDY_TOKENS,
+        );
         println!("gemma3 greedy {p:?} -> {:?}", tok.decode(&ours).unwrap());
         assert_eq!(ours, theirs, "{p:?}");
     }

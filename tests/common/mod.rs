@@ -58,3 +58,35 @@ pub const PROMPTS: [&str; 5] = [
     "Question: What is 12 + 7?\nAnswer:",
     "I think the best way to learn a new language is",
 ];
+
+/// candle-transformers' Gemma 3 configuration for the same model (reference implementation).
+pub fn candle_gemma3_config(c: &puppetlens::Config) -> candle_transformers::models::gemma3::Config {
+    candle_transformers::models::gemma3::Config {
+        attention_bias: false,
+        head_dim: c.head_dim,
+        hidden_activation: candle_nn::Activation::GeluPytorchTanh,
+        hidden_size: c.d_model,
+        intermediate_size: c.d_mlp,
+        num_attention_heads: c.n_heads,
+        num_hidden_layers: c.n_layers,
+        num_key_value_heads: c.n_kv_heads,
+        rms_norm_eps: c.rms_eps,
+        rope_theta: c.rope_theta as f64,
+        rope_local_base_freq: c.rope_local_theta.unwrap_or(10_000.0) as f64,
+        vocab_size: c.vocab_size,
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
+        // Gemma 3's attention scale is 1/sqrt(query_pre_attn_scalar); for gemma-3-270m that is head_dim.
+        query_pre_attn_scalar: (1.0 / (c.attn_scale * c.attn_scale)).round() as usize,
+        sliding_window: c
+            .layer_spans
+            .iter()
+            .find_map(|s| match s {
+                puppetlens::model::AttnSpan::Local(w) => Some(*w),
+                puppetlens::model::AttnSpan::Global => None,
+            })
+            .unwrap_or(c.max_position),
+        sliding_window_pattern: 6,
+        max_position_embeddings: c.max_position,
+    }
+}
