@@ -14,6 +14,12 @@
 //!   [`ActivationCache`] are hooks, and so is any closure.
 //! - [`Batch`]: left-padded prompts.
 //!
+//! The puppeteer search builds on these: [`data`] (contrastive datasets and prompt formats),
+//! [`extract`] (batched activation extraction, streamed to safetensors shards), [`probe`] (per-layer
+//! linear probes), [`steer`] ([`SteeringVector`]: difference of means, PCA, arithmetic, llama.cpp
+//! control vectors), [`eval`] (A/B behaviour, dose-response, KL side effects, refusal rate) and
+//! [`diff`] (base-versus-tuned vectors and the per-layer localisation report).
+//!
 //! ```no_run
 //! use puppetlens::{fetch, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model};
 //! let (model, tok) = puppetlens::load(fetch::fetch("smollm2-135m-instruct")?)?;
