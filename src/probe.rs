@@ -16,22 +16,23 @@
 //! deviation (when [`ProbeOptions::standardize`]). The scaling is folded back afterwards, so a
 //! [`LinearProbe`]'s `weight` and `bias` act on raw activations. This is scikit-learn's
 //! `LogisticRegression(C=C)` on `StandardScaler` output with `C = 1 / (l2 · n_train)`:
-//! scikit-learn minimises `C·Σ loss + ½||w||²`, which is the mean-loss objective above divided by
-//! `C·n`.
+//! scikit-learn minimises `C·Σ loss + ½||w||²`, which is `C·n_train` times the objective above.
 //!
 //! ## The solver
 //! All layers and all grid values are solved as **one batched problem** on candle tensors: the
 //! layers are stacked into `[L, n, d + 1]` (a column of ones carries the bias) and the `G` grid
-//! values become `G` right-hand sides, so every product is a batched matmul `[L, n, d+1] × [L, d+1,
-//! G]`. The method is truncated Newton (Newton-CG): each step solves `H p = -g` with
-//! Jacobi-preconditioned conjugate gradients using Hessian-vector products
-//! `Xᵀ (s ⊙ X v) / n + l2·v` (`s = σ(z)(1 - σ(z))`), to a relative residual
-//! `min(0.5, sqrt(||g||))`, followed by an Armijo backtracking line search; each (layer, l2)
-//! problem keeps its own step sizes and stops on its own once the largest absolute component of
-//! its gradient (the ∞-norm, scikit-learn's and SciPy's `gtol`) is at most [`ProbeOptions::tol`].
-//! The objective is strictly convex (`l2 > 0`), so this converges to the unique minimum, quadratically
-//! near it. Arithmetic is f64 on CPU and CUDA and f32 on Metal (which has no f64 matmul); there
-//! `tol` should be raised to about `1e-4`.
+//! values become `G` columns, so every product is one batched matmul `[L, n, d+1] × [L, d+1, G]`.
+//! The method is truncated Newton (Newton-CG): each step solves `H p = -g` by Jacobi-preconditioned
+//! conjugate gradients with Hessian-vector products `Xᵀ (s ⊙ X v) / n + l2·v`
+//! (`s = σ(z)(1 - σ(z))`, the bias unpenalised) to a residual of `min(0.5, sqrt(||g||))·||g||` (but
+//! no smaller than `tol / 2`, at most 250 iterations), then takes an Armijo backtracking line
+//! search. Each (layer, l2) problem has its own CG coefficients and step sizes and is frozen once
+//! the largest absolute component of its gradient (the ∞-norm, as scikit-learn's and SciPy's
+//! `gtol`) is at most [`ProbeOptions::tol`]; a layer whose problems are all frozen leaves the
+//! batch. The objective is strictly convex (`l2 > 0`), so this converges to the unique minimum,
+//! quadratically near it; a problem that has not converged after [`ProbeOptions::max_iter`] Newton
+//! steps is an error, not a silent result. Arithmetic is f64 on CPU and CUDA and f32 on Metal
+//! (which has no f64 matmul), where `tol` should be raised to about `1e-4`.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -220,11 +221,15 @@ pub fn fit_diff_of_means(train: &[Tensor], y_train: &[bool]) -> Result<Vec<Linea
         .collect();
     let mut wv = diff_w;
     wv.extend(mid_w);
-    let weights = Tensor::from_vec(wv, (2, n), &dev)?.to_dtype(dt)?; // [2, n]
+    let weights = upload(wv, (2, n), &dev, dt)?; // [2, n]
     let mut probes = Vec::with_capacity(train.len());
     for x in train {
         let x = x.to_device(&dev)?.to_dtype(dt)?; // [n, d]
-        let m = weights.matmul(&x)?.to_dtype(DType::F64)?.to_vec2::<f64>()?; // [2, d]
+        let m = weights
+            .matmul(&x)?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?; // [2, d]
         let (dir, mid) = (&m[0], &m[1]);
         let bias = -dir.iter().zip(mid).map(|(a, b)| a * b).sum::<f64>();
         let weight =
@@ -268,10 +273,7 @@ impl LinearProbe {
 
     /// Decision values as host f64.
     fn scores_f64(&self, x: &Tensor) -> Result<Vec<f64>> {
-        Ok(self
-            .scores_tensor(x)?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?)
+        host(&self.scores_tensor(x)?)
     }
 }
 
@@ -444,6 +446,7 @@ pub fn logistic_objective_grad(
     l2: f64,
 ) -> Result<(f64, Vec<f64>)> {
     check_layer("x", None, x, Some(y.len()), Some(w.len()))?;
+    // n rows of d
     let rows = x
         .to_device(&Device::Cpu)?
         .to_dtype(DType::F64)?
@@ -505,9 +508,9 @@ fn fit_logistic_inner(
     let (mean, scale) = if opts.standardize {
         let mean = x.mean_keepdim(1)?; // [L, 1, d]
         let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?; // [L, 1, d]
-        let mean_h = mean.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // [L*d]
-        let var_h = var.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // [L*d]
-                                                                                // Constant features keep scale 1 (scikit-learn's rule: variance within rounding of 0).
+        let mean_h = host(&mean)?; // [L*d]
+        let var_h = host(&var)?; // [L*d]
+                                 // Constant features keep scale 1 (scikit-learn's rule: variance within rounding of 0).
         let scale_h: Vec<f64> = var_h
             .iter()
             .zip(&mean_h)
@@ -524,9 +527,10 @@ fn fit_logistic_inner(
     } else {
         (vec![0.0; l * d], vec![1.0; l * d])
     };
+    // [L, n, d], z-scored when asked.
     let xs = if opts.standardize {
-        let mean_t = Tensor::from_vec(mean.clone(), (l, 1, d), &dev)?.to_dtype(dt)?; // [L, 1, d]
-        let scale_t = Tensor::from_vec(scale.clone(), (l, 1, d), &dev)?.to_dtype(dt)?; // [L, 1, d]
+        let mean_t = upload(mean.clone(), (l, 1, d), &dev, dt)?; // [L, 1, d]
+        let scale_t = upload(scale.clone(), (l, 1, d), &dev, dt)?; // [L, 1, d]
         x.broadcast_sub(&mean_t)?.broadcast_div(&scale_t)? // [L, n, d]
     } else {
         x
@@ -572,10 +576,10 @@ fn fit_logistic_inner(
 
     // Choose l2 per layer on validation accuracy (ties: the larger l2), one batched matmul.
     let xv = stack(val, &dev, dt)?; // [L, n_val, d]
-    let wt = Tensor::from_vec(w_raw.clone(), (l, d, g), &dev)?.to_dtype(dt)?; // [L, d, G]
-    let bt = Tensor::from_vec(b_raw.clone(), (l, 1, g), &dev)?.to_dtype(dt)?; // [L, 1, G]
+    let wt = upload(w_raw.clone(), (l, d, g), &dev, dt)?; // [L, d, G]
+    let bt = upload(b_raw.clone(), (l, 1, g), &dev, dt)?; // [L, 1, G]
     let sv = xv.matmul(&wt)?.broadcast_add(&bt)?; // [L, n_val, G]
-    let sv = sv.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?; // [L*n_val*G]
+    let sv = host(&sv)?; // [L*n_val*G]
     let nv = y_val.len();
     let mut by_l2: Vec<usize> = (0..g).collect();
     by_l2.sort_by(|&a, &b| opts.l2_grid[b].total_cmp(&opts.l2_grid[a])); // largest l2 first
@@ -608,6 +612,7 @@ fn fit_logistic_inner(
 
 /// Stacks per-layer `[n, d]` activations into `[L, n, d]` in `dt` on `dev`.
 fn stack(xs: &[Tensor], dev: &Device, dt: DType) -> Result<Tensor> {
+    // L tensors [n, d]
     let xs = xs
         .iter()
         .map(|x| x.to_device(dev)?.to_dtype(dt))
@@ -617,15 +622,95 @@ fn stack(xs: &[Tensor], dev: &Device, dt: DType) -> Result<Tensor> {
 
 /// Per-problem scalars `[L, 1, G]` from host values (row-major over layer, then grid value).
 fn per_problem(v: &[f64], l: usize, g: usize, dev: &Device, dt: DType) -> Result<Tensor> {
-    Ok(Tensor::from_vec(v.to_vec(), (l, 1, g), dev)?.to_dtype(dt)?) // [L, 1, G]
+    upload(v.to_vec(), (l, 1, g), dev, dt) // [L, 1, G]
 }
 
-/// A `[L, 1, G]` tensor back on the host as `L*G` f64.
+/// A tensor's values back on the host as f64, flattened.
 fn host(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?)
+}
+
+/// Host f64 values as a tensor of `shape` in `dt` on `dev` (converted on the CPU: Metal has no f64).
+fn upload(
+    v: Vec<f64>,
+    shape: impl Into<candle_core::Shape>,
+    dev: &Device,
+    dt: DType,
+) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
+        .to_dtype(dt)?
+        .to_device(dev)?)
+}
+
+/// The design matrices of the layers still being solved, in the layouts the products want.
+struct Batch {
+    /// Original index of each layer in the batch.
+    layers: Vec<usize>,
+    /// `[Lc, n, p]` in the solver's dtype.
+    x: Tensor,
+    /// `[Lc, p, n]`, contiguous (a strided transpose is several times slower in candle's CPU gemm).
+    xt: Tensor,
+    /// `[Lc, n, p]` in the Hessian-vector dtype.
+    xh: Tensor,
+    /// `[Lc, p, n]` in the Hessian-vector dtype, contiguous.
+    xht: Tensor,
+    /// `[Lc, p, n]` squared entries (f32), for the Jacobi preconditioner.
+    x2t: Tensor,
+}
+
+impl Batch {
+    fn new(xa: &Tensor, hdt: DType) -> Result<Batch> {
+        let x = xa.clone(); // [L, n, p]
+        let xt = xa.t()?.contiguous()?; // [L, p, n]
+        let (xh, xht) = if hdt == xa.dtype() {
+            (x.clone(), xt.clone())
+        } else {
+            (x.to_dtype(hdt)?, xt.to_dtype(hdt)?) // [L, n, p], [L, p, n]
+        };
+        let x2t = xht.to_dtype(DType::F32)?.sqr()?; // [L, p, n]
+        Ok(Batch {
+            layers: (0..xa.dims()[0]).collect(),
+            x,
+            xt,
+            xh,
+            xht,
+            x2t,
+        })
+    }
+
+    /// Keeps the batch positions `keep` (ascending).
+    fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        let shared = self.xh.dtype() == self.x.dtype();
+        let idx = index(keep, self.x.device())?;
+        self.x = self.x.index_select(&idx, 0)?;
+        self.xt = self.xt.index_select(&idx, 0)?;
+        if shared {
+            self.xh = self.x.clone();
+            self.xht = self.xt.clone();
+        } else {
+            self.xh = self.xh.index_select(&idx, 0)?;
+            self.xht = self.xht.index_select(&idx, 0)?;
+        }
+        self.x2t = self.x2t.index_select(&idx, 0)?;
+        self.layers = keep.iter().map(|&c| self.layers[c]).collect();
+        Ok(())
+    }
+}
+
+/// A `u32` index tensor.
+fn index(keep: &[usize], dev: &Device) -> Result<Tensor> {
+    let v: Vec<u32> = keep.iter().map(|&c| c as u32).collect();
+    Ok(Tensor::from_vec(v, keep.len(), dev)?) // [k]
 }
 
 /// Batched Newton-CG on `xa` (`[L, n, p]`, last column ones = unpenalised bias).
+///
+/// Every (layer, l2) problem keeps its own CG coefficients and line-search step; a problem whose
+/// gradient ∞-norm reaches `tol` is frozen, and a layer whose problems are all frozen leaves the
+/// batch, so late Newton steps only pay for the layers still converging.
 fn newton_cg(
     xa: &Tensor,
     y: &[bool],
@@ -633,94 +718,124 @@ fn newton_cg(
     max_iter: usize,
     tol: f64,
 ) -> Result<BatchSolution> {
-    let (l, n, p) = xa.dims3()?;
+    let (l_all, n, p) = xa.dims3()?;
     let g = l2.len();
-    let q = l * g;
     let dev = xa.device().clone();
     let dt = xa.dtype();
     let nf = n as f64;
-    let xt = xa.t()?; // [L, p, n] (a strided view)
-                      // Hessian-vector products run in f32 (halving the memory traffic of the CG loop, whose
-                      // truncated solves need a relative accuracy of only about 1e-3); gradients, objectives and line
-                      // searches stay in `dt`, so convergence is judged at full precision.
-    let hdt = DType::F32;
-    let xh = xa.to_dtype(hdt)?; // [L, n, p]
-    let xht = xh.t()?; // [L, p, n]
-    let x2t = xh.sqr()?.t()?; // [L, p, n], for the Jacobi preconditioner
+    // Hessian-vector products in f32 halve the memory traffic of the CG loop, but on these
+    // ill-conditioned problems the rounding costs more CG iterations than it saves; they stay in
+    // the solver's dtype.
+    let hdt = dt;
     let yv: Vec<f64> = y.iter().map(|&b| f64::from(u8::from(b))).collect();
-    let yt = Tensor::from_vec(yv, (1, n, 1), &dev)?.to_dtype(dt)?; // [1, n, 1]
-    let lam = Tensor::from_vec(l2.to_vec(), (1, 1, g), &dev)?.to_dtype(dt)?; // [1, 1, G]
+    let yt = upload(yv, (1, n, 1), &dev, dt)?; // [1, n, 1]
+    let lam = upload(l2.to_vec(), (1, 1, g), &dev, dt)?; // [1, 1, G]
     let mut regv = vec![1.0f64; p];
     regv[p - 1] = 0.0;
-    let reg = Tensor::from_vec(regv, (1, p, 1), &dev)?.to_dtype(dt)?; // [1, p, 1]
+    let reg = upload(regv, (1, p, 1), &dev, dt)?; // [1, p, 1]
     let lam_reg = lam.broadcast_mul(&reg)?; // [1, p, G]
 
     // Mean loss per problem of margins z.
     let loss = |z: &Tensor| -> Result<Tensor> {
-        let sp = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?; // [L, n, G]
-        Ok((sp - z.broadcast_mul(&yt)?)?.mean_keepdim(1)?) // [L, 1, G]
+        let sp = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?; // [Lc, n, G]
+        Ok((sp - z.broadcast_mul(&yt)?)?.mean_keepdim(1)?) // [Lc, 1, G]
     };
     let penalty = |w: &Tensor| -> Result<Tensor> {
-        Ok((w.sqr()?.broadcast_mul(&lam_reg)?.sum_keepdim(1)? * 0.5)?) // [L, 1, G]
+        Ok((w.sqr()?.broadcast_mul(&lam_reg)?.sum_keepdim(1)? * 0.5)?) // [Lc, 1, G]
     };
 
-    let mut w = Tensor::zeros((l, p, g), dt, &dev)?; // [L, p, G]
-    let mut gnorm = vec![f64::NAN; q];
-    let mut done = vec![false; q]; // converged, or stalled (line search found no decrease)
+    let mut b = Batch::new(xa, hdt)?;
+    let mut w = Tensor::zeros((l_all, p, g), dt, &dev)?; // [Lc, p, G]
+    let mut coef = vec![vec![vec![0.0f64; p]; g]; l_all];
+    let mut grad_norm = vec![vec![f64::NAN; g]; l_all];
+    // Frozen problems, by original (layer, l2): converged, or stalled at rounding level.
+    let mut frozen = vec![false; l_all * g];
     let mut hvps = 0usize;
     let mut iters = 0usize;
     let cg_max = p.min(250);
     for it in 0..=max_iter {
-        let z = xa.matmul(&w)?; // [L, n, G]
-        let f0 = host(&(loss(&z)? + penalty(&w)?)?)?; // [L*G]
-        let sig = candle_nn::ops::sigmoid(&z)?; // [L, n, G]
-        let grad = ((xt.matmul(&sig.broadcast_sub(&yt)?)? / nf)? + w.broadcast_mul(&lam_reg)?)?; // [L, p, G]
-        gnorm = host(&grad.abs()?.max_keepdim(1)?)?; // [L*G]
-        for k in 0..q {
-            if gnorm[k] <= tol || !gnorm[k].is_finite() {
-                done[k] = true;
+        let z = b.x.matmul(&w)?; // [Lc, n, G]
+        let sig = candle_nn::ops::sigmoid(&z)?; // [Lc, n, G]
+        let grad = ((b.xt.matmul(&sig.broadcast_sub(&yt)?)? / nf)? + w.broadcast_mul(&lam_reg)?)?; // [Lc, p, G]
+        let gn = host(&grad.abs()?.max_keepdim(1)?)?; // [Lc*G]
+        let w_h = host(&w)?; // [Lc*p*G]
+        for (c, &li) in b.layers.iter().enumerate() {
+            for gi in 0..g {
+                let v = gn[c * g + gi];
+                grad_norm[li][gi] = v;
+                for (j, cj) in coef[li][gi].iter_mut().enumerate() {
+                    *cj = w_h[(c * p + j) * g + gi];
+                }
+                if v <= tol || !v.is_finite() {
+                    frozen[li * g + gi] = true;
+                }
             }
         }
-        if done.iter().all(|&b| b) || it == max_iter {
+        if frozen.iter().all(|&f| f) || it == max_iter {
             break;
         }
         iters = it + 1;
-        let active: Vec<f64> = done.iter().map(|&b| if b { 0.0 } else { 1.0 }).collect();
-        let active_t = per_problem(&active, l, g, &dev, dt)?; // [L, 1, G]
+
+        // Layers with every problem frozen leave the batch.
+        let keep: Vec<usize> = (0..b.layers.len())
+            .filter(|&c| (0..g).any(|gi| !frozen[b.layers[c] * g + gi]))
+            .collect();
+        let (z, sig, grad) = if keep.len() < b.layers.len() {
+            b.retain(&keep)?;
+            let idx = index(&keep, &dev)?; // [Lc]
+            w = w.index_select(&idx, 0)?;
+            (
+                z.index_select(&idx, 0)?,
+                sig.index_select(&idx, 0)?,
+                grad.index_select(&idx, 0)?,
+            )
+        } else {
+            (z, sig, grad)
+        };
+        let lc = b.layers.len();
+        let q = lc * g;
+        let done: Vec<bool> = (0..q)
+            .map(|i| frozen[b.layers[i / g] * g + i % g])
+            .collect();
+        let f0 = host(&(loss(&z)? + penalty(&w)?)?)?; // [Lc*G]
+        let active: Vec<f64> = done.iter().map(|&d| if d { 0.0 } else { 1.0 }).collect();
+        let active_t = per_problem(&active, lc, g, &dev, dt)?; // [Lc, 1, G]
 
         // Curvature weights and the Jacobi preconditioner.
-        let s = (&sig * (1.0 - &sig)?)?.to_dtype(hdt)?; // [L, n, G]
-        let minv = ((x2t.matmul(&s)?.to_dtype(dt)? / nf)?.broadcast_add(&lam_reg)?).recip()?; // [L, p, G]
+        let s = (&sig * (1.0 - &sig)?)?; // [Lc, n, G]
+        let s_h = s.to_dtype(hdt)?; // [Lc, n, G]
+        let diag = b.x2t.matmul(&s.to_dtype(DType::F32)?)?.to_dtype(dt)?; // [Lc, p, G]
+        let minv = ((diag / nf)?.broadcast_add(&lam_reg)?).recip()?; // [Lc, p, G]
         let hvp = |v: &Tensor| -> Result<Tensor> {
-            let xv = (xh.matmul(&v.to_dtype(hdt)?)? * &s)?; // [L, n, G]
-            let xtxv = xht.matmul(&xv)?.to_dtype(dt)?; // [L, p, G]
-            Ok(((xtxv / nf)? + v.broadcast_mul(&lam_reg)?)?) // [L, p, G]
+            let xv = (b.xh.matmul(&v.to_dtype(hdt)?)? * &s_h)?; // [Lc, n, G]
+            let xtxv = b.xht.matmul(&xv)?.to_dtype(dt)?; // [Lc, p, G]
+            Ok(((xtxv / nf)? + v.broadcast_mul(&lam_reg)?)?) // [Lc, p, G]
         };
 
-        // Preconditioned CG on H d = -g, to a relative residual min(0.5, sqrt(||g||)).
-        let g2 = host(&grad.sqr()?.sum_keepdim(1)?)?; // [L*G]
+        // Preconditioned CG on H d = -g to a residual of min(0.5, sqrt(||g||))·||g||, but no
+        // smaller than tol/2: the next gradient is about the residual, so solving further than
+        // that buys nothing.
+        let g2 = host(&grad.sqr()?.sum_keepdim(1)?)?; // [Lc*G]
         let target: Vec<f64> = g2
             .iter()
-            .map(|&v| v.sqrt() * v.sqrt().sqrt().min(0.5))
+            .map(|&v| (v.sqrt() * v.sqrt().sqrt().min(0.5)).max(0.5 * tol))
             .collect();
-        let mut dir = Tensor::zeros((l, p, g), dt, &dev)?; // [L, p, G]
-        let mut res = grad.neg()?.broadcast_mul(&active_t)?; // [L, p, G]
-        let mut zc = (&res * &minv)?; // [L, p, G]
-        let mut pc = zc.clone(); // [L, p, G]
-        let mut rz = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [L*G]
+        let mut dir = Tensor::zeros((lc, p, g), dt, &dev)?; // [Lc, p, G]
+        let mut res = grad.neg()?.broadcast_mul(&active_t)?; // [Lc, p, G]
+        let mut zc = (&res * &minv)?; // [Lc, p, G]
+        let mut pc = zc.clone(); // [Lc, p, G]
+        let mut rz = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [Lc*G]
         let mut res2 = g2.clone();
-        let trace_t = std::time::Instant::now();
-        let hv0 = hvps;
         for k in 0..cg_max {
             let cg_active: Vec<bool> = (0..q)
                 .map(|i| !done[i] && res2[i].sqrt() > target[i])
                 .collect();
-            if !cg_active.iter().any(|&b| b) {
+            if !cg_active.iter().any(|&a| a) {
                 break;
             }
-            let hp = hvp(&pc)?; // [L, p, G]
+            let hp = hvp(&pc)?; // [Lc, p, G]
             hvps += 1;
-            let php = host(&(&pc * &hp)?.sum_keepdim(1)?)?; // [L*G]
+            let php = host(&(&pc * &hp)?.sum_keepdim(1)?)?; // [Lc*G]
             let mut alpha = vec![0.0; q];
             let mut stop_after = vec![false; q];
             for i in 0..q {
@@ -736,12 +851,12 @@ fn newton_cg(
                     }
                 }
             }
-            let alpha_t = per_problem(&alpha, l, g, &dev, dt)?; // [L, 1, G]
+            let alpha_t = per_problem(&alpha, lc, g, &dev, dt)?; // [Lc, 1, G]
             dir = (dir + pc.broadcast_mul(&alpha_t)?)?;
             res = (res - hp.broadcast_mul(&alpha_t)?)?;
             zc = (&res * &minv)?;
-            let rz_new = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [L*G]
-            res2 = host(&res.sqr()?.sum_keepdim(1)?)?; // [L*G]
+            let rz_new = host(&(&res * &zc)?.sum_keepdim(1)?)?; // [Lc*G]
+            res2 = host(&res.sqr()?.sum_keepdim(1)?)?; // [Lc*G]
             let mut beta = vec![0.0; q];
             for i in 0..q {
                 if cg_active[i] && rz[i] > 0.0 {
@@ -751,42 +866,33 @@ fn newton_cg(
                     res2[i] = 0.0;
                 }
             }
-            let beta_t = per_problem(&beta, l, g, &dev, dt)?; // [L, 1, G]
+            let beta_t = per_problem(&beta, lc, g, &dev, dt)?; // [Lc, 1, G]
             pc = (&zc + pc.broadcast_mul(&beta_t)?)?;
             rz = rz_new;
         }
-
-        if std::env::var_os("PUPPETLENS_PROBE_TRACE").is_some() {
-            eprintln!(
-                "newton {it}: active {} cg {} in {:.2}s, max gnorm {:.2e}",
-                done.iter().filter(|&&b| !b).count(),
-                hvps - hv0,
-                trace_t.elapsed().as_secs_f64(),
-                gnorm.iter().cloned().fold(0.0, f64::max)
-            );
-        }
         // Armijo backtracking, one step size per problem.
-        let xd = xa.matmul(&dir)?; // [L, n, G]
-        let gd = host(&(&grad * &dir)?.sum_keepdim(1)?)?; // [L*G]
+        let xd = b.x.matmul(&dir)?; // [Lc, n, G]
+        let gd = host(&(&grad * &dir)?.sum_keepdim(1)?)?; // [Lc*G]
         let mut t = vec![1.0f64; q];
-        let mut accepted: Vec<bool> = (0..q).map(|i| done[i] || gd[i] >= 0.0).collect();
+        let mut accepted = vec![false; q];
         for i in 0..q {
-            if !done[i] && gd[i] >= 0.0 {
-                done[i] = true; // not a descent direction: cannot progress further in f64
+            if done[i] || gd[i] >= 0.0 {
+                // Frozen, or not a descent direction (only at rounding level): no step.
+                accepted[i] = true;
                 t[i] = 0.0;
-            }
-            if done[i] {
-                t[i] = 0.0;
+                if !done[i] {
+                    frozen[b.layers[i / g] * g + i % g] = true;
+                }
             }
         }
         for _ in 0..60 {
-            if accepted.iter().all(|&b| b) {
+            if accepted.iter().all(|&a| a) {
                 break;
             }
-            let t_t = per_problem(&t, l, g, &dev, dt)?; // [L, 1, G]
-            let zt = (&z + xd.broadcast_mul(&t_t)?)?; // [L, n, G]
-            let wt = (&w + dir.broadcast_mul(&t_t)?)?; // [L, p, G]
-            let ft = host(&(loss(&zt)? + penalty(&wt)?)?)?; // [L*G]
+            let t_t = per_problem(&t, lc, g, &dev, dt)?; // [Lc, 1, G]
+            let zt = (&z + xd.broadcast_mul(&t_t)?)?; // [Lc, n, G]
+            let wt = (&w + dir.broadcast_mul(&t_t)?)?; // [Lc, p, G]
+            let ft = host(&(loss(&zt)? + penalty(&wt)?)?)?; // [Lc*G]
             for i in 0..q {
                 if !accepted[i] {
                     if ft[i] <= f0[i] + 1e-4 * t[i] * gd[i] {
@@ -799,25 +905,15 @@ fn newton_cg(
         }
         for i in 0..q {
             if !accepted[i] {
+                // No decrease found: stalled at rounding level.
                 t[i] = 0.0;
-                done[i] = true; // no decrease found: stalled at rounding level
+                frozen[b.layers[i / g] * g + i % g] = true;
             }
         }
-        let t_t = per_problem(&t, l, g, &dev, dt)?; // [L, 1, G]
+        let t_t = per_problem(&t, lc, g, &dev, dt)?; // [Lc, 1, G]
         w = (w + dir.broadcast_mul(&t_t)?)?;
     }
-    let coef_h = host(&w)?; // [L*p*G]
-    let coef = (0..l)
-        .map(|li| {
-            (0..g)
-                .map(|gi| (0..p).map(|j| coef_h[(li * p + j) * g + gi]).collect())
-                .collect()
-        })
-        .collect();
-    let grad_norm = (0..l)
-        .map(|li| gnorm[li * g..(li + 1) * g].to_vec())
-        .collect();
-    let converged = gnorm.iter().all(|&v| v <= tol);
+    let converged = grad_norm.iter().flatten().all(|&v| v <= tol);
     Ok(BatchSolution {
         coef,
         grad_norm,
@@ -940,16 +1036,29 @@ fn check_layer(
         }
     }
     // A finite sum proves every value finite; otherwise count exactly (the sum may overflow).
-    let sum = x.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    let sdt = if x.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    // scalar
+    let sum = x
+        .to_dtype(sdt)?
+        .sum_all()?
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
     if !sum.is_finite() {
-        let xf = x.to_dtype(DType::F32)?; // [n, d]
-        let delta = (&xf - &xf)?; // [n, d], NaN exactly where x is NaN or ±inf
-        let bad = delta
-            .ne(&delta)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        if bad > 0.0 {
+        let values = x
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?; // [n*d]
+        let bad = values
+            .to_vec1::<f64>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if bad > 0 {
             return Err(Error::InvalidArgument {
                 name: at,
                 msg: format!(
