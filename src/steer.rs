@@ -243,8 +243,17 @@ impl SteeringVector {
 
     /// Difference of means per layer: `mean(pos) - mean(neg)` over `hook_resid_post` of each layer (CAA).
     pub fn mean_diff(pos: &Activations, neg: &Activations, n_layers: usize) -> Result<Self> {
+        Self::mean_diff_layers(pos, neg, &(0..n_layers).collect::<Vec<_>>())
+    }
+
+    /// [`mean_diff`](Self::mean_diff) at the given layers only (extract just those points).
+    pub fn mean_diff_layers(
+        pos: &Activations,
+        neg: &Activations,
+        layers: &[usize],
+    ) -> Result<Self> {
         let mut d = BTreeMap::new();
-        for l in 0..n_layers {
+        for &l in layers {
             let (p, n) = layer_pair(pos, neg, l)?;
             d.insert(l, (p.mean(0)? - n.mean(0)?)?); // [d_model]
         }
