@@ -241,3 +241,35 @@ fn bad_inputs_to_the_pipeline_give_clear_errors() {
         Err(Error::InvalidArgument { .. })
     ));
 }
+
+/// KL side effects on neutral text: zero without an intervention, and growing with the multiplier
+/// of an added vector (the difference of two prompts' residuals at layer 6).
+#[test]
+fn kl_side_effect_is_zero_unsteered_and_grows_with_the_multiplier() {
+    let (model, tok) = common::smollm();
+    let neutral: Vec<Vec<u32>> = [
+        "The weather today is mild.",
+        "Trains leave the station every hour.",
+    ]
+    .iter()
+    .map(|t| tok.encode(t).unwrap())
+    .collect();
+    let a = resid(model, &[tok.encode("I love this!").unwrap()]);
+    let b = resid(model, &[tok.encode("I hate this!").unwrap()]);
+    let mut d = std::collections::BTreeMap::new();
+    d.insert(6, (&a[6] - &b[6]).unwrap().squeeze(0).unwrap());
+    let v = SteeringVector::new(d, "love-hate").unwrap();
+    let kl = |m: f64| {
+        let iv = Intervention::Add {
+            vector: &v,
+            scale: m,
+            positions: puppetlens::Positions::All,
+        };
+        puppetlens::eval::kl_side_effect(model, &neutral, &iv, 8).unwrap()
+    };
+    let none = puppetlens::eval::kl_side_effect(model, &neutral, &Intervention::None, 8).unwrap();
+    let (k1, k4) = (kl(1.0), kl(4.0));
+    println!("KL: none {none:e}, x1 {k1:e}, x4 {k4:e}");
+    assert_eq!(none, 0.0);
+    assert!(k1 > 0.0 && k4 > k1, "{k1} {k4}");
+}
