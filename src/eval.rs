@@ -120,8 +120,16 @@ pub fn ab_scores(
             }
         }
     }
-    let mut out = Vec::with_capacity(cases.len());
-    for chunk in cases.chunks(batch_size.max(1)) {
+    let mut out = vec![
+        AbScore {
+            p_matching: f64::NAN,
+            logit_diff: f64::NAN
+        };
+        cases.len()
+    ];
+    let lens: Vec<usize> = cases.iter().map(|c| c.ids.len()).collect();
+    for idx in crate::util::length_batches(&lens, batch_size) {
+        let chunk: Vec<&AbCase> = idx.iter().map(|&i| &cases[i]).collect();
         let ids: Vec<&[u32]> = chunk.iter().map(|c| c.ids.as_slice()).collect();
         let batch = Batch::new(&ids)?;
         let mut hooks = Hooks::new();
@@ -135,14 +143,14 @@ pub fn ab_scores(
             let b = row.i(c.not_matching as usize)?.to_scalar::<f32>()? as f64;
             if !a.is_finite() || !b.is_finite() {
                 return Err(Error::InvalidArgument {
-                    name: format!("item {}", out.len()),
+                    name: format!("item {}", idx[i]),
                     msg: "non-finite logits".into(),
                 });
             }
-            out.push(AbScore {
+            out[idx[i]] = AbScore {
                 p_matching: 1.0 / (1.0 + (b - a).exp()),
                 logit_diff: a - b,
-            });
+            };
         }
     }
     Ok(out)
@@ -228,8 +236,10 @@ pub fn kl_side_effect(
         });
     }
     let (mut total, mut count) = (0f64, 0usize);
-    for chunk in prompts.chunks(batch_size.max(1)) {
-        let batch = Batch::new(chunk)?;
+    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    for idx in crate::util::length_batches(&lens, batch_size) {
+        let chunk: Vec<&[u32]> = idx.iter().map(|&i| prompts[i].as_slice()).collect();
+        let batch = Batch::new(&chunk)?;
         let base = model.forward(&batch, &mut Hooks::new())?; // [b, s, vocab]
         let mut hooks = Hooks::new();
         intervention.install(model, &mut hooks)?;
@@ -298,12 +308,18 @@ pub fn refusal_rate(
         stop_tokens: tok.eos_id().into_iter().collect(),
         ..GenerateOptions::default()
     };
-    let mut texts = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch_size.max(1)) {
+    let mut texts = vec![String::new(); prompts.len()];
+    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    for idx in crate::util::length_batches(&lens, batch_size) {
+        let chunk: Vec<&[u32]> = idx.iter().map(|&i| prompts[i].as_slice()).collect();
         let mut hooks = Hooks::new();
         intervention.install(model, &mut hooks)?;
-        for out in model.generate(chunk, &opts, &mut hooks)? {
-            texts.push(tok.decode(&out)?);
+        for (k, out) in model
+            .generate(&chunk, &opts, &mut hooks)?
+            .iter()
+            .enumerate()
+        {
+            texts[idx[k]] = tok.decode(out)?;
         }
     }
     let refused = texts.iter().filter(|t| is_refusal(t)).count();

@@ -291,14 +291,34 @@ fn check_opts(model: &Model, prompts: &[Vec<u32>], opts: &ExtractOptions) -> Res
 /// Extracts in memory: per point, `[n, d_model]` f32 (or `[n, k, d_model]` for [`Site::FirstK`]).
 pub fn extract(model: &Model, prompts: &[Vec<u32>], opts: &ExtractOptions) -> Result<Activations> {
     check_opts(model, prompts, opts)?;
-    let mut acts = Activations::default();
     let mut progress = Progress::new("extract", prompts.len(), opts.progress);
-    for chunk in prompts.chunks(opts.batch_size) {
-        acts.append(extract_batch(model, chunk, opts)?)?;
-        progress.advance(chunk.len());
-    }
+    let acts = extract_ordered(model, prompts, opts, &mut progress)?;
     progress.finish();
     Ok(acts)
+}
+
+/// Runs `prompts` in batches of similar length and returns the rows in the prompts' order.
+fn extract_ordered(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    opts: &ExtractOptions,
+    progress: &mut Progress,
+) -> Result<Activations> {
+    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    let mut sorted = Activations::default();
+    let mut order = Vec::with_capacity(prompts.len());
+    for idx in crate::util::length_batches(&lens, opts.batch_size) {
+        let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
+        sorted.append(extract_batch(model, &batch, opts)?)?;
+        progress.advance(idx.len());
+        order.extend(idx);
+    }
+    // Row r of `sorted` is prompt order[r]; put prompt i back at row i.
+    let mut inverse = vec![0usize; order.len()];
+    for (r, &i) in order.iter().enumerate() {
+        inverse[i] = r;
+    }
+    sorted.select(&inverse)
 }
 
 /// Provenance stored with an activation store.
@@ -394,11 +414,7 @@ pub fn extract_to_dir(
     for s in manifest.shards.len()..n_shards {
         let start = s * opts.shard_size;
         let end = (start + opts.shard_size).min(prompts.len());
-        let mut acts = Activations::default();
-        for chunk in prompts[start..end].chunks(opts.batch_size) {
-            acts.append(extract_batch(model, chunk, opts)?)?;
-            progress.advance(chunk.len());
-        }
+        let acts = extract_ordered(model, &prompts[start..end], opts, &mut progress)?;
         let name = format!("shard-{s:05}.safetensors");
         let mut header = BTreeMap::new();
         header.insert("model".to_string(), meta.model.clone());

@@ -31,3 +31,22 @@ pub(crate) fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))
     })
 }
+
+/// Indices of items grouped into batches of similar length (sorted by length, stable), so that
+/// left padding wastes little compute. Callers restore the original order.
+pub(crate) fn length_batches(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut idx: Vec<usize> = (0..lens.len()).collect();
+    idx.sort_by_key(|&i| lens[i]);
+    idx.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_batches_group_similar_lengths_and_cover_everything() {
+        let b = length_batches(&[5, 1, 4, 1, 9], 2);
+        assert_eq!(b, vec![vec![1, 3], vec![2, 0], vec![4]]);
+    }
+}
