@@ -5,12 +5,14 @@
 //! Loads SmolLM2-135M-Instruct (fetched on first run), records `hook_resid_post` at the last token
 //! of contrasting prompts (joyful vs gloomy), takes the difference of the means at every layer, and
 //! adds `scale x` that vector at one layer while generating from neutral prompts. Writes the vector
-//! norms per layer and the generations to `notebooks-data/steer/steer_demo.json`.
+//! norms per layer, the generations and their KL side effects to `notebooks-data/steer/steer_demo.json`,
+//! and the vector as safetensors and as a llama.cpp control vector.
 //! (The full puppeteer search, base vs tuned, replaces this demo as the project grows.)
 
 use anyhow::Context;
-use candle_core::{IndexOp, Tensor};
-use puppetlens::{AddVector, Batch, ChatMessage, GenerateOptions, HookPoint, Hooks};
+use puppetlens::eval::{kl_side_effect, Intervention};
+use puppetlens::extract::{extract, ExtractOptions, Site};
+use puppetlens::{ChatMessage, GenerateOptions, Hooks, Positions, SteeringVector};
 
 const JOYFUL: [&str; 8] = [
     "I am so happy today, everything is wonderful!",
@@ -58,44 +60,38 @@ fn main() -> anyhow::Result<()> {
     let layer: usize = arg(&args, "--layer").unwrap_or(n_layers / 3);
     let scale: f64 = arg(&args, "--scale").unwrap_or(8.0);
 
-    // Last-token residuals of each contrast set, every layer.
-    let chat = |s: &str| tok.encode_chat(&[ChatMessage::user(s)], false);
-    let mean_resid = |set: &[&str]| -> anyhow::Result<Vec<Tensor>> {
-        let ids: Vec<Vec<u32>> = set.iter().map(|s| chat(s)).collect::<Result<_, _>>()?;
-        let cache = model.cache(&Batch::new(&ids)?, |p| matches!(p, HookPoint::ResidPost(_)))?;
-        (0..n_layers)
-            .map(|l| {
-                let r = cache.require(HookPoint::ResidPost(l))?; // [batch, pos, d_model]
-                let last = r.i((.., r.dim(1)? - 1))?; // [batch, d_model] (left padding: last column)
-                Ok(last.mean(0)?) // [d_model]
-            })
-            .collect()
+    // Last-token residuals of each contrast set at every layer; the difference of their means.
+    let chat = |s: &str, open: bool| tok.encode_chat(&[ChatMessage::user(s)], open);
+    let encode = |set: &[&str]| {
+        set.iter()
+            .map(|s| chat(s, false))
+            .collect::<puppetlens::Result<Vec<_>>>()
     };
-    let (pos, neg) = (mean_resid(&JOYFUL)?, mean_resid(&GLOOMY)?);
-    let vectors: Vec<Tensor> = pos
-        .iter()
-        .zip(&neg)
-        .map(|(p, n)| p - n)
-        .collect::<Result<_, _>>()?;
-    let norms: Vec<f32> = vectors
-        .iter()
-        .map(|v| v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>())
-        .collect::<Result<_, _>>()?;
+    let opts = ExtractOptions {
+        progress: false,
+        ..ExtractOptions::resid_post(&model, Site::Last)
+    };
+    let joyful = extract(&model, &encode(&JOYFUL)?, &opts)?;
+    let gloomy = extract(&model, &encode(&GLOOMY)?, &opts)?;
+    let vector = SteeringVector::mean_diff(&joyful, &gloomy, n_layers)?
+        .with_meta("dataset", "joyful vs gloomy (examples/steer.rs)");
+    let norms = vector.norms()?;
     println!(
         "difference-of-means norm per layer: {:?}",
         norms
-            .iter()
+            .values()
             .map(|n| (n * 10.0).round() / 10.0)
             .collect::<Vec<_>>()
     );
 
-    // Steer generation at `layer` with multiples of the raw difference of means (CAA's convention).
-    let unit = vectors[layer].clone();
+    // Steer generation at `layer` with multiples of the raw difference of means (CAA's convention),
+    // and measure the side effect on neutral text as KL from the unsteered model.
+    let at_layer = vector.only(&[layer])?;
     let prompts: Vec<Vec<u32>> = NEUTRAL
         .iter()
         .take(if quick { 1 } else { 3 })
-        .map(|s| tok.encode_chat(&[ChatMessage::user(*s)], true))
-        .collect::<Result<_, _>>()?;
+        .map(|s| chat(s, true))
+        .collect::<puppetlens::Result<_>>()?;
     let opts = GenerateOptions {
         max_new_tokens: if quick { 16 } else { 40 },
         stop_tokens: tok.eos_id().into_iter().collect(),
@@ -103,19 +99,23 @@ fn main() -> anyhow::Result<()> {
     };
     let mut runs = Vec::new();
     for mult in [-scale, 0.0, scale] {
+        let iv = Intervention::Add {
+            vector: &at_layer,
+            scale: mult,
+            positions: Positions::All,
+        };
         let mut hooks = Hooks::new();
-        hooks.add(
-            HookPoint::ResidPost(layer),
-            AddVector::new(unit.clone(), mult),
-        );
+        iv.install(&model, &mut hooks)?;
         let outs = model.generate(&prompts, &opts, &mut hooks)?;
+        drop(hooks);
+        let kl = kl_side_effect(&model, &prompts, &iv, 8)?;
         for (p, o) in NEUTRAL.iter().zip(&outs) {
             let text = tok.decode(o)?;
             println!(
-                "[layer {layer}, x{mult:+.1}] {p} -> {}",
+                "[layer {layer}, x{mult:+.1}, KL {kl:.3}] {p} -> {}",
                 text.replace('\n', " ")
             );
-            runs.push(serde_json::json!({"prompt": p, "layer": layer, "multiplier": mult, "completion": text}));
+            runs.push(serde_json::json!({"prompt": p, "layer": layer, "multiplier": mult, "kl_on_prompts": kl, "completion": text}));
         }
     }
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -127,6 +127,14 @@ fn main() -> anyhow::Result<()> {
     let tmp = out_dir.join(".steer_demo.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)?;
     std::fs::rename(&tmp, &file)?;
-    println!("wrote {}", file.display());
+    // The vector itself, for reuse (and for llama.cpp: drop block 0, which it cannot steer).
+    vector.save(out_dir.join("joyful_vs_gloomy.safetensors"))?;
+    vector
+        .only(&(1..n_layers).collect::<Vec<_>>())?
+        .to_control_vector_gguf(out_dir.join("joyful_vs_gloomy.gguf"), "llama")?;
+    println!(
+        "wrote {} and the vector (safetensors, llama.cpp control-vector GGUF)",
+        file.display()
+    );
     Ok(())
 }
