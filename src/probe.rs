@@ -72,6 +72,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::data::SplitMix64;
 use crate::{Error, Result};
 
 /// Options for fitting and evaluating probes. `ProbeOptions::default()` is the simple path.
@@ -324,14 +325,14 @@ pub fn bootstrap_ci(
         .zip(y)
         .map(|(&s, &t)| (s > 0.0) == t)
         .collect();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut counts = vec![0u32; n];
     let mut accs = Vec::with_capacity(resamples);
     let mut aucs = Vec::with_capacity(resamples);
     for _ in 0..resamples {
         counts.iter_mut().for_each(|c| *c = 0);
         for _ in 0..n {
-            counts[rng.below(n)] += 1;
+            counts[rng.below(n as u64) as usize] += 1;
         }
         let right: u64 = counts
             .iter()
@@ -1163,24 +1164,6 @@ fn percentile_ci(v: &mut [f64]) -> (f64, f64) {
     (at(0.025), at(0.975))
 }
 
-/// SplitMix64 (Steele, Lea and Flood 2014): a tiny, fixed generator for the bootstrap.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-50 for the sizes used here).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1214,9 +1197,9 @@ mod tests {
     #[test]
     fn splitmix_reference_values() {
         // First outputs for seed 1234567 from the reference C implementation.
-        let mut r = SplitMix64(1234567);
-        assert_eq!(r.next(), 6457827717110365317);
-        assert_eq!(r.next(), 3203168211198807973);
+        let mut r = SplitMix64::new(1234567);
+        assert_eq!(r.next_u64(), 6457827717110365317);
+        assert_eq!(r.next_u64(), 3203168211198807973);
     }
 
     #[test]
