@@ -774,3 +774,42 @@ fn qwen2_sliding_window_starts_at_max_window_layers() {
         vec![AttnSpan::Global, AttnSpan::Local(4), AttnSpan::Local(4)]
     );
 }
+
+/// A checkpoint sharded over several safetensors files (with an index file, as Hugging Face writes
+/// them) loads to the same model as the single-file checkpoint.
+#[test]
+fn sharded_safetensors_equal_single_file() {
+    let t = Tiny::llama();
+    let cfg = t.base_json("llama");
+    let tensors = t.tensors(41);
+    let single = TempDir::new("single");
+    write_hf(single.path(), &cfg, &tensors);
+    let sharded = TempDir::new("sharded");
+    write_hf(sharded.path(), &cfg, &HashMap::new());
+    std::fs::remove_file(sharded.join("model.safetensors")).ok();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(3)).enumerate() {
+        let file = format!("model-{:05}-of-00003.safetensors", i + 1);
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, sharded.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), file.clone().into());
+        }
+    }
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let a = Model::load(single.path(), &LoadOptions::default()).unwrap();
+    let b = Model::load(sharded.path(), &LoadOptions::default()).unwrap();
+    let batch = Batch::single(&[1, 5, 9, 13, 2]).unwrap();
+    let la = a.forward(&batch, &mut Hooks::new()).unwrap();
+    let lb = b.forward(&batch, &mut Hooks::new()).unwrap();
+    assert_eq!(max_abs_diff(&la, &lb), 0.0);
+}
