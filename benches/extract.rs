@@ -30,12 +30,30 @@ fn main() -> anyhow::Result<()> {
         .collect::<puppetlens::Result<_>>()?;
     let tokens: usize = prompts.iter().map(|p| p.len()).sum();
     let dir = std::env::temp_dir().join(format!("puppetlens-extract-bench-{}", std::process::id()));
-    let opts = ExtractOptions { batch_size: 16, shard_size: 256, ..ExtractOptions::resid_post(&model, Site::Last) };
+    let opts = ExtractOptions {
+        batch_size: 16,
+        shard_size: 256,
+        ..ExtractOptions::resid_post(&model, Site::Last)
+    };
     let t = std::time::Instant::now();
-    let m = extract_to_dir(&model, &prompts, &opts, &dir, &StoreMeta { model: "smollm2-135m-instruct".into(), ..StoreMeta::default() })?;
+    let m = extract_to_dir(
+        &model,
+        &prompts,
+        &opts,
+        &dir,
+        &StoreMeta {
+            model: "smollm2-135m-instruct".into(),
+            ..StoreMeta::default()
+        },
+    )?;
     let secs = t.elapsed().as_secs_f64();
     let after = peak_mib();
-    let bytes: u64 = m.shards.iter().filter_map(|s| std::fs::metadata(dir.join(s)).ok()).map(|md| md.len()).sum();
+    let bytes: u64 = m
+        .shards
+        .iter()
+        .filter_map(|s| std::fs::metadata(dir.join(s)).ok())
+        .map(|md| md.len())
+        .sum();
     println!("| prompts | tokens | layers | seconds | tokens/s | store MiB | peak RSS after load MiB | peak RSS after extraction MiB |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
