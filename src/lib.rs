@@ -85,3 +85,8 @@ pub fn load_with(
     };
     Ok((model, tok))
 }
+
+/// The README's code, compiled as a doc test so that it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
