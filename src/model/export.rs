@@ -20,9 +20,8 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 pub(super) fn export(model: &Model, dir: &Path) -> Result<()> {
-    let parts = model.parts();
-    let cfg = parts.config().clone();
-    let mut tensors = parts.named_tensors()?;
+    let cfg = model.config().clone();
+    let mut tensors = model.named_tensors()?;
     for (name, t) in tensors.iter_mut() {
         if cfg.rope_interleaved && name.ends_with("self_attn.q_proj.weight") {
             *t = unpermute(t, cfg.n_heads)?;

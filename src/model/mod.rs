@@ -861,21 +861,10 @@ fn inv_freq(head_dim: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
     }
 }
 
-/// Inner accessors for export.
 impl Model {
-    pub(crate) fn parts(&self) -> ModelParts<'_> {
-        ModelParts { model: self }
-    }
-}
-
-pub(crate) struct ModelParts<'a> {
-    model: &'a Model,
-}
-
-impl ModelParts<'_> {
     /// Every weight as (Hugging Face name, dense f32 tensor in puppetlens's layout).
     pub(crate) fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let m = self.model;
+        let m = self;
         let dense = |l: &Linear| -> Result<Tensor> {
             match l {
                 Linear::Dense { w, .. } => Ok(w.to_dtype(DType::F32)?),
@@ -934,9 +923,5 @@ impl ModelParts<'_> {
             }
         }
         Ok(out)
-    }
-
-    pub(crate) fn config(&self) -> &Config {
-        &self.model.cfg
     }
 }

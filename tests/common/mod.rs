@@ -26,16 +26,7 @@ pub fn gemma() -> &'static (Model, Tokenizer) {
 
 /// Max |a - b| over all elements.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 /// Max |x| over all elements.
