@@ -47,10 +47,12 @@ pub mod extract;
 pub mod fetch;
 pub mod generate;
 pub mod hook;
+pub mod lora;
 pub mod model;
 pub mod probe;
 pub mod steer;
 pub mod tokenize;
+pub mod train;
 mod util;
 mod weights;
 

@@ -142,6 +142,23 @@ const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 const KEY_CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+
+/// Gemma 3's chat format, for Gemma 3 checkpoints whose GGUF carries no template (the base
+/// models): `<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n...`, a system
+/// message folded into the first user turn, contents trimmed, roles alternating. For text
+/// messages it renders what the instruction-tuned Gemma 3 template renders.
+pub const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages and messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] + '\\n\\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for m in turns -%}\
+{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}\
+{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}\
+{%- endif -%}\
+{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' }}\
+{{- (prefix if loop.first else '') + (m['content'] | trim) + '<end_of_turn>\\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}";
 const KEY_ARCH: &str = "general.architecture";
 
 /// One message of a conversation, as chat templates see it (`message['role']`,

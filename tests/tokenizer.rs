@@ -403,3 +403,24 @@ fn gguf_without_tokens_names_the_key() {
         other => panic!("expected Error::Tokenizer, got {other:?}"),
     }
 }
+
+/// puppetlens's own Gemma 3 template renders every golden chat (made with the instruction-tuned
+/// Gemma 3 template by `transformers`) to the same text and ids.
+#[test]
+fn gemma_builtin_template_matches_golden_chats() {
+    let m = gemma();
+    let Some(tok) = m.tok.as_ref() else { return };
+    let mut tok = tok.clone();
+    tok.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.to_string()));
+    assert!(!m.golden.chat.is_empty());
+    for chat in &m.golden.chat {
+        let text = tok
+            .apply_chat_template(&chat.messages, chat.add_generation_prompt)
+            .unwrap();
+        assert_eq!(text, chat.text, "chat `{}`", chat.name);
+        let ids = tok
+            .encode_chat(&chat.messages, chat.add_generation_prompt)
+            .unwrap();
+        assert_eq!(ids, chat.ids, "chat `{}` ids", chat.name);
+    }
+}

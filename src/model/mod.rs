@@ -51,11 +51,39 @@ impl Default for LoadOptions {
     }
 }
 
-/// A linear layer, dense or quantized. `forward`: `[.., in] -> [.., out]`.
+/// A linear layer's frozen weight, dense or quantized.
 #[derive(Debug, Clone)]
-enum Linear {
-    Dense { w: Tensor, b: Option<Tensor> },
-    Quant { w: QMatMul, b: Option<Tensor> },
+enum Weight {
+    Dense(Tensor), // [out, in]
+    Quant(QMatMul),
+}
+
+/// A low-rank adapter on a linear layer: `y += scale * (x A^T) B^T`.
+#[derive(Debug, Clone)]
+pub(crate) struct LoraPath {
+    pub(crate) a: Tensor, // [rank, in]
+    pub(crate) b: Tensor, // [out, rank]
+    pub(crate) scale: f64,
+}
+
+/// A linear layer: `forward` maps `[.., in] -> [.., out]`.
+#[derive(Debug, Clone)]
+struct Linear {
+    w: Weight,
+    b: Option<Tensor>, // [out]
+    lora: Option<LoraPath>,
+}
+
+/// `x [.., k] @ w^T` for a dense `w [out, k]`, through a 2-D matmul.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k;
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?; // [rows, out]
+    let mut out = dims;
+    let last = out.len() - 1;
+    out[last] = w.dim(0)?;
+    Ok(y.reshape(out)?)
 }
 
 impl Linear {
@@ -80,34 +108,52 @@ impl Linear {
         if opts.keep_quantized && matches!(ws, Weights::Gguf { .. }) {
             let q = ws.qtensor(&name, &opts.device)?;
             check_shape(&name, ws, q.shape().dims(), &[out_in.0, out_in.1])?;
-            return Ok(Linear::Quant {
-                w: QMatMul::from_qtensor(q)?,
+            return Ok(Linear {
+                w: Weight::Quant(QMatMul::from_qtensor(q)?),
                 b,
+                lora: None,
             });
         }
         let w = ws.tensor(&name, &[out_in.0, out_in.1], opts.dtype, &opts.device)?;
-        Ok(Linear::Dense { w, b })
+        Ok(Linear {
+            w: Weight::Dense(w),
+            b,
+            lora: None,
+        })
+    }
+
+    fn dense(w: Tensor) -> Self {
+        Linear {
+            w: Weight::Dense(w),
+            b: None,
+            lora: None,
+        }
+    }
+
+    /// `[out, in]`.
+    fn out_in(&self) -> Result<(usize, usize)> {
+        Ok(match &self.w {
+            Weight::Dense(w) => w.dims2()?,
+            Weight::Quant(QMatMul::QTensor(q)) => q.shape().dims2()?,
+            Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2()?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match self {
-            Linear::Dense { w, .. } => {
-                let dims = x.dims().to_vec();
-                let k = dims[dims.len() - 1];
-                let rows = x.elem_count() / k;
-                let y = x.reshape((rows, k))?.matmul(&w.t()?)?; // [rows, out]
-                let mut out = dims;
-                let last = out.len() - 1;
-                out[last] = w.dim(0)?;
-                y.reshape(out)?
-            }
-            Linear::Quant { w, .. } => w.forward(x)?,
+        let y = match &self.w {
+            Weight::Dense(w) => matmul_t(x, w)?,
+            Weight::Quant(w) => w.forward(x)?,
+        }; // [.., out]
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         };
-        match self {
-            Linear::Dense { b: Some(b), .. } | Linear::Quant { b: Some(b), .. } => {
-                Ok(y.broadcast_add(b)?)
+        match &self.lora {
+            Some(l) => {
+                let low = matmul_t(x, &l.a)?; // [.., rank]
+                Ok((y + (matmul_t(&low, &l.b)? * l.scale)?)?) // [.., out]
             }
-            _ => Ok(y),
+            None => Ok(y),
         }
     }
 }
@@ -150,7 +196,12 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `grad`: use plain tensor ops that autograd can differentiate (candle's fused kernel has
+    /// no backward pass).
+    fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        if grad {
+            return Ok(candle_nn::ops::rms_norm_slow(x, &self.w, self.eps)?);
+        }
         Ok(candle_nn::ops::rms_norm(
             &x.contiguous()?,
             &self.w,
@@ -238,10 +289,12 @@ pub(crate) enum Output {
     AllLogits,
     /// Logits at the last column only, `[batch, vocab]`.
     LastLogits,
+    /// Final-normed hidden states at every position, `[batch, pos, d_model]`.
+    Hidden,
 }
 
-/// A loaded decoder-only transformer.
-#[derive(Debug)]
+/// A loaded decoder-only transformer. Cloning is cheap (weights are shared).
+#[derive(Debug, Clone)]
 pub struct Model {
     cfg: Config,
     embed: Tensor,   // [vocab, d_model]
@@ -251,6 +304,7 @@ pub struct Model {
     inv_freqs: Vec<Tensor>, // distinct rope tables' inverse frequencies, [head_dim / 2] f32
     device: Device,
     dtype: DType,
+    differentiable: bool, // plain ops everywhere, for autograd (training)
 }
 
 impl Model {
@@ -319,15 +373,13 @@ impl Model {
         }
         let unembed = if cfg.tie_embeddings {
             if opts.keep_quantized && matches!(ws, Weights::Gguf { .. }) {
-                Linear::Quant {
-                    w: QMatMul::from_qtensor(ws.qtensor(embed_name, dev)?)?,
+                Linear {
+                    w: Weight::Quant(QMatMul::from_qtensor(ws.qtensor(embed_name, dev)?)?),
                     b: None,
+                    lora: None,
                 }
             } else {
-                Linear::Dense {
-                    w: embed.clone(),
-                    b: None,
-                }
+                Linear::dense(embed.clone())
             }
         } else {
             Linear::load(ws, "lm_head", (cfg.vocab_size, cfg.d_model), false, opts)?
@@ -415,6 +467,7 @@ impl Model {
             inv_freqs,
             device: dev.clone(),
             dtype: opts.dtype,
+            differentiable: false,
         })
     }
 
@@ -540,6 +593,7 @@ impl Model {
         output: Output,
     ) -> Result<Option<Tensor>> {
         let cfg = &self.cfg;
+        let g = self.differentiable;
         hooks.check(cfg.n_layers)?;
         let offset = kv.as_ref().map_or(0, |k| k.seen);
         let pads: Vec<usize> = match kv.as_ref() {
@@ -641,13 +695,14 @@ impl Model {
                 .find(|(span, _)| *span == block.span)
                 .map(|(_, m)| m);
             let attn = block.attn.forward(
-                &block.attn_norm.forward(&resid)?,
+                &block.attn_norm.forward(&resid, g)?,
                 &ropes[block.rope],
                 mask,
                 cache,
+                g,
             )?; // [b, s, d_model]
             let attn = match &block.post_attn_norm {
-                Some(n) => n.forward(&attn)?,
+                Some(n) => n.forward(&attn, g)?,
                 None => attn,
             };
             let attn_out = fire(HookPoint::AttnOut(l), attn)?; // [b, s, d_model]
@@ -658,9 +713,9 @@ impl Model {
             if done(HookPoint::ResidMid(l)) {
                 return Ok(None);
             }
-            let mlp = block.mlp.forward(&block.mlp_norm.forward(&resid_mid)?)?; // [b, s, d_model]
+            let mlp = block.mlp.forward(&block.mlp_norm.forward(&resid_mid, g)?)?; // [b, s, d_model]
             let mlp = match &block.post_mlp_norm {
-                Some(n) => n.forward(&mlp)?,
+                Some(n) => n.forward(&mlp, g)?,
                 None => mlp,
             };
             let mlp_out = fire(HookPoint::MlpOut(l), mlp)?; // [b, s, d_model]
@@ -678,23 +733,34 @@ impl Model {
                 k.pads = pads.clone();
             }
         }
-        let normed = fire(HookPoint::FinalNorm, self.final_norm.forward(&resid)?)?; // [b, s, d_model]
+        let normed = fire(HookPoint::FinalNorm, self.final_norm.forward(&resid, g)?)?; // [b, s, d_model]
         if done(HookPoint::FinalNorm) {
             return Ok(None);
         }
         let h = match output {
+            Output::Hidden => return Ok(Some(normed)),
             Output::LastLogits => normed.narrow(1, s - 1, 1)?, // [b, 1, d_model]
             _ => normed,
         };
-        let logits = self.unembed.forward(&h)?.to_dtype(DType::F32)?; // [b, s|1, vocab]
-        let logits = match cfg.final_logit_softcap {
-            Some(c) => ((logits / c)?.tanh()? * c)?,
-            None => logits,
-        };
+        let logits = self.logits_of(&h)?; // [b, s|1, vocab]
         Ok(Some(match output {
             Output::LastLogits => logits.squeeze(1)?, // [b, vocab]
             _ => logits,
         }))
+    }
+
+    /// Logits (f32, or f64 for an f64 model; soft-capped when the model caps them) of final-normed hidden states
+    /// `[.., d_model] -> [.., vocab]`.
+    pub(crate) fn logits_of(&self, h: &Tensor) -> Result<Tensor> {
+        let logits = self.unembed.forward(h)?; // [.., vocab]
+        let logits = match logits.dtype() {
+            DType::F64 => logits, // kept for f64 models (gradient checks)
+            _ => logits.to_dtype(DType::F32)?,
+        };
+        Ok(match self.cfg.final_logit_softcap {
+            Some(c) => ((logits / c)?.tanh()? * c)?,
+            None => logits,
+        })
     }
 
     /// Additive attention masks `[b, 1, s, t]` for each distinct span: causal, no padding keys,
@@ -747,6 +813,7 @@ impl Attention {
         rope: &Rope,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        grad: bool,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -769,17 +836,18 @@ impl Attention {
             .transpose(1, 2)?
             .contiguous()?; // [b, kvh, s, hd]
         let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
+            Some(n) => n.forward(&q, grad)?,
             None => q,
         };
         let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
+            Some(n) => n.forward(&k, grad)?,
             None => k,
         };
-        let rot = if self.interleaved {
-            candle_nn::rotary_emb::rope_i
-        } else {
-            candle_nn::rotary_emb::rope
+        let rot = match (self.interleaved, grad) {
+            (true, false) => candle_nn::rotary_emb::rope_i,
+            (false, false) => candle_nn::rotary_emb::rope,
+            (true, true) => rope_i_differentiable,
+            (false, true) => rope_differentiable,
         };
         let q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
         let k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
@@ -803,7 +871,11 @@ impl Attention {
             Some(m) => att.broadcast_add(m)?,
             None => att,
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?; // [b, h, s, t]
+        let att = if grad {
+            candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att)?
+        }; // [b, h, s, t]
         let y = att.reshape((b, kvh, rep * s, t))?.matmul(&v)?; // [b, kvh, rep*s, hd]
         let y = y
             .reshape((b, h, s, hd))?
@@ -824,6 +896,32 @@ impl Mlp {
         let u = self.up.forward(x)?; // [b, s, d_mlp]
         self.down.forward(&(g * u)?) // [b, s, d_model]
     }
+}
+
+/// Rotary embedding on split halves from plain ops (differentiable): `x [b, h, s, hd]`,
+/// `cos`/`sin` `[b, s, hd/2]`.
+fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let hd = x.dim(3)?;
+    let cos = Tensor::cat(&[cos, cos], 2)?.unsqueeze(1)?; // [b, 1, s, hd]
+    let sin = Tensor::cat(&[sin, sin], 2)?.unsqueeze(1)?; // [b, 1, s, hd]
+    let x1 = x.narrow(3, 0, hd / 2)?; // [b, h, s, hd/2]
+    let x2 = x.narrow(3, hd / 2, hd / 2)?; // [b, h, s, hd/2]
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?; // [b, h, s, hd]
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// Rotary embedding on adjacent pairs from plain ops (differentiable): `x [b, h, s, hd]`,
+/// `cos`/`sin` `[b, s, hd/2]`.
+fn rope_i_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, s, hd) = x.dims4()?;
+    let cos = cos.unsqueeze(1)?.unsqueeze(4)?; // [b, 1, s, hd/2, 1]
+    let sin = sin.unsqueeze(1)?.unsqueeze(4)?; // [b, 1, s, hd/2, 1]
+    let x = x.reshape((b, h, s, hd / 2, 2))?; // [b, h, s, hd/2, 2]
+    let x0 = x.narrow(4, 0, 1)?; // [b, h, s, hd/2, 1]
+    let x1 = x.narrow(4, 1, 1)?; // [b, h, s, hd/2, 1]
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[y0, y1], 4)?.reshape((b, h, s, hd)) // [b, h, s, hd]
 }
 
 /// RoPE inverse frequencies, `head_dim / 2` values.
@@ -861,22 +959,97 @@ fn inv_freq(head_dim: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
     }
 }
 
+/// The linear modules an adapter may target, by their Hugging Face names.
+pub(crate) const LINEAR_MODULES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl Block {
+    fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
+        Some(match module {
+            "self_attn.q_proj" => &mut self.attn.q,
+            "self_attn.k_proj" => &mut self.attn.k,
+            "self_attn.v_proj" => &mut self.attn.v,
+            "self_attn.o_proj" => &mut self.attn.o,
+            "mlp.gate_proj" => &mut self.mlp.gate,
+            "mlp.up_proj" => &mut self.mlp.up,
+            "mlp.down_proj" => &mut self.mlp.down,
+            _ => return None,
+        })
+    }
+}
+
 impl Model {
+    /// Switches the rotary kernel between adjacent pairs and split halves (tests of the kernels).
+    #[cfg(test)]
+    pub(crate) fn set_rope_interleaved(&mut self, on: bool) {
+        self.cfg.rope_interleaved = on;
+        for b in &mut self.blocks {
+            b.attn.interleaved = on;
+        }
+    }
+
+    /// `(out, in)` of the linear `module` (one of [`LINEAR_MODULES`]) of `layer`, or `None`.
+    pub(crate) fn linear_shape(&self, layer: usize, module: &str) -> Option<(usize, usize)> {
+        let mut blk = self.blocks.get(layer)?.clone();
+        blk.linear_mut(module)?.out_in().ok()
+    }
+
+    /// A copy of this model with low-rank paths on the given `(layer, module)` linears (tensors
+    /// in this model's row layout) and, when `differentiable`, plain-op kernels for autograd.
+    pub(crate) fn with_lora_paths(
+        &self,
+        paths: &[((usize, String), LoraPath)],
+        differentiable: bool,
+    ) -> Result<Model> {
+        let mut m = self.clone();
+        m.differentiable = differentiable;
+        for ((layer, module), path) in paths {
+            let n_layers = m.cfg.n_layers;
+            let blk = m.blocks.get_mut(*layer).ok_or(Error::LayerOutOfRange {
+                layer: *layer,
+                n_layers,
+            })?;
+            let lin = blk
+                .linear_mut(module)
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "adapter target".into(),
+                    msg: format!("unknown module `{module}` (known: {LINEAR_MODULES:?})"),
+                })?;
+            lin.lora = Some(path.clone());
+        }
+        Ok(m)
+    }
+
     /// Every weight as (Hugging Face name, dense f32 tensor in puppetlens's layout).
     pub(crate) fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let m = self;
         let dense = |l: &Linear| -> Result<Tensor> {
-            match l {
-                Linear::Dense { w, .. } => Ok(w.to_dtype(DType::F32)?),
-                Linear::Quant { w, .. } => match w {
-                    QMatMul::QTensor(q) => Ok(q.dequantize(&m.device)?),
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.to_dtype(DType::F32)?),
-                },
+            let w = match &l.w {
+                Weight::Dense(w) => w.to_dtype(DType::F32)?,
+                Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(&m.device)?,
+                Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                    t.to_dtype(DType::F32)?
+                }
+            }; // [out, in]
+            match &l.lora {
+                // merged: W + scale * B A
+                Some(lo) => Ok((w
+                    + (lo
+                        .b
+                        .to_dtype(DType::F32)?
+                        .matmul(&lo.a.to_dtype(DType::F32)?)?
+                        * lo.scale)?)?),
+                None => Ok(w),
             }
         };
-        let bias = |l: &Linear| match l {
-            Linear::Dense { b, .. } | Linear::Quant { b, .. } => b.clone(),
-        };
+        let bias = |l: &Linear| l.b.clone();
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             m.embed.to_dtype(DType::F32)?,
