@@ -162,6 +162,14 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
+    /// A figure could not be laid out, rendered or encoded.
+    #[error("{path}: cannot draw figure: {msg}")]
+    Plot {
+        /// The figure file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        msg: String,
+    },
     /// An error from candle's tensor library (shown without candle's backtrace).
     #[error("{}", candle_msg(.0))]
     Candle(#[from] candle_core::Error),

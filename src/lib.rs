@@ -49,6 +49,7 @@ pub mod generate;
 pub mod hook;
 pub mod lora;
 pub mod model;
+pub mod plot;
 pub mod probe;
 pub mod steer;
 pub mod tokenize;
