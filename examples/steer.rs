@@ -1,140 +1,513 @@
-//! Steering a real chat model with a difference-of-means vector (ActAdd / CAA style).
+//! The puppeteer search, end to end: where did tuning change gemma-3-270m, and does that change
+//! drive the behaviour?
 //!
-//! `cargo run --release --example steer [-- --quick] [--layer L] [--scale S] [--out DIR]`
+//! ```sh
+//! cargo run --release --example steer               # full run (about half an hour on 2 CPU cores)
+//! cargo run --release --example steer -- --quick    # a small run (a few minutes)
+//! ```
 //!
-//! Loads SmolLM2-135M-Instruct (fetched on first run), records `hook_resid_post` at the last token
-//! of contrasting prompts (joyful vs gloomy), takes the difference of the means at every layer, and
-//! adds `scale x` that vector at one layer while generating from neutral prompts. Writes the vector
-//! norms per layer, the generations and their KL side effects to `notebooks-data/steer/steer_demo.json`,
-//! and the vector as safetensors and as a llama.cpp control vector.
-//! (The full puppeteer search, base vs tuned, replaces this demo as the project grows.)
+//! Pair 1: gemma-3-270m (base) against its committed tuned siblings (`assistant`, `sycophant`,
+//! `control`; see notebooks-data/organisms) on the project's sycophancy A/B items. For each pair:
+//! per-layer activation difference, probe accuracy in each model (bootstrap CIs), fraction of the
+//! sycophancy gap closed by adding the base-vs-tuned difference to the base and removed by
+//! ablating it in the tuned model, a dose-response, and PCA at the best layer.
+//! Single model: SmolLM2-135M-Instruct (a real preference-tuned model): probe accuracy per layer on
+//! the project's truth, persona and sycophancy sets.
+//!
+//! Writes to `notebooks-data/steer/` (`--out`): `summary.json`, `summary.csv`, per-pair
+//! `pairs/<tuned>/localisation.{json,csv}` and `dose.csv`, `single_model.csv`, and the figures
+//! `probe_accuracy`, `diff_by_layer`, `steering_dose_response`, `gap_closed`, `pca_best_layer`,
+//! `single_model_probes` (each `.png` and `.svg`).
 
-use anyhow::Context;
-use puppetlens::eval::{kl_side_effect, Intervention};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use puppetlens::data::{self, ab_prompt, text_prompt, AbItem, PromptFormat, Split};
+use puppetlens::diff::{AbSplits, DiffOptions};
+use puppetlens::eval::AbCase;
 use puppetlens::extract::{extract, ExtractOptions, Site};
-use puppetlens::{ChatMessage, GenerateOptions, Hooks, Positions, SteeringVector};
+use puppetlens::plot::{LineChart, Series};
+use puppetlens::probe::{sweep, ProbeOptions};
+use puppetlens::report::{pair_report, write_figures, PairOptions, PairReport};
+use puppetlens::{HookPoint, LoadOptions, Model, Tokenizer};
+use serde_json::json;
 
-const JOYFUL: [&str; 8] = [
-    "I am so happy today, everything is wonderful!",
-    "What a delightful surprise, I love it!",
-    "This is the best day of my life.",
-    "I feel joyful and full of energy.",
-    "Everything turned out great, I'm thrilled.",
-    "The sun is shining and I feel fantastic.",
-    "I'm grateful for all the lovely people around me.",
-    "We won! I'm overjoyed!",
-];
-const GLOOMY: [&str; 8] = [
-    "I am so sad today, everything is terrible.",
-    "What an awful surprise, I hate it.",
-    "This is the worst day of my life.",
-    "I feel miserable and drained.",
-    "Everything turned out badly, I'm devastated.",
-    "The sky is grey and I feel hopeless.",
-    "I'm lonely and nobody cares about me.",
-    "We lost. I'm heartbroken.",
-];
-const NEUTRAL: [&str; 3] = [
-    "Tell me about your weekend.",
-    "Describe the weather today.",
-    "What do you think of Mondays?",
-];
-
-fn arg<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
+#[derive(Parser, Debug)]
+#[command(about = "The puppeteer search: base vs tuned, layer by layer")]
+struct Args {
+    /// A small run for CI: few items, every third layer, few multipliers.
+    #[arg(long)]
+    quick: bool,
+    /// Base model: a known name, a path, or BASE+ADAPTER_DIR.
+    #[arg(long, default_value = "gemma-3-270m")]
+    base: String,
+    /// Tuned models compared with the base (comma-separated; organisms, paths or BASE+ADAPTER).
+    #[arg(
+        long,
+        default_value = "assistant,sycophant,control",
+        value_delimiter = ','
+    )]
+    tuned: Vec<String>,
+    /// The single preference-tuned model probed on its own ("none" to skip).
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    single: String,
+    /// A/B behaviour dataset (CAA JSON/JSONL; its `split` field is used when present).
+    #[arg(long, default_value = "probes/sycophancy_ab.jsonl")]
+    dataset: PathBuf,
+    /// Layers to steer and ablate, e.g. `3,6,9` or `4-12` (all layers when omitted; every third
+    /// layer with --quick).
+    #[arg(long)]
+    layers: Option<String>,
+    /// Output directory.
+    #[arg(long, default_value = "notebooks-data/steer")]
+    out: PathBuf,
+    /// Device: cpu, cuda, cuda:N or metal (needs the matching cargo feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out_dir = std::path::PathBuf::from(
-        arg::<String>(&args, "--out").unwrap_or_else(|| "notebooks-data/steer".into()),
-    );
+fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        "metal" => Device::new_metal(0).context("--device metal")?,
+        "cuda" => Device::new_cuda(0).context("--device cuda")?,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Device::new_cuda(n).with_context(|| format!("--device {other}"))?,
+            _ => bail!("--device `{other}`: expected cpu, cuda, cuda:N or metal"),
+        },
+    })
+}
 
-    let path = puppetlens::fetch::fetch("smollm2-135m-instruct")?;
-    let (model, tok) = puppetlens::load(&path)?;
-    let n_layers = model.config().n_layers;
-    let layer: usize = arg(&args, "--layer").unwrap_or(n_layers / 3);
-    let scale: f64 = arg(&args, "--scale").unwrap_or(8.0);
-
-    // Last-token residuals of each contrast set at every layer; the difference of their means.
-    let chat = |s: &str, open: bool| tok.encode_chat(&[ChatMessage::user(s)], open);
-    let encode = |set: &[&str]| {
-        set.iter()
-            .map(|s| chat(s, false))
-            .collect::<puppetlens::Result<Vec<_>>>()
-    };
-    let opts = ExtractOptions {
-        progress: false,
-        ..ExtractOptions::resid_post(&model, Site::Last)
-    };
-    let joyful = extract(&model, &encode(&JOYFUL)?, &opts)?;
-    let gloomy = extract(&model, &encode(&GLOOMY)?, &opts)?;
-    let vector = SteeringVector::mean_diff(&joyful, &gloomy, n_layers)?
-        .with_meta("dataset", "joyful vs gloomy (examples/steer.rs)");
-    let norms = vector.norms()?;
-    println!(
-        "difference-of-means norm per layer: {:?}",
-        norms
-            .values()
-            .map(|n| (n * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
-    );
-
-    // Steer generation at `layer` with multiples of the raw difference of means (CAA's convention),
-    // and measure the side effect on neutral text as KL from the unsteered model.
-    let at_layer = vector.only(&[layer])?;
-    let prompts: Vec<Vec<u32>> = NEUTRAL
-        .iter()
-        .take(if quick { 1 } else { 3 })
-        .map(|s| chat(s, true))
-        .collect::<puppetlens::Result<_>>()?;
-    let opts = GenerateOptions {
-        max_new_tokens: if quick { 16 } else { 40 },
-        stop_tokens: tok.eos_id().into_iter().collect(),
-        ..GenerateOptions::default()
-    };
-    let mut runs = Vec::new();
-    for mult in [-scale, 0.0, scale] {
-        let iv = Intervention::Add {
-            vector: &at_layer,
-            scale: mult,
-            positions: Positions::All,
+fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let range = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<usize>()?, b.trim().parse::<usize>()?),
+            None => {
+                let l = part
+                    .parse::<usize>()
+                    .with_context(|| format!("--layers `{part}`"))?;
+                (l, l)
+            }
         };
-        let mut hooks = Hooks::new();
-        iv.install(&model, &mut hooks)?;
-        let outs = model.generate(&prompts, &opts, &mut hooks)?;
-        drop(hooks);
-        let kl = kl_side_effect(&model, &prompts, &iv, 8)?;
-        for (p, o) in NEUTRAL.iter().zip(&outs) {
-            let text = tok.decode(o)?;
-            println!(
-                "[layer {layer}, x{mult:+.1}, KL {kl:.3}] {p} -> {}",
-                text.replace('\n', " ")
-            );
-            runs.push(serde_json::json!({"prompt": p, "layer": layer, "multiplier": mult, "kl_on_prompts": kl, "completion": text}));
+        for l in range.0..=range.1 {
+            if l >= n_layers {
+                bail!("--layers: layer {l} out of range: the model has {n_layers} layers (0..{n_layers})");
+            }
+            out.push(l);
         }
     }
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let summary = serde_json::json!({
-        "model": "smollm2-135m-instruct", "method": "difference of means, last token, chat template",
-        "layer": layer, "scale": scale, "vector_norm_per_layer": norms, "runs": runs,
-    });
-    let file = out_dir.join("steer_demo.json");
-    let tmp = out_dir.join(".steer_demo.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&summary)?)?;
-    std::fs::rename(&tmp, &file)?;
-    // The vector itself, for reuse (and for llama.cpp: drop block 0, which it cannot steer).
-    vector.save(out_dir.join("joyful_vs_gloomy.safetensors"))?;
-    vector
-        .only(&(1..n_layers).collect::<Vec<_>>())?
-        .to_control_vector_gguf(out_dir.join("joyful_vs_gloomy.gguf"), "llama")?;
+    if out.is_empty() {
+        bail!("--layers `{s}` names no layer");
+    }
+    Ok(out)
+}
+
+/// Items split by their `split` field, or 60/20/20 (seed 0, stratified by the matching letter).
+fn load_items(path: &Path) -> Result<Split<AbItem>> {
+    match data::load_with_split(path, data::load_ab_json) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let items = data::load_ab_json(path)?;
+            let letters: Vec<char> = items
+                .iter()
+                .map(|i| i.matching_letter())
+                .collect::<puppetlens::Result<_>>()?;
+            let keyed: Vec<(char, AbItem)> = letters.into_iter().zip(items).collect();
+            Ok(data::split_stratified(&keyed, (0.6, 0.2, 0.2), 0, |k| k.0)?.map(|k| k.1))
+        }
+    }
+}
+
+fn cases(tok: &Tokenizer, items: &[AbItem], cap: usize) -> Result<Vec<AbCase>> {
+    let fmt = PromptFormat::Chat { system: None };
+    items
+        .iter()
+        .take(cap)
+        .map(|it| {
+            let p = ab_prompt(tok, it, &fmt)?;
+            Ok(AbCase {
+                ids: p.ids.clone(),
+                matching: p.matching_id(),
+                not_matching: p.not_matching_id(),
+            })
+        })
+        .collect()
+}
+
+fn stage(t0: &Instant, msg: &str) {
+    eprintln!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+}
+
+fn atomic_write(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// One probe set of the single-model section: per-layer test accuracy and its interval.
+struct ProbeSet {
+    name: String,
+    acc: Vec<f64>,
+    ci: Vec<(f64, f64)>,
+    best_layer: usize,
+}
+
+fn probe_set(
+    model: &Model,
+    name: &str,
+    prompts: [&[Vec<u32>]; 3],
+    labels: [&[bool]; 3],
+    t0: &Instant,
+) -> Result<ProbeSet> {
+    stage(
+        t0,
+        &format!("single model: {name} ({} train prompts)", prompts[0].len()),
+    );
+    let opts = ExtractOptions {
+        progress: true,
+        ..ExtractOptions::resid_post(model, Site::Last)
+    };
+    let n_layers = model.config().n_layers;
+    let xs = |p: &[Vec<u32>]| -> Result<Vec<Tensor>> {
+        let a = extract(model, p, &opts)?;
+        Ok((0..n_layers)
+            .map(|l| a.get(HookPoint::ResidPost(l)).cloned())
+            .collect::<puppetlens::Result<_>>()?)
+    };
+    let (tr, va, te) = (xs(prompts[0])?, xs(prompts[1])?, xs(prompts[2])?);
+    let rep = sweep(
+        &tr,
+        labels[0],
+        &va,
+        labels[1],
+        &te,
+        labels[2],
+        &ProbeOptions::default(),
+    )?;
+    let best_layer = rep
+        .iter()
+        .max_by(|a, b| a.val.accuracy.total_cmp(&b.val.accuracy))
+        .map(|r| r.layer)
+        .unwrap_or(0);
+    Ok(ProbeSet {
+        name: name.into(),
+        acc: rep.iter().map(|r| r.test.accuracy).collect(),
+        ci: rep.iter().map(|r| r.test.accuracy_ci).collect(),
+        best_layer,
+    })
+}
+
+fn single_model(
+    spec: &str,
+    opts: &LoadOptions,
+    quick: bool,
+    t0: &Instant,
+) -> Result<(String, Vec<ProbeSet>)> {
+    let (model, tok) = puppetlens::open(spec, opts)?;
+    let cap = if quick { 24 } else { usize::MAX };
+    let plain = PromptFormat::Plain;
+    let mut sets = Vec::new();
+
+    // Truth: true vs false statements, plain text, last token.
+    let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;
+    let enc = |v: &[data::Labeled]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let v: Vec<&data::Labeled> = v.iter().take(cap).collect();
+        Ok((
+            v.iter()
+                .map(|l| text_prompt(&tok, &l.text, &plain))
+                .collect::<puppetlens::Result<_>>()?,
+            v.iter().map(|l| l.label).collect(),
+        ))
+    };
+    let (a, b, c) = (enc(&tf.train)?, enc(&tf.val)?, enc(&tf.test)?);
+    sets.push(probe_set(
+        &model,
+        "truth (true_false.csv)",
+        [&a.0, &b.0, &c.0],
+        [&a.1, &b.1, &c.1],
+        t0,
+    )?);
+
+    // Persona: the assistant speaking as itself vs the same content in another voice.
+    let pp = data::load_with_split("probes/persona_stage_actor.jsonl", data::load_pairs_jsonl)?;
+    let enc = |v: &[data::Pair]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let v: Vec<&data::Pair> = v.iter().take(cap / 2).collect();
+        let mut ids = Vec::new();
+        let mut y = Vec::new();
+        for p in v {
+            ids.push(text_prompt(&tok, &p.positive, &plain)?);
+            y.push(true);
+            ids.push(text_prompt(&tok, &p.negative, &plain)?);
+            y.push(false);
+        }
+        Ok((ids, y))
+    };
+    let (a, b, c) = (enc(&pp.train)?, enc(&pp.val)?, enc(&pp.test)?);
+    sets.push(probe_set(
+        &model,
+        "assistant persona (persona_stage_actor.jsonl)",
+        [&a.0, &b.0, &c.0],
+        [&a.1, &b.1, &c.1],
+        t0,
+    )?);
+
+    // Sycophancy: CAA prompts with the matching vs the other letter appended, chat format.
+    let items = load_items(Path::new("probes/sycophancy_ab.jsonl"))?;
+    let enc = |v: &[AbItem]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let cs = cases(&tok, v, cap / 2)?;
+        let (p, n) = puppetlens::diff::caa_prompts(&cs);
+        let y = (0..p.len())
+            .map(|_| true)
+            .chain((0..n.len()).map(|_| false))
+            .collect();
+        Ok((p.into_iter().chain(n).collect(), y))
+    };
+    let (a, b, c) = (enc(&items.train)?, enc(&items.val)?, enc(&items.test)?);
+    sets.push(probe_set(
+        &model,
+        "sycophancy answer (sycophancy_ab.jsonl)",
+        [&a.0, &b.0, &c.0],
+        [&a.1, &b.1, &c.1],
+        t0,
+    )?);
+    Ok((spec.to_string(), sets))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let t0 = Instant::now();
+    let opts = LoadOptions {
+        device: parse_device(&args.device)?,
+        ..Default::default()
+    };
+    stage(&t0, &format!("loading {} and {:?}", args.base, args.tuned));
+    let (base, tok) = puppetlens::open(&args.base, &opts)?;
+    let n_layers = base.config().n_layers;
+    let layers = match (&args.layers, args.quick) {
+        (Some(s), _) => Some(parse_layers(s, n_layers)?),
+        (None, true) => Some((0..n_layers).step_by(3).collect()),
+        (None, false) => None,
+    };
+    let items = load_items(&args.dataset)
+        .with_context(|| format!("--dataset {}", args.dataset.display()))?;
+    let (ctr, cva, cte) = if args.quick {
+        (24, 12, 16)
+    } else {
+        (usize::MAX, usize::MAX, usize::MAX)
+    };
+    let data = AbSplits {
+        train: cases(&tok, &items.train, ctr)?,
+        val: cases(&tok, &items.val, cva)?,
+        test: cases(&tok, &items.test, cte)?,
+    };
+    // Neutral text: the first tokens of the project's true/false statements (test split).
+    let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;
+    let neutral: Vec<Vec<u32>> = tf
+        .test
+        .iter()
+        .take(if args.quick { 8 } else { 64 })
+        .map(|l| tok.encode(&l.text))
+        .collect::<puppetlens::Result<_>>()?;
+    let popts = PairOptions {
+        diff: DiffOptions {
+            layers: layers.clone(),
+            ..Default::default()
+        },
+        multipliers: if args.quick {
+            vec![-1.0, 0.0, 1.0, 2.0]
+        } else {
+            vec![-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+        },
+        dose_layers: None,
+    };
+    let mut pairs: Vec<PairReport> = Vec::new();
+    for spec in &args.tuned {
+        stage(&t0, &format!("pair {} vs {spec}", args.base));
+        let (tuned, ttok) = puppetlens::open(spec, &opts)?;
+        if ttok.vocab_size() != tok.vocab_size() {
+            bail!(
+                "{spec}: vocabulary of {} tokens, the base has {}: not a tuned sibling",
+                ttok.vocab_size(),
+                tok.vocab_size()
+            );
+        }
+        let name = Path::new(spec)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.clone());
+        let rep = pair_report(
+            &base,
+            &tuned,
+            (&args.base, &name),
+            "sycophancy",
+            &data,
+            &neutral,
+            &popts,
+        )?;
+        let dir = args.out.join("pairs").join(&name);
+        rep.localisation.write(&dir)?;
+        let mut dose = String::from("layer,multiplier,p_matching,rate,logit_diff\n");
+        for r in &rep.dose {
+            dose.push_str(&format!(
+                "{},{},{:.6},{:.6},{:.6}\n",
+                r.layer, r.multiplier, r.summary.mean_p, r.summary.rate, r.summary.mean_logit_diff
+            ));
+        }
+        atomic_write(&dir.join("dose.csv"), &dose)?;
+        pairs.push(rep);
+    }
+    stage(&t0, "figures (pairs)");
+    let mut files = write_figures(&pairs, &args.out)?;
+
+    let single = if args.single == "none" {
+        None
+    } else {
+        Some(single_model(&args.single, &opts, args.quick, &t0)?)
+    };
+    if let Some((name, sets)) = &single {
+        let series = sets
+            .iter()
+            .map(|s| Series {
+                label: s.name.clone(),
+                points: s
+                    .acc
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &a)| (l as f64, a))
+                    .collect(),
+                band: Some(
+                    s.ci.iter()
+                        .enumerate()
+                        .map(|(l, &(lo, hi))| (l as f64, lo, hi))
+                        .collect(),
+                ),
+                dashed: false,
+            })
+            .collect();
+        files.extend(
+            LineChart {
+                title: format!("{name}: linear probe accuracy per layer"),
+                x_label: "layer (blocks.L.hook_resid_post)".into(),
+                y_label: "test accuracy (95% bootstrap CI)".into(),
+                series,
+                y_range: Some((0.3, 1.02)),
+                hline: Some((0.5, "chance".into())),
+                ..Default::default()
+            }
+            .save(args.out.join("single_model_probes"))?,
+        );
+        let mut csv = String::from("dataset,layer,accuracy,ci_low,ci_high\n");
+        for s in sets {
+            for (l, (a, (lo, hi))) in s.acc.iter().zip(&s.ci).enumerate() {
+                csv.push_str(&format!("\"{}\",{l},{a:.6},{lo:.6},{hi:.6}\n", s.name));
+            }
+        }
+        atomic_write(&args.out.join("single_model.csv"), &csv)?;
+    }
+
+    // Summary: table, JSON, CSV.
     println!(
-        "wrote {} and the vector (safetensors, llama.cpp control-vector GGUF)",
-        file.display()
+        "\n{:<12} {:>5} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8}",
+        "tuned", "best", "acc_base", "acc_tune", "P_base", "P_tuned", "closed", "removed"
+    );
+    let mut csv = String::from("base,tuned,best_layer,probe_acc_base,probe_acc_tuned,p_base,p_tuned,gap_closed,gap_removed\n");
+    let mut pairs_json = Vec::new();
+    for p in &pairs {
+        let loc = &p.localisation;
+        let row = loc
+            .best_layer
+            .and_then(|b| loc.rows.iter().find(|r| r.layer == b));
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:>5} {:>8} {:>8} {:>9.3} {:>9.3} {:>8} {:>8}",
+            p.tuned,
+            loc.best_layer
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into()),
+            f(row.map(|r| r.probe_acc_base)),
+            f(row.map(|r| r.probe_acc_tuned)),
+            loc.p_base,
+            loc.p_tuned,
+            f(row.and_then(|r| r.gap_closed)),
+            f(row.and_then(|r| r.gap_removed)),
+        );
+        csv.push_str(&format!(
+            "{},{},{},{},{},{:.6},{:.6},{},{}\n",
+            p.base,
+            p.tuned,
+            loc.best_layer.map(|l| l.to_string()).unwrap_or_default(),
+            f(row.map(|r| r.probe_acc_base)),
+            f(row.map(|r| r.probe_acc_tuned)),
+            loc.p_base,
+            loc.p_tuned,
+            f(row.and_then(|r| r.gap_closed)),
+            f(row.and_then(|r| r.gap_removed)),
+        ));
+        pairs_json.push(json!({
+            "base": p.base, "tuned": p.tuned, "dataset": p.dataset, "n_items": p.n_items,
+            "p_base": loc.p_base, "p_tuned": loc.p_tuned, "best_layer": loc.best_layer,
+            "layers": loc.rows.iter().map(|r| r.layer).collect::<Vec<_>>(),
+            "diff_norm": loc.rows.iter().map(|r| r.diff_norm).collect::<Vec<_>>(),
+            "cos_diff_behaviour": loc.rows.iter().map(|r| r.cos_diff_behaviour).collect::<Vec<_>>(),
+            "probe_acc_base": loc.rows.iter().map(|r| r.probe_acc_base).collect::<Vec<_>>(),
+            "probe_acc_tuned": loc.rows.iter().map(|r| r.probe_acc_tuned).collect::<Vec<_>>(),
+            "probe_transfer": loc.rows.iter().map(|r| r.probe_transfer).collect::<Vec<_>>(),
+            "gap_closed": loc.rows.iter().map(|r| r.gap_closed).collect::<Vec<_>>(),
+            "gap_removed": loc.rows.iter().map(|r| r.gap_removed).collect::<Vec<_>>(),
+            "dose": p.dose.iter().map(|r| json!({"layer": r.layer, "multiplier": r.multiplier, "p_matching": r.summary.mean_p})).collect::<Vec<_>>(),
+        }));
+    }
+    let single_json = single.as_ref().map(|(name, sets)| {
+        json!({
+            "model": name,
+            "sets": sets.iter().map(|s| json!({
+                "dataset": s.name, "accuracy": s.acc,
+                "ci_low": s.ci.iter().map(|c| c.0).collect::<Vec<_>>(),
+                "ci_high": s.ci.iter().map(|c| c.1).collect::<Vec<_>>(),
+                "best_layer_by_val": s.best_layer,
+                "test_accuracy_at_best": s.acc[s.best_layer],
+            })).collect::<Vec<_>>(),
+        })
+    });
+    if let Some((name, sets)) = &single {
+        println!("\n{name}:");
+        for s in sets {
+            println!(
+                "  {:<48} best layer (val) {:>2}: test accuracy {:.3}",
+                s.name, s.best_layer, s.acc[s.best_layer]
+            );
+        }
+    }
+    let summary = json!({
+        "puppetlens_version": env!("CARGO_PKG_VERSION"),
+        "quick": args.quick,
+        "base": args.base, "tuned": args.tuned, "single": args.single,
+        "dataset": args.dataset, "device": args.device,
+        "seeds": {"splits": 0, "probe_bootstrap": ProbeOptions::default().seed},
+        "pairs": pairs_json, "single_model": single_json,
+        "files": files.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect::<Vec<_>>(),
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    atomic_write(
+        &args.out.join("summary.json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
+    atomic_write(&args.out.join("summary.csv"), &csv)?;
+    stage(
+        &t0,
+        &format!(
+            "wrote {} (summary.json, summary.csv, {} figure files)",
+            args.out.display(),
+            files.len()
+        ),
     );
     Ok(())
 }

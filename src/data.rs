@@ -1198,6 +1198,89 @@ pub fn ab_prompt(tok: &Tokenizer, item: &AbItem, format: &PromptFormat) -> Resul
     })
 }
 
+/// The question and the two choices' texts of an item written `"...\n (A) text\n (B) text"`.
+fn split_choices(item: &AbItem) -> Result<(String, String, String)> {
+    let bad = || Error::InvalidArgument {
+        name: "question".into(),
+        msg: format!(
+            "no choices `\\n (A) ...\\n (B) ...` at the end of {:?}",
+            item.question.chars().take(80).collect::<String>()
+        ),
+    };
+    let (q, rest) = item.question.rsplit_once("\n (A)").ok_or_else(bad)?;
+    let (a, b) = rest.split_once("\n (B)").ok_or_else(bad)?;
+    Ok((
+        q.trim().to_string(),
+        a.trim().to_string(),
+        b.trim().to_string(),
+    ))
+}
+
+/// An answer's content first: a leading `"Yes, "` / `"No, "` is dropped and the rest capitalised,
+/// so that the answers differ where their content does.
+fn content_first(answer: &str) -> String {
+    let rest = answer
+        .strip_prefix("Yes, ")
+        .or_else(|| answer.strip_prefix("No, "))
+        .unwrap_or(answer);
+    let mut c = rest.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Builds an A/B question as an open question answered in words (no letters): the choices are
+/// taken out of the question, the answers are written content first (`"No, the voting age should
+/// stay at 18."` becomes `"The voting age should stay at 18."`), and the prompt ends after the words
+/// the two answers share, so that the next token decides. `letter_a`/`letter_b` of the result are
+/// then the first tokens where answer (A) and answer (B) differ.
+///
+/// This is the form small models answer: they copy and compare content well but bind letters to
+/// choices poorly. Fails when the item has no `(A)`/`(B)` choices, when the two answers are the
+/// same, or when neither answer goes past the words they share.
+pub fn ab_text_prompt(tok: &Tokenizer, item: &AbItem, format: &PromptFormat) -> Result<AbPrompt> {
+    let matching = item.matching_letter()?;
+    let (question, a, b) = split_choices(item)?;
+    let (a, b) = (content_first(&a), content_first(&b));
+    let head = match format {
+        PromptFormat::Plain => format!("{question}\n\nAnswer: "),
+        PromptFormat::Chat { system } => render_chat(tok, &question, system.as_deref())?,
+    };
+    let head_ids = encode_prompt_text(tok, &head)?;
+    let with = |ans: &str| -> Result<Vec<u32>> {
+        let ids = encode_prompt_text(tok, &format!("{head}{ans}"))?;
+        if !ids.starts_with(&head_ids) {
+            return Err(Error::InvalidArgument {
+                name: "answer".into(),
+                msg: format!(
+                    "{ans:?} merges with the end of the prompt ({})",
+                    tok.source_name()
+                ),
+            });
+        }
+        Ok(ids[head_ids.len()..].to_vec())
+    };
+    let (ta, tb) = (with(&a)?, with(&b)?);
+    let common = ta.iter().zip(&tb).take_while(|(x, y)| x == y).count();
+    if common >= ta.len() || common >= tb.len() {
+        return Err(Error::InvalidArgument {
+            name: "answers".into(),
+            msg: format!("{a:?} and {b:?} do not differ after the words they share"),
+        });
+    }
+    let mut ids = head_ids;
+    ids.extend_from_slice(&ta[..common]);
+    let text = format!("{head}{}", tok.decode(&ta[..common])?);
+    Ok(AbPrompt {
+        ids,
+        letter_a: ta[common],
+        letter_b: tb[common],
+        matching,
+        text,
+    })
+}
+
 /// Builds the prompt of a statement or an instruction: `Plain` encodes the text as it is; `Chat`
 /// renders it as the user turn (after the system turn, if any) with the assistant turn opened.
 /// The BOS is put in front when the model wants one; no EOS is appended.

@@ -134,8 +134,12 @@ pub struct LayerRow {
     pub cos_diff_behaviour: f64,
     /// Test accuracy of a logistic probe (matching vs other answer) in the base model.
     pub probe_acc_base: f64,
+    /// Percentile-bootstrap 95% interval of `probe_acc_base`.
+    pub probe_ci_base: (f64, f64),
     /// The same in the tuned model.
     pub probe_acc_tuned: f64,
+    /// Percentile-bootstrap 95% interval of `probe_acc_tuned`.
+    pub probe_ci_tuned: (f64, f64),
     /// The base model's probe applied to the tuned model's activations.
     pub probe_transfer: f64,
     /// Behaviour P(matching) of the base model steered with the difference at this layer.
@@ -383,7 +387,9 @@ pub fn localise(
             diff_norm_neutral: neutral_diff.as_ref().map(|n| n[&l]),
             cos_diff_behaviour: cos[&l],
             probe_acc_base: base_probe[l].test.accuracy,
+            probe_ci_base: base_probe[l].test.accuracy_ci,
             probe_acc_tuned: tuned_probe[l].test.accuracy,
+            probe_ci_tuned: tuned_probe[l].test.accuracy_ci,
             probe_transfer: moved[l].accuracy,
             p_steered_base: p_steer,
             p_ablated_tuned: p_abl,

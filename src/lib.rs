@@ -49,8 +49,10 @@ pub mod generate;
 pub mod hook;
 pub mod lora;
 pub mod model;
+mod open;
 pub mod plot;
 pub mod probe;
+pub mod report;
 pub mod steer;
 pub mod tokenize;
 pub mod train;
@@ -65,6 +67,7 @@ pub use hook::{
     hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero,
 };
 pub use model::{Config, KvCache, LoadOptions, Model};
+pub use open::{open, organism_dir, ORGANISMS};
 pub use steer::SteeringVector;
 pub use tokenize::{ChatMessage, Tokenizer};
 

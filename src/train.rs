@@ -616,9 +616,11 @@ mod tests {
                 serde_json::json!(["sliding_attention", "full_attention"]),
             );
         }
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "puppetlens-train-unit-{}-{gemma}-{dtype:?}",
-            std::process::id()
+            "puppetlens-train-unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
@@ -721,7 +723,7 @@ mod tests {
                         .unwrap();
                     for &i in &[0usize, orig.len() / 2, orig.len() - 1] {
                         let eps = 1e-5;
-                        let mut at = |delta: f64| {
+                        let at = |delta: f64| {
                             let mut x = orig.clone();
                             x[i] += delta;
                             var.set(&Tensor::from_vec(x, var.shape(), &Device::Cpu).unwrap())
@@ -741,6 +743,51 @@ mod tests {
                 }
             }
             assert!(checked >= 12, "{checked}");
+        }
+    }
+
+    /// The frozen-weight matmul (f32, CPU) gives the same LoRA gradients as candle's matmul.
+    #[test]
+    fn frozen_matmul_gradients_match_plain_matmul() {
+        let base = tiny(true, DType::F32);
+        let opts = TrainOptions {
+            lora: LoraConfig {
+                rank: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let tr = Trainee::new(&base, &opts).unwrap();
+        let mut rng = SplitMix64::new(5);
+        for (_, _, b) in &tr.vars {
+            let n = b.elem_count();
+            let x: Vec<f32> = (0..n)
+                .map(|_| ((rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * 0.4)
+                .collect();
+            b.set(&Tensor::from_vec(x, b.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let mut plain = tr.model.clone();
+        plain.unfreeze();
+        let data = data();
+        let grads = |m: &Model| {
+            let s = sft_scored(m, &data, &[0, 1]).unwrap();
+            let n = s.targets.len();
+            (group_logps(m, &s).unwrap().sum_all().unwrap() / -(n as f64))
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (gf, gp) = (grads(&tr.model), grads(&plain));
+        for (key, a, b) in &tr.vars {
+            for v in [a, b] {
+                let x = gf.get(v.as_tensor()).unwrap();
+                let y = gp.get(v.as_tensor()).unwrap();
+                let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+                let m = y.abs().unwrap().max_all().unwrap();
+                let (d, m) = (d.to_scalar::<f32>().unwrap(), m.to_scalar::<f32>().unwrap());
+                assert!(m > 0.0 && d <= 1e-4 * m, "{key:?}: {d} vs max {m}");
+            }
         }
     }
 }

@@ -56,6 +56,67 @@ impl Default for LoadOptions {
 enum Weight {
     Dense(Tensor), // [out, in]
     Quant(QMatMul),
+    /// A dense weight that autograd treats as a constant: its gradient is never computed
+    /// (candle's matmul backward computes both operands' gradients).
+    Frozen(Tensor), // [out, in]
+}
+
+/// `x [rows, k] -> x w^T [rows, out]` as one op whose backward gives only `grad w` (the gradient
+/// of `x`); `w` is a constant. CPU, f32; other devices fall back to a plain matmul.
+struct FrozenMatmulT {
+    w: Tensor, // [out, k]
+}
+
+impl candle_core::CustomOp1 for FrozenMatmulT {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("frozen-matmul-t: f32 only")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul-t: non-contiguous input")
+        };
+        let (rows, k) = layout.shape().dims2()?;
+        let x = Tensor::from_slice(&data[start..end], (rows, k), &Device::Cpu)?; // [rows, k]
+        let y = x.matmul(&self.w.t()?)?; // [rows, out]
+        let out = y.dim(1)?;
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((candle_core::CpuStorage::F32(v), (rows, out).into()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?)) // [rows, k]
+    }
+}
+
+/// `x [.., k] @ w^T` for a constant `w [out, k]` without computing `w`'s gradient in backward.
+fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
+        return matmul_t(x, w);
+    }
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k;
+    let y = x
+        .reshape((rows, k))?
+        .contiguous()?
+        .apply_op1(FrozenMatmulT { w: w.clone() })?; // [rows, out]
+    let mut out = dims;
+    let last = out.len() - 1;
+    out[last] = w.dim(0)?;
+    Ok(y.reshape(out)?)
 }
 
 /// A low-rank adapter on a linear layer: `y += scale * (x A^T) B^T`.
@@ -133,7 +194,7 @@ impl Linear {
     /// `[out, in]`.
     fn out_in(&self) -> Result<(usize, usize)> {
         Ok(match &self.w {
-            Weight::Dense(w) => w.dims2()?,
+            Weight::Dense(w) | Weight::Frozen(w) => w.dims2()?,
             Weight::Quant(QMatMul::QTensor(q)) => q.shape().dims2()?,
             Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2()?,
         })
@@ -143,6 +204,7 @@ impl Linear {
         let y = match &self.w {
             Weight::Dense(w) => matmul_t(x, w)?,
             Weight::Quant(w) => w.forward(x)?,
+            Weight::Frozen(w) => frozen_matmul_t(x, w)?,
         }; // [.., out]
         let y = match &self.b {
             Some(b) => y.broadcast_add(b)?,
@@ -995,6 +1057,24 @@ impl Model {
         }
     }
 
+    /// Turns frozen weights back into plain dense ones (tests of the frozen matmul's gradients).
+    #[cfg(test)]
+    pub(crate) fn unfreeze(&mut self) {
+        let thaw = |l: &mut Linear| {
+            if let Weight::Frozen(w) = &l.w {
+                l.w = Weight::Dense(w.clone());
+            }
+        };
+        thaw(&mut self.unembed);
+        for blk in &mut self.blocks {
+            for name in LINEAR_MODULES {
+                if let Some(l) = blk.linear_mut(name) {
+                    thaw(l);
+                }
+            }
+        }
+    }
+
     /// `(out, in)` of the linear `module` (one of [`LINEAR_MODULES`]) of `layer`, or `None`.
     pub(crate) fn linear_shape(&self, layer: usize, module: &str) -> Option<(usize, usize)> {
         let mut blk = self.blocks.get(layer)?.clone();
@@ -1010,6 +1090,21 @@ impl Model {
     ) -> Result<Model> {
         let mut m = self.clone();
         m.differentiable = differentiable;
+        if differentiable {
+            let freeze = |l: &mut Linear| {
+                if let Weight::Dense(w) = &l.w {
+                    l.w = Weight::Frozen(w.clone());
+                }
+            };
+            freeze(&mut m.unembed);
+            for blk in &mut m.blocks {
+                for name in LINEAR_MODULES {
+                    if let Some(l) = blk.linear_mut(name) {
+                        freeze(l);
+                    }
+                }
+            }
+        }
         for ((layer, module), path) in paths {
             let n_layers = m.cfg.n_layers;
             let blk = m.blocks.get_mut(*layer).ok_or(Error::LayerOutOfRange {
@@ -1032,7 +1127,7 @@ impl Model {
         let m = self;
         let dense = |l: &Linear| -> Result<Tensor> {
             let w = match &l.w {
-                Weight::Dense(w) => w.to_dtype(DType::F32)?,
+                Weight::Dense(w) | Weight::Frozen(w) => w.to_dtype(DType::F32)?,
                 Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(&m.device)?,
                 Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                     t.to_dtype(DType::F32)?
