@@ -1,17 +1,141 @@
-//! The `puppetlens` command line: thin wrappers, each subcommand one library call.
+//! The `puppetlens` command line: thin wrappers, each subcommand one library call (or a short
+//! composition of them).
+//!
+//! Models are named as [`puppetlens::open`] resolves them: a known checkpoint
+//! (`smollm2-135m-instruct`, `gemma-3-270m`, fetched on first use), an organism (`assistant`,
+//! `sycophant`, `control`), `BASE+ADAPTER_DIR`, or a path (GGUF file, Hugging Face directory, PEFT
+//! adapter directory).
+//!
+//! Datasets are any of the project's formats, told apart by their content:
+//! - a `.csv` file with a `statement,label` (or `text,label`) header: labeled statements;
+//! - JSON(L) records with `positive`/`negative`: contrast pairs (positive = label true);
+//! - JSON(L) records with `question`/`answer_matching_behavior`/`answer_not_matching_behavior`:
+//!   CAA A/B questions (the prompt with the matching letter appended = label true, with the other
+//!   letter = false);
+//! - JSON(L) records with `instruction`/`label`: labeled instructions (`--positive-label` names
+//!   the label counted as true).
+//!
+//! A file whose records carry a `split` field (column) is split as recorded; any other file is split
+//! 60/20/20 (train/val/test), stratified by class, with seed 0 (`data::split_stratified`).
+//!
+//! Every failure prints one line `error: ...` on stderr and exits with status 1.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use puppetlens::{fetch, ChatMessage, GenerateOptions, Hooks, LoadOptions};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use puppetlens::data::{self, AbItem, Labeled, Pair, PromptFormat, Split, SplitPart};
+use puppetlens::diff::{self, AbSplits, DiffOptions};
+use puppetlens::eval::{self, AbCase};
+use puppetlens::extract::{self, ExtractOptions, Site, StoreMeta};
+use puppetlens::plot::{LineChart, Series};
+use puppetlens::probe::{self, LayerReport, ProbeOptions};
+use puppetlens::report::{self, PairOptions};
+use puppetlens::{
+    fetch, Error, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Positions, Result,
+    SteeringVector, Tokenizer,
+};
+use serde_json::{json, Value};
 
 /// Mechanistic interpretability on candle: hooked transformers, probes and steering.
+///
+/// MODEL arguments take a known model (smollm2-135m-instruct, gemma-3-270m; fetched on first
+/// use), an organism (assistant, sycophant, control: gemma-3-270m with a committed LoRA adapter),
+/// BASE+ADAPTER_DIR, or a path to a GGUF file, a Hugging Face directory or a PEFT adapter
+/// directory.
+///
+/// DATASET files are any of the project's formats (see probes/README.md): a CSV with
+/// `statement,label` (or `text,label`), JSON(L) contrast pairs (`positive`, `negative`), JSON(L)
+/// CAA A/B questions (`question`, `answer_matching_behavior`, `answer_not_matching_behavior`) or
+/// JSON(L) labeled instructions (`instruction`, `label`). Records with a `split` field are split as
+/// recorded; otherwise 60/20/20 stratified with seed 0.
+///
+/// Layer SPECs: `3`, `3,6,9`, `4-12` (inclusive), or a mix (`0,4-6`).
 #[derive(Parser)]
-#[command(name = "puppetlens", version, about)]
+#[command(name = "puppetlens", version, about, long_about)]
 struct Cli {
+    /// Where to run: cpu, cuda, cuda:N, metal or metal:N (cuda and metal need a build with
+    /// `--features cuda` / `--features metal`). Example: `--device cuda:0`
+    #[arg(
+        long,
+        global = true,
+        default_value = "cpu",
+        help_heading = "Global options"
+    )]
+    device: String,
+    /// Prompts per forward pass. Example: `--batch-size 16`
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 8,
+        help_heading = "Global options"
+    )]
+    batch_size: usize,
+    /// No progress lines on stderr. Example: `puppetlens --quiet probe ...`
+    #[arg(long, short, global = true, help_heading = "Global options")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How A/B questions and texts are turned into prompts (shared by the dataset commands).
+#[derive(Args, Debug, Clone)]
+struct PromptArgs {
+    /// Write statements, pairs and instructions as the user turn of the model's chat template
+    /// (assistant turn opened). Without it they are encoded as they are. Example: `--chat`
+    #[arg(long)]
+    chat: bool,
+    /// Write A/B questions as plain text (`{question}\n\nAnswer: (`) even when the tokenizer has a
+    /// chat template (by default A/B questions use the chat template when there is one).
+    /// Example: `--plain`
+    #[arg(long)]
+    plain: bool,
+    /// Answer A/B questions in words rather than letters (`data::ab_text_prompt`), for small
+    /// base models that cannot bind letters to choices. Needs the chat format: with --plain the
+    /// prompt ends in "Answer: " and the library rejects answers whose first word absorbs that
+    /// space (as it does in SmolLM2's and Gemma 3's tokenizers). Example: `--text-answers`
+    #[arg(long)]
+    text_answers: bool,
+}
+
+/// A dataset file and how to read it.
+#[derive(Args, Debug, Clone)]
+struct DataArgs {
+    /// The dataset file (CSV statements, JSON(L) pairs, A/B questions or labeled instructions).
+    /// Example: `--dataset probes/true_false.csv`
+    #[arg(long, value_name = "FILE")]
+    dataset: PathBuf,
+    /// For labeled instruction files: the `label` value counted as true (every other label is
+    /// false). Example: `--positive-label harmful`
+    #[arg(long, default_value = "harmful", value_name = "LABEL")]
+    positive_label: String,
+    #[command(flatten)]
+    prompts: PromptArgs,
+}
+
+/// Which token(s) of each prompt `extract` keeps.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum SiteArg {
+    /// The last token of the prompt.
+    Last,
+    /// The mean over all tokens of the prompt.
+    Mean,
+}
+
+/// How `vector` builds the direction of each layer.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// Difference of class means (CAA).
+    MeanDiff,
+    /// Top principal component of the paired differences (repeng's pca_diff; needs pairs of
+    /// equal counts).
+    PcaDiff,
+    /// Top principal component of pair-centred activations (repeng's pca_center; needs pairs of
+    /// equal counts).
+    PcaCenter,
 }
 
 #[derive(Subcommand)]
@@ -20,100 +144,1574 @@ enum Cmd {
     ///
     /// Example: `puppetlens fetch` or `puppetlens fetch gemma-3-270m`
     Fetch {
-        /// Known model names (default: all of them).
+        /// Known model names (default: all of them). Example: `smollm2-135m-instruct`
         names: Vec<String>,
     },
-    /// Print a model's configuration and hook points.
+    /// Print a model's configuration, tokenizer and hook points.
     ///
     /// Example: `puppetlens info smollm2-135m-instruct`
     Info {
-        /// A known model name, a GGUF file or a Hugging Face safetensors directory.
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `gemma-3-270m`
         model: String,
     },
-    /// Generate a continuation (greedy unless --temperature is set).
+    /// Generate a continuation, optionally steered by a vector.
+    ///
+    /// Greedy unless --temperature is set. With --vector, `scale x vector[layer]` is added to
+    /// `blocks.{layer}.hook_resid_post` at every position (prompt and generated tokens).
     ///
     /// Example: `puppetlens generate smollm2-135m-instruct --chat "What is the capital of France?"`
+    ///
+    /// Steered: `puppetlens generate smollm2-135m-instruct --chat "Tell me about yourself."
+    /// --vector persona.safetensors --layer 12 --scale 4`
     Generate {
-        /// A known model name, a GGUF file or a Hugging Face safetensors directory.
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
         model: String,
-        /// The prompt.
+        /// The prompt. Example: `"The capital of France is"`
         prompt: String,
-        /// Wrap the prompt as a user turn in the model's chat template.
+        /// Wrap the prompt as a user turn in the model's chat template. Example: `--chat`
         #[arg(long)]
         chat: bool,
-        /// Most tokens to generate.
+        /// Most tokens to generate. Example: `--max-new-tokens 64`
         #[arg(long, default_value_t = 48)]
         max_new_tokens: usize,
-        /// Sampling temperature (0 = greedy).
+        /// Sampling temperature (0 = greedy). Example: `--temperature 0.7`
         #[arg(long, default_value_t = 0.0)]
         temperature: f64,
-        /// Sampling seed.
+        /// Sampling seed. Example: `--seed 1`
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// A steering vector saved by `puppetlens vector` (safetensors). Example:
+        /// `--vector persona.safetensors`
+        #[arg(long, value_name = "FILE")]
+        vector: Option<PathBuf>,
+        /// The layer to steer (needed unless the vector has a single layer). Example: `--layer 12`
+        #[arg(long, requires = "vector")]
+        layer: Option<usize>,
+        /// Multiplier of the direction (negative steers away). Example: `--scale -4`
+        #[arg(
+            long,
+            requires = "vector",
+            allow_negative_numbers = true,
+            default_value_t = 1.0
+        )]
+        scale: f64,
     },
-    /// Write a model as a Hugging Face safetensors directory (config.json, model.safetensors, tokenizer).
+    /// Write a model as a Hugging Face safetensors directory (config.json, model.safetensors,
+    /// tokenizer).
     ///
     /// Example: `puppetlens export gemma-3-270m /tmp/gemma-3-270m`
     Export {
-        /// A known model name, a GGUF file or a Hugging Face safetensors directory.
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `gemma-3-270m`
         model: String,
-        /// Output directory.
+        /// Output directory. Example: `/tmp/gemma-3-270m`
+        #[arg(long = "out", value_name = "DIR")]
+        out_flag: Option<PathBuf>,
+        /// Output directory (positional form of --out). Example: `/tmp/gemma-3-270m`
+        #[arg(value_name = "DIR", conflicts_with = "out_flag")]
+        out: Option<PathBuf>,
+    },
+    /// Extract residual-stream activations of a dataset into an activation store.
+    ///
+    /// Writes `hook_resid_post` of the chosen layers for every prompt as safetensors shards with
+    /// store.json (an interrupted run resumes), plus labels.json with each row's label and split.
+    ///
+    /// Rows: labeled statements in file order; pairs: all positives, then all negatives; A/B
+    /// questions: all CAA prompts with the matching letter, then all with the other letter.
+    ///
+    /// Example: `puppetlens extract smollm2-135m-instruct --dataset probes/true_false.csv
+    /// --out acts/true_false --layers 4-12`
+    Extract {
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+        model: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Output directory of the store. Example: `--out acts/true_false`
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Token site: the last token or the mean over the prompt. Example: `--site mean`
+        #[arg(long, value_enum, default_value_t = SiteArg::Last)]
+        site: SiteArg,
+        /// Layers to record (default: all). Example: `--layers 4-12`
+        #[arg(long, value_name = "SPEC")]
+        layers: Option<String>,
+    },
+    /// Per-layer linear probe accuracy on a labeled dataset.
+    ///
+    /// Logistic regression on the last token's `hook_resid_post` of every layer, L2 chosen on the
+    /// validation split, accuracy (with a 95% bootstrap interval) on train, val and test. Writes
+    /// probe.json and probe.csv into DIR and prints the table and the best layer by validation
+    /// accuracy.
+    ///
+    /// Example: `puppetlens probe smollm2-135m-instruct --dataset probes/true_false.csv --out
+    /// runs/probe-true-false`
+    Probe {
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+        model: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Output directory (probe.json, probe.csv). Example: `--out runs/probe`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Build a steering vector from a contrast dataset.
+    ///
+    /// One direction per layer, from the last token's `hook_resid_post` of each prompt: pairs:
+    /// positive vs negative; A/B: CAA prompts with the matching vs the other letter; labeled:
+    /// true vs false. Uses the train split when the file records one, else every record.
+    ///
+    /// Example: `puppetlens vector smollm2-135m-instruct --dataset
+    /// probes/persona_stage_actor.jsonl --out persona.safetensors --chat`
+    Vector {
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+        model: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// The vector file to write (safetensors). Example: `--out persona.safetensors`
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// How each layer's direction is built. Example: `--method pca-diff`
+        #[arg(long, value_enum, default_value_t = Method::MeanDiff)]
+        method: Method,
+    },
+    /// Dose-response of a steering vector on A/B questions.
+    ///
+    /// Mean P(matching answer) with `multiplier x vector[layer]` added at one layer at a time,
+    /// per layer x multiplier, on the test split (every item when the file records no split).
+    /// Printed as a table and optionally written as CSV (layer, multiplier, n, mean_p,
+    /// mean_logit_diff, rate).
+    ///
+    /// Example: `puppetlens steer smollm2-135m-instruct --vector syco.safetensors --dataset
+    /// probes/sycophancy_ab.jsonl --layers 8,12,16 --multipliers -2,0,2 --out dose.csv`
+    Steer {
+        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+        model: String,
+        /// The steering vector (safetensors from `puppetlens vector`). Example: `--vector
+        /// syco.safetensors`
+        #[arg(long, value_name = "FILE")]
+        vector: PathBuf,
+        /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
+        #[arg(long, value_name = "FILE")]
+        dataset: PathBuf,
+        /// Layers to steer, one at a time (default: every layer of the vector). Example:
+        /// `--layers 8-12`
+        #[arg(long, value_name = "SPEC")]
+        layers: Option<String>,
+        /// Multipliers of the direction, comma-separated. Example: `--multipliers -4,-2,0,2,4`
+        #[arg(
+            long,
+            value_name = "LIST",
+            allow_hyphen_values = true,
+            default_value = "-2,-1,0,1,2"
+        )]
+        multipliers: String,
+        /// Write A/B questions as plain text even when the tokenizer has a chat template.
+        /// Example: `--plain`
+        #[arg(long)]
+        plain: bool,
+        /// Answer in words rather than letters (`data::ab_text_prompt`; needs the chat format, see
+        /// `puppetlens probe --help`). Example: `--text-answers`
+        #[arg(long)]
+        text_answers: bool,
+        /// Also write the table as CSV. Example: `--out dose.csv`
+        #[arg(long, value_name = "FILE.csv")]
+        out: Option<PathBuf>,
+    },
+    /// Localise a fine-tuned behaviour: base vs tuned model, layer by layer.
+    ///
+    /// Per layer: the base-vs-tuned activation difference, its cosine with the tuned model's
+    /// behaviour vector, probe accuracy in each model and across them, and the fraction of the A/B
+    /// behaviour gap closed by adding the difference to the base (and removed by ablating it in the
+    /// tuned model). Writes localisation.json and localisation.csv into DIR; with --figures also
+    /// pair_report.json and the report's figures (probe_accuracy, diff_by_layer,
+    /// steering_dose_response, gap_closed, pca_best_layer; PNG and SVG).
+    ///
+    /// Example: `puppetlens diff gemma-3-270m sycophant --dataset probes/sycophancy_ab.jsonl
+    /// --out runs/diff-sycophant --layers 4-12 --figures`
+    Diff {
+        /// The base model. Example: `gemma-3-270m`
+        base: String,
+        /// The tuned model (same vocabulary and width). Example: `sycophant`
+        tuned: String,
+        /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
+        #[arg(long, value_name = "FILE")]
+        dataset: PathBuf,
+        /// Output directory. Example: `--out runs/diff`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Layers to steer and ablate (default: all; the cheap per-layer numbers cover all
+        /// layers). Example: `--layers 4-12`
+        #[arg(long, value_name = "SPEC")]
+        layers: Option<String>,
+        /// Multiplier of the difference when added to the base model. Example: `--scale 2`
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        scale: f64,
+        /// Neutral texts (instructions file: JSON list, JSONL or one per line) whose first
+        /// tokens measure how much the models differ off-task. Example: `--neutral neutral.txt`
+        #[arg(long, value_name = "FILE")]
+        neutral: Option<PathBuf>,
+        /// Write A/B questions as plain text even when the tokenizer has a chat template.
+        /// Example: `--plain`
+        #[arg(long)]
+        plain: bool,
+        /// Answer in words rather than letters (`data::ab_text_prompt`; needs the chat format, see
+        /// `puppetlens probe --help`). Example: `--text-answers`
+        #[arg(long)]
+        text_answers: bool,
+        /// Also run the dose-response and PCA view and draw the report's figures (PNG and SVG)
+        /// into DIR. Example: `--figures`
+        #[arg(long)]
+        figures: bool,
+    },
+    /// Write a steering vector as a llama.cpp control vector (GGUF).
+    ///
+    /// llama.cpp cannot steer block 0, so a direction at layer 0 is always left out (and
+    /// reported).
+    ///
+    /// Example: `puppetlens export-gguf persona.safetensors --out persona.gguf --layers 8-16`
+    /// then `llama-cli -m model.gguf --control-vector persona.gguf`
+    ExportGguf {
+        /// The steering vector (safetensors from `puppetlens vector`). Example:
+        /// `persona.safetensors`
+        vector: PathBuf,
+        /// The GGUF file to write. Example: `--out persona.gguf`
+        #[arg(long, value_name = "FILE.gguf")]
+        out: PathBuf,
+        /// The model architecture hint stored in the file (`controlvector.model_hint`). Example:
+        /// `--arch gemma3`
+        #[arg(long, default_value = "llama")]
+        arch: String,
+        /// Only these layers of the vector (default: all but 0). Example: `--layers 8-16`
+        #[arg(long, value_name = "SPEC")]
+        layers: Option<String>,
+    },
+    /// Draw a line chart from a CSV file (PNG and SVG).
+    ///
+    /// One series per y column (and per value of --group), written as STEM.png and STEM.svg.
+    /// Empty and `NaN` cells are skipped.
+    ///
+    /// Example: `puppetlens plot runs/probe/probe.csv --x layer --y val_accuracy,test_accuracy
+    /// --out runs/probe/accuracy --title "Probe accuracy"`
+    ///
+    /// Dose-response: `puppetlens plot dose.csv --x multiplier --y mean_p --group layer --out dose`
+    Plot {
+        /// The CSV file (a header row, then one row per point). Example: `probe.csv`
+        csv: PathBuf,
+        /// The x column (numeric). Example: `--x layer`
+        #[arg(long, value_name = "COLUMN")]
+        x: String,
+        /// The y columns (numeric), comma-separated. Example: `--y val_accuracy,test_accuracy`
+        #[arg(long, value_name = "COL1,COL2")]
+        y: String,
+        /// One series per distinct value of this column (per y column). Example: `--group layer`
+        #[arg(long, value_name = "COLUMN")]
+        group: Option<String>,
+        /// The output stem: writes STEM.png and STEM.svg. Example: `--out figures/accuracy`
+        #[arg(long, value_name = "STEM")]
+        out: PathBuf,
+        /// The chart title (default: "Y vs X"). Example: `--title "Probe accuracy by layer"`
+        #[arg(long)]
+        title: Option<String>,
+        /// The x axis label (default: the x column). Example: `--x-label "layer"`
+        #[arg(long)]
+        x_label: Option<String>,
+        /// The y axis label (default: the y column, or "value"). Example: `--y-label "accuracy"`
+        #[arg(long)]
+        y_label: Option<String>,
     },
 }
 
-/// A known model name (fetched on demand) or a path.
-fn resolve(model: &str) -> puppetlens::Result<PathBuf> {
-    if fetch::KNOWN.iter().any(|m| m.name == model) {
-        return fetch::fetch(model);
-    }
-    let p = PathBuf::from(model);
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(puppetlens::Error::InvalidArgument {
-            name: "model".into(),
-            msg: format!(
-                "`{model}` is neither a known model ({}) nor an existing path",
-                fetch::KNOWN
-                    .iter()
-                    .map(|m| m.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+fn invalid(name: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        name: name.into(),
+        msg: msg.into(),
     }
 }
 
-fn run(cli: Cli) -> puppetlens::Result<()> {
-    match cli.cmd {
+fn config_err(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::Config {
+        path: path.to_path_buf(),
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The global options every command sees.
+struct Ctx {
+    device: Device,
+    batch_size: usize,
+    progress: bool,
+}
+
+impl Ctx {
+    /// Opens a model by name or path (see [`puppetlens::open`]) on the chosen device.
+    fn open(&self, spec: &str) -> Result<(Model, Tokenizer)> {
+        let opts = LoadOptions {
+            device: self.device.clone(),
+            ..LoadOptions::default()
+        };
+        puppetlens::open(spec, &opts)
+    }
+
+    /// `hook_resid_post` of `layers` at `site`.
+    fn extract_opts(&self, model: &Model, site: Site, layers: Option<&[usize]>) -> ExtractOptions {
+        let mut opts = ExtractOptions::resid_post(model, site);
+        if let Some(ls) = layers {
+            opts.points = ls.iter().map(|&l| HookPoint::ResidPost(l)).collect();
+        }
+        opts.batch_size = self.batch_size;
+        opts.progress = self.progress;
+        opts
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
+fn parse_device(spec: &str) -> Result<Device> {
+    let bad = |msg: String| invalid("--device", msg);
+    let (kind, ordinal) = match spec.trim().split_once(':') {
+        Some((k, n)) => {
+            let n = n.trim().parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "`{spec}`: `{n}` is not a device number (expected e.g. cuda:0)"
+                ))
+            })?;
+            (k.trim(), Some(n))
+        }
+        None => (spec.trim(), None),
+    };
+    let made = match (kind, ordinal) {
+        ("cpu", None) => return Ok(Device::Cpu),
+        ("cuda", n) => Device::new_cuda(n.unwrap_or(0)),
+        ("metal", n) => Device::new_metal(n.unwrap_or(0)),
+        _ => {
+            return Err(bad(format!(
+                "`{spec}` is not a device (expected cpu, cuda, cuda:N, metal or metal:N)"
+            )))
+        }
+    };
+    made.map_err(|e| {
+        let hint = match &e {
+            candle_core::Error::NotCompiledWithCudaSupport => " (build with `--features cuda`)",
+            candle_core::Error::NotCompiledWithMetalSupport => " (build with `--features metal`)",
+            _ => "",
+        };
+        bad(format!("{spec}: {}{hint}", Error::from(e)))
+    })
+}
+
+/// Parses a layer SPEC (`3`, `3,6,9`, `4-12`, `0,4-6`) into sorted, distinct layers below
+/// `n_layers`; `owner` names what has the layers and `flag` the option, in messages.
+fn parse_layers(spec: &str, n_layers: usize, owner: &str, flag: &str) -> Result<Vec<usize>> {
+    let bad = |msg: String| invalid(flag, msg);
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim) {
+        let num = |s: &str| {
+            s.trim().parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "`{}` in `{spec}` is not a layer number (expected e.g. 3, 3,6,9 or 4-12)",
+                    s.trim()
+                ))
+            })
+        };
+        let (lo, hi) = match item.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => {
+                let l = num(item)?;
+                (l, l)
+            }
+        };
+        if lo > hi {
+            return Err(bad(format!("the range `{item}` runs backwards")));
+        }
+        if hi >= n_layers {
+            let layer = if lo >= n_layers { lo } else { hi };
+            return Err(bad(format!(
+                "layer {layer} is out of range: {owner} has {n_layers} layers (0-{})",
+                n_layers.saturating_sub(1)
+            )));
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Comma-separated finite numbers.
+fn parse_multipliers(spec: &str) -> Result<Vec<f64>> {
+    spec.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| {
+                    invalid(
+                        "--multipliers",
+                        format!(
+                            "`{}` in `{spec}` is not a number (expected e.g. -2,-1,0,1,2)",
+                            s.trim()
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Creates `path`'s parent directory when it has one.
+fn make_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => {
+            std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    make_parent(path)?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| invalid("json", e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+// ---------------------------------------------------------------------------------------------
+
+/// A dataset's records, in file order.
+#[derive(Clone)]
+enum Records {
+    Labeled(Vec<Labeled>),
+    Pairs(Vec<Pair>),
+    Ab(Vec<AbItem>),
+}
+
+/// A dataset file: its records and, when the file records one, each record's split.
+struct Dataset {
+    path: PathBuf,
+    records: Records,
+    tags: Option<Vec<SplitPart>>,
+}
+
+/// The format of a dataset file, told from its extension and its first record.
+enum Format {
+    Csv,
+    Ab,
+    Pairs,
+    Instructions,
+}
+
+/// Tells the format of `path` and whether its records carry a `split`.
+fn sniff(path: &Path) -> Result<(Format, bool)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim_start_matches('\u{feff}');
+    let is_csv = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if is_csv {
+        let header = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let has_split = header
+            .split(',')
+            .any(|h| h.trim().trim_matches('"').eq_ignore_ascii_case("split"));
+        return Ok((Format::Csv, has_split));
+    }
+    let (first, field) = if text.trim_start().starts_with('[') {
+        let first = serde_json::from_str::<Vec<Value>>(text)
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        (first, "[0]".to_string())
+    } else {
+        match text.lines().enumerate().find(|(_, l)| !l.trim().is_empty()) {
+            Some((i, l)) => (
+                serde_json::from_str::<Value>(l).ok(),
+                format!("line {}", i + 1),
+            ),
+            None => (None, "(whole file)".to_string()),
+        }
+    };
+    let Some(Value::Object(obj)) = first else {
+        // Not JSON records (or an empty file): the loader says what is wrong, naming the record.
+        data::load_ab_json(path)?;
+        return Err(config_err(path, field, "cannot tell the dataset's format"));
+    };
+    let has = |k: &str| obj.contains_key(k);
+    let format = if has("question") || has("answer_matching_behavior") {
+        Format::Ab
+    } else if has("positive") || has("negative") {
+        Format::Pairs
+    } else if has("instruction") {
+        Format::Instructions
+    } else {
+        return Err(config_err(
+            path,
+            field,
+            format!(
+                "cannot tell the dataset's format from the keys {}: expected `question`, \
+                 `answer_matching_behavior`, `answer_not_matching_behavior` (A/B questions), \
+                 `positive`, `negative` (contrast pairs) or `instruction`, `label` (labeled \
+                 instructions); labeled statements are a .csv file with `statement,label`",
+                obj.keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    Ok((format, has("split")))
+}
+
+impl Dataset {
+    /// Loads a dataset file of any of the project's formats (see the module docs).
+    fn load(path: &Path, positive_label: &str) -> Result<Dataset> {
+        let (format, has_split) = sniff(path)?;
+        let records = match format {
+            Format::Csv => Records::Labeled(data::load_labeled_csv(path)?),
+            Format::Ab => Records::Ab(data::load_ab_json(path)?),
+            Format::Pairs => Records::Pairs(data::load_pairs_jsonl(path)?),
+            Format::Instructions => {
+                Records::Labeled(data::load_labeled_instructions(path, positive_label)?)
+            }
+        };
+        let tags = if has_split {
+            let tags = data::load_split_tags(path)?;
+            if tags.len() != records.len() {
+                return Err(config_err(
+                    path,
+                    "split",
+                    format!("{} split tags for {} records", tags.len(), records.len()),
+                ));
+            }
+            Some(tags)
+        } else {
+            None
+        };
+        Ok(Dataset {
+            path: path.to_path_buf(),
+            records,
+            tags,
+        })
+    }
+
+    /// Loads an A/B question file, or says that the file holds something else.
+    fn load_ab(path: &Path, command: &str) -> Result<(Dataset, Vec<AbItem>)> {
+        let ds = Dataset::load(path, "harmful")?;
+        match &ds.records {
+            Records::Ab(items) => {
+                let items = items.clone();
+                Ok((ds, items))
+            }
+            other => Err(config_err(
+                path,
+                "(whole file)",
+                format!(
+                    "holds {}; `{command}` needs A/B questions (`question`, \
+                     `answer_matching_behavior`, `answer_not_matching_behavior`)",
+                    other.kind()
+                ),
+            )),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// `items` split as the file records, or 60/20/20 stratified by `class` with seed 0.
+    fn split<T: Clone, K: Ord>(&self, items: &[T], class: impl Fn(&T) -> K) -> Result<Split<T>> {
+        match &self.tags {
+            Some(tags) => Split::from_tags(items.to_vec(), tags),
+            None => data::split_stratified(items, (0.6, 0.2, 0.2), 0, class),
+        }
+    }
+
+    /// How the split was made, for reports.
+    fn split_note(&self) -> &'static str {
+        if self.tags.is_some() {
+            "split as recorded in the file"
+        } else {
+            "split 60/20/20 stratified, seed 0"
+        }
+    }
+}
+
+impl Records {
+    fn len(&self) -> usize {
+        match self {
+            Records::Labeled(v) => v.len(),
+            Records::Pairs(v) => v.len(),
+            Records::Ab(v) => v.len(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Records::Labeled(_) => "labeled statements",
+            Records::Pairs(_) => "contrast pairs",
+            Records::Ab(_) => "A/B questions",
+        }
+    }
+}
+
+/// The two sides of a contrast, as prompts: (true / positive / matching, false / negative / other).
+type Sides = (Vec<Vec<u32>>, Vec<Vec<u32>>);
+
+/// How texts and A/B questions become token ids for one tokenizer.
+struct Prompter<'a> {
+    tok: &'a Tokenizer,
+    text: PromptFormat,
+    ab: PromptFormat,
+    text_answers: bool,
+}
+
+impl<'a> Prompter<'a> {
+    fn new(tok: &'a Tokenizer, chat: bool, plain: bool, text_answers: bool) -> Self {
+        let text = if chat {
+            PromptFormat::Chat { system: None }
+        } else {
+            PromptFormat::Plain
+        };
+        let ab = if !plain && tok.chat_template().is_some() {
+            PromptFormat::Chat { system: None }
+        } else {
+            PromptFormat::Plain
+        };
+        Prompter {
+            tok,
+            text,
+            ab,
+            text_answers,
+        }
+    }
+
+    fn from_args(tok: &'a Tokenizer, a: &PromptArgs) -> Self {
+        Self::new(tok, a.chat, a.plain, a.text_answers)
+    }
+
+    fn text(&self, s: &str) -> Result<Vec<u32>> {
+        data::text_prompt(self.tok, s, &self.text)
+    }
+
+    fn case(&self, item: &AbItem) -> Result<AbCase> {
+        let p = if self.text_answers {
+            data::ab_text_prompt(self.tok, item, &self.ab)?
+        } else {
+            data::ab_prompt(self.tok, item, &self.ab)?
+        };
+        Ok(AbCase {
+            ids: p.ids.clone(),
+            matching: p.matching_id(),
+            not_matching: p.not_matching_id(),
+        })
+    }
+
+    fn cases(&self, items: &[AbItem]) -> Result<Vec<AbCase>> {
+        items.iter().map(|it| self.case(it)).collect()
+    }
+
+    /// A description of the formats, for provenance.
+    fn note(&self, records: &Records) -> String {
+        let fmt = |f: &PromptFormat| match f {
+            PromptFormat::Plain => "plain",
+            PromptFormat::Chat { .. } => "chat template",
+        };
+        match records {
+            Records::Ab(_) => format!(
+                "A/B prompts: {}, {} answers",
+                fmt(&self.ab),
+                if self.text_answers { "text" } else { "letter" }
+            ),
+            _ => format!("text prompts: {}", fmt(&self.text)),
+        }
+    }
+
+    /// Labeled prompts of some records: statements with their label; pairs as positive (true)
+    /// and negative (false); A/B questions as CAA prompts (matching letter true, other false).
+    fn labeled(&self, records: &Records) -> Result<Vec<(Vec<u32>, bool)>> {
+        let (pos, neg) = self.contrast(records)?;
+        match records {
+            Records::Labeled(v) => v
+                .iter()
+                .map(|l| Ok((self.text(&l.text)?, l.label)))
+                .collect(),
+            _ => Ok(pos
+                .into_iter()
+                .map(|p| (p, true))
+                .chain(neg.into_iter().map(|n| (n, false)))
+                .collect()),
+        }
+    }
+
+    /// The two sides of a contrast: (true / positive / matching, false / negative / other).
+    fn contrast(&self, records: &Records) -> Result<Sides> {
+        match records {
+            Records::Labeled(v) => {
+                let side = |label: bool| {
+                    v.iter()
+                        .filter(|l| l.label == label)
+                        .map(|l| self.text(&l.text))
+                        .collect::<Result<Vec<_>>>()
+                };
+                Ok((side(true)?, side(false)?))
+            }
+            Records::Pairs(v) => Ok((
+                v.iter()
+                    .map(|p| self.text(&p.positive))
+                    .collect::<Result<_>>()?,
+                v.iter()
+                    .map(|p| self.text(&p.negative))
+                    .collect::<Result<_>>()?,
+            )),
+            Records::Ab(v) => Ok(diff::caa_prompts(&self.cases(v)?)),
+        }
+    }
+}
+
+/// The records of `ds` split into its train, val and test parts, in that order.
+fn split_records(ds: &Dataset) -> Result<[(SplitPart, Records); 3]> {
+    fn parts<T>(s: Split<T>, wrap: impl Fn(Vec<T>) -> Records) -> [(SplitPart, Records); 3] {
+        [
+            (SplitPart::Train, wrap(s.train)),
+            (SplitPart::Val, wrap(s.val)),
+            (SplitPart::Test, wrap(s.test)),
+        ]
+    }
+    Ok(match &ds.records {
+        Records::Labeled(v) => parts(ds.split(v, |l| l.label)?, Records::Labeled),
+        Records::Pairs(v) => parts(ds.split(v, |_| 0u8)?, Records::Pairs),
+        Records::Ab(v) => parts(ds.split(v, |it| it.matching.clone())?, Records::Ab),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+fn cmd_info(ctx: &Ctx, model: &str) -> Result<()> {
+    let (m, tok) = ctx.open(model)?;
+    println!("{:#?}", m.config());
+    println!(
+        "tokenizer: vocab {}, bos {:?}, eos {:?}, adds bos {}, chat template {}",
+        tok.vocab_size(),
+        tok.bos_token(),
+        tok.eos_token(),
+        tok.adds_bos(),
+        tok.chat_template().is_some()
+    );
+    println!("hook points ({}):", m.hook_points().len());
+    for p in m.hook_points() {
+        println!("  {p}");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_generate(
+    ctx: &Ctx,
+    model: &str,
+    prompt: &str,
+    chat: bool,
+    max_new_tokens: usize,
+    temperature: f64,
+    seed: u64,
+    steer: Option<(&Path, Option<usize>, f64)>,
+) -> Result<()> {
+    let (m, tok) = ctx.open(model)?;
+    let format = if chat {
+        PromptFormat::Chat { system: None }
+    } else {
+        PromptFormat::Plain
+    };
+    let ids = data::text_prompt(&tok, prompt, &format)?;
+    let mut hooks = Hooks::new();
+    if let Some((path, layer, scale)) = steer {
+        let v = SteeringVector::load(path)?;
+        let layer = match layer {
+            Some(l) => {
+                parse_layers(&l.to_string(), m.config().n_layers, model, "--layer")?;
+                l
+            }
+            None => match v.layers().as_slice() {
+                [only] => *only,
+                many => {
+                    return Err(invalid(
+                        "--layer",
+                        format!(
+                            "{} has directions at {} layers ({}-{}); choose one with --layer",
+                            path.display(),
+                            many.len(),
+                            many.first().copied().unwrap_or(0),
+                            many.last().copied().unwrap_or(0)
+                        ),
+                    ))
+                }
+            },
+        };
+        v.only(&[layer])?
+            .add_to(&m, &mut hooks, scale, Positions::All)?;
+    }
+    let stops: Vec<u32> = tok.eos_id().into_iter().collect();
+    let opts = GenerateOptions {
+        max_new_tokens,
+        temperature,
+        seed,
+        stop_tokens: stops.clone(),
+        ..GenerateOptions::default()
+    };
+    let out = m.generate(&[ids], &opts, &mut hooks)?;
+    let mut new = out.into_iter().next().unwrap_or_default();
+    while new.last().is_some_and(|t| stops.contains(t)) {
+        new.pop();
+    }
+    println!("{}", tok.decode(&new)?);
+    Ok(())
+}
+
+fn cmd_export(ctx: &Ctx, model: &str, out: &Path) -> Result<()> {
+    let (m, tok) = ctx.open(model)?;
+    m.export_safetensors(out)?;
+    tok.save_hf_dir(out)?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn cmd_extract(
+    ctx: &Ctx,
+    model: &str,
+    args: &DataArgs,
+    out: &Path,
+    site: SiteArg,
+    layers: Option<&str>,
+) -> Result<()> {
+    let ds = Dataset::load(&args.dataset, &args.positive_label)?;
+    let (m, tok) = ctx.open(model)?;
+    let n_layers = m.config().n_layers;
+    let layers = layers
+        .map(|s| parse_layers(s, n_layers, model, "--layers"))
+        .transpose()?;
+    let pr = Prompter::from_args(&tok, &args.prompts);
+    let rows = pr.labeled(&ds.records)?;
+    // The split of each row (pairs and A/B questions give two rows per record, in two halves).
+    let tags: Option<Vec<SplitPart>> = ds.tags.as_ref().map(|t| match ds.records {
+        Records::Labeled(_) => t.clone(),
+        _ => t.iter().chain(t.iter()).copied().collect(),
+    });
+    let site = match site {
+        SiteArg::Last => Site::Last,
+        SiteArg::Mean => Site::Mean {
+            start: 0,
+            end: None,
+        },
+    };
+    let opts = ctx.extract_opts(&m, site, layers.as_deref());
+    let layout = match ds.records {
+        Records::Labeled(_) => "rows in file order".to_string(),
+        Records::Pairs(_) => format!(
+            "rows 0..{n}: positives, rows {n}..{}: negatives, in file order",
+            2 * ds.records.len(),
+            n = ds.records.len()
+        ),
+        Records::Ab(_) => format!(
+            "rows 0..{n}: CAA prompts with the matching letter, rows {n}..{}: with the other \
+             letter, in file order",
+            2 * ds.records.len(),
+            n = ds.records.len()
+        ),
+    };
+    let meta = StoreMeta {
+        model: model.to_string(),
+        dataset: ds.path.display().to_string(),
+        notes: format!("{}; {layout}; labels in labels.json", pr.note(&ds.records)),
+    };
+    let prompts: Vec<Vec<u32>> = rows.iter().map(|(p, _)| p.clone()).collect();
+    let manifest = extract::extract_to_dir(&m, &prompts, &opts, out, &meta)?;
+    let labels = json!({
+        "layout": layout,
+        "labels": rows.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+        "split": tags,
+    });
+    write_text(&out.join("labels.json"), &to_json(&labels)?)?;
+    println!(
+        "{}: {} prompts x {} hook points ({:?}), {} shard(s)",
+        out.display(),
+        manifest.n_prompts,
+        manifest.points.len(),
+        manifest.site,
+        manifest.shards.len()
+    );
+    Ok(())
+}
+
+fn cmd_probe(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path) -> Result<()> {
+    let ds = Dataset::load(&args.dataset, &args.positive_label)?;
+    let parts = split_records(&ds)?;
+    let (m, tok) = ctx.open(model)?;
+    let n_layers = m.config().n_layers;
+    let pr = Prompter::from_args(&tok, &args.prompts);
+    let mut xs: Vec<Vec<candle_core::Tensor>> = Vec::with_capacity(3);
+    let mut ys: Vec<Vec<bool>> = Vec::with_capacity(3);
+    let mut sizes = BTreeMap::new();
+    for (part, records) in &parts {
+        let rows = pr.labeled(records)?;
+        if rows.is_empty() {
+            return Err(config_err(
+                &ds.path,
+                "split",
+                format!(
+                    "the {part} part is empty ({} records in all, {}); probes need train, val \
+                     and test records",
+                    ds.records.len(),
+                    ds.split_note()
+                ),
+            ));
+        }
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|(p, _)| p.clone()).collect();
+        let acts = extract::extract(&m, &prompts, &ctx.extract_opts(&m, Site::Last, None))?;
+        xs.push(acts.layers(n_layers)?);
+        ys.push(rows.iter().map(|(_, y)| *y).collect());
+        sizes.insert(part.to_string(), rows.len());
+    }
+    let reports = probe::sweep(
+        &xs[0],
+        &ys[0],
+        &xs[1],
+        &ys[1],
+        &xs[2],
+        &ys[2],
+        &ProbeOptions::default(),
+    )?;
+    let best = best_by_val(&reports);
+
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut csv = String::from(
+        "layer,train_accuracy,val_accuracy,test_accuracy,test_accuracy_ci_low,\
+         test_accuracy_ci_high,test_auroc,l2\n",
+    );
+    for r in &reports {
+        let _ = writeln!(
+            csv,
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}",
+            r.layer,
+            r.train.accuracy,
+            r.val.accuracy,
+            r.test.accuracy,
+            r.test.accuracy_ci.0,
+            r.test.accuracy_ci.1,
+            r.test.auroc,
+            r.l2
+        );
+    }
+    write_text(&out.join("probe.csv"), &csv)?;
+    let report = json!({
+        "model": model,
+        "dataset": ds.path.display().to_string(),
+        "records": ds.records.kind(),
+        "prompts": pr.note(&ds.records),
+        "split": ds.split_note(),
+        "n": sizes,
+        "best_layer_by_val": best,
+        "layers": reports,
+    });
+    write_text(&out.join("probe.json"), &to_json(&report)?)?;
+
+    println!(
+        "{} ({}, {}; train {}, val {}, test {} prompts)",
+        ds.path.display(),
+        ds.records.kind(),
+        ds.split_note(),
+        ys[0].len(),
+        ys[1].len(),
+        ys[2].len()
+    );
+    println!("layer  train    val   test  test 95% CI     test AUROC");
+    for r in &reports {
+        println!(
+            "{:>5}  {:.3}  {:.3}  {:.3}  [{:.3}, {:.3}]  {:.3}{}",
+            r.layer,
+            r.train.accuracy,
+            r.val.accuracy,
+            r.test.accuracy,
+            r.test.accuracy_ci.0,
+            r.test.accuracy_ci.1,
+            r.test.auroc,
+            if Some(r.layer) == best {
+                "  <- best"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(b) = best.and_then(|b| reports.get(b)) {
+        println!(
+            "best layer by validation accuracy: {} (val {:.3}, test {:.3} [{:.3}, {:.3}])",
+            b.layer, b.val.accuracy, b.test.accuracy, b.test.accuracy_ci.0, b.test.accuracy_ci.1
+        );
+    }
+    println!(
+        "wrote {} and {}",
+        out.join("probe.json").display(),
+        out.join("probe.csv").display()
+    );
+    Ok(())
+}
+
+/// The layer with the highest validation accuracy (ties: higher validation AUROC, then the
+/// earlier layer).
+fn best_by_val(reports: &[LayerReport]) -> Option<usize> {
+    let key = |r: &LayerReport| {
+        (
+            r.val.accuracy,
+            if r.val.auroc.is_finite() {
+                r.val.auroc
+            } else {
+                0.0
+            },
+        )
+    };
+    reports
+        .iter()
+        .fold(None::<&LayerReport>, |best, r| match best {
+            Some(b) if key(b) >= key(r) => Some(b),
+            _ => Some(r),
+        })
+        .map(|r| r.layer)
+}
+
+fn cmd_vector(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path, method: Method) -> Result<()> {
+    let ds = Dataset::load(&args.dataset, &args.positive_label)?;
+    let (records, which) = if ds.tags.is_some() {
+        let [(_, train), _, _] = split_records(&ds)?;
+        (train, "train split")
+    } else {
+        (ds.records.clone(), "all records")
+    };
+    let (m, tok) = ctx.open(model)?;
+    let n_layers = m.config().n_layers;
+    let pr = Prompter::from_args(&tok, &args.prompts);
+    let (pos, neg) = pr.contrast(&records)?;
+    for (side, v) in [("positive (true)", &pos), ("negative (false)", &neg)] {
+        if v.is_empty() {
+            return Err(config_err(
+                &ds.path,
+                "(whole file)",
+                format!("no {side} examples in the {which}: a vector needs both sides"),
+            ));
+        }
+    }
+    let opts = ctx.extract_opts(&m, Site::Last, None);
+    let p = extract::extract(&m, &pos, &opts)?;
+    let n = extract::extract(&m, &neg, &opts)?;
+    let v = match method {
+        Method::MeanDiff => SteeringVector::mean_diff(&p, &n, n_layers)?,
+        Method::PcaDiff => SteeringVector::pca_diff(&p, &n, n_layers)?,
+        Method::PcaCenter => SteeringVector::pca_center(&p, &n, n_layers)?,
+    }
+    .with_meta("model", model)
+    .with_meta("dataset", ds.path.display().to_string())
+    .with_meta("records", format!("{} ({which})", ds.records.kind()))
+    .with_meta("prompts", pr.note(&ds.records))
+    .with_meta("site", "last token, blocks.L.hook_resid_post")
+    .with_meta("n_positive", pos.len().to_string())
+    .with_meta("n_negative", neg.len().to_string());
+    make_parent(out)?;
+    v.save(out)?;
+    let norms = v.norms()?;
+    let (lo, hi) = norms
+        .values()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    println!(
+        "{}: {} ({} vs {} prompts; {which}), {} layers of width {}, norms {:.3}..{:.3}",
+        out.display(),
+        v.method,
+        pos.len(),
+        neg.len(),
+        v.layers().len(),
+        v.d_model(),
+        lo,
+        hi
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_steer(
+    ctx: &Ctx,
+    model: &str,
+    vector: &Path,
+    dataset: &Path,
+    layers: Option<&str>,
+    multipliers: &str,
+    plain: bool,
+    text_answers: bool,
+    out: Option<&Path>,
+) -> Result<()> {
+    let multipliers = parse_multipliers(multipliers)?;
+    let (ds, items) = Dataset::load_ab(dataset, "steer")?;
+    let v = SteeringVector::load(vector)?;
+    let (m, tok) = ctx.open(model)?;
+    v.check(&m)?;
+    let layers = match layers {
+        Some(s) => parse_layers(s, m.config().n_layers, model, "--layers")?,
+        None => v.layers(),
+    };
+    let (items, which) = if ds.tags.is_some() {
+        let parts = ds.split(&items, |it| it.matching.clone())?;
+        (parts.test, "test split")
+    } else {
+        (items, "all items")
+    };
+    if items.is_empty() {
+        return Err(config_err(
+            dataset,
+            "split",
+            "the test part is empty: no items to evaluate",
+        ));
+    }
+    let pr = Prompter::new(&tok, false, plain, text_answers);
+    let cases = pr.cases(&items)?;
+    if ctx.progress {
+        eprintln!(
+            "steer: {} layers x {} multipliers on {} items",
+            layers.len(),
+            multipliers.len(),
+            cases.len()
+        );
+    }
+    let rows = eval::dose_response(&m, &cases, &v, &layers, &multipliers, ctx.batch_size)?;
+
+    println!(
+        "{}: mean P(matching) over {} items ({which}; {}), {} vector from {}",
+        dataset.display(),
+        cases.len(),
+        pr.note(&ds.records),
+        v.method,
+        vector.display()
+    );
+    let mut header = String::from("layer");
+    for x in &multipliers {
+        let _ = write!(header, " {:>8}", format!("x{x}"));
+    }
+    println!("{header}");
+    for &l in &layers {
+        let mut line = format!("{l:>5}");
+        for &x in &multipliers {
+            let p = rows
+                .iter()
+                .find(|r| r.layer == l && r.multiplier == x)
+                .map(|r| r.summary.mean_p)
+                .unwrap_or(f64::NAN);
+            let _ = write!(line, " {p:>8.3}");
+        }
+        println!("{line}");
+    }
+    if let Some(out) = out {
+        let mut csv = String::from("layer,multiplier,n,mean_p,mean_logit_diff,rate\n");
+        for r in &rows {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{:.6},{:.6},{:.6}",
+                r.layer,
+                r.multiplier,
+                r.summary.n,
+                r.summary.mean_p,
+                r.summary.mean_logit_diff,
+                r.summary.rate
+            );
+        }
+        write_text(out, &csv)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_diff(
+    ctx: &Ctx,
+    base: &str,
+    tuned: &str,
+    dataset: &Path,
+    out: &Path,
+    layers: Option<&str>,
+    scale: f64,
+    neutral: Option<&Path>,
+    plain: bool,
+    text_answers: bool,
+    figures: bool,
+) -> Result<()> {
+    let (ds, items) = Dataset::load_ab(dataset, "diff")?;
+    let parts = ds.split(&items, |it| it.matching.clone())?;
+    let neutral_texts = neutral.map(data::load_instructions).transpose()?;
+    let (bm, btok) = ctx.open(base)?;
+    let (tm, ttok) = ctx.open(tuned)?;
+    if btok.vocab_size() != ttok.vocab_size() {
+        return Err(invalid(
+            "tuned",
+            format!(
+                "`{tuned}` has a vocabulary of {} tokens but `{base}` has {}: the two models must \
+                 share a tokenizer",
+                ttok.vocab_size(),
+                btok.vocab_size()
+            ),
+        ));
+    }
+    let layers = layers
+        .map(|s| parse_layers(s, bm.config().n_layers, base, "--layers"))
+        .transpose()?;
+    // Both models see the same ids, built with the base tokenizer.
+    let pr = Prompter::new(&btok, false, plain, text_answers);
+    let data = AbSplits {
+        train: pr.cases(&parts.train)?,
+        val: pr.cases(&parts.val)?,
+        test: pr.cases(&parts.test)?,
+    };
+    let neutral: Vec<Vec<u32>> = match &neutral_texts {
+        Some(texts) => texts.iter().map(|t| pr.text(t)).collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let opts = DiffOptions {
+        layers,
+        scale,
+        batch_size: ctx.batch_size,
+        progress: ctx.progress,
+        ..DiffOptions::default()
+    };
+    let mut pair = if figures {
+        Some(report::pair_report(
+            &bm,
+            &tm,
+            (base, tuned),
+            &ds.name(),
+            &data,
+            &neutral,
+            &PairOptions {
+                diff: opts.clone(),
+                ..PairOptions::default()
+            },
+        )?)
+    } else {
+        None
+    };
+    let mut loc = match &pair {
+        Some(p) => p.localisation.clone(),
+        None => diff::localise(&bm, &tm, &data, &neutral, &opts)?,
+    };
+    loc.meta.insert("base".into(), base.into());
+    loc.meta.insert("tuned".into(), tuned.into());
+    loc.meta
+        .insert("dataset".into(), dataset.display().to_string());
+    loc.meta.insert("prompts".into(), pr.note(&ds.records));
+    loc.meta.insert("split".into(), ds.split_note().into());
+    loc.write(out)?;
+    let mut written = vec![out.join("localisation.json"), out.join("localisation.csv")];
+    if let Some(p) = &mut pair {
+        p.localisation.meta = loc.meta.clone();
+        let path = out.join("pair_report.json");
+        write_text(&path, &to_json(p)?)?;
+        written.push(path);
+    }
+
+    println!(
+        "{} vs {} on {} ({} test items): P(matching) base {:.3}, tuned {:.3}",
+        base,
+        tuned,
+        dataset.display(),
+        loc.n_test,
+        loc.p_base,
+        loc.p_tuned
+    );
+    let opt = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    println!(
+        "layer      |diff|  cos(diff,beh)  probe base  probe tuned  transfer  P steered base  P \
+         ablated tuned  gap closed  gap removed"
+    );
+    for r in &loc.rows {
+        println!(
+            "{:>5}  {:>10.3}  {:>13.3}  {:>10.3}  {:>11.3}  {:>8.3}  {:>14}  {:>15}  {:>10}  {:>11}",
+            r.layer,
+            r.diff_norm,
+            r.cos_diff_behaviour,
+            r.probe_acc_base,
+            r.probe_acc_tuned,
+            r.probe_transfer,
+            opt(r.p_steered_base),
+            opt(r.p_ablated_tuned),
+            opt(r.gap_closed),
+            opt(r.gap_removed)
+        );
+    }
+    match loc.best_layer {
+        Some(l) => println!("best layer (largest gap closed): {l}"),
+        None => println!("best layer: none (the behaviour gap is too small to divide by)"),
+    }
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    // Figures last: the numbers above are written even when a figure has nothing to draw.
+    if let Some(p) = &pair {
+        for f in report::write_figures(std::slice::from_ref(p), out)? {
+            println!("wrote {}", f.display());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_export_gguf(vector: &Path, out: &Path, arch: &str, layers: Option<&str>) -> Result<()> {
+    let v = SteeringVector::load(vector)?;
+    let v = match layers {
+        Some(spec) => {
+            let n = v.layers().last().map_or(0, |l| l + 1);
+            let owner = format!("{}", vector.display());
+            v.only(&parse_layers(spec, n, &owner, "--layers")?)?
+        }
+        None => v,
+    };
+    let keep: Vec<usize> = v.layers().into_iter().filter(|&l| l != 0).collect();
+    if keep.is_empty() {
+        return Err(invalid(
+            "vector",
+            format!(
+                "{} has a direction at layer 0 only, which llama.cpp control vectors cannot steer",
+                vector.display()
+            ),
+        ));
+    }
+    let dropped = v.get(0).is_some();
+    let v = if dropped { v.only(&keep)? } else { v };
+    make_parent(out)?;
+    v.to_control_vector_gguf(out, arch)?;
+    println!(
+        "{}: control vector for `{arch}`, {} directions (layers {}-{}){}",
+        out.display(),
+        keep.len(),
+        keep.first().copied().unwrap_or(0),
+        keep.last().copied().unwrap_or(0),
+        if dropped {
+            "; left out direction.0 (llama.cpp cannot steer block 0)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// Parses RFC 4180 CSV (quoted fields may hold commas, line breaks and `""`); returns each
+/// non-blank record with the (1-based) line it starts on.
+fn parse_csv(path: &Path, text: &str) -> Result<Vec<(usize, Vec<String>)>> {
+    let mut records = Vec::new();
+    let (mut fields, mut field) = (Vec::new(), String::new());
+    let (mut line, mut start, mut quoted, mut was_quoted) = (1usize, 1usize, false, false);
+    let mut chars = text.chars().peekable();
+    let mut end_record = |fields: &mut Vec<String>, field: &mut String, start: usize| {
+        fields.push(std::mem::take(field));
+        let rec = std::mem::take(fields);
+        if !(rec.len() == 1 && rec[0].trim().is_empty()) {
+            records.push((start, rec));
+        }
+    };
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() && !was_quoted => {
+                quoted = true;
+                was_quoted = true;
+            }
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            '\r' => {}
+            '\n' => {
+                end_record(&mut fields, &mut field, start);
+                line += 1;
+                start = line;
+                was_quoted = false;
+            }
+            _ => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(config_err(
+            path,
+            format!("line {start}"),
+            "a quote is never closed",
+        ));
+    }
+    end_record(&mut fields, &mut field, start);
+    Ok(records)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_plot(
+    csv: &Path,
+    x: &str,
+    y: &str,
+    group: Option<&str>,
+    out: &Path,
+    title: Option<String>,
+    x_label: Option<String>,
+    y_label: Option<String>,
+) -> Result<()> {
+    let bytes = std::fs::read(csv).map_err(|e| Error::io(csv, e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut records = parse_csv(csv, text.trim_start_matches('\u{feff}'))?.into_iter();
+    let (_, header) = records
+        .next()
+        .ok_or_else(|| config_err(csv, "(whole file)", "the file is empty"))?;
+    let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+    let col = |name: &str| {
+        header.iter().position(|h| h == name.trim()).ok_or_else(|| {
+            config_err(
+                csv,
+                "line 1: header",
+                format!(
+                    "no column `{}` (columns: {})",
+                    name.trim(),
+                    header.join(", ")
+                ),
+            )
+        })
+    };
+    let xc = col(x)?;
+    let ycols: Vec<(String, usize)> = y
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Ok((s.trim().to_string(), col(s)?)))
+        .collect::<Result<_>>()?;
+    if ycols.is_empty() {
+        return Err(invalid("--y", "no y column given"));
+    }
+    let gc = group.map(col).transpose()?;
+    // (y column, group value) -> points, in first-seen order.
+    type Key = (String, Option<String>);
+    let mut series: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
+    let number = |line: usize, name: &str, s: &str| -> Result<Option<f64>> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("nan") {
+            return Ok(None);
+        }
+        s.parse::<f64>().map(Some).map_err(|_| {
+            config_err(
+                csv,
+                format!("line {line}: {name}"),
+                format!("`{s}` is not a number"),
+            )
+        })
+    };
+    for (line, fields) in records {
+        if fields.len() != header.len() {
+            return Err(config_err(
+                csv,
+                format!("line {line}"),
+                format!(
+                    "has {} fields but the header has {}",
+                    fields.len(),
+                    header.len()
+                ),
+            ));
+        }
+        let Some(xv) = number(line, &header[xc], &fields[xc])? else {
+            continue;
+        };
+        let g = gc.map(|c| fields[c].trim().to_string());
+        for (name, c) in &ycols {
+            let Some(yv) = number(line, name, &fields[*c])? else {
+                continue;
+            };
+            let key = (name.clone(), g.clone());
+            match series.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, pts)) => pts.push((xv, yv)),
+                None => series.push((key, vec![(xv, yv)])),
+            }
+        }
+    }
+    if series.is_empty() {
+        return Err(config_err(
+            csv,
+            "(whole file)",
+            format!("no rows with numbers in `{x}` and `{y}`"),
+        ));
+    }
+    let group_name = group.unwrap_or("").trim();
+    let series: Vec<Series> = series
+        .into_iter()
+        .map(|((name, g), pts)| {
+            let label = match g {
+                Some(g) if ycols.len() == 1 => format!("{group_name} {g}"),
+                Some(g) => format!("{name}, {group_name} {g}"),
+                None => name,
+            };
+            Series::new(label, pts)
+        })
+        .collect();
+    let y_names: Vec<&str> = ycols.iter().map(|(n, _)| n.as_str()).collect();
+    let chart = LineChart {
+        title: title.unwrap_or_else(|| format!("{} vs {}", y_names.join(", "), x.trim())),
+        x_label: x_label.unwrap_or_else(|| x.trim().to_string()),
+        y_label: y_label.unwrap_or_else(|| {
+            if y_names.len() == 1 {
+                y_names[0].to_string()
+            } else {
+                "value".to_string()
+            }
+        }),
+        series,
+        ..LineChart::default()
+    };
+    make_parent(out)?;
+    for p in chart.save(out)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.batch_size == 0 {
+        return Err(invalid("--batch-size", "must be at least 1"));
+    }
+    let ctx = || -> Result<Ctx> {
+        Ok(Ctx {
+            device: parse_device(&cli.device)?,
+            batch_size: cli.batch_size,
+            progress: !cli.quiet,
+        })
+    };
+    match &cli.cmd {
         Cmd::Fetch { names } => {
             let names: Vec<String> = if names.is_empty() {
                 fetch::KNOWN.iter().map(|m| m.name.to_string()).collect()
             } else {
-                names
+                names.clone()
             };
             for n in names {
                 let p = fetch::fetch(&n)?;
                 println!("{n}\t{}", p.display());
             }
         }
-        Cmd::Info { model } => {
-            let (m, tok) = puppetlens::load(resolve(&model)?)?;
-            println!("{:#?}", m.config());
-            println!(
-                "tokenizer: vocab {}, bos {:?}, eos {:?}, adds bos {}, chat template {}",
-                tok.vocab_size(),
-                tok.bos_token(),
-                tok.eos_token(),
-                tok.adds_bos(),
-                tok.chat_template().is_some()
-            );
-            println!("hook points ({}):", m.hook_points().len());
-            for p in m.hook_points() {
-                println!("  {p}");
-            }
-        }
+        Cmd::Info { model } => cmd_info(&ctx()?, model)?,
         Cmd::Generate {
             model,
             prompt,
@@ -121,30 +1719,113 @@ fn run(cli: Cli) -> puppetlens::Result<()> {
             max_new_tokens,
             temperature,
             seed,
+            vector,
+            layer,
+            scale,
+        } => cmd_generate(
+            &ctx()?,
+            model,
+            prompt,
+            *chat,
+            *max_new_tokens,
+            *temperature,
+            *seed,
+            vector.as_deref().map(|v| (v, *layer, *scale)),
+        )?,
+        Cmd::Export {
+            model,
+            out_flag,
+            out,
         } => {
-            let (m, tok) = puppetlens::load(resolve(&model)?)?;
-            let ids = if chat {
-                tok.encode_chat(&[ChatMessage::user(prompt)], true)?
-            } else {
-                tok.encode(&prompt)?
-            };
-            let opts = GenerateOptions {
-                max_new_tokens,
-                temperature,
-                seed,
-                stop_tokens: tok.eos_id().into_iter().collect(),
-                ..GenerateOptions::default()
-            };
-            let out = m.generate(&[ids], &opts, &mut Hooks::new())?;
-            println!("{}", tok.decode(&out[0])?);
+            let out = out_flag
+                .as_ref()
+                .or(out.as_ref())
+                .ok_or_else(|| invalid("--out", "give the output directory (--out DIR)"))?;
+            cmd_export(&ctx()?, model, out)?
         }
-        Cmd::Export { model, out } => {
-            let path = resolve(&model)?;
-            let (m, tok) = puppetlens::load_with(&path, &LoadOptions::default())?;
-            m.export_safetensors(&out)?;
-            tok.save_hf_dir(&out)?;
-            println!("{}", out.display());
-        }
+        Cmd::Extract {
+            model,
+            data,
+            out,
+            site,
+            layers,
+        } => cmd_extract(&ctx()?, model, data, out, *site, layers.as_deref())?,
+        Cmd::Probe { model, data, out } => cmd_probe(&ctx()?, model, data, out)?,
+        Cmd::Vector {
+            model,
+            data,
+            out,
+            method,
+        } => cmd_vector(&ctx()?, model, data, out, *method)?,
+        Cmd::Steer {
+            model,
+            vector,
+            dataset,
+            layers,
+            multipliers,
+            plain,
+            text_answers,
+            out,
+        } => cmd_steer(
+            &ctx()?,
+            model,
+            vector,
+            dataset,
+            layers.as_deref(),
+            multipliers,
+            *plain,
+            *text_answers,
+            out.as_deref(),
+        )?,
+        Cmd::Diff {
+            base,
+            tuned,
+            dataset,
+            out,
+            layers,
+            scale,
+            neutral,
+            plain,
+            text_answers,
+            figures,
+        } => cmd_diff(
+            &ctx()?,
+            base,
+            tuned,
+            dataset,
+            out,
+            layers.as_deref(),
+            *scale,
+            neutral.as_deref(),
+            *plain,
+            *text_answers,
+            *figures,
+        )?,
+        Cmd::ExportGguf {
+            vector,
+            out,
+            arch,
+            layers,
+        } => cmd_export_gguf(vector, out, arch, layers.as_deref())?,
+        Cmd::Plot {
+            csv,
+            x,
+            y,
+            group,
+            out,
+            title,
+            x_label,
+            y_label,
+        } => cmd_plot(
+            csv,
+            x,
+            y,
+            group.as_deref(),
+            out,
+            title.clone(),
+            x_label.clone(),
+            y_label.clone(),
+        )?,
     }
     Ok(())
 }
@@ -153,7 +1834,15 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, whatever the message holds.
+            let msg = e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }
