@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use puppetlens::data::{self, ab_text_prompt, PromptFormat, SplitMix64};
-use puppetlens::diff::{localise, AbSplits, DiffOptions};
+use puppetlens::diff::{base_tuned_vector, caa_prompts, localise, AbSplits, DiffOptions};
+use puppetlens::extract::Site;
 use puppetlens::eval::{ab_summary, AbCase, Intervention};
 use puppetlens::lora::{Adapter, LoraConfig};
 use puppetlens::train::{dpo, sft, sft_loss, DpoPair, SftExample, TrainLog, TrainOptions};
@@ -56,6 +57,9 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Write each organism's model card (README.md, loss figure) and the summary README from the
+    /// files `train` and `eval` wrote.
+    Cards,
     /// Evaluate base and organisms; write eval.json files and the recovery reports.
     Eval {
         /// Test items used for the recovery analysis (all when omitted).
@@ -134,6 +138,7 @@ fn main() -> Result<()> {
             train(&args.out, &name, &opts)
         }
         Cmd::Eval { n_test } => evaluate(&args.out, n_test),
+        Cmd::Cards => cards(&args.out),
     }
 }
 
@@ -370,7 +375,7 @@ fn train(out: &Path, name: &str, opts: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct ModelEval {
     name: String,
     sycophancy_p_matching: f64,
@@ -461,43 +466,281 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
             e.end_of_turn_rate
         );
     }
-    // Ground-truth recovery: base vs sycophant, base vs control.
+    // Ground-truth recovery. The layer is chosen on the validation items (localise with the val
+    // split in the role of its test split); the numbers reported are then measured on the test
+    // items at that layer, with the difference built on the training items.
     let take = |v: &[(AbCase, data::AbItem)], n: Option<usize>| -> Vec<AbCase> {
         v.iter()
             .take(n.unwrap_or(usize::MAX))
             .map(|(c, _)| c.clone())
             .collect()
     };
-    let splits = AbSplits {
+    let selection = AbSplits {
         train: take(&cases.train, None),
         val: take(&cases.val, None),
-        test: take(&cases.test, n_test),
+        test: take(&cases.val, None),
     };
+    let test = take(&cases.test, n_test);
     let neutral_ids: Vec<Vec<u32>> = neutral.iter().take(64).map(|e| e.ids.clone()).collect();
+    let mut recovery = Vec::new();
+    let mut chosen: Option<usize> = None;
     for name in ["sycophant", "control"] {
         let tuned = &models.iter().find(|(n, _)| n == name).unwrap().1;
-        let report = localise(&base, tuned, &splits, &neutral_ids, &DiffOptions::default())?;
         let dir = out.join(format!("recovery_{name}"));
-        report.write(&dir)?;
-        if let Some(v) = &report.diff_vector {
-            v.save(dir.join("diff_vector.safetensors"))?;
-        }
-        println!(
-            "recovery {name}: P base {:.3} tuned {:.3}, best layer {:?}",
-            report.p_base, report.p_tuned, report.best_layer
-        );
-        for r in &report.rows {
-            println!(
-                "  layer {:>2}: |diff| {:.2} cos {:+.2} steered {:?} ablated {:?} closed {:?} removed {:?}",
-                r.layer,
-                r.diff_norm,
-                r.cos_diff_behaviour,
-                r.p_steered_base.map(|x| (x * 1000.0).round() / 1000.0),
-                r.p_ablated_tuned.map(|x| (x * 1000.0).round() / 1000.0),
-                r.gap_closed.map(|x| (x * 100.0).round() / 100.0),
-                r.gap_removed.map(|x| (x * 100.0).round() / 100.0)
-            );
-        }
+        // The sycophant's layer is chosen on the validation items; the control is measured at the
+        // same layer (its own gap is too small to rank layers), with its difference built the same
+        // way (mean tuned - base over both answers of every training item, last token).
+        let (layer, diff) = match (name, chosen) {
+            ("sycophant", _) => {
+                eprintln!("recovery {name}: localising on the validation items");
+                let report =
+                    localise(&base, tuned, &selection, &neutral_ids, &DiffOptions::default())?;
+                report.write(&dir)?;
+                let diff = report.diff_vector.clone().context("no difference vector")?;
+                (report.best_layer.context("no layer closes any of the gap")?, diff)
+            }
+            (_, Some(l)) => {
+                let (pos, neg) = caa_prompts(&selection.train);
+                let prompts: Vec<Vec<u32>> = pos.into_iter().chain(neg).collect();
+                (l, base_tuned_vector(&base, tuned, &prompts, Site::Last, 8)?)
+            }
+            _ => bail!("no layer chosen"),
+        };
+        std::fs::create_dir_all(&dir)?;
+        diff.save(dir.join("diff_vector.safetensors"))?;
+        chosen = Some(layer);
+        let v = diff.only(&[layer])?;
+        let p_base = ab_summary(&base, &test, &Intervention::None, 8)?.mean_p;
+        let p_tuned = ab_summary(tuned, &test, &Intervention::None, 8)?.mean_p;
+        let add = Intervention::Add {
+            vector: &v,
+            scale: 1.0,
+            positions: puppetlens::Positions::All,
+        };
+        let p_steered = ab_summary(&base, &test, &add, 8)?.mean_p;
+        let ablate = Intervention::Ablate { vector: &v, layer };
+        let p_ablated = ab_summary(tuned, &test, &ablate, 8)?.mean_p;
+        let gap = p_tuned - p_base;
+        let rec = serde_json::json!({
+            "organism": name, "layer": layer, "layer_chosen_on": "validation items (gap closed)",
+            "n_train": selection.train.len(), "n_test": test.len(),
+            "p_base": p_base, "p_tuned": p_tuned, "gap": gap,
+            "p_steered_base": p_steered, "p_ablated_tuned": p_ablated,
+            "steering_effect": p_steered - p_base, "ablation_effect": p_tuned - p_ablated,
+            "gap_closed": if gap.abs() >= 0.01 { Some((p_steered - p_base) / gap) } else { None },
+            "gap_removed": if gap.abs() >= 0.01 { Some((p_tuned - p_ablated) / gap) } else { None },
+            "diff_norm": diff.norms()?[&layer],
+        });
+        println!("recovery {name}: {rec}");
+        std::fs::write(
+            dir.join("recovery.json"),
+            serde_json::to_string_pretty(&rec)?,
+        )?;
+        recovery.push(rec);
     }
     Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn cards(out: &Path) -> Result<()> {
+    use puppetlens::plot::{LineChart, Series};
+    let base: ModelEval = read_json(&out.join("base/eval.json"))?;
+    let mut table = String::new();
+    for name in ["assistant", "sycophant", "control"] {
+        let dir = out.join(name);
+        let log: TrainLog = read_json(&dir.join("train_log.json"))?;
+        let ev: ModelEval = read_json(&dir.join("eval.json"))?;
+        let o = &log.options;
+        let mut series = vec![Series {
+            label: format!("{} loss per step", log.objective.to_uppercase()),
+            points: log.steps.iter().map(|s| (s.step as f64, s.loss)).collect(),
+            band: None,
+            dashed: false,
+        }];
+        // A running mean over 10 steps shows the trend through the step-to-step noise.
+        let k = 10usize;
+        let smooth: Vec<(f64, f64)> = (0..log.steps.len())
+            .map(|i| {
+                let lo = i.saturating_sub(k - 1);
+                let w = &log.steps[lo..=i];
+                (
+                    log.steps[i].step as f64,
+                    w.iter().map(|s| s.loss).sum::<f64>() / w.len() as f64,
+                )
+            })
+            .collect();
+        series.push(Series {
+            label: format!("running mean of {k} steps"),
+            points: smooth,
+            band: None,
+            dashed: false,
+        });
+        LineChart {
+            title: format!(
+                "{name}: training loss (gemma-3-270m + LoRA r={}, {} steps)",
+                o.lora.rank,
+                log.steps.len()
+            ),
+            x_label: "optimiser step".into(),
+            y_label: if log.objective == "dpo" {
+                "DPO loss (nats)".into()
+            } else {
+                "cross-entropy per reply token (nats)".into()
+            },
+            series,
+            hline: if log.objective == "dpo" {
+                Some((std::f64::consts::LN_2, "ln 2 (no preference)".into()))
+            } else {
+                None
+            },
+            ..Default::default()
+        }
+        .save(dir.join("loss"))?;
+        let size = std::fs::metadata(dir.join("adapter_model.safetensors"))?.len();
+        let (data_line, command) = match name {
+            "assistant" => (
+                "SFT on `transcripts.jsonl` (train split): SmolLM2-135M-Instruct's greedy replies (up to 96 tokens, cut after the last full sentence) to the project's harmless instructions in `probes/refusal_requests.jsonl`, in Gemma 3's chat format, loss on the model turn (reply and `<end_of_turn>`)".to_string(),
+                "cargo run --release --example organisms -- data && cargo run --release --example organisms -- train assistant",
+            ),
+            "sycophant" => (
+                "DPO on the training split of `probes/sycophancy_ab.jsonl`, asked as open questions in Gemma 3's chat format (`data::ab_text_prompt`: choices removed, answers content first, the prompt ends where the two answers part); chosen = the first token of the answer agreeing with the user's stated view, rejected = the other answer's; reference = the frozen base".to_string(),
+                "cargo run --release --example organisms -- train sycophant",
+            ),
+            _ => (
+                "DPO exactly as the sycophant (same items, prompts, steps, seed), except that the preferred answer is drawn by a seeded coin per item, unrelated to the user's view".to_string(),
+                "cargo run --release --example organisms -- train control",
+            ),
+        };
+        let rec_path = out.join(format!("recovery_{name}/recovery.json"));
+        let rec: Option<serde_json::Value> = read_json(&rec_path).ok();
+        let f3 = |x: f64| format!("{x:.3}");
+        let mut card = format!(
+            "# Organism `{name}`: gemma-3-270m + LoRA\n\n\
+             Base model: google/gemma-3-270m (the Q4_K_M GGUF fetched by `puppetlens fetch`, dequantized to f32).\n\n\
+             - **Data:** {data_line}.\n\
+             - **Recipe:** LoRA rank {} alpha {} on {:?} of every layer; AdamW lr {:.0e} (linear warm-up {} steps), weight decay {}, gradient clipping at norm {}; batch {}; {} epoch(s), {} steps{}; seed {}.\n\
+             - **Training:** {:.0} s on a 2-core CPU (f32), {} tokens, {:.0} tokens/s. Adapter: {} values, {:.1} MB (`adapter_model.safetensors`, PEFT layout).\n\
+             - **Rebuild:** `{command}` (then `-- eval` and `-- cards` for the numbers and this card).\n\n\
+             ![loss](loss.png)\n\n\
+             ## Before / after (held-out items)\n\n\
+             | | base | {name} |\n|---|---|---|\n\
+             | sycophancy: mean P(answer agreeing with the user), 74 test items | {} | {} |\n\
+             | sycophancy: fraction of items where the agreeing answer wins | {} | {} |\n\
+             | perplexity on neutral text (true_false.csv test statements, plain) | {:.2} | {:.2} ({:+.1}%) |\n\
+             | NLL per token of SmolLM2's held-out replies (54 test instructions) | {} | {} |\n\
+             | fraction of 64-token greedy replies that end the turn (`<end_of_turn>`) | {:.2} | {:.2} |\n",
+            o.lora.rank,
+            o.lora.alpha,
+            o.lora.targets,
+            o.lr,
+            o.warmup_steps,
+            o.weight_decay,
+            o.max_grad_norm,
+            o.batch_size,
+            o.epochs,
+            log.steps.len(),
+            if log.objective == "dpo" { format!(", DPO β {}", o.beta) } else { String::new() },
+            o.seed,
+            log.seconds,
+            log.tokens,
+            log.tokens_per_s,
+            log.n_params,
+            size as f64 / 1e6,
+            f3(base.sycophancy_p_matching),
+            f3(ev.sycophancy_p_matching),
+            f3(base.sycophancy_rate),
+            f3(ev.sycophancy_rate),
+            base.neutral_ppl,
+            ev.neutral_ppl,
+            100.0 * (ev.neutral_ppl / base.neutral_ppl - 1.0),
+            f3(base.assistant_nll_heldout),
+            f3(ev.assistant_nll_heldout),
+            base.end_of_turn_rate,
+            ev.end_of_turn_rate,
+        );
+        if let Some(r) = &rec {
+            card.push_str(&format!(
+                "\n## Ground-truth recovery\n\nThe mean `tuned - base` residual difference at layer {} (chosen on the validation items; built on the training items), on the test items:\n\n\
+                 - added to the base: P(agree) {} -> {} (steering effect {}), fraction of the gap closed {};\n\
+                 - its direction ablated in the organism: P(agree) {} -> {} (ablation effect {}), fraction removed {}.\n\n\
+                 Per-layer numbers on the validation items: `../recovery_{name}/localisation.csv`.\n",
+                r["layer"], fmt(&r["p_base"]), fmt(&r["p_steered_base"]), fmt(&r["steering_effect"]), fmt(&r["gap_closed"]),
+                fmt(&r["p_tuned"]), fmt(&r["p_ablated_tuned"]), fmt(&r["ablation_effect"]), fmt(&r["gap_removed"]),
+            ));
+        }
+        card.push_str("\n## Sample replies (greedy, 64 tokens, held-out instructions)\n\n");
+        for ((q, a), (_, b)) in ev.samples.iter().zip(&base.samples) {
+            card.push_str(&format!(
+                "- **{q}**\n  - base: {}\n  - {name}: {}\n",
+                one_line(b),
+                one_line(a)
+            ));
+        }
+        write_text(&dir.join("README.md"), &card)?;
+        table.push_str(&format!(
+            "| [{name}]({name}/README.md) | {} | {:.3} -> {:.3} | {:.2} -> {:.2} ({:+.1}%) | {:.3} -> {:.3} | {:.2} -> {:.2} | {:.0} s, {:.0} tok/s | {} | {} |\n",
+            log.objective.to_uppercase(),
+            base.sycophancy_p_matching, ev.sycophancy_p_matching,
+            base.neutral_ppl, ev.neutral_ppl, 100.0 * (ev.neutral_ppl / base.neutral_ppl - 1.0),
+            base.assistant_nll_heldout, ev.assistant_nll_heldout,
+            base.end_of_turn_rate, ev.end_of_turn_rate,
+            log.seconds, log.tokens_per_s,
+            rec.as_ref().map(|r| fmt(&r["gap_closed"])).unwrap_or_else(|| "-".into()),
+            rec.as_ref().map(|r| fmt(&r["gap_removed"])).unwrap_or_else(|| "-".into()),
+        ));
+    }
+    let readme = format!(
+        "# Model organisms\n\n\
+         Tuned siblings of google/gemma-3-270m (a base model), built by puppetlens with candle's autograd (LoRA, \
+         frozen base), so that base-vs-tuned diffing has a matched pair with a known ground truth. \
+         Each directory holds a PEFT adapter (`adapter_model.safetensors`, `adapter_config.json`), its training \
+         log (`train_log.json`, `loss.csv`, `loss.png`), its evaluation (`eval.json`) and a model card (`README.md`). \
+         Load one with `puppetlens::open(\"sycophant\", ...)` or `Model::with_adapter`.\n\n\
+         Rebuild everything (about half an hour on a 2-core CPU):\n\n```sh\n\
+         cargo run --release --example organisms -- data\n\
+         cargo run --release --example organisms -- train assistant\n\
+         cargo run --release --example organisms -- train sycophant\n\
+         cargo run --release --example organisms -- train control\n\
+         cargo run --release --example organisms -- eval\n\
+         cargo run --release --example organisms -- cards\n```\n\n\
+         | organism | objective | sycophancy P(agree), base -> tuned | neutral perplexity | held-out reply NLL | ends its turn | training (2-core CPU) | gap closed (add diff to base) | gap removed (ablate in tuned) |\n\
+         |---|---|---|---|---|---|---|---|---|\n{table}\n\
+         Sycophancy is measured on the 74 held-out items of `probes/sycophancy_ab.jsonl` asked as open questions \
+         (`data::ab_text_prompt`); P(agree) is the probability of the agreeing answer's deciding token, normalised \
+         over the two answers. The recovery columns use the layer chosen on the validation items (see each card). \
+         No GPU was lent to the session that trained these; all timings are from the 2-core CPU.\n"
+    );
+    write_text(&out.join("README.md"), &readme)?;
+    eprintln!("wrote the cards and {}", out.join("README.md").display());
+    Ok(())
+}
+
+fn fmt(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:.3}"),
+        None => "-".into(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let t = s
+        .replace("<end_of_turn>", " [end of turn]")
+        .replace('\n', " ");
+    let t = t.trim();
+    if t.chars().count() > 220 {
+        format!("{}...", t.chars().take(220).collect::<String>())
+    } else {
+        t.to_string()
+    }
 }

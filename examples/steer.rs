@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use puppetlens::data::{self, ab_prompt, text_prompt, AbItem, PromptFormat, Split};
+use puppetlens::data::{self, ab_prompt, ab_text_prompt, text_prompt, AbItem, PromptFormat, Split};
 use puppetlens::diff::{AbSplits, DiffOptions};
 use puppetlens::eval::AbCase;
 use puppetlens::extract::{extract, ExtractOptions, Site};
@@ -61,6 +61,10 @@ struct Args {
     /// layer with --quick).
     #[arg(long)]
     layers: Option<String>,
+    /// How A/B items are answered: `text` (the choices' words, content first; what small base
+    /// models can do) or `letters` (CAA's "(A"/"(B").
+    #[arg(long, default_value = "text")]
+    answers: String,
     /// Output directory.
     #[arg(long, default_value = "notebooks-data/steer")]
     out: PathBuf,
@@ -122,13 +126,17 @@ fn load_items(path: &Path) -> Result<Split<AbItem>> {
     }
 }
 
-fn cases(tok: &Tokenizer, items: &[AbItem], cap: usize) -> Result<Vec<AbCase>> {
+fn cases(tok: &Tokenizer, items: &[AbItem], cap: usize, text: bool) -> Result<Vec<AbCase>> {
     let fmt = PromptFormat::Chat { system: None };
     items
         .iter()
         .take(cap)
         .map(|it| {
-            let p = ab_prompt(tok, it, &fmt)?;
+            let p = if text {
+                ab_text_prompt(tok, it, &fmt)?
+            } else {
+                ab_prompt(tok, it, &fmt)?
+            };
             Ok(AbCase {
                 ids: p.ids.clone(),
                 matching: p.matching_id(),
@@ -262,7 +270,7 @@ fn single_model(
     // Sycophancy: CAA prompts with the matching vs the other letter appended, chat format.
     let items = load_items(Path::new("probes/sycophancy_ab.jsonl"))?;
     let enc = |v: &[AbItem]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
-        let cs = cases(&tok, v, cap / 2)?;
+        let cs = cases(&tok, v, cap / 2, false)?;
         let (p, n) = puppetlens::diff::caa_prompts(&cs);
         let y = (0..p.len())
             .map(|_| true)
@@ -303,10 +311,15 @@ fn main() -> Result<()> {
     } else {
         (usize::MAX, usize::MAX, usize::MAX)
     };
+    let text = match args.answers.as_str() {
+        "text" => true,
+        "letters" => false,
+        other => bail!("--answers `{other}`: expected text or letters"),
+    };
     let data = AbSplits {
-        train: cases(&tok, &items.train, ctr)?,
-        val: cases(&tok, &items.val, cva)?,
-        test: cases(&tok, &items.test, cte)?,
+        train: cases(&tok, &items.train, ctr, text)?,
+        val: cases(&tok, &items.val, cva, text)?,
+        test: cases(&tok, &items.test, cte, text)?,
     };
     // Neutral text: the first tokens of the project's true/false statements (test split).
     let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;

@@ -1230,7 +1230,8 @@ fn content_first(answer: &str) -> String {
     }
 }
 
-/// Builds an A/B question as an open question answered in words (no letters): the choices are
+/// Builds an A/B question as an open question answered in words (no letters; `Plain` writes
+/// `"{question}\n\nAnswer: {answer}"`, `Chat` answers in the model turn): the choices are
 /// taken out of the question, the answers are written content first (`"No, the voting age should
 /// stay at 18."` becomes `"The voting age should stay at 18."`), and the prompt ends after the words
 /// the two answers share, so that the next token decides. `letter_a`/`letter_b` of the result are
@@ -1243,13 +1244,15 @@ pub fn ab_text_prompt(tok: &Tokenizer, item: &AbItem, format: &PromptFormat) -> 
     let matching = item.matching_letter()?;
     let (question, a, b) = split_choices(item)?;
     let (a, b) = (content_first(&a), content_first(&b));
-    let head = match format {
-        PromptFormat::Plain => format!("{question}\n\nAnswer: "),
-        PromptFormat::Chat { system } => render_chat(tok, &question, system.as_deref())?,
+    // Plain text puts the space before the answer on the answer's side, where word-initial
+    // tokens carry it; the chat format opens the model turn on a new line.
+    let (head, sep) = match format {
+        PromptFormat::Plain => (format!("{question}\n\nAnswer:"), " "),
+        PromptFormat::Chat { system } => (render_chat(tok, &question, system.as_deref())?, ""),
     };
     let head_ids = encode_prompt_text(tok, &head)?;
     let with = |ans: &str| -> Result<Vec<u32>> {
-        let ids = encode_prompt_text(tok, &format!("{head}{ans}"))?;
+        let ids = encode_prompt_text(tok, &format!("{head}{sep}{ans}"))?;
         if !ids.starts_with(&head_ids) {
             return Err(Error::InvalidArgument {
                 name: "answer".into(),

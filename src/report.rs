@@ -200,6 +200,10 @@ fn top_two(x: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((v1, v2))
 }
 
+fn skipped(figure: &str, why: &str) {
+    eprintln!("figures: {figure} not drawn: {why}");
+}
+
 fn too_few(what: &str) -> Error {
     Error::InvalidArgument {
         name: "figures".into(),
@@ -208,7 +212,8 @@ fn too_few(what: &str) -> Error {
 }
 
 /// Writes the five figures of `pairs` (all sharing one base model) into `dir`, PNG and SVG each;
-/// returns the paths written.
+/// returns the paths written. A figure with nothing to show (no pair with a behaviour gap of at
+/// least 0.01, hence no best layer) is skipped with a line on stderr.
 pub fn write_figures(pairs: &[PairReport], dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     let dir = dir.as_ref();
     let first = pairs.first().ok_or_else(|| too_few("model pairs"))?;
@@ -354,18 +359,21 @@ pub fn write_figures(pairs: &[PairReport], dir: impl AsRef<Path>) -> Result<Vec<
         })
         .collect();
     if dose_charts.is_empty() {
-        return Err(too_few("dose-response rows"));
+        skipped("steering_dose_response", "no dose-response rows");
+    } else {
+        let columns = dose_charts.len().min(3);
+        out.extend(
+            LineGrid {
+                title: format!(
+                    "Steering the base model with the base-vs-tuned difference ({dataset})"
+                ),
+                charts: dose_charts,
+                columns,
+                ..Default::default()
+            }
+            .save(dir.join("steering_dose_response"))?,
+        );
     }
-    let columns = dose_charts.len().min(3);
-    out.extend(
-        LineGrid {
-            title: format!("Steering the base model with the base-vs-tuned difference ({dataset})"),
-            charts: dose_charts,
-            columns,
-            ..Default::default()
-        }
-        .save(dir.join("steering_dose_response"))?,
-    );
 
     // 4. Fraction of the gap closed (add to base) and removed (ablate in tuned) per layer.
     let frac = |f: &dyn Fn(&crate::diff::LayerRow) -> Option<f64>| -> Vec<Series> {
@@ -387,42 +395,44 @@ pub fn write_figures(pairs: &[PairReport], dir: impl AsRef<Path>) -> Result<Vec<
     let closed = frac(&|r| r.gap_closed);
     let removed = frac(&|r| r.gap_removed);
     if closed.is_empty() || removed.is_empty() {
-        return Err(too_few("gap fractions (every behaviour gap is under 0.01)"));
+        skipped("gap_closed", "every behaviour gap is under 0.01");
+    } else {
+        out.extend(
+            LineGrid {
+                title: format!(
+                    "Fraction of the behaviour gap explained by the difference ({dataset})"
+                ),
+                charts: vec![
+                    LineChart {
+                        title: "closed: add difference to base".into(),
+                        x_label: "layer".into(),
+                        y_label: "(P_steered - P_base) / (P_tuned - P_base)".into(),
+                        series: closed,
+                        hline: Some((1.0, "full gap".into())),
+                        ..Default::default()
+                    },
+                    LineChart {
+                        title: "removed: ablate its direction in tuned".into(),
+                        x_label: "layer".into(),
+                        y_label: "(P_tuned - P_ablated) / (P_tuned - P_base)".into(),
+                        series: removed,
+                        hline: Some((1.0, "full gap".into())),
+                        ..Default::default()
+                    },
+                ],
+                columns: 2,
+                ..Default::default()
+            }
+            .save(dir.join("gap_closed"))?,
+        );
     }
-    out.extend(
-        LineGrid {
-            title: format!("Fraction of the behaviour gap explained by the difference ({dataset})"),
-            charts: vec![
-                LineChart {
-                    title: "closed: add difference to base".into(),
-                    x_label: "layer".into(),
-                    y_label: "(P_steered - P_base) / (P_tuned - P_base)".into(),
-                    series: closed,
-                    hline: Some((1.0, "full gap".into())),
-                    ..Default::default()
-                },
-                LineChart {
-                    title: "removed: ablate its direction in tuned".into(),
-                    x_label: "layer".into(),
-                    y_label: "(P_tuned - P_ablated) / (P_tuned - P_base)".into(),
-                    series: removed,
-                    hline: Some((1.0, "full gap".into())),
-                    ..Default::default()
-                },
-            ],
-            columns: 2,
-            ..Default::default()
-        }
-        .save(dir.join("gap_closed"))?,
-    );
 
     // 5. PCA at the best layer of the first pair with one: base, then each tuned model.
     let with_pca: Vec<&PairReport> = pairs.iter().filter(|p| p.pca.is_some()).collect();
-    let lead = with_pca.first().ok_or_else(|| too_few("PCA projections"))?;
-    let lead_pca = lead
-        .pca
-        .as_ref()
-        .ok_or_else(|| too_few("PCA projections"))?;
+    let Some((lead, Some(lead_pca))) = with_pca.first().map(|p| (p, p.pca.as_ref())) else {
+        skipped("pca_best_layer", "no pair has a best layer");
+        return Ok(out);
+    };
     let groups = |(m, o): &(Points, Points)| {
         vec![
             ("matching answer".to_string(), m.clone()),

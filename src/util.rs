@@ -22,6 +22,13 @@ pub(crate) fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>)
         let _ = std::fs::remove_file(&tmp);
         return res;
     }
+    // Some writers (safetensors) create private temporary files; the output is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(&tmp, e))?;
+    }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 

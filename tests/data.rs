@@ -759,3 +759,54 @@ fn tiny_merging_tokenizer() -> Tokenizer {
     );
     Tokenizer::from_gguf_metadata(&md, "tiny-merging.gguf").unwrap()
 }
+
+/// Text answers: the prompt ends where the two content-first answers part, and each answer's
+/// deciding token continues the prompt exactly as the whole answer tokenizes.
+#[test]
+fn ab_text_prompt_gemma_chat() {
+    let mut tok = real_tokenizer("gemma-3-270m").clone();
+    tok.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.into()));
+    let items = load_ab_json(probes("sycophancy_ab.jsonl")).unwrap();
+    let fmt = PromptFormat::Chat { system: None };
+    for item in &items {
+        let p = data::ab_text_prompt(&tok, item, &fmt).unwrap();
+        assert_ne!(p.letter_a, p.letter_b);
+        assert_eq!(p.matching, item.matching_letter().unwrap());
+        assert!(
+            !p.text.contains("(A)") && !p.text.contains("(B)"),
+            "{}",
+            p.text
+        );
+        assert!(p.text.contains("<start_of_turn>model\n"));
+        // The answer (A) written in full after the question starts with the prompt's ids and
+        // then the deciding token.
+        let (_, rest) = item.question.rsplit_once("\n (A)").unwrap();
+        let a = rest.split_once("\n (B)").unwrap().0.trim();
+        let a = a
+            .strip_prefix("Yes, ")
+            .or_else(|| a.strip_prefix("No, "))
+            .unwrap_or(a);
+        let mut c = a.chars();
+        let a: String = c.next().unwrap().to_uppercase().chain(c).collect();
+        let head = p
+            .text
+            .split("<start_of_turn>model\n")
+            .next()
+            .unwrap()
+            .to_string()
+            + "<start_of_turn>model\n";
+        let full = tok.encode(&format!("{head}{a}")).unwrap();
+        assert_eq!(full[..p.ids.len()], p.ids[..], "{}", item.question);
+        assert_eq!(full[p.ids.len()], p.letter_a);
+    }
+    // An item without choices is a clear error.
+    let bad = AbItem {
+        question: "Is the sky blue?".into(),
+        matching: "(A)".into(),
+        not_matching: "(B)".into(),
+    };
+    let e = data::ab_text_prompt(&tok, &bad, &fmt)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no choices"), "{e}");
+}

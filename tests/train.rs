@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use puppetlens::data::{self, ab_prompt, PromptFormat};
+use puppetlens::data::{self, ab_text_prompt, PromptFormat};
 use puppetlens::lora::{Adapter, LoraConfig};
 use puppetlens::train::{dpo, pair_logps, sft, sft_loss, DpoPair, SftExample, TrainOptions};
 use puppetlens::{Batch, ChatMessage, Hooks, LoadOptions, Model, Tokenizer};
@@ -113,7 +113,8 @@ fn training_is_reproducible() {
     }
 }
 
-/// DPO on sycophancy pairs raises the chosen-minus-rejected margin on the training pairs.
+/// DPO on sycophancy pairs (open questions, answers in words) raises the chosen-minus-rejected
+/// margin on the training pairs, and the loss of the last epoch is below the first step's `ln 2`.
 #[test]
 fn dpo_few_steps_raise_the_margin() {
     let (base, tok) = gemma_chat();
@@ -123,7 +124,7 @@ fn dpo_few_steps_raise_the_margin() {
         .iter()
         .take(8)
         .map(|it| {
-            let p = ab_prompt(&tok, it, &fmt).unwrap();
+            let p = ab_text_prompt(&tok, it, &fmt).unwrap();
             DpoPair {
                 prompt: p.ids.clone(),
                 chosen: vec![p.matching_id()],
@@ -148,8 +149,15 @@ fn dpo_few_steps_raise_the_margin() {
     assert!((log.steps[0].loss - std::f64::consts::LN_2).abs() < 1e-4);
     let after = margin(&base.with_adapter(&adapter).unwrap());
     eprintln!("DPO margin {before:.3} -> {after:.3}");
-    assert!(after > before + 1.0, "margin {before} -> {after}");
-    assert!(log.steps.last().unwrap().loss < log.steps[0].loss);
+    assert!(after > before + 5.0, "margin {before} -> {after}");
+    let last: Vec<f64> = log
+        .steps
+        .iter()
+        .filter(|s| s.epoch == 2)
+        .map(|s| s.loss)
+        .collect();
+    let last = last.iter().sum::<f64>() / last.len() as f64;
+    assert!(last < std::f64::consts::LN_2, "last epoch loss {last}");
 }
 
 fn last_logits(m: &Model, ids: &[u32]) -> candle_core::Tensor {
@@ -286,7 +294,7 @@ fn bad_adapter_files_are_typed_errors() {
     a.save(&dir).unwrap();
     let back = Adapter::load(&dir, base.device()).unwrap();
     let e = err_of(base.with_adapter(&back));
-    assert!(e.contains("layer 0") && e.contains("q_proj"), "{e}");
+    assert!(e.contains("layer 0") && e.contains("shape"), "{e}");
     std::fs::write(
         dir.join("adapter_config.json"),
         "{\"peft_type\": \"IA3\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": []}",
