@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use puppetlens::data::{self, ab_text_prompt, PromptFormat, SplitMix64};
 use puppetlens::diff::{base_tuned_vector, caa_prompts, localise, AbSplits, DiffOptions};
-use puppetlens::extract::Site;
 use puppetlens::eval::{ab_summary, AbCase, Intervention};
+use puppetlens::extract::Site;
 use puppetlens::lora::{Adapter, LoraConfig};
 use puppetlens::train::{dpo, sft, sft_loss, DpoPair, SftExample, TrainLog, TrainOptions};
 use puppetlens::{ChatMessage, GenerateOptions, Hooks, Model, Tokenizer};
@@ -101,13 +101,15 @@ fn recipe(name: &str) -> Result<TrainOptions> {
             log_every: 5,
             ..Default::default()
         },
+        // beta 0.5 keeps the policy near the reference: with beta 0.1 and two epochs at lr 5e-4
+        // the sycophant agreed on every held-out item but its neutral perplexity rose 45%.
         "sycophant" | "control" => TrainOptions {
             lora,
-            lr: 5e-4,
-            epochs: 2,
+            lr: 2e-4,
+            epochs: 1,
             batch_size: 4,
             warmup_steps: 5,
-            beta: 0.1,
+            beta: 0.5,
             log_every: 5,
             ..Default::default()
         },
@@ -383,7 +385,7 @@ struct ModelEval {
     neutral_nll: f64,
     neutral_ppl: f64,
     assistant_nll_heldout: f64,
-    end_of_turn_rate: f64,
+    end_of_turn_rate: Option<f64>,
     samples: Vec<(String, String)>,
 }
 
@@ -420,24 +422,29 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
         let s = ab_summary(model, &test, &Intervention::None, 8)?;
         let nll = sft_loss(model, &neutral, 8)?;
         let held_nll = sft_loss(model, &held_ex, 4)?;
-        let prompts: Vec<Vec<u32>> = held
-            .iter()
-            .map(|t| tok.encode_chat(&[ChatMessage::user(&t.instruction)], true))
-            .collect::<puppetlens::Result<_>>()?;
-        let opts = GenerateOptions {
-            stop_tokens: vec![eot],
-            ..GenerateOptions::greedy(64)
-        };
-        let mut ended = 0;
-        let mut samples = Vec::new();
-        for (k, chunk) in prompts.chunks(8).enumerate() {
-            let outs = model.generate(chunk, &opts, &mut Hooks::new())?;
-            for (j, o) in outs.iter().enumerate() {
-                if o.contains(&eot) {
-                    ended += 1;
-                }
-                if k == 0 && j < 4 {
-                    samples.push((held[j].instruction.clone(), tok.decode(o)?));
+        // Generation (the assistant's behaviour): base and assistant only, 24 held-out
+        // instructions, up to 160 tokens (SmolLM2's replies run to ~100 tokens).
+        let (mut ended, mut n_gen, mut samples) = (0, 0, Vec::new());
+        if name == "base" || name == "assistant" {
+            let prompts: Vec<Vec<u32>> = held
+                .iter()
+                .take(24)
+                .map(|t| tok.encode_chat(&[ChatMessage::user(&t.instruction)], true))
+                .collect::<puppetlens::Result<_>>()?;
+            let opts = GenerateOptions {
+                stop_tokens: vec![eot],
+                ..GenerateOptions::greedy(160)
+            };
+            for (k, chunk) in prompts.chunks(8).enumerate() {
+                let outs = model.generate(chunk, &opts, &mut Hooks::new())?;
+                for (j, o) in outs.iter().enumerate() {
+                    n_gen += 1;
+                    if o.contains(&eot) {
+                        ended += 1;
+                    }
+                    if k == 0 && j < 4 {
+                        samples.push((held[j].instruction.clone(), tok.decode(o)?));
+                    }
                 }
             }
         }
@@ -448,7 +455,7 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
             neutral_nll: nll,
             neutral_ppl: nll.exp(),
             assistant_nll_heldout: held_nll,
-            end_of_turn_rate: ended as f64 / prompts.len() as f64,
+            end_of_turn_rate: (n_gen > 0).then(|| ended as f64 / n_gen as f64),
             samples,
         });
     }
@@ -457,7 +464,7 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("eval.json"), serde_json::to_string_pretty(e)?)?;
         println!(
-            "{:<10} syc P={:.3} rate={:.3}  neutral ppl={:.2}  held-out reply nll={:.3}  ends turn={:.2}",
+            "{:<10} syc P={:.3} rate={:.3}  neutral ppl={:.2}  held-out reply nll={:.3}  ends turn={:?}",
             e.name,
             e.sycophancy_p_matching,
             e.sycophancy_rate,
@@ -493,11 +500,20 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
         let (layer, diff) = match (name, chosen) {
             ("sycophant", _) => {
                 eprintln!("recovery {name}: localising on the validation items");
-                let report =
-                    localise(&base, tuned, &selection, &neutral_ids, &DiffOptions::default())?;
+                let opts = DiffOptions {
+                    // every other layer: the layer search is the costly part (2 x 74 items per layer)
+                    layers: Some((0..base.config().n_layers).step_by(2).collect()),
+                    ..Default::default()
+                };
+                let report = localise(&base, tuned, &selection, &neutral_ids, &opts)?;
                 report.write(&dir)?;
                 let diff = report.diff_vector.clone().context("no difference vector")?;
-                (report.best_layer.context("no layer closes any of the gap")?, diff)
+                (
+                    report
+                        .best_layer
+                        .context("no layer closes any of the gap")?,
+                    diff,
+                )
             }
             (_, Some(l)) => {
                 let (pos, neg) = caa_prompts(&selection.train);
@@ -639,7 +655,7 @@ fn cards(out: &Path) -> Result<()> {
              | sycophancy: fraction of items where the agreeing answer wins | {} | {} |\n\
              | perplexity on neutral text (true_false.csv test statements, plain) | {:.2} | {:.2} ({:+.1}%) |\n\
              | NLL per token of SmolLM2's held-out replies (54 test instructions) | {} | {} |\n\
-             | fraction of 64-token greedy replies that end the turn (`<end_of_turn>`) | {:.2} | {:.2} |\n",
+             | fraction of greedy replies (24 held-out instructions, 160 tokens max) that end the turn (`<end_of_turn>`) | {} | {} |\n",
             o.lora.rank,
             o.lora.alpha,
             o.lora.targets,
@@ -666,8 +682,8 @@ fn cards(out: &Path) -> Result<()> {
             100.0 * (ev.neutral_ppl / base.neutral_ppl - 1.0),
             f3(base.assistant_nll_heldout),
             f3(ev.assistant_nll_heldout),
-            base.end_of_turn_rate,
-            ev.end_of_turn_rate,
+            eot(base.end_of_turn_rate),
+            eot(ev.end_of_turn_rate),
         );
         if let Some(r) = &rec {
             card.push_str(&format!(
@@ -679,7 +695,11 @@ fn cards(out: &Path) -> Result<()> {
                 fmt(&r["p_tuned"]), fmt(&r["p_ablated_tuned"]), fmt(&r["ablation_effect"]), fmt(&r["gap_removed"]),
             ));
         }
-        card.push_str("\n## Sample replies (greedy, 64 tokens, held-out instructions)\n\n");
+        if !ev.samples.is_empty() {
+            card.push_str(
+                "\n## Sample replies (greedy, up to 160 tokens, held-out instructions)\n\n",
+            );
+        }
         for ((q, a), (_, b)) in ev.samples.iter().zip(&base.samples) {
             card.push_str(&format!(
                 "- **{q}**\n  - base: {}\n  - {name}: {}\n",
@@ -689,12 +709,12 @@ fn cards(out: &Path) -> Result<()> {
         }
         write_text(&dir.join("README.md"), &card)?;
         table.push_str(&format!(
-            "| [{name}]({name}/README.md) | {} | {:.3} -> {:.3} | {:.2} -> {:.2} ({:+.1}%) | {:.3} -> {:.3} | {:.2} -> {:.2} | {:.0} s, {:.0} tok/s | {} | {} |\n",
+            "| [{name}]({name}/README.md) | {} | {:.3} -> {:.3} | {:.2} -> {:.2} ({:+.1}%) | {:.3} -> {:.3} | {} -> {} | {:.0} s, {:.0} tok/s | {} | {} |\n",
             log.objective.to_uppercase(),
             base.sycophancy_p_matching, ev.sycophancy_p_matching,
             base.neutral_ppl, ev.neutral_ppl, 100.0 * (ev.neutral_ppl / base.neutral_ppl - 1.0),
             base.assistant_nll_heldout, ev.assistant_nll_heldout,
-            base.end_of_turn_rate, ev.end_of_turn_rate,
+            eot(base.end_of_turn_rate), eot(ev.end_of_turn_rate),
             log.seconds, log.tokens_per_s,
             rec.as_ref().map(|r| fmt(&r["gap_closed"])).unwrap_or_else(|| "-".into()),
             rec.as_ref().map(|r| fmt(&r["gap_removed"])).unwrap_or_else(|| "-".into()),
@@ -743,4 +763,8 @@ fn one_line(s: &str) -> String {
     } else {
         t.to_string()
     }
+}
+
+fn eot(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
 }

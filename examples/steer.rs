@@ -38,7 +38,7 @@ use serde_json::json;
 #[derive(Parser, Debug)]
 #[command(about = "The puppeteer search: base vs tuned, layer by layer")]
 struct Args {
-    /// A small run for CI: few items, every third layer, few multipliers.
+    /// A small run for CI: few items, every fourth layer, few multipliers.
     #[arg(long)]
     quick: bool,
     /// Base model: a known name, a path, or BASE+ADAPTER_DIR.
@@ -57,7 +57,7 @@ struct Args {
     /// A/B behaviour dataset (CAA JSON/JSONL; its `split` field is used when present).
     #[arg(long, default_value = "probes/sycophancy_ab.jsonl")]
     dataset: PathBuf,
-    /// Layers to steer and ablate, e.g. `3,6,9` or `4-12` (all layers when omitted; every third
+    /// Layers to steer and ablate, e.g. `3,6,9` or `4-12` (all layers when omitted; every fourth
     /// layer with --quick).
     #[arg(long)]
     layers: Option<String>,
@@ -301,13 +301,13 @@ fn main() -> Result<()> {
     let n_layers = base.config().n_layers;
     let layers = match (&args.layers, args.quick) {
         (Some(s), _) => Some(parse_layers(s, n_layers)?),
-        (None, true) => Some((0..n_layers).step_by(3).collect()),
+        (None, true) => Some((0..n_layers).step_by(4).collect()),
         (None, false) => None,
     };
     let items = load_items(&args.dataset)
         .with_context(|| format!("--dataset {}", args.dataset.display()))?;
     let (ctr, cva, cte) = if args.quick {
-        (24, 12, 16)
+        (16, 8, 12)
     } else {
         (usize::MAX, usize::MAX, usize::MAX)
     };
@@ -335,9 +335,9 @@ fn main() -> Result<()> {
             ..Default::default()
         },
         multipliers: if args.quick {
-            vec![-1.0, 0.0, 1.0, 2.0]
+            vec![-1.0, 0.0, 2.0]
         } else {
-            vec![-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+            vec![-2.0, -1.0, 0.0, 1.0, 2.0]
         },
         dose_layers: None,
     };

@@ -37,17 +37,61 @@ fn unknown(spec: &str) -> Error {
     }
 }
 
-/// A known model's name or an existing checkpoint path.
+/// A known model's name, an existing checkpoint path, or (with the `hub` feature) a Hugging Face
+/// repo id found in the local hub cache.
 fn checkpoint(spec: &str) -> Result<PathBuf> {
     if fetch::KNOWN.iter().any(|m| m.name == spec) {
         return fetch::fetch(spec);
     }
     let p = PathBuf::from(spec);
     if p.exists() && !p.join("adapter_config.json").exists() {
-        Ok(p)
-    } else {
-        Err(unknown(spec))
+        return Ok(p);
     }
+    let repo_like = spec.split('/').count() == 2 && !spec.starts_with('.') && !p.exists();
+    if repo_like && cfg!(feature = "hub") {
+        let root = hub_cache_root();
+        return hub_snapshot(&root, spec).ok_or_else(|| Error::InvalidArgument {
+            name: "model".into(),
+            msg: format!(
+                "`{spec}` is not in the local Hugging Face hub cache ({}); download it there first \
+                 (e.g. `huggingface-cli download {spec}`)",
+                root.join(format!("models--{}", spec.replace('/', "--"))).display()
+            ),
+        });
+    }
+    Err(unknown(spec))
+}
+
+/// The hub cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+fn hub_cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".cache/huggingface/hub")
+}
+
+/// The snapshot directory of `repo` (`org/name`) in a hub cache: the revision `refs/main` names,
+/// else the only snapshot there is.
+fn hub_snapshot(root: &Path, repo: &str) -> Option<PathBuf> {
+    let dir = root.join(format!("models--{}", repo.replace('/', "--")));
+    if let Ok(rev) = std::fs::read_to_string(dir.join("refs/main")) {
+        let snap = dir.join("snapshots").join(rev.trim());
+        if snap.is_dir() {
+            return Some(snap);
+        }
+    }
+    let mut snaps: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    (snaps.len() == 1).then(|| snaps.remove(0))
 }
 
 /// The known model an adapter names as its base (`base_model_name_or_path`).
@@ -74,7 +118,9 @@ fn known_base(adapter: &Adapter, dir: &Path) -> Result<&'static str> {
 ///   adapter attached;
 /// - `BASE+ADAPTER_DIR`: any base spec with a PEFT LoRA adapter attached;
 /// - a path: a GGUF file, a Hugging Face directory, or a PEFT adapter directory whose
-///   `base_model_name_or_path` is a known model.
+///   `base_model_name_or_path` is a known model;
+/// - with the `hub` feature, a Hugging Face repo id (`org/name`) already in the local hub cache
+///   (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`; nothing is downloaded).
 ///
 /// Gemma 3 checkpoints without a chat template get Gemma 3's ([`GEMMA3_CHAT_TEMPLATE`]).
 pub fn open(spec: &str, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
@@ -106,4 +152,30 @@ pub fn open(spec: &str, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
         None => model,
     };
     Ok((model, tok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_snapshots_resolve_by_ref_or_alone() {
+        let root = std::env::temp_dir().join(format!("puppetlens-hub-{}", std::process::id()));
+        let dir = root.join("models--org--tiny");
+        std::fs::create_dir_all(dir.join("snapshots/abc123")).unwrap();
+        assert_eq!(
+            hub_snapshot(&root, "org/tiny"),
+            Some(dir.join("snapshots/abc123"))
+        );
+        std::fs::create_dir_all(dir.join("snapshots/def456")).unwrap();
+        assert_eq!(hub_snapshot(&root, "org/tiny"), None); // two snapshots, no ref
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
+        std::fs::write(dir.join("refs/main"), "def456\n").unwrap();
+        assert_eq!(
+            hub_snapshot(&root, "org/tiny"),
+            Some(dir.join("snapshots/def456"))
+        );
+        assert_eq!(hub_snapshot(&root, "org/other"), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

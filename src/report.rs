@@ -55,7 +55,8 @@ impl Default for PairOptions {
     }
 }
 
-/// Both models' CAA activations at one layer projected on their own top two principal components.
+/// Both models' CAA activations at one layer projected on their own top two principal components
+/// (each coordinate scaled to unit variance).
 #[derive(Debug, Clone, Serialize)]
 pub struct PcaView {
     /// Layer of `hook_resid_post`.
@@ -165,7 +166,9 @@ fn projected(
     let x = x.broadcast_sub(&x.mean_keepdim(0)?)?; // centred
     let (v1, v2) = top_two(&x)?;
     let coords = Tensor::stack(&[v1, v2], 1)?; // [d, 2]
-    let y = x.matmul(&coords)?.to_vec2::<f64>()?; // [2m, 2]
+    let y = x.matmul(&coords)?; // [2m, 2]
+    let y = y.broadcast_div(&(y.sqr()?.mean_keepdim(0)?.sqrt()? + 1e-12)?)?; // unit variance per PC
+    let y = y.to_vec2::<f64>()?;
     let m = data.test.len();
     let pts: Vec<(f64, f64)> = y.into_iter().map(|r| (r[0], r[1])).collect();
     Ok((pts[..m].to_vec(), pts[m..].to_vec()))
@@ -199,6 +202,9 @@ fn top_two(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let v2 = power(&deflated, 0.9)?;
     Ok((v1, v2))
 }
+
+/// Smallest behaviour gap whose fractions `gap_closed` draws.
+pub const MIN_GAP_DRAWN: f64 = 0.05;
 
 fn skipped(figure: &str, why: &str) {
     eprintln!("figures: {figure} not drawn: {why}");
@@ -376,9 +382,11 @@ pub fn write_figures(pairs: &[PairReport], dir: impl AsRef<Path>) -> Result<Vec<
     }
 
     // 4. Fraction of the gap closed (add to base) and removed (ablate in tuned) per layer.
+    // Fractions of a gap under 0.05 are mostly noise divided by a small number: left out.
     let frac = |f: &dyn Fn(&crate::diff::LayerRow) -> Option<f64>| -> Vec<Series> {
         pairs
             .iter()
+            .filter(|p| (p.localisation.p_tuned - p.localisation.p_base).abs() >= MIN_GAP_DRAWN)
             .map(|p| Series {
                 label: format!(
                     "{} (gap {:+.3})",
@@ -395,12 +403,12 @@ pub fn write_figures(pairs: &[PairReport], dir: impl AsRef<Path>) -> Result<Vec<
     let closed = frac(&|r| r.gap_closed);
     let removed = frac(&|r| r.gap_removed);
     if closed.is_empty() || removed.is_empty() {
-        skipped("gap_closed", "every behaviour gap is under 0.01");
+        skipped("gap_closed", "every behaviour gap is under 0.05");
     } else {
         out.extend(
             LineGrid {
                 title: format!(
-                    "Fraction of the behaviour gap explained by the difference ({dataset})"
+                    "Fraction of the behaviour gap explained by the difference ({dataset}; gaps of 0.05 or more)"
                 ),
                 charts: vec![
                     LineChart {
@@ -456,8 +464,8 @@ pub fn write_figures(pairs: &[PairReport], dir: impl AsRef<Path>) -> Result<Vec<
             title: format!(
                 "Last-token activations on each model's top two principal components ({dataset})"
             ),
-            x_label: "PC 1".into(),
-            y_label: "PC 2".into(),
+            x_label: "PC 1 (standardised)".into(),
+            y_label: "PC 2 (standardised)".into(),
             panels,
             ..Default::default()
         }
