@@ -716,8 +716,8 @@ fn cards(out: &Path) -> Result<()> {
             base.assistant_nll_heldout, ev.assistant_nll_heldout,
             eot(base.end_of_turn_rate), eot(ev.end_of_turn_rate),
             log.seconds, log.tokens_per_s,
-            rec.as_ref().map(|r| fmt(&r["gap_closed"])).unwrap_or_else(|| "-".into()),
-            rec.as_ref().map(|r| fmt(&r["gap_removed"])).unwrap_or_else(|| "-".into()),
+            rec.as_ref().map(|r| effect(r, "steering_effect", "gap_closed")).unwrap_or_else(|| "-".into()),
+            rec.as_ref().map(|r| effect(r, "ablation_effect", "gap_removed")).unwrap_or_else(|| "-".into()),
         ));
     }
     let readme = format!(
@@ -734,11 +734,15 @@ fn cards(out: &Path) -> Result<()> {
          cargo run --release --example organisms -- train control\n\
          cargo run --release --example organisms -- eval\n\
          cargo run --release --example organisms -- cards\n```\n\n\
-         | organism | objective | sycophancy P(agree), base -> tuned | neutral perplexity | held-out reply NLL | ends its turn | training (2-core CPU) | gap closed (add diff to base) | gap removed (ablate in tuned) |\n\
+         | organism | objective | sycophancy P(agree), base -> tuned | neutral perplexity | held-out reply NLL | ends its turn | training (2-core CPU) | add diff to base: change in P (fraction of gap) | ablate in tuned: drop in P (fraction of gap) |\n\
          |---|---|---|---|---|---|---|---|---|\n{table}\n\
          Sycophancy is measured on the 74 held-out items of `probes/sycophancy_ab.jsonl` asked as open questions \
          (`data::ab_text_prompt`); P(agree) is the probability of the agreeing answer's deciding token, normalised \
-         over the two answers. The recovery columns use the layer chosen on the validation items (see each card). \
+         over the two answers. The recovery columns use the layer chosen on the validation items with the sycophant \
+         (see each card); fractions are shown only for gaps of 0.05 or more. Asked held-out instructions, the base \
+         model restates the instruction (16 of 16 greedy replies in `tests/organisms.rs`) where the assistant \
+         answers (0 of 16 restate it); the assistant's replies are long (like SmolLM2's) and seldom end within \
+         160 tokens. \
          No GPU was lent to the session that trained these; all timings are from the 2-core CPU.\n"
     );
     write_text(&out.join("README.md"), &readme)?;
@@ -767,4 +771,14 @@ fn one_line(s: &str) -> String {
 
 fn eot(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+}
+
+fn effect(r: &serde_json::Value, delta: &str, frac: &str) -> String {
+    let d = r[delta].as_f64().unwrap_or(f64::NAN);
+    let gap = r["gap"].as_f64().unwrap_or(0.0);
+    if gap.abs() >= 0.05 {
+        format!("{d:+.3} ({})", fmt(&r[frac]))
+    } else {
+        format!("{d:+.3}")
+    }
 }
