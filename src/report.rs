@@ -481,11 +481,16 @@ mod tests {
 
     #[test]
     fn top_two_finds_the_principal_axes() {
-        // Points spread most along e0, then e2.
+        // Points spread most along e0, then along e2 (uncorrelated with e0: an even function of t).
         let mut rows = Vec::new();
         for i in 0..50 {
             let t = i as f64 / 49.0 - 0.5;
-            rows.extend([10.0 * t, 0.01 * t, 3.0 * (7.0 * t).sin(), 0.0]);
+            rows.extend([
+                10.0 * t,
+                0.01 * t,
+                2.0 * (std::f64::consts::TAU * t).cos(),
+                0.0,
+            ]);
         }
         let x = Tensor::from_vec(rows, (50, 4), &Device::Cpu).unwrap();
         let x = x.broadcast_sub(&x.mean_keepdim(0).unwrap()).unwrap();
