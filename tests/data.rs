@@ -795,7 +795,9 @@ fn ab_text_prompt_gemma_chat() {
             .unwrap()
             .to_string()
             + "<start_of_turn>model\n";
-        let full = tok.encode(&format!("{head}{a}")).unwrap();
+        // The rendered chat starts with the BOS already: encode without adding another.
+        assert!(head.starts_with("<bos>"));
+        let full = tok.encode_with(&format!("{head}{a}"), false).unwrap();
         assert_eq!(full[..p.ids.len()], p.ids[..], "{}", item.question);
         assert_eq!(full[p.ids.len()], p.letter_a);
     }
