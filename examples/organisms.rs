@@ -172,9 +172,7 @@ fn finished(reply: &str, ended: bool) -> Option<String> {
         .chars()
         .all(|c| c.is_ascii_digit())
     {
-        return finished(&kept[..kept.len() - last_line.len()], false)
-            .or_else(|| None)
-            .filter(|s| !s.is_empty());
+        return finished(&kept[..kept.len() - last_line.len()], false).filter(|s| !s.is_empty());
     }
     Some(kept.to_string())
 }

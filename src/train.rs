@@ -274,7 +274,6 @@ struct Trainee {
     model: Model,
     vars: Vec<((usize, String), Var, Var)>,
     config: LoraConfig,
-    scale: f64,
 }
 
 impl Trainee {
@@ -313,12 +312,10 @@ impl Trainee {
             model: base.with_lora_paths(&paths, true)?,
             vars,
             config: opts.lora.clone(),
-            scale,
         })
     }
 
     fn adapter(&self, base: &Model) -> Result<Adapter> {
-        let _ = self.scale;
         let mut weights = std::collections::BTreeMap::new();
         for ((l, m), a, b) in &self.vars {
             let a = a.as_tensor().detach().to_dtype(DType::F32)?;
@@ -634,6 +631,20 @@ mod tests {
         m
     }
 
+    /// Sets every B to seeded values in ±0.2 (in the trainee's dtype).
+    fn randomize_b(tr: &Trainee, seed: u64) {
+        let mut rng = SplitMix64::new(seed);
+        for (_, _, b) in &tr.vars {
+            let x: Vec<f64> = (0..b.elem_count())
+                .map(|_| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.4)
+                .collect();
+            let t = Tensor::from_vec(x, b.shape(), &Device::Cpu)
+                .and_then(|t| t.to_dtype(b.dtype()))
+                .unwrap();
+            b.set(&t).unwrap();
+        }
+    }
+
     fn data() -> Vec<SftExample> {
         vec![
             SftExample {
@@ -691,15 +702,7 @@ mod tests {
             };
             let tr = Trainee::new(&base, &opts).unwrap();
             // Non-zero B so that A's gradient is not zero either.
-            let mut rng = SplitMix64::new(3);
-            for (_, _, b) in &tr.vars {
-                let n = b.elem_count();
-                let x: Vec<f64> = (0..n)
-                    .map(|_| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.4)
-                    .collect();
-                b.set(&Tensor::from_vec(x, b.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-            }
+            randomize_b(&tr, 3);
             let data = data();
             let loss = |m: &Model| -> Tensor {
                 let s = sft_scored(m, &data, &[0, 1]).unwrap();
@@ -758,15 +761,7 @@ mod tests {
             ..Default::default()
         };
         let tr = Trainee::new(&base, &opts).unwrap();
-        let mut rng = SplitMix64::new(5);
-        for (_, _, b) in &tr.vars {
-            let n = b.elem_count();
-            let x: Vec<f32> = (0..n)
-                .map(|_| ((rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * 0.4)
-                .collect();
-            b.set(&Tensor::from_vec(x, b.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
+        randomize_b(&tr, 5);
         let mut plain = tr.model.clone();
         plain.unfreeze();
         let data = data();
