@@ -4,18 +4,12 @@
 //! Peak memory is the process's high-water mark (VmHWM in /proc/self/status), read after the model
 //! is loaded and again after extraction; the difference is what extraction itself needed.
 
+#[path = "util/mod.rs"]
+mod util;
+
 use puppetlens::data;
 use puppetlens::extract::{extract_to_dir, ExtractOptions, Site, StoreMeta};
-
-fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+use util::peak_mib;
 
 fn main() -> anyhow::Result<()> {
     let (model, tok) = puppetlens::load(puppetlens::fetch::fetch("smollm2-135m-instruct")?)?;

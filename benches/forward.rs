@@ -7,46 +7,16 @@
 //! kernels. Achieved GFLOP/s are set against this machine's measured f32 matmul rate.
 //! Set `PUPPETLENS_BENCH_QUICK=1` for a short run.
 
-use std::time::Instant;
-
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "util/mod.rs"]
+mod util;
 
 use candle_core::{DType, Device, Tensor};
 use puppetlens::{AddVector, Batch, HookPoint, Hooks, LoadOptions, Model};
+use util::{flops, matmul_rate, time};
 
 const SEQ: usize = 128;
-
-fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    f(); // warm-up
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    best
-}
-
-/// f32 matmul rate of this machine, GFLOP/s, on shapes like the models' projections.
-fn matmul_rate() -> f64 {
-    let a = Tensor::randn(0f32, 1.0, (SEQ * 4, 640), &Device::Cpu).unwrap();
-    let b = Tensor::randn(0f32, 1.0, (2048, 640), &Device::Cpu).unwrap();
-    let s = time(10, || {
-        a.matmul(&b.t().unwrap()).unwrap();
-    });
-    2.0 * (SEQ * 4 * 640 * 2048) as f64 / s / 1e9
-}
-
-/// FLOPs of one forward over `s` tokens with last-position logits only.
-fn flops(m: &Model, s: usize) -> f64 {
-    let c = m.config();
-    let (d, h, kv, hd, f) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_mlp);
-    let proj = d * h * hd * 2 + d * kv * hd * 2 + 3 * d * f; // q, o, k, v, gate, up, down
-    let attn = 2 * h * hd * s; // scores + weighted sum, averaged over the causal triangle (s/2 keys x 2)
-    let per_layer = 2 * proj * s + 2 * attn * s;
-    (c.n_layers * per_layer + 2 * d * c.vocab_size) as f64
-}
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::var_os("PUPPETLENS_BENCH_QUICK").is_some();

@@ -89,13 +89,7 @@ fn main() -> anyhow::Result<()> {
             let s = data::load_with_split("probes/sycophancy_ab.jsonl", data::load_ab_json)?;
             let cases = |v: &[data::AbItem]| -> anyhow::Result<Vec<AbCase>> {
                 Ok(v.iter()
-                    .map(|it| {
-                        data::ab_text_prompt(&tok, it, &chat).map(|p| AbCase {
-                            matching: p.matching_id(),
-                            not_matching: p.not_matching_id(),
-                            ids: p.ids,
-                        })
-                    })
+                    .map(|it| data::ab_text_prompt(&tok, it, &chat).map(AbCase::from))
                     .collect::<puppetlens::Result<_>>()?)
             };
             let (train, val, test) = (cases(&s.train)?, cases(&s.val)?, cases(&s.test)?);
@@ -172,13 +166,7 @@ fn main() -> anyhow::Result<()> {
             let s = data::load_with_split("probes/sycophancy_ab.jsonl", data::load_ab_json)?;
             let cases = |v: &[data::AbItem]| -> anyhow::Result<Vec<AbCase>> {
                 Ok(v.iter()
-                    .map(|it| {
-                        data::ab_prompt(&tok, it, &chat).map(|p| AbCase {
-                            matching: p.matching_id(),
-                            not_matching: p.not_matching_id(),
-                            ids: p.ids,
-                        })
-                    })
+                    .map(|it| data::ab_prompt(&tok, it, &chat).map(AbCase::from))
                     .collect::<puppetlens::Result<_>>()?)
             };
             let (train, test) = (cases(&s.train)?, cases(&s.test)?);

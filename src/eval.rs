@@ -35,6 +35,17 @@ pub struct AbCase {
     pub not_matching: u32,
 }
 
+impl From<crate::data::AbPrompt> for AbCase {
+    /// The prompt's ids with its behaviour-matching and other answer token.
+    fn from(p: crate::data::AbPrompt) -> Self {
+        AbCase {
+            matching: p.matching_id(),
+            not_matching: p.not_matching_id(),
+            ids: p.ids,
+        }
+    }
+}
+
 /// What to do to the model while measuring.
 #[derive(Debug, Clone)]
 pub enum Intervention<'a> {

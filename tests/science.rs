@@ -128,14 +128,7 @@ fn smollm2_sycophancy_vector_moves_the_ab_metric_up_and_down_on_held_out_items()
     let chat = PromptFormat::Chat { system: None };
     let cases = |v: &[data::AbItem]| -> Vec<AbCase> {
         v.iter()
-            .map(|it| {
-                let p = data::ab_text_prompt(tok, it, &chat).unwrap();
-                AbCase {
-                    matching: p.matching_id(),
-                    not_matching: p.not_matching_id(),
-                    ids: p.ids,
-                }
-            })
+            .map(|it| AbCase::from(data::ab_text_prompt(tok, it, &chat).unwrap()))
             .collect()
     };
     let (train, test) = (cases(&s.train), cases(&s.test));

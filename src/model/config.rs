@@ -428,9 +428,17 @@ impl Config {
         if let Json::Object(o) = &mut j {
             if self.arch == Arch::Gemma3 {
                 o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+                // Hugging Face declares it an integer (transformers 5 rejects 256.0); write
+                // it as one when it is whole.
+                let scalar = 1.0 / (self.attn_scale * self.attn_scale);
+                let rounded = scalar.round();
                 o.insert(
                     "query_pre_attn_scalar".into(),
-                    Json::from(1.0 / (self.attn_scale * self.attn_scale)),
+                    if (scalar - rounded).abs() < 1e-6 * rounded.abs().max(1.0) {
+                        Json::from(rounded as i64)
+                    } else {
+                        Json::from(scalar)
+                    },
                 );
                 o.insert(
                     "rope_local_base_freq".into(),

@@ -1,0 +1,315 @@
+//! puppetlens side by side with the PyTorch stack, on the same weights, in one run:
+//! `scripts/peer_bench.sh` (installs PyTorch + transformers into a cache venv, then runs
+//! `cargo bench --bench peers`).
+//!
+//! For each shipped checkpoint, puppetlens's rows are measured first, then
+//! `scripts/peer_bench.py` runs the same work with PyTorch + `transformers` loaded from
+//! puppetlens's safetensors export (f32, forward hooks as nnsight / repeng / steering-vectors use
+//! them), and with TransformerLens when it is installed. Rows: prompt processing with no hooks and
+//! with every `hook_resid_post` cached (one 128-token prompt, and 8 of them as one batch),
+//! extraction of 1000 prompts x all layers to safetensors shards (wall time, peak memory), steered
+//! greedy generation with one additive hook. The steered generations of both stacks are compared
+//! token for token. Achieved GFLOP/s of prompt processing are set against this machine's f32 matmul
+//! rate, measured in the same run.
+//!
+//! `PUPPETLENS_PEER_PYTHON` names the Python to use (default: the venv the script makes);
+//! `PUPPETLENS_BENCH_QUICK=1` makes a short run (fewer repetitions, 200 prompts);
+//! `PUPPETLENS_PEER_MODELS=gemma-3-270m` runs one model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[path = "util/mod.rs"]
+mod util;
+
+use candle_core::{DType, Device, Tensor};
+use puppetlens::extract::{extract_to_dir, ExtractOptions, Site, StoreMeta};
+use puppetlens::{data, AddVector, Batch, GenerateOptions, HookPoint, Hooks};
+use serde_json::{json, Value};
+use util::{flops, matmul_rate, peak_mib, time};
+
+const SEQ: usize = 128;
+const BATCH: usize = 8;
+const NEW_TOKENS: usize = 64;
+
+fn python() -> PathBuf {
+    match std::env::var_os("PUPPETLENS_PEER_PYTHON") {
+        Some(p) => p.into(),
+        None => puppetlens::fetch::cache_dir().join("bench-venv/bin/python"),
+    }
+}
+
+/// Runs one task of `scripts/peer_bench.py` in its own process and returns its JSON.
+fn peer(
+    py: &Path,
+    task: &str,
+    model_dir: &Path,
+    work: &Path,
+    scratch: &Path,
+) -> anyhow::Result<Value> {
+    let out = scratch.join(format!("{task}.json"));
+    let status = Command::new(py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peer_bench.py"))
+        .args(["--task", task, "--threads"])
+        .arg(candle_core::utils::get_num_threads().to_string())
+        .arg("--model-dir")
+        .arg(model_dir)
+        .arg("--work")
+        .arg(work)
+        .arg("--out")
+        .arg(&out)
+        .arg("--store")
+        .arg(scratch.join("py-store"))
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "peer_bench.py --task {task} failed ({status})"
+    );
+    Ok(serde_json::from_str(&std::fs::read_to_string(&out)?)?)
+}
+
+fn secs(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::var_os("PUPPETLENS_BENCH_QUICK").is_some();
+    let reps = if quick { 2 } else { 5 };
+    let n_extract = if quick { 200 } else { 1000 };
+    let py = python();
+    let ok = Command::new(&py)
+        .args(["-c", "import torch, transformers"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    anyhow::ensure!(
+        ok,
+        "{} cannot import torch and transformers: run scripts/peer_bench.sh, or set PUPPETLENS_PEER_PYTHON",
+        py.display()
+    );
+    let rate = matmul_rate();
+    let threads = candle_core::utils::get_num_threads();
+    println!("machine f32 matmul rate: {rate:.0} GFLOP/s ({threads} threads)\n");
+    let mut table = Vec::new();
+    let mut notes = Vec::new();
+    let only = std::env::var("PUPPETLENS_PEER_MODELS").ok();
+    for name in ["smollm2-135m-instruct", "gemma-3-270m"] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|m| m == name))
+        {
+            continue;
+        }
+        let path = puppetlens::fetch::fetch(name)?;
+        let (model, tok) = puppetlens::load(&path)?;
+        let (n_layers, d_model) = (model.config().n_layers, model.config().d_model);
+        let scratch =
+            std::env::temp_dir().join(format!("puppetlens-peers-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+
+        // Extraction first, so that the peak memory it adds is read right after loading.
+        let statements = data::load_labeled_csv(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/true_false.csv"),
+        )?;
+        let frames = ["", "Claim: ", "Is it true? ", "Fact check: "];
+        let prompts: Vec<Vec<u32>> = frames
+            .iter()
+            .flat_map(|f| statements.iter().map(move |s| format!("{f}{}", s.text)))
+            .take(n_extract)
+            .map(|t| tok.encode(&t))
+            .collect::<puppetlens::Result<_>>()?;
+        let n_tokens: usize = prompts.iter().map(|p| p.len()).sum();
+        let after_load = peak_mib();
+        let opts = ExtractOptions {
+            batch_size: 16,
+            shard_size: 256,
+            progress: false,
+            ..ExtractOptions::resid_post(&model, Site::Last)
+        };
+        let t = std::time::Instant::now();
+        extract_to_dir(
+            &model,
+            &prompts,
+            &opts,
+            scratch.join("store"),
+            &StoreMeta::default(),
+        )?;
+        let ours_extract = t.elapsed().as_secs_f64();
+        let ours_peak = (after_load, peak_mib());
+
+        // The same weights for PyTorch.
+        let export = scratch.join("hf");
+        model.export_safetensors(&export)?;
+
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+        let mut ids = tok.encode(&text)?;
+        ids.truncate(SEQ);
+        let gen_prompt = tok.encode("Once upon a time, in a small village by the sea,")?;
+        let mid = n_layers / 2;
+        let vector = vec![1f32; d_model];
+        let work = scratch.join("work.json");
+        std::fs::write(
+            &work,
+            serde_json::to_vec(&json!({
+                "prompt": ids, "batch": BATCH, "reps": reps,
+                "extract_prompts": prompts, "batch_size": 16, "shard_size": 256,
+                "pad_id": tok.eos_id().unwrap_or(0),
+                "gen_prompt": gen_prompt, "gen_new_tokens": NEW_TOKENS, "gen_reps": reps.min(3),
+                "steer_layer": mid, "steer_vector": vector,
+                "tl_name": if name.starts_with("smollm2") { "meta-llama/Llama-3.2-1B" } else { "google/gemma-3-270m" },
+            }))?,
+        )?;
+
+        // puppetlens rows.
+        let single = Batch::single(&ids)?;
+        let rows8: Vec<&[u32]> = (0..BATCH).map(|_| ids.as_slice()).collect();
+        let batch8 = Batch::new(&rows8)?;
+        let cached = |b: &Batch| {
+            let mut cache = puppetlens::ActivationCache::new();
+            let mut hooks = Hooks::new();
+            hooks.add_where(|p| matches!(p, HookPoint::ResidPost(_)), &mut cache);
+            model.forward_last(b, &mut hooks).unwrap();
+        };
+        let ours_1 = time(reps, || {
+            model.forward_last(&single, &mut Hooks::new()).unwrap();
+        });
+        let ours_1c = time(reps, || cached(&single));
+        let ours_8 = time(reps, || {
+            model.forward_last(&batch8, &mut Hooks::new()).unwrap();
+        });
+        let ours_8c = time(reps, || cached(&batch8));
+        let v = Tensor::new(vector.as_slice(), &Device::Cpu)?.to_dtype(DType::F32)?;
+        let gen_opts = GenerateOptions::greedy(NEW_TOKENS);
+        let mut ours_tokens = Vec::new();
+        let ours_gen = time(reps.min(3), || {
+            let mut hooks = Hooks::new();
+            hooks.add(HookPoint::ResidPost(mid), AddVector::new(v.clone(), 1.0));
+            let out = model
+                .generate(&[gen_prompt.as_slice()], &gen_opts, &mut hooks)
+                .unwrap();
+            ours_tokens = out[0].clone();
+        });
+
+        // The PyTorch stack, one process per task.
+        let pre = peer(&py, "prefill", &export, &work, &scratch)?;
+        let ext = peer(&py, "extract", &export, &work, &scratch)?;
+        let gen = peer(&py, "generate", &export, &work, &scratch)?;
+        let tl = peer(&py, "tl", &export, &work, &scratch)?;
+        let theirs_tokens: Vec<u32> = gen["tokens"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_u64().map(|t| t as u32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let same = ours_tokens
+            .iter()
+            .zip(&theirs_tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        notes.push(format!(
+            "{name}: torch {}, transformers {}, {} threads; steered greedy tokens equal for the first {same} of {NEW_TOKENS}; TransformerLens: {}",
+            pre["torch"].as_str().unwrap_or("?"),
+            pre["transformers"].as_str().unwrap_or("?"),
+            pre["threads"],
+            tl["skipped"].as_str().map(str::to_string).unwrap_or_else(|| format!("{}", tl["tl_version"]))
+        ));
+
+        let fl1 = flops(&model, SEQ);
+        let pct = |s: f64, n: usize| 100.0 * n as f64 * fl1 / s / 1e9 / rate;
+        let tps = |s: f64, n: usize| n as f64 / s;
+        let mut row =
+            |what: &str, ours: f64, theirs: f64, unit_tokens: usize, pct_of: Option<usize>| {
+                table.push(format!(
+                    "| {name} | {what} | {:.0} | {:.0} | {:.2}x | {} |",
+                    tps(ours, unit_tokens),
+                    tps(theirs, unit_tokens),
+                    theirs / ours,
+                    pct_of
+                        .map(|n| format!("{:.0}%", pct(ours, n)))
+                        .unwrap_or_else(|| "-".into())
+                ));
+            };
+        row(
+            "prompt, 1 x 128 tokens, no hooks",
+            ours_1,
+            secs(&pre, "no_hooks_s"),
+            SEQ,
+            Some(1),
+        );
+        row(
+            "prompt, 1 x 128 tokens, all resid_post cached",
+            ours_1c,
+            secs(&pre, "cached_s"),
+            SEQ,
+            Some(1),
+        );
+        row(
+            &format!("prompt, {BATCH} x 128 tokens, no hooks"),
+            ours_8,
+            secs(&pre, "batch_no_hooks_s"),
+            BATCH * SEQ,
+            Some(BATCH),
+        );
+        row(
+            &format!("prompt, {BATCH} x 128 tokens, all resid_post cached"),
+            ours_8c,
+            secs(&pre, "batch_cached_s"),
+            BATCH * SEQ,
+            Some(BATCH),
+        );
+        row(
+            &format!(
+                "extraction, {} prompts x {n_layers} layers to disk",
+                prompts.len()
+            ),
+            ours_extract,
+            secs(&ext, "seconds"),
+            n_tokens,
+            None,
+        );
+        row(
+            &format!("steered greedy generation, {NEW_TOKENS} new tokens"),
+            ours_gen,
+            secs(&gen, "seconds"),
+            NEW_TOKENS,
+            None,
+        );
+        if tl.get("skipped").is_none() {
+            row(
+                "prompt, 1 x 128 tokens, no hooks (vs TransformerLens)",
+                ours_1,
+                secs(&tl, "no_hooks_s"),
+                SEQ,
+                None,
+            );
+            row(
+                "prompt, 1 x 128 tokens, all resid_post cached (vs TransformerLens run_with_cache)",
+                ours_1c,
+                secs(&tl, "cached_s"),
+                SEQ,
+                None,
+            );
+        }
+        notes.push(format!(
+            "{name}: extraction peak RSS after load / after extraction, MiB: puppetlens {:.0} / {:.0}, PyTorch {:.0} / {:.0}",
+            ours_peak.0,
+            ours_peak.1,
+            secs(&ext, "peak_after_load_mib"),
+            secs(&ext, "peak_after_mib")
+        ));
+        std::fs::remove_dir_all(&scratch).ok();
+    }
+    println!("| model | work | puppetlens tokens/s | PyTorch tokens/s | puppetlens speed-up | puppetlens % of matmul rate |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in table {
+        println!("{r}");
+    }
+    println!();
+    for n in notes {
+        println!("- {n}");
+    }
+    println!("\nBest of {reps} runs after a warm-up; prompt rows compute last-position logits only (PyTorch: logits_to_keep=1).");
+    Ok(())
+}
