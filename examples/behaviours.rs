@@ -53,6 +53,22 @@ fn encode(
         .collect::<puppetlens::Result<_>>()?)
 }
 
+/// The project's refusal requests (recorded split) and the harmful-minus-harmless direction of
+/// the last-token residual at every layer, from the training split.
+fn refusal_direction(
+    model: &Model,
+    tok: &Tokenizer,
+    chat: &PromptFormat,
+) -> anyhow::Result<(data::Split<data::Labeled>, SteeringVector)> {
+    let s = data::load_with_split("probes/refusal_requests.jsonl", |p| {
+        data::load_labeled_instructions(p, "harmful")
+    })?;
+    let harmful = last_token(model, &encode(tok, &s.train, chat, Some(true))?)?;
+    let harmless = last_token(model, &encode(tok, &s.train, chat, Some(false))?)?;
+    let v = SteeringVector::mean_diff(&harmful, &harmless, model.config().n_layers)?;
+    Ok((s, v))
+}
+
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_else(|| "truth".into());
     let (model, tok) = puppetlens::load(fetch::fetch("smollm2-135m-instruct")?)?;
@@ -198,12 +214,7 @@ fn main() -> anyhow::Result<()> {
             // Held-out prompts the model refuses unsteered; the harmful-minus-harmless direction
             // (project train split) ablated at every layer and position; a random direction of
             // the same layer as the control; KL on held-out harmless prompts as the side effect.
-            let s = data::load_with_split("probes/refusal_requests.jsonl", |p| {
-                data::load_labeled_instructions(p, "harmful")
-            })?;
-            let harmful = last_token(&model, &encode(&tok, &s.train, &chat, Some(true))?)?;
-            let harmless = last_token(&model, &encode(&tok, &s.train, &chat, Some(false))?)?;
-            let v = SteeringVector::mean_diff(&harmful, &harmless, n_layers)?;
+            let (s, v) = refusal_direction(&model, &tok, &chat)?;
             let refused = |ids: Vec<Vec<u32>>| -> anyhow::Result<Vec<Vec<u32>>> {
                 let (_, gens) = refusal_rate(&model, &tok, &ids, &Intervention::None, 24, 16)?;
                 Ok(ids
@@ -339,12 +350,7 @@ fn main() -> anyhow::Result<()> {
             serde_json::Value::Object(out)
         }
         "refusal" => {
-            let s = data::load_with_split("probes/refusal_requests.jsonl", |p| {
-                data::load_labeled_instructions(p, "harmful")
-            })?;
-            let harmful = last_token(&model, &encode(&tok, &s.train, &chat, Some(true))?)?;
-            let harmless = last_token(&model, &encode(&tok, &s.train, &chat, Some(false))?)?;
-            let v = SteeringVector::mean_diff(&harmful, &harmless, n_layers)?;
+            let (s, v) = refusal_direction(&model, &tok, &chat)?;
             let (test_harmful, test_harmless) = (
                 encode(&tok, &s.test, &chat, Some(true))?,
                 encode(&tok, &s.test, &chat, Some(false))?,
