@@ -156,7 +156,6 @@ fn main() -> anyhow::Result<()> {
                 "pad_id": tok.eos_id().unwrap_or(0),
                 "gen_prompt": gen_prompt, "gen_new_tokens": NEW_TOKENS, "gen_reps": reps.min(3),
                 "steer_layer": mid, "steer_vector": vector,
-                "tl_name": if name.starts_with("smollm2") { "meta-llama/Llama-3.2-1B" } else { "google/gemma-3-270m" },
             }))?,
         )?;
 

@@ -282,14 +282,7 @@ fn sycophancy_cases(tok: &Tokenizer) -> Result<data::Split<(AbCase, data::AbItem
     let fmt = PromptFormat::Chat { system: None };
     Ok(parts.map(|item| {
         let p = ab_text_prompt(tok, &item, &fmt).expect("sycophancy prompt");
-        (
-            AbCase {
-                ids: p.ids.clone(),
-                matching: p.matching_id(),
-                not_matching: p.not_matching_id(),
-            },
-            item,
-        )
+        (AbCase::from(p), item)
     }))
 }
 

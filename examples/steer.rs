@@ -137,11 +137,7 @@ fn cases(tok: &Tokenizer, items: &[AbItem], cap: usize, text: bool) -> Result<Ve
             } else {
                 ab_prompt(tok, it, &fmt)?
             };
-            Ok(AbCase {
-                ids: p.ids.clone(),
-                matching: p.matching_id(),
-                not_matching: p.not_matching_id(),
-            })
+            Ok(AbCase::from(p))
         })
         .collect()
 }

@@ -34,14 +34,7 @@ fn labeled_prompts(
 fn ab_cases(tok: &Tokenizer, items: &[data::AbItem], fmt: &PromptFormat) -> Vec<AbCase> {
     items
         .iter()
-        .map(|it| {
-            let p = data::ab_prompt(tok, it, fmt).unwrap();
-            AbCase {
-                matching: p.matching_id(),
-                not_matching: p.not_matching_id(),
-                ids: p.ids,
-            }
-        })
+        .map(|it| AbCase::from(data::ab_prompt(tok, it, fmt).unwrap()))
         .collect()
 }
 
@@ -181,7 +174,8 @@ fn smollm2_sycophancy_vector_moves_the_ab_metric_up_and_down_on_held_out_items()
 /// The layer of the refusal direction, chosen on the 12 validation prompts SmolLM2 refuses: the
 /// fewest refusals left after ablation among layers 2, 4, ..., 28 whose ablation keeps the mean
 /// per-token KL on the validation harmless prompts under 1 nat (`behaviours refusal-ablation`;
-/// layers 2-14 that remove refusal turn the output into repetitions, KL 1.7-6.1).
+/// layers 2, 4, 10, 12 and 14 remove most or all refusals but turn the output into repetitions,
+/// KL 1.7-6.1).
 const REFUSAL_LAYER: usize = 22;
 
 /// Refusal on SmolLM2: the harmful-minus-harmless direction (last token of chat prompts, project

@@ -808,11 +808,7 @@ impl<'a> Prompter<'a> {
         } else {
             data::ab_prompt(self.tok, item, &self.ab)?
         };
-        Ok(AbCase {
-            ids: p.ids.clone(),
-            matching: p.matching_id(),
-            not_matching: p.not_matching_id(),
-        })
+        Ok(AbCase::from(p))
     }
 
     fn cases(&self, items: &[AbItem]) -> Result<Vec<AbCase>> {
