@@ -15,6 +15,13 @@
 //! `PUPPETLENS_PEER_PYTHON` names the Python to use (default: the venv the script makes);
 //! `PUPPETLENS_BENCH_QUICK=1` makes a short run (fewer repetitions, 200 prompts);
 //! `PUPPETLENS_PEER_MODELS=gemma-3-270m` runs one model.
+//!
+//! On a GPU (`PUPPETLENS_BENCH_DEVICE=cuda:0`, a build with `--features cuda`; `scripts/gpu_check.sh`
+//! runs it on a GPU machine) both stacks run there, and after its timed rows the bench checks the
+//! GPU against the CPU on the same weights: last-position logits and every hook point of a padded
+//! batch, and steered greedy tokens. It stops with an error when they disagree beyond f32
+//! tolerance. `PUPPETLENS_BENCH_CHECK=1` runs that check on the CPU too (CPU against CPU: a dry run
+//! of the GPU script's path).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,9 +31,11 @@ mod util;
 
 use candle_core::{DType, Device, Tensor};
 use puppetlens::extract::{extract_to_dir, ExtractOptions, Site, StoreMeta};
-use puppetlens::{data, AddVector, Batch, GenerateOptions, HookPoint, Hooks};
+use puppetlens::{
+    data, AddVector, Batch, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Tokenizer,
+};
 use serde_json::{json, Value};
-use util::{flops, matmul_rate, peak_mib, time};
+use util::{bench_device, flops, matmul_rate_on, peak_mib, repo_root, time};
 
 const SEQ: usize = 128;
 const BATCH: usize = 8;
@@ -42,6 +51,7 @@ fn python() -> PathBuf {
 /// Runs one task of `scripts/peer_bench.py` in its own process and returns its JSON.
 fn peer(
     py: &Path,
+    device: &str,
     task: &str,
     model_dir: &Path,
     work: &Path,
@@ -49,8 +59,8 @@ fn peer(
 ) -> anyhow::Result<Value> {
     let out = scratch.join(format!("{task}.json"));
     let status = Command::new(py)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peer_bench.py"))
-        .args(["--task", task, "--threads"])
+        .arg(repo_root().join("scripts/peer_bench.py"))
+        .args(["--device", device, "--task", task, "--threads"])
         .arg(candle_core::utils::get_num_threads().to_string())
         .arg("--model-dir")
         .arg(model_dir)
@@ -87,9 +97,25 @@ fn main() -> anyhow::Result<()> {
         "{} cannot import torch and transformers: run scripts/peer_bench.sh, or set PUPPETLENS_PEER_PYTHON",
         py.display()
     );
-    let rate = matmul_rate();
+    let device = bench_device()?;
+    let gpu = !device.is_cpu();
+    // PyTorch's name for the same device.
+    let torch_device = match &device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(_) => std::env::var("PUPPETLENS_BENCH_DEVICE").unwrap_or("cuda".into()),
+        Device::Metal(_) => "mps".to_string(),
+    };
+    let rate = matmul_rate_on(&device);
     let threads = candle_core::utils::get_num_threads();
-    println!("machine f32 matmul rate: {rate:.0} GFLOP/s ({threads} threads)\n");
+    println!(
+        "{} f32 matmul rate: {rate:.0} GFLOP/s ({})\n",
+        if gpu { "device" } else { "machine" },
+        if gpu {
+            format!("{device:?}")
+        } else {
+            format!("{threads} threads")
+        }
+    );
     let mut table = Vec::new();
     let mut notes = Vec::new();
     let only = std::env::var("PUPPETLENS_PEER_MODELS").ok();
@@ -101,16 +127,18 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let path = puppetlens::fetch::fetch(name)?;
-        let (model, tok) = puppetlens::load(&path)?;
+        let opts = LoadOptions {
+            device: device.clone(),
+            ..LoadOptions::default()
+        };
+        let (model, tok) = puppetlens::load_with(&path, &opts)?;
         let (n_layers, d_model) = (model.config().n_layers, model.config().d_model);
         let scratch =
             std::env::temp_dir().join(format!("puppetlens-peers-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
 
         // Extraction first, so that the peak memory it adds is read right after loading.
-        let statements = data::load_labeled_csv(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("probes/true_false.csv"),
-        )?;
+        let statements = data::load_labeled_csv(repo_root().join("probes/true_false.csv"))?;
         let frames = ["", "Claim: ", "Is it true? ", "Fact check: "];
         let prompts: Vec<Vec<u32>> = frames
             .iter()
@@ -126,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             progress: false,
             ..ExtractOptions::resid_post(&model, Site::Last)
         };
+        let after_load_gpu = gpu_mib(&device);
         let t = std::time::Instant::now();
         extract_to_dir(
             &model,
@@ -135,7 +164,11 @@ fn main() -> anyhow::Result<()> {
             &StoreMeta::default(),
         )?;
         let ours_extract = t.elapsed().as_secs_f64();
-        let ours_peak = (after_load, peak_mib());
+        let ours_peak = if gpu {
+            (after_load_gpu, gpu_mib(&device))
+        } else {
+            (after_load, peak_mib())
+        };
 
         // The same weights for PyTorch.
         let export = scratch.join("hf");
@@ -163,21 +196,25 @@ fn main() -> anyhow::Result<()> {
         let single = Batch::single(&ids)?;
         let rows8: Vec<&[u32]> = (0..BATCH).map(|_| ids.as_slice()).collect();
         let batch8 = Batch::new(&rows8)?;
+        let sync = || device.synchronize().unwrap();
         let cached = |b: &Batch| {
             let mut cache = puppetlens::ActivationCache::new();
             let mut hooks = Hooks::new();
             hooks.add_where(|p| matches!(p, HookPoint::ResidPost(_)), &mut cache);
             model.forward_last(b, &mut hooks).unwrap();
+            sync();
         };
         let ours_1 = time(reps, || {
             model.forward_last(&single, &mut Hooks::new()).unwrap();
+            sync();
         });
         let ours_1c = time(reps, || cached(&single));
         let ours_8 = time(reps, || {
             model.forward_last(&batch8, &mut Hooks::new()).unwrap();
+            sync();
         });
         let ours_8c = time(reps, || cached(&batch8));
-        let v = Tensor::new(vector.as_slice(), &Device::Cpu)?.to_dtype(DType::F32)?;
+        let v = Tensor::new(vector.as_slice(), &device)?.to_dtype(DType::F32)?;
         let gen_opts = GenerateOptions::greedy(NEW_TOKENS);
         let mut ours_tokens = Vec::new();
         let ours_gen = time(reps.min(3), || {
@@ -190,10 +227,11 @@ fn main() -> anyhow::Result<()> {
         });
 
         // The PyTorch stack, one process per task.
-        let pre = peer(&py, "prefill", &export, &work, &scratch)?;
-        let ext = peer(&py, "extract", &export, &work, &scratch)?;
-        let gen = peer(&py, "generate", &export, &work, &scratch)?;
-        let tl = peer(&py, "tl", &export, &work, &scratch)?;
+        let td = torch_device.as_str();
+        let pre = peer(&py, td, "prefill", &export, &work, &scratch)?;
+        let ext = peer(&py, td, "extract", &export, &work, &scratch)?;
+        let gen = peer(&py, td, "generate", &export, &work, &scratch)?;
+        let tl = peer(&py, td, "tl", &export, &work, &scratch)?;
         let theirs_tokens: Vec<u32> = gen["tokens"]
             .as_array()
             .map(|a| {
@@ -208,8 +246,9 @@ fn main() -> anyhow::Result<()> {
             .take_while(|(a, b)| a == b)
             .count();
         notes.push(format!(
-            "{name}: torch {}, transformers {}, {} threads; steered greedy tokens equal for the first {same} of {NEW_TOKENS}; TransformerLens: {}",
+            "{name}: torch {} on {}, transformers {}, {} threads; steered greedy tokens equal for the first {same} of {NEW_TOKENS}; TransformerLens: {}",
             pre["torch"].as_str().unwrap_or("?"),
+            pre["device"].as_str().unwrap_or("cpu"),
             pre["transformers"].as_str().unwrap_or("?"),
             pre["threads"],
             tl["skipped"].as_str().map(str::to_string).unwrap_or_else(|| format!("{}", tl["tl_version"]))
@@ -292,12 +331,21 @@ fn main() -> anyhow::Result<()> {
             );
         }
         notes.push(format!(
-            "{name}: extraction peak RSS after load / after extraction, MiB: puppetlens {:.0} / {:.0}, PyTorch {:.0} / {:.0}",
+            "{name}: extraction peak {} after load / after extraction, MiB: puppetlens {:.0} / {:.0}, PyTorch {:.0} / {:.0}",
+            if gpu { "GPU memory" } else { "RSS" },
             ours_peak.0,
             ours_peak.1,
             secs(&ext, "peak_after_load_mib"),
             secs(&ext, "peak_after_mib")
         ));
+        // Last, so that the CPU copy it loads weighs on no measurement above.
+        if gpu || std::env::var_os("PUPPETLENS_BENCH_CHECK").is_some() {
+            let (cpu, _) = puppetlens::load(&path)?;
+            let checked = check_against_cpu(&cpu, &model, &tok)?;
+            println!("{name}: {checked}");
+            let what = if gpu { "GPU" } else { "CPU (dry run)" };
+            notes.push(format!("{name}: {what} vs CPU, {checked}"));
+        }
         std::fs::remove_dir_all(&scratch).ok();
     }
     println!("| model | work | puppetlens tokens/s | PyTorch tokens/s | puppetlens speed-up | puppetlens % of matmul rate |");
@@ -311,4 +359,103 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\nBest of {reps} runs after a warm-up; prompt rows compute last-position logits only (PyTorch: logits_to_keep=1).");
     Ok(())
+}
+
+/// GPU memory in use, MiB, as the driver reports it for the whole device (NaN on the CPU or when
+/// `nvidia-smi` is missing).
+fn gpu_mib(device: &Device) -> f64 {
+    if device.is_cpu() {
+        return f64::NAN;
+    }
+    Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// Largest |a - b| over all elements, and that divided by the largest |b|.
+fn diff(a: &Tensor, b: &Tensor) -> anyhow::Result<(f32, f32)> {
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let d = (&a - &b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    let m = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok((d, d / m.max(f32::MIN_POSITIVE)))
+}
+
+/// f32 tolerance on logits of magnitude ~20-30 computed by equivalent ops in another order: the one
+/// `tests/reference.rs` holds puppetlens to against candle-transformers on the CPU (worst measured
+/// there 3.2e-5 SmolLM2, 7.6e-5 Gemma 3).
+const LOGIT_TOL: f32 = 2.5e-4;
+/// Relative tolerance on every hook point's activations (largest |difference| over largest |value|
+/// of that point): f32 rounding accumulated over the layers, ~10x the logits' relative error above.
+const ACT_REL_TOL: f32 = 1e-4;
+/// Steered greedy tokens that must agree: as many as `tests/reference.rs` compares greedily.
+const SAME_TOKENS: usize = 16;
+
+/// The GPU model against the CPU one on the same weights: last-position logits and all hook points
+/// of a padded batch of three prompts, and 64 steered greedy tokens. Errors when they disagree.
+fn check_against_cpu(cpu: &Model, dev: &Model, tok: &Tokenizer) -> anyhow::Result<String> {
+    let texts = [
+        "The capital of France is",
+        "In 1969, two astronauts walked on the surface of the Moon while a third",
+        "def fibonacci(n):",
+    ];
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tok.encode(t))
+        .collect::<puppetlens::Result<_>>()?;
+    let rows: Vec<&[u32]> = ids.iter().map(|r| r.as_slice()).collect();
+    let batch = Batch::new(&rows)?; // left-padded: exercises the masks and positions
+    let (a, b) = (
+        cpu.forward_last(&batch, &mut Hooks::new())?,
+        dev.forward_last(&batch, &mut Hooks::new())?,
+    );
+    let (d_logits, _) = diff(&b, &a)?;
+    let (cache_cpu, cache_dev) = (cpu.cache(&batch, |_| true)?, dev.cache(&batch, |_| true)?);
+    let mut worst = (f32::NEG_INFINITY, String::new());
+    for p in cpu.hook_points() {
+        let (x, y) = match (cache_cpu.get(p), cache_dev.get(p)) {
+            (Some(x), Some(y)) => (x, y),
+            _ => anyhow::bail!("hook point {p} missing from a cache"),
+        };
+        let (_, rel) = diff(y, x)?;
+        if !(rel <= worst.0) {
+            // NaN counts as the worst
+            worst = (rel, p.to_string());
+        }
+    }
+    let prompt = tok.encode("Once upon a time, in a small village by the sea,")?;
+    let mid = cpu.config().n_layers / 2;
+    let d = cpu.config().d_model;
+    let steered = |m: &Model| -> anyhow::Result<Vec<u32>> {
+        let v = Tensor::ones(d, DType::F32, m.device())?;
+        let mut hooks = Hooks::new();
+        hooks.add(HookPoint::ResidPost(mid), AddVector::new(v, 1.0));
+        Ok(m.generate(
+            &[prompt.as_slice()],
+            &GenerateOptions::greedy(NEW_TOKENS),
+            &mut hooks,
+        )?
+        .remove(0))
+    };
+    let (ta, tb) = (steered(cpu)?, steered(dev)?);
+    let same = ta.iter().zip(&tb).take_while(|(x, y)| x == y).count();
+    let summary = format!(
+        "last-position logits max abs diff {d_logits:.2e} (tolerance {LOGIT_TOL:.1e}); worst hook point \
+         {} relative diff {:.2e} (tolerance {ACT_REL_TOL:.0e}); steered greedy tokens equal for the first \
+         {same} of {NEW_TOKENS}",
+        worst.1, worst.0
+    );
+    anyhow::ensure!(
+        d_logits <= LOGIT_TOL && worst.0 <= ACT_REL_TOL && same >= SAME_TOKENS,
+        "GPU and CPU disagree: {summary}"
+    );
+    Ok(summary)
 }

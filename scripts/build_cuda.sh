@@ -13,6 +13,7 @@
 # Usage (from the repo root):
 #   scripts/build_cuda.sh                 # lib + bin + examples, release
 #   scripts/build_cuda.sh --tests         # also `cargo test --no-run`
+#   scripts/build_cuda.sh --bench         # also the peer benchmark's binary (scripts/gpu_stage.sh)
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh   # A100 instead of H100 (default 90)
 #   CARGO_TARGET_DIR=target scripts/build_cuda.sh
 #
@@ -131,7 +132,8 @@ echo ">> nvcc: $("$NVCC" --version | tail -2 | head -1)"
 echo ">> CUDA_HOME=$CUDA_HOME CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
 "${NICE[@]}" cargo build --release --features cuda --lib --bins --examples
-if [ "${1:-}" = "--tests" ]; then
-  "${NICE[@]}" cargo test --release --features cuda --no-run
-fi
+case "${1:-}" in
+  --tests) "${NICE[@]}" cargo test --release --features cuda --no-run ;;
+  --bench) "${NICE[@]}" cargo bench --features cuda --bench peers --no-run ;;
+esac
 echo ">> built: $CARGO_TARGET_DIR/release/puppetlens"

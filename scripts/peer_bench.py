@@ -14,6 +14,7 @@ Tasks (``--task``):
   tl        the prefill rows with TransformerLens (its TransformerBridge), when it is installed
 
 Usage: peer_bench.py --task T --model-dir DIR --work work.json --out result.json [--threads 2]
+       [--device cuda]   (a GPU: timings synchronise the device; peak memory is the GPU's)
 """
 
 import argparse
@@ -23,18 +24,31 @@ import resource
 import sys
 import time
 
+DEVICE = "cpu"  # set from --device
+
+
+def sync():
+    if DEVICE != "cpu":
+        import torch
+        torch.cuda.synchronize()
+
 
 def peak_mib():
+    if DEVICE != "cpu":
+        import torch
+        return torch.cuda.max_memory_allocated() / 2**20
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def best_of(reps, f):
     f()  # warm-up
+    sync()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         f()
+        sync()
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -43,9 +57,14 @@ def load(model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE)
     model.eval()
     return model
+
+
+def tensor(x, dtype=None):
+    import torch
+    return torch.tensor(x, dtype=dtype or torch.long, device=DEVICE)
 
 
 def layer_output(out):
@@ -66,7 +85,7 @@ def task_prefill(model_dir, work):
     import torch
 
     model = load(model_dir)
-    ids = torch.tensor([work["prompt"]], dtype=torch.long)
+    ids = tensor([work["prompt"]])
     reps = work["reps"]
     res = {}
     with torch.inference_mode():
@@ -111,13 +130,14 @@ def task_extract(model_dir, work, out_dir):
                 p = prompts[i]
                 ids[r, width - len(p):] = torch.tensor(p)
                 mask[r, width - len(p):] = 1
+            ids, mask = ids.to(DEVICE), mask.to(DEVICE)
             # Positions count real tokens only (left padding), as puppetlens's batches do.
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
             # Left padding: the last position is every row's last token. [batch, n_layers, d_model]
             last = torch.stack([store[f"blocks.{l}.hook_resid_post"][:, -1] for l in range(n_layers)], 1)
             for r, i in enumerate(idx):
-                rows[i] = last[r].clone()
+                rows[i] = last[r].cpu()
         # Shards of `shard_size` prompts in input order, TransformerLens keys.
         for s in range(0, len(prompts), shard_size):
             block = torch.stack(rows[s:s + shard_size])  # [n, n_layers, d_model]
@@ -134,8 +154,8 @@ def task_generate(model_dir, work):
     import torch
 
     model = load(model_dir)
-    ids = torch.tensor([work["gen_prompt"]], dtype=torch.long)
-    vec = torch.tensor(work["steer_vector"], dtype=torch.float32)
+    ids = tensor([work["gen_prompt"]])
+    vec = tensor(work["steer_vector"], torch.float32)
     layer = model.model.layers[work["steer_layer"]]
 
     def add(_m, _inp, out):
@@ -180,7 +200,7 @@ def task_tl(model_dir, work):
         return {"skipped": f"TransformerLens's TransformerBridge unavailable: {e}"}
 
     hf = load(model_dir)
-    ids = torch.tensor([work["prompt"]], dtype=torch.long)
+    ids = tensor([work["prompt"]])
     reps = work["reps"]
     # The HF model's own logits first: the bridge swaps its components into `hf` in place.
     with torch.inference_mode():
@@ -192,7 +212,7 @@ def task_tl(model_dir, work):
     arch = type(hf).__name__  # LlamaForCausalLM, Gemma3ForCausalLM: the adapter's key
     try:
         model = build_bridge_from_module(hf, arch, hf_config=hf.config, dtype=torch.float32,
-                                         device="cpu", model_name=model_dir)
+                                         device=DEVICE, model_name=model_dir)
     except Exception as e:  # no adapter for this architecture in this version, or it fails
         return {"skipped": f"TransformerBridge could not wrap {arch}: {e}"}
     model.eval()
@@ -229,7 +249,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", default=None, help="extract: output directory for the shards")
+    ap.add_argument("--device", default="cpu", help="cpu, or a GPU such as cuda or cuda:0")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     import torch
     import transformers
 
@@ -247,6 +270,7 @@ def main():
     res["torch"] = torch.__version__
     res["transformers"] = transformers.__version__
     res["threads"] = torch.get_num_threads()
+    res["device"] = torch.cuda.get_device_name() if DEVICE != "cpu" else "cpu"
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(res, f)

@@ -22,12 +22,54 @@ pub fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 /// f32 matmul rate of this machine, GFLOP/s, on a [512 x 640] x [640 x 2048] product (shapes like
 /// the models' projections over a few prompts).
 pub fn matmul_rate() -> f64 {
-    let a = Tensor::randn(0f32, 1.0, (512, 640), &Device::Cpu).unwrap();
-    let b = Tensor::randn(0f32, 1.0, (2048, 640), &Device::Cpu).unwrap();
+    matmul_rate_on(&Device::Cpu)
+}
+
+/// [`matmul_rate`] on `device`: the CPU's shapes there, a [4096 x 4096] x [4096 x 4096] product on a
+/// GPU (small products on a GPU measure launch latency, not its arithmetic).
+pub fn matmul_rate_on(device: &Device) -> f64 {
+    let (m, k, n) = if device.is_cpu() {
+        (512, 640, 2048)
+    } else {
+        (4096, 4096, 4096)
+    };
+    let a = Tensor::randn(0f32, 1.0, (m, k), device).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (n, k), device).unwrap();
     let s = time(10, || {
         a.matmul(&b.t().unwrap()).unwrap();
+        device.synchronize().unwrap();
     });
-    2.0 * (512 * 640 * 2048) as f64 / s / 1e9
+    2.0 * (m * k * n) as f64 / s / 1e9
+}
+
+/// The device named by `PUPPETLENS_BENCH_DEVICE` (`cpu`, `cuda`, `cuda:N`, `metal`); the CPU when
+/// unset. A GPU needs a build with `--features cuda` (or `metal`).
+pub fn bench_device() -> anyhow::Result<Device> {
+    let spec = std::env::var("PUPPETLENS_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let (kind, n) = match spec.split_once(':') {
+        Some((k, n)) => (k, n.parse::<usize>()?),
+        None => (spec.as_str(), 0),
+    };
+    Ok(match kind {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(n)?,
+        "metal" => Device::new_metal(n)?,
+        _ => anyhow::bail!("PUPPETLENS_BENCH_DEVICE={spec}: expected cpu, cuda, cuda:N or metal"),
+    })
+}
+
+/// The repository's root: `PUPPETLENS_REPO`, else the one the bench was built in, else the current
+/// directory (a bench binary copied to another machine runs from the repository's copy there).
+pub fn repo_root() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("PUPPETLENS_REPO") {
+        return p.into();
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if built.join("scripts").is_dir() {
+        built.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| built.to_path_buf())
+    }
 }
 
 /// Matmul FLOPs of one forward over `s` tokens with last-position logits only: the projections,
