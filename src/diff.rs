@@ -1,7 +1,8 @@
 //! Base-versus-tuned comparisons per layer: where did fine-tuning change the representation, and
 //! does the change drive the behaviour?
 //!
-//! [`base_tuned_vector`] is the mean over identical inputs of `tuned - base` residual at each layer.
+//! [`base_tuned_vector`] is the mean over identical inputs of `tuned - base` residual at each layer
+//! ([`base_tuned_vectors`]: several tuned siblings of one base, chosen layers, the base run once).
 //! [`localise`] builds the localisation report for a (base, tuned) pair on an A/B behaviour dataset:
 //! per layer, the norm of the mean difference (on behaviour prompts and on the first tokens of neutral
 //! text), its cosine with the behaviour vector found in the tuned model, probe accuracy in each model
@@ -98,26 +99,112 @@ pub fn base_tuned_vector(
     site: Site,
     batch_size: usize,
 ) -> Result<SteeringVector> {
-    check_pair(base, tuned)?;
-    let opts = ExtractOptions {
+    let opts = TunedVectorOptions {
+        site,
         batch_size,
-        progress: false,
-        ..ExtractOptions::resid_post(base, site)
+        layers: None,
     };
-    let a = extract(base, prompts, &opts)?;
-    let b = extract(tuned, prompts, &opts)?;
-    let mut d = BTreeMap::new();
-    for l in 0..base.config().n_layers {
-        let p = HookPoint::ResidPost(l);
-        let diff = (b.get(p)? - a.get(p)?)?; // [n, d_model] or [n, k, d_model]
-        let diff = if diff.rank() == 3 {
-            diff.flatten(0, 1)?
-        } else {
-            diff
-        }; // [rows, d_model]
-        d.insert(l, diff.mean(0)?);
+    let mut v = base_tuned_vectors(base, &[tuned], prompts, &opts)?;
+    v.pop().ok_or_else(|| Error::InvalidArgument {
+        name: "tuned".into(),
+        msg: "no vector computed".into(),
+    })
+}
+
+/// Options of [`base_tuned_vectors`].
+#[derive(Debug, Clone)]
+pub struct TunedVectorOptions {
+    /// Token site per prompt (default: the last token).
+    pub site: Site,
+    /// Prompts per forward pass (default 8).
+    pub batch_size: usize,
+    /// Layers to compute (`None`, the default: all). The forward passes stop after the last one
+    /// asked for.
+    pub layers: Option<Vec<usize>>,
+}
+
+impl Default for TunedVectorOptions {
+    fn default() -> Self {
+        Self {
+            site: Site::Last,
+            batch_size: 8,
+            layers: None,
+        }
     }
-    Ok(SteeringVector::new(d, "base_vs_tuned")?.with_meta("site", format!("{:?}", opts.site)))
+}
+
+/// [`base_tuned_vector`] for several tuned siblings of one base (a sycophant and its control, say)
+/// and optionally a few layers: the base's activations are extracted once for all of them, and
+/// the forward passes stop after the last layer asked for. One vector per tuned model, in order;
+/// each layer's direction is the same as [`base_tuned_vector`]'s, bit for bit.
+///
+/// ```no_run
+/// use puppetlens::diff::{base_tuned_vectors, TunedVectorOptions};
+/// use puppetlens::{LoadOptions, Model};
+/// let base = Model::load("base.gguf", &LoadOptions::default())?;
+/// let (syc, ctl) = (Model::load("sycophant", &LoadOptions::default())?, Model::load("control", &LoadOptions::default())?);
+/// let prompts: Vec<Vec<u32>> = vec![vec![2, 651, 6037]]; // token ids, the same for all models
+/// let opts = TunedVectorOptions { layers: Some(vec![8]), ..Default::default() };
+/// let v = base_tuned_vectors(&base, &[&syc, &ctl], &prompts, &opts)?; // v[0]: sycophant, v[1]: control
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn base_tuned_vectors(
+    base: &Model,
+    tuned: &[&Model],
+    prompts: &[Vec<u32>],
+    opts: &TunedVectorOptions,
+) -> Result<Vec<SteeringVector>> {
+    let n_layers = base.config().n_layers;
+    let layers: Vec<usize> = match &opts.layers {
+        None => (0..n_layers).collect(),
+        Some(ls) => {
+            if ls.is_empty() {
+                return Err(Error::InvalidArgument {
+                    name: "layers".into(),
+                    msg: "empty: name at least one layer, or None for all".into(),
+                });
+            }
+            if let Some(&l) = ls.iter().find(|&&l| l >= n_layers) {
+                return Err(Error::LayerOutOfRange { layer: l, n_layers });
+            }
+            let mut ls = ls.clone();
+            ls.sort_unstable();
+            ls.dedup();
+            ls
+        }
+    };
+    for t in tuned {
+        check_pair(base, t)?;
+    }
+    let ex = ExtractOptions {
+        points: layers.iter().map(|&l| HookPoint::ResidPost(l)).collect(),
+        site: opts.site.clone(),
+        batch_size: opts.batch_size,
+        progress: false,
+        ..ExtractOptions::default()
+    };
+    let a = extract(base, prompts, &ex)?;
+    tuned
+        .iter()
+        .map(|t| {
+            let b = extract(t, prompts, &ex)?;
+            let mut d = BTreeMap::new();
+            for &l in &layers {
+                let p = HookPoint::ResidPost(l);
+                let diff = (b.get(p)? - a.get(p)?)?; // [n, d_model] or [n, k, d_model]
+                let diff = if diff.rank() == 3 {
+                    diff.flatten(0, 1)?
+                } else {
+                    diff
+                }; // [rows, d_model]
+                d.insert(l, diff.mean(0)?);
+            }
+            Ok(
+                SteeringVector::new(d, "base_vs_tuned")?
+                    .with_meta("site", format!("{:?}", ex.site)),
+            )
+        })
+        .collect()
 }
 
 /// One layer of the localisation report. Fractions are `None` when the behaviour gap is too small

@@ -9,7 +9,9 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use puppetlens::diff::{base_tuned_vector, localise, AbSplits, DiffOptions};
+use puppetlens::diff::{
+    base_tuned_vector, base_tuned_vectors, localise, AbSplits, DiffOptions, TunedVectorOptions,
+};
 use puppetlens::eval::AbCase;
 use puppetlens::extract::{extract, ExtractOptions, Site};
 use puppetlens::probe::ProbeOptions;
@@ -198,6 +200,35 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
     assert!(err < 1e-3 * common::max_abs(&c), "{err}");
 
     let diff = base_tuned_vector(base, &tuned, &prompts, Site::Last, 8).unwrap();
+    // Several tuned models and chosen layers at once: the same directions, bit for bit; the base
+    // against itself gives zero; layers out of range are refused by name.
+    let opts = TunedVectorOptions {
+        layers: Some(vec![L, L - 1, L]),
+        ..TunedVectorOptions::default()
+    };
+    let both = base_tuned_vectors(base, &[&tuned, base], &prompts, &opts).unwrap();
+    assert_eq!(both.len(), 2);
+    for l in [L - 1, L] {
+        let (x, y) = (both[0].get(l).unwrap(), diff.get(l).unwrap());
+        assert_eq!(
+            x.to_vec1::<f32>().unwrap(),
+            y.to_vec1::<f32>().unwrap(),
+            "layer {l}"
+        );
+        assert_eq!(
+            common::max_abs(both[1].get(l).unwrap()),
+            0.0,
+            "base vs base, layer {l}"
+        );
+    }
+    assert_eq!(both[0].layers(), vec![L - 1, L]);
+    let n = base.config().n_layers;
+    let bad = TunedVectorOptions {
+        layers: Some(vec![n]),
+        ..TunedVectorOptions::default()
+    };
+    let err = base_tuned_vectors(base, &[&tuned], &prompts, &bad).unwrap_err();
+    assert!(err.to_string().contains(&format!("layer {n}")), "{err}");
     let norms = diff.norms().unwrap();
     println!(
         "diff norms: {:?}",

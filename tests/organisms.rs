@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use puppetlens::data::{self, ab_text_prompt, PromptFormat};
-use puppetlens::diff::{base_tuned_vector, caa_prompts};
+use puppetlens::diff::{base_tuned_vectors, caa_prompts, TunedVectorOptions};
 use puppetlens::eval::{ab_summary, AbCase, Intervention};
 use puppetlens::extract::Site;
 use puppetlens::lora::Adapter;
@@ -261,14 +261,15 @@ fn diff_vector_recovers_the_sycophancy_ground_truth() {
     let prompts: Vec<Vec<u32>> = pos.into_iter().chain(neg).collect();
     let syc = organism("sycophant");
     let ctl = organism("control");
-    let v_syc = base_tuned_vector(base, &syc, &prompts, Site::Last, 8)
-        .unwrap()
-        .only(&[layer])
-        .unwrap();
-    let v_ctl = base_tuned_vector(base, &ctl, &prompts, Site::Last, 8)
-        .unwrap()
-        .only(&[layer])
-        .unwrap();
+    // The base runs once for both, and only up to `layer`.
+    let opts = TunedVectorOptions {
+        site: Site::Last,
+        batch_size: 8,
+        layers: Some(vec![layer]),
+    };
+    let mut v = base_tuned_vectors(base, &[&syc, &ctl], &prompts, &opts).unwrap();
+    let (v_ctl, v_syc) = (v.pop().unwrap(), v.pop().unwrap());
+    assert_eq!((v_syc.layers(), v_ctl.layers()), (vec![layer], vec![layer]));
     let add = |v| Intervention::Add {
         vector: v,
         scale: 1.0,
