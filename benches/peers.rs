@@ -97,13 +97,12 @@ fn main() -> anyhow::Result<()> {
         "{} cannot import torch and transformers: run scripts/peer_bench.sh, or set PUPPETLENS_PEER_PYTHON",
         py.display()
     );
-    let device = bench_device()?;
+    let (spec, device) = bench_device()?;
     let gpu = !device.is_cpu();
-    // PyTorch's name for the same device.
+    // PyTorch's name for the same device (`cpu` and `cuda:N` are spelt alike).
     let torch_device = match &device {
-        Device::Cpu => "cpu".to_string(),
-        Device::Cuda(_) => std::env::var("PUPPETLENS_BENCH_DEVICE").unwrap_or("cuda".into()),
         Device::Metal(_) => "mps".to_string(),
+        _ => spec.trim().to_string(),
     };
     let rate = matmul_rate_on(&device);
     let threads = candle_core::utils::get_num_threads();

@@ -67,7 +67,7 @@ pub use hook::{
     hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero,
 };
 pub use model::{Config, KvCache, LoadOptions, Model};
-pub use open::{open, organism_dir, ORGANISMS};
+pub use open::{open, organism_dir, parse_device, ORGANISMS};
 pub use steer::SteeringVector;
 pub use tokenize::{ChatMessage, Tokenizer};
 

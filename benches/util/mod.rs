@@ -42,20 +42,13 @@ pub fn matmul_rate_on(device: &Device) -> f64 {
     2.0 * (m * k * n) as f64 / s / 1e9
 }
 
-/// The device named by `PUPPETLENS_BENCH_DEVICE` (`cpu`, `cuda`, `cuda:N`, `metal`); the CPU when
-/// unset. A GPU needs a build with `--features cuda` (or `metal`).
-pub fn bench_device() -> anyhow::Result<Device> {
+/// `PUPPETLENS_BENCH_DEVICE` (`cpu`, `cuda`, `cuda:N`, `metal`; `cpu` when unset) and the device
+/// it names (see [`puppetlens::parse_device`]). A GPU needs a build with `--features cuda` (or
+/// `metal`).
+pub fn bench_device() -> anyhow::Result<(String, Device)> {
     let spec = std::env::var("PUPPETLENS_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let (kind, n) = match spec.split_once(':') {
-        Some((k, n)) => (k, n.parse::<usize>()?),
-        None => (spec.as_str(), 0),
-    };
-    Ok(match kind {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(n)?,
-        "metal" => Device::new_metal(n)?,
-        _ => anyhow::bail!("PUPPETLENS_BENCH_DEVICE={spec}: expected cpu, cuda, cuda:N or metal"),
-    })
+    let device = puppetlens::parse_device(&spec)?;
+    Ok((spec, device))
 }
 
 /// The repository's root: `PUPPETLENS_REPO`, else the one the bench was built in, else the current

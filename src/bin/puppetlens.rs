@@ -468,40 +468,6 @@ impl Ctx {
     }
 }
 
-/// `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
-fn parse_device(spec: &str) -> Result<Device> {
-    let bad = |msg: String| invalid("--device", msg);
-    let (kind, ordinal) = match spec.trim().split_once(':') {
-        Some((k, n)) => {
-            let n = n.trim().parse::<usize>().map_err(|_| {
-                bad(format!(
-                    "`{spec}`: `{n}` is not a device number (expected e.g. cuda:0)"
-                ))
-            })?;
-            (k.trim(), Some(n))
-        }
-        None => (spec.trim(), None),
-    };
-    let made = match (kind, ordinal) {
-        ("cpu", None) => return Ok(Device::Cpu),
-        ("cuda", n) => Device::new_cuda(n.unwrap_or(0)),
-        ("metal", n) => Device::new_metal(n.unwrap_or(0)),
-        _ => {
-            return Err(bad(format!(
-                "`{spec}` is not a device (expected cpu, cuda, cuda:N, metal or metal:N)"
-            )))
-        }
-    };
-    made.map_err(|e| {
-        let hint = match &e {
-            candle_core::Error::NotCompiledWithCudaSupport => " (build with `--features cuda`)",
-            candle_core::Error::NotCompiledWithMetalSupport => " (build with `--features metal`)",
-            _ => "",
-        };
-        bad(format!("{spec}: {}{hint}", Error::from(e)))
-    })
-}
-
 /// Parses a layer SPEC (`3`, `3,6,9`, `4-12`, `0,4-6`) into sorted, distinct layers below
 /// `n_layers`; `owner` names what has the layers and `flag` the option, in messages.
 fn parse_layers(spec: &str, n_layers: usize, owner: &str, flag: &str) -> Result<Vec<usize>> {
@@ -1690,7 +1656,11 @@ fn run(cli: Cli) -> Result<()> {
     }
     let ctx = || -> Result<Ctx> {
         Ok(Ctx {
-            device: parse_device(&cli.device)?,
+            // The library names the argument `device`; here it is the `--device` option.
+            device: puppetlens::parse_device(&cli.device).map_err(|e| match e {
+                Error::InvalidArgument { msg, .. } => invalid("--device", msg),
+                e => e,
+            })?,
             batch_size: cli.batch_size,
             progress: !cli.quiet,
         })
