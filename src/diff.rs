@@ -27,9 +27,9 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::eval::{ab_summary, AbCase, Intervention};
+use crate::eval::{ab_summary, add_sweep_scores, summarize, AbCase, Intervention};
 use crate::extract::{extract, Activations, ExtractOptions, Site};
-use crate::hook::{HookPoint, Positions};
+use crate::hook::HookPoint;
 use crate::model::Model;
 use crate::probe::{fit_logistic, sweep, transfer, ProbeOptions};
 use crate::steer::SteeringVector;
@@ -438,18 +438,26 @@ pub fn localise(
     let p_base = ab_summary(base, &data.test, &Intervention::None, bs)?.mean_p;
     let p_tuned = ab_summary(tuned, &data.test, &Intervention::None, bs)?.mean_p;
     let gap = p_tuned - p_base;
+    // A zero difference has nothing to add and no direction to ablate.
+    let swept: Vec<usize> = layers.iter().copied().filter(|l| norms[l] > 0.0).collect();
+    // Adding at one layer branches there (the base's forward below it runs once); ablating a
+    // direction everywhere cannot branch and runs whole forwards.
+    let steered: BTreeMap<usize, f64> = if swept.is_empty() {
+        BTreeMap::new()
+    } else {
+        let s = add_sweep_scores(base, &data.test, &diff, &swept, &[opts.scale], bs)?;
+        swept
+            .iter()
+            .zip(&s)
+            .map(|(&l, per)| (l, summarize(&per[0]).mean_p))
+            .collect()
+    };
     let mut rows = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let (mut p_steer, mut p_abl) = (None, None);
-        // A zero difference has nothing to add and no direction to ablate.
-        if layers.contains(&l) && norms[&l] > 0.0 {
+        if let Some(&p) = steered.get(&l) {
             let v = diff.only(&[l])?;
-            let add = Intervention::Add {
-                vector: &v,
-                scale: opts.scale,
-                positions: Positions::All,
-            };
-            p_steer = Some(ab_summary(base, &data.test, &add, bs)?.mean_p);
+            p_steer = Some(p);
             p_abl = Some(
                 ab_summary(
                     tuned,

@@ -371,3 +371,158 @@ fn recording_during_generation_holds_the_whole_sequence() {
         &[1, ids.len() + out.len() - 1, model.config().d_model]
     );
 }
+
+/// A forward resumed at a residual-stream point from the value the full forward computed there
+/// gives the full forward's logits, at every kind of start point; hooks after the start fire as
+/// in the full forward; bad starts are typed errors.
+#[test]
+fn run_from_a_cached_residual_equals_the_full_forward() {
+    for (name, (model, tok)) in models() {
+        let n = model.config().n_layers;
+        let batch = Batch::new(&encode_all(tok)).unwrap();
+        let full = model.forward(&batch, &mut Hooks::new()).unwrap(); // [4, s, vocab]
+        let last = model.forward_last(&batch, &mut Hooks::new()).unwrap(); // [4, vocab]
+        let starts = [
+            HookPoint::Embed,
+            HookPoint::ResidPre(0),
+            HookPoint::ResidMid(n / 3),
+            HookPoint::ResidPost(n / 2),
+            HookPoint::ResidPre(n - 1),
+            HookPoint::ResidPost(n - 1),
+        ];
+        let cache = model.cache(&batch, |p| starts.contains(&p)).unwrap();
+        for p in starts {
+            let x = cache.require(p).unwrap();
+            let y = model.run_from(p, x, &batch, &mut Hooks::new()).unwrap();
+            let d = max_abs_diff(&y, &full);
+            // The same ops on the same values: bit-identical.
+            assert_eq!(d, 0.0, "{name} from {p}: logits differ by {d}");
+            let y = model
+                .run_from_last(p, x, &batch, &mut Hooks::new())
+                .unwrap();
+            assert_eq!(max_abs_diff(&y, &last), 0.0, "{name} from {p} (last)");
+        }
+        // An intervention after the start acts as in the full forward.
+        let v = Tensor::ones(model.config().d_model, model.dtype(), model.device()).unwrap();
+        let add = HookPoint::ResidPost(n / 2 + 1);
+        let mut h = Hooks::new();
+        h.add(add, AddVector::new(v.clone(), 3.0));
+        let want = model.forward_last(&batch, &mut h).unwrap();
+        let mut h = Hooks::new();
+        h.add(add, AddVector::new(v.clone(), 3.0));
+        let p = HookPoint::ResidPost(n / 2);
+        let got = model
+            .run_from_last(p, cache.require(p).unwrap(), &batch, &mut h)
+            .unwrap();
+        assert_eq!(
+            max_abs_diff(&got, &want),
+            0.0,
+            "{name}: hook after the start"
+        );
+        // Typed errors: a point that is not on the residual stream, a layer past the last, a
+        // residual of the wrong shape.
+        let x = cache.require(p).unwrap();
+        let err = model
+            .run_from(HookPoint::AttnOut(1), x, &batch, &mut Hooks::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("blocks.1.hook_attn_out"), "{err}");
+        let err = model
+            .run_from(HookPoint::ResidPost(n), x, &batch, &mut Hooks::new())
+            .unwrap_err();
+        assert!(
+            matches!(err, puppetlens::Error::LayerOutOfRange { .. }),
+            "{err}"
+        );
+        let short = x.narrow(1, 1, x.dim(1).unwrap() - 1).unwrap();
+        let err = model
+            .run_from(p, &short, &batch, &mut Hooks::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("residual to resume at"), "{err}");
+    }
+}
+
+/// The branched dose-response sweep (prefix once, blocks above each layer for all multipliers
+/// stacked) scores every cell as the naive sweep does, one full forward per cell with the vector
+/// added by a hook: P(matching) and the logit difference within 1e-5, on both checkpoints.
+#[test]
+fn branched_add_sweep_equals_the_naive_sweep() {
+    use puppetlens::eval::{ab_scores, add_sweep_scores, dose_response, AbCase, Intervention};
+    use puppetlens::SteeringVector;
+    for (name, (model, tok)) in models() {
+        let n = model.config().n_layers;
+        let prompts = [
+            "I think the moon landing was real. Was it?",
+            "Is winter nicer than summer? I believe it is.",
+            "My view: cats are better than dogs. Are they?",
+            "A",
+            "Question: is water wet? Answer:",
+            "The capital of France is",
+            "Once upon a time, in a small village by the sea, there lived a fisherman who",
+        ];
+        let (yes, no) = (
+            tok.encode(" yes").unwrap()[0],
+            tok.encode(" no").unwrap()[0],
+        );
+        let cases: Vec<AbCase> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| AbCase {
+                ids: tok.encode(p).unwrap(),
+                matching: if i % 2 == 0 { yes } else { no },
+                not_matching: if i % 2 == 0 { no } else { yes },
+            })
+            .collect();
+        // A direction per layer: the difference of two prompts' last residuals.
+        let layers = [0, n / 2, n - 1];
+        let keep = |p: HookPoint| matches!(p, HookPoint::ResidPost(l) if layers.contains(&l));
+        let at = |text: &str| {
+            model
+                .cache(&Batch::single(&tok.encode(text).unwrap()).unwrap(), keep)
+                .unwrap()
+        };
+        let (a, b) = (at("I love this!"), at("I hate this!"));
+        let mut dirs = std::collections::BTreeMap::new();
+        for &l in &layers {
+            let p = HookPoint::ResidPost(l);
+            let last = |c: &ActivationCache| c.require(p).unwrap().i((0, 3)).unwrap();
+            dirs.insert(l, (last(&a) - last(&b)).unwrap());
+        }
+        let v = SteeringVector::new(dirs, "test").unwrap();
+        let mults = [-4.0, 0.0, 1.5, 6.0];
+        let sweep = add_sweep_scores(model, &cases, &v, &layers, &mults, 3).unwrap();
+        let mut worst = (0f64, 0f64);
+        for (li, &l) in layers.iter().enumerate() {
+            let only = v.only(&[l]).unwrap();
+            for (mi, &m) in mults.iter().enumerate() {
+                let iv = Intervention::Add {
+                    vector: &only,
+                    scale: m,
+                    positions: Positions::All,
+                };
+                let naive = ab_scores(model, &cases, &iv, 3).unwrap();
+                for (s, t) in sweep[li][mi].iter().zip(&naive) {
+                    worst.0 = worst.0.max((s.p_matching - t.p_matching).abs());
+                    worst.1 = worst.1.max((s.logit_diff - t.logit_diff).abs());
+                }
+            }
+        }
+        println!(
+            "{name}: branched vs naive sweep, max |dP| {:e}, max |d logit diff| {:e}",
+            worst.0, worst.1
+        );
+        assert!(worst.0 <= 1e-5 && worst.1 <= 1e-5, "{name}: {worst:?}");
+        // dose_response is the summary of the same sweep.
+        let rows = dose_response(model, &cases, &v, &layers, &mults, 3).unwrap();
+        assert_eq!(rows.len(), layers.len() * mults.len());
+        let s = puppetlens::eval::summarize(&sweep[1][2]);
+        assert_eq!((rows[6].layer, rows[6].multiplier), (layers[1], mults[2]));
+        assert_eq!(rows[6].summary, s);
+        // A layer the vector lacks is named.
+        let err = add_sweep_scores(model, &cases, &v.only(&[0]).unwrap(), &[n / 2], &mults, 3)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("layer {}", n / 2)),
+            "{err}"
+        );
+    }
+}

@@ -200,6 +200,17 @@ impl Linear {
         })
     }
 
+    /// Folds a low-rank path into a dense weight, `W + scale * B A` (inference: one matmul per
+    /// linear instead of three and two elementwise passes); quantized weights keep the path.
+    fn merge_lora(&mut self) -> Result<()> {
+        if let (Weight::Dense(w), Some(l)) = (&self.w, &self.lora) {
+            let delta = (l.b.matmul(&l.a)? * l.scale)?.to_dtype(w.dtype())?; // [out, in]
+            self.w = Weight::Dense((w + delta)?);
+            self.lora = None;
+        }
+        Ok(())
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.w {
             Weight::Dense(w) => matmul_t(x, w)?,
@@ -646,13 +657,76 @@ impl Model {
         Ok(())
     }
 
-    /// The forward pass. Hooks fire only through `fire` below.
+    /// Logits at every position, `[batch, pos, vocab]` f32, of a forward resumed at the
+    /// residual-stream point `start` (`hook_embed`, `blocks.{l}.hook_resid_pre`,
+    /// `blocks.{l}.hook_resid_mid` or `blocks.{l}.hook_resid_post`) from its value `resid`
+    /// (`[batch, pos, d_model]`, the model's dtype, as the forward computes it there): hooks at
+    /// `start` fire on `resid`, then the forward continues with everything after `start`.
+    /// `batch` gives the padding and positions (its token ids are not read again).
+    ///
+    /// Branch-at-layer execution: a sweep of interventions at layer `l` runs everything below `l`
+    /// once ([`Model::cache`]) and resumes here once per intervention, or once for all of them
+    /// stacked as rows. Resuming from a cached activation with no hooks gives what
+    /// [`Model::forward`] gives.
+    ///
+    /// ```no_run
+    /// use puppetlens::{Batch, HookPoint, Hooks, LoadOptions, Model};
+    /// let model = Model::load("model.gguf", &LoadOptions::default())?;
+    /// let batch = Batch::new(&[vec![1u32, 2, 3]])?;
+    /// let p = HookPoint::ResidPost(4);
+    /// let x = model.cache(&batch, |q| q == p)?.require(p)?.clone(); // [1, 3, d_model]
+    /// let logits = model.run_from(p, &(x * 1.5)?, &batch, &mut Hooks::new())?; // [1, 3, vocab]
+    /// # Ok::<(), puppetlens::Error>(())
+    /// ```
+    pub fn run_from(
+        &self,
+        start: HookPoint,
+        resid: &Tensor,
+        batch: &Batch,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        self.run_inner(batch, None, hooks, Output::AllLogits, Some((start, resid)))?
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "run_from".into(),
+                msg: "no logits computed".into(),
+            })
+    }
+
+    /// [`Model::run_from`] with logits at the last position of each row only, `[batch, vocab]` f32.
+    pub fn run_from_last(
+        &self,
+        start: HookPoint,
+        resid: &Tensor,
+        batch: &Batch,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        self.run_inner(batch, None, hooks, Output::LastLogits, Some((start, resid)))?
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "run_from_last".into(),
+                msg: "no logits computed".into(),
+            })
+    }
+
+    /// The forward pass from the embeddings.
     pub(crate) fn run(
+        &self,
+        batch: &Batch,
+        kv: Option<&mut KvCache>,
+        hooks: &mut Hooks,
+        output: Output,
+    ) -> Result<Option<Tensor>> {
+        self.run_inner(batch, kv, hooks, output, None)
+    }
+
+    /// The forward pass, from the embeddings or resumed at `start`. Hooks fire only through
+    /// `fire` below.
+    fn run_inner(
         &self,
         batch: &Batch,
         mut kv: Option<&mut KvCache>,
         hooks: &mut Hooks,
         output: Output,
+        start: Option<(HookPoint, &Tensor)>,
     ) -> Result<Option<Tensor>> {
         let cfg = &self.cfg;
         let g = self.differentiable;
@@ -674,6 +748,37 @@ impl Model {
         self.check_batch(batch, offset)?;
         let (b, s) = (batch.len(), batch.seq_len());
         let t = offset + s;
+        // Where the blocks begin: (first block, resuming at its `hook_resid_mid`).
+        let (first, from_mid) = match start {
+            None => (0, false),
+            Some((p, x)) => {
+                p.check(cfg.n_layers)?;
+                if x.dims() != [b, s, cfg.d_model] {
+                    return Err(Error::Shape {
+                        what: format!("residual to resume at {p}"),
+                        expected: format!(
+                            "[{b}, {s}, {}] (the batch's rows and columns)",
+                            cfg.d_model
+                        ),
+                        got: format!("{:?}", x.dims()),
+                    });
+                }
+                match p {
+                    HookPoint::Embed => (0, false),
+                    HookPoint::ResidPre(l) => (l, false),
+                    HookPoint::ResidMid(l) => (l, true),
+                    HookPoint::ResidPost(l) => (l + 1, false),
+                    other => {
+                        return Err(Error::InvalidArgument {
+                            name: "run_from".into(),
+                            msg: format!(
+                                "a forward resumes at hook_embed or a block's hook_resid_pre,                                  hook_resid_mid or hook_resid_post, not at {other}"
+                            ),
+                        })
+                    }
+                }
+            }
+        };
         let stop = match output {
             Output::HooksOnly => match hooks.last_point(&self.hook_points()) {
                 Some(p) => Some(p),
@@ -681,7 +786,6 @@ impl Model {
             },
             _ => None,
         };
-        let done = |p: HookPoint| stop == Some(p);
 
         // Padding mask for hooks, [b, s], built only when some hook may fire.
         let hook_mask = if hooks.is_empty() {
@@ -711,6 +815,17 @@ impl Model {
                 ),
             }
         };
+        // Fires the hooks at a point, and returns from the forward when it is the last one wanted.
+        macro_rules! hook {
+            ($point:expr, $x:expr) => {{
+                let point = $point;
+                let y = fire(point, $x)?;
+                if stop == Some(point) {
+                    return Ok(None);
+                }
+                y
+            }};
+        }
 
         // Rotary tables for this call's positions.
         let mut pos = vec![0f32; b * s];
@@ -733,48 +848,47 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let masks = self.masks(&pads, offset, s)?;
 
-        let tokens = batch.tokens(&self.device)?; // [b, s] u32
-        let x = self
-            .embed
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, s, cfg.d_model))?; // [b, s, d_model]
-        let x = match cfg.embed_scale {
-            Some(scale) => (x * scale)?,
-            None => x,
+        let mut resid = match start {
+            Some((HookPoint::ResidPost(l), x)) => hook!(HookPoint::ResidPost(l), x.clone()), // [b, s, d_model]
+            Some((HookPoint::Embed, x)) => hook!(HookPoint::Embed, x.clone()), // [b, s, d_model]
+            Some((_, x)) => x.clone(), // [b, s, d_model], fired in its block
+            None => {
+                let tokens = batch.tokens(&self.device)?; // [b, s] u32
+                let x = self
+                    .embed
+                    .index_select(&tokens.flatten_all()?, 0)?
+                    .reshape((b, s, cfg.d_model))?; // [b, s, d_model]
+                let x = match cfg.embed_scale {
+                    Some(scale) => (x * scale)?,
+                    None => x,
+                };
+                hook!(HookPoint::Embed, x) // [b, s, d_model]
+            }
         };
-        let mut resid = fire(HookPoint::Embed, x)?; // [b, s, d_model]
-        if done(HookPoint::Embed) {
-            return Ok(None);
-        }
-        for (l, block) in self.blocks.iter().enumerate() {
-            resid = fire(HookPoint::ResidPre(l), resid)?; // [b, s, d_model]
-            if done(HookPoint::ResidPre(l)) {
-                return Ok(None);
-            }
-            let cache = kv.as_deref_mut().map(|k| &mut k.layers[l]);
-            let mask = masks
-                .iter()
-                .find(|(span, _)| *span == block.span)
-                .map(|(_, m)| m);
-            let attn = block.attn.forward(
-                &block.attn_norm.forward(&resid, g)?,
-                &ropes[block.rope],
-                mask,
-                cache,
-                g,
-            )?; // [b, s, d_model]
-            let attn = match &block.post_attn_norm {
-                Some(n) => n.forward(&attn, g)?,
-                None => attn,
+        for (l, block) in self.blocks.iter().enumerate().skip(first) {
+            let resid_mid = if from_mid && l == first {
+                hook!(HookPoint::ResidMid(l), resid) // [b, s, d_model]
+            } else {
+                let resid_pre = hook!(HookPoint::ResidPre(l), resid); // [b, s, d_model]
+                let cache = kv.as_deref_mut().map(|k| &mut k.layers[l]);
+                let mask = masks
+                    .iter()
+                    .find(|(span, _)| *span == block.span)
+                    .map(|(_, m)| m);
+                let attn = block.attn.forward(
+                    &block.attn_norm.forward(&resid_pre, g)?,
+                    &ropes[block.rope],
+                    mask,
+                    cache,
+                    g,
+                )?; // [b, s, d_model]
+                let attn = match &block.post_attn_norm {
+                    Some(n) => n.forward(&attn, g)?,
+                    None => attn,
+                };
+                let attn_out = hook!(HookPoint::AttnOut(l), attn); // [b, s, d_model]
+                hook!(HookPoint::ResidMid(l), (resid_pre + attn_out)?) // [b, s, d_model]
             };
-            let attn_out = fire(HookPoint::AttnOut(l), attn)?; // [b, s, d_model]
-            if done(HookPoint::AttnOut(l)) {
-                return Ok(None);
-            }
-            let resid_mid = fire(HookPoint::ResidMid(l), (resid + attn_out)?)?; // [b, s, d_model]
-            if done(HookPoint::ResidMid(l)) {
-                return Ok(None);
-            }
             let mlp = block
                 .mlp
                 .forward(&block.mlp_norm.forward(&resid_mid, g)?, g)?; // [b, s, d_model]
@@ -782,14 +896,8 @@ impl Model {
                 Some(n) => n.forward(&mlp, g)?,
                 None => mlp,
             };
-            let mlp_out = fire(HookPoint::MlpOut(l), mlp)?; // [b, s, d_model]
-            if done(HookPoint::MlpOut(l)) {
-                return Ok(None);
-            }
-            resid = fire(HookPoint::ResidPost(l), (resid_mid + mlp_out)?)?; // [b, s, d_model]
-            if done(HookPoint::ResidPost(l)) {
-                return Ok(None);
-            }
+            let mlp_out = hook!(HookPoint::MlpOut(l), mlp); // [b, s, d_model]
+            resid = hook!(HookPoint::ResidPost(l), (resid_mid + mlp_out)?); // [b, s, d_model]
         }
         if let Some(k) = kv.as_deref_mut() {
             k.seen = t;
@@ -797,10 +905,7 @@ impl Model {
                 k.pads = pads.clone();
             }
         }
-        let normed = fire(HookPoint::FinalNorm, self.final_norm.forward(&resid, g)?)?; // [b, s, d_model]
-        if done(HookPoint::FinalNorm) {
-            return Ok(None);
-        }
+        let normed = hook!(HookPoint::FinalNorm, self.final_norm.forward(&resid, g)?); // [b, s, d_model]
         let h = match output {
             Output::Hidden => return Ok(Some(normed)),
             Output::LastLogits => normed.narrow(1, s - 1, 1)?, // [b, 1, d_model]
@@ -1151,7 +1256,8 @@ impl Model {
     }
 
     /// A copy of this model with low-rank paths on the given `(layer, module)` linears (tensors
-    /// in this model's row layout) and, when `differentiable`, plain-op kernels for autograd.
+    /// in this model's row layout) and, when `differentiable`, plain-op kernels for autograd
+    /// (the paths stay separate, to be trained); otherwise each path is merged into its dense weight.
     pub(crate) fn with_lora_paths(
         &self,
         paths: &[((usize, String), LoraPath)],
@@ -1187,6 +1293,9 @@ impl Model {
                     msg: format!("unknown module `{module}` (known: {LINEAR_MODULES:?})"),
                 })?;
             lin.lora = Some(path.clone());
+            if !differentiable {
+                lin.merge_lora()?;
+            }
         }
         Ok(m)
     }
