@@ -14,7 +14,7 @@
 //! # Ok::<(), puppetlens::Error>(())
 //! ```
 
-use candle_core::{DType, IndexOp, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
 use crate::batch::Batch;
@@ -129,8 +129,9 @@ pub fn ab_scores(
         let batch = Batch::new(&ids)?;
         let mut hooks = Hooks::new();
         intervention.install(model, &mut hooks)?;
-        let logits = model.forward_last(&batch, &mut hooks)?; // [b, vocab]
-        score_rows(&logits, cases, &idx, &mut out)?;
+        let answers = answer_ids(cases, &idx);
+        let logits = model.last_token_logits(&batch, &mut hooks, None, &answers)?; // [b, 2]
+        score_rows(&logits, &idx, &mut out)?;
     }
     Ok(out)
 }
@@ -158,13 +159,19 @@ fn check_cases(model: &Model, cases: &[AbCase]) -> Result<()> {
     Ok(())
 }
 
-/// Scores `cases[idx[r]]` from row `r` of last-position `logits` (`[rows, vocab]`) into `out`.
-fn score_rows(logits: &Tensor, cases: &[AbCase], idx: &[usize], out: &mut [AbScore]) -> Result<()> {
-    let logits = logits.to_dtype(DType::F32)?; // [rows, vocab]
+/// `[matching, not_matching]` of `cases[i]` for each `i` of `idx`.
+fn answer_ids(cases: &[AbCase], idx: &[usize]) -> Vec<Vec<u32>> {
+    idx.iter()
+        .map(|&i| vec![cases[i].matching, cases[i].not_matching])
+        .collect()
+}
+
+/// Scores item `idx[r]` from row `r` of `logits` (`[rows, 2]`: its matching and its other
+/// answer's logit, [`answer_ids`]) into `out[idx[r]]`.
+fn score_rows(logits: &Tensor, idx: &[usize], out: &mut [AbScore]) -> Result<()> {
+    let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?; // [rows, 2]
     for (r, &i) in idx.iter().enumerate() {
-        let (c, row) = (&cases[i], logits.i(r)?);
-        let a = row.i(c.matching as usize)?.to_scalar::<f32>()? as f64;
-        let b = row.i(c.not_matching as usize)?.to_scalar::<f32>()? as f64;
+        let (a, b) = (logits[r][0] as f64, logits[r][1] as f64);
         if !a.is_finite() || !b.is_finite() {
             return Err(Error::InvalidArgument {
                 name: format!("item {i}"),
@@ -264,11 +271,15 @@ pub fn add_sweep_scores(
                 let stacked = Tensor::cat(&steered, 0)?; // [group * b, s, d_model]
                 let rows: Vec<&[u32]> =
                     (0..group.len()).flat_map(|_| ids.iter().copied()).collect();
-                let logits =
-                    model.run_from_last(p, &stacked, &Batch::new(&rows)?, &mut Hooks::new())?; // [group * b, vocab]
+                let answers: Vec<Vec<u32>> = (0..group.len())
+                    .flat_map(|_| answer_ids(cases, &idx))
+                    .collect();
+                let start = Some((p, &stacked));
+                let batch = Batch::new(&rows)?;
+                let logits = model.last_token_logits(&batch, &mut Hooks::new(), start, &answers)?; // [group * b, 2]
                 for k in 0..group.len() {
-                    let part = logits.narrow(0, k * b, b)?; // [b, vocab]
-                    score_rows(&part, cases, &idx, &mut out[li][ci * per + k])?;
+                    let part = logits.narrow(0, k * b, b)?; // [b, 2]
+                    score_rows(&part, &idx, &mut out[li][ci * per + k])?;
                 }
             }
         }

@@ -526,3 +526,36 @@ fn branched_add_sweep_equals_the_naive_sweep() {
         );
     }
 }
+
+/// A/B scores read only the two answers' rows of the unembedding; they equal the same entries of
+/// the full last-position logits within float rounding (1e-4 on logits of magnitude ~10-30).
+#[test]
+fn ab_scores_equal_the_entries_of_the_full_logits() {
+    use puppetlens::eval::{ab_scores, AbCase, Intervention};
+    for (name, (model, tok)) in models() {
+        let prompts = encode_all(tok);
+        let cases: Vec<AbCase> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| AbCase {
+                ids: ids.clone(),
+                matching: 100 + i as u32,
+                not_matching: (model.config().vocab_size - 1 - i) as u32,
+            })
+            .collect();
+        let scores = ab_scores(model, &cases, &Intervention::None, 4).unwrap();
+        let mut worst = 0f64;
+        for (c, s) in cases.iter().zip(&scores) {
+            let logits = model
+                .forward_last(&Batch::single(&c.ids).unwrap(), &mut Hooks::new())
+                .unwrap()
+                .i(0)
+                .unwrap(); // [vocab]
+            let at = |t: u32| logits.i(t as usize).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let want = at(c.matching) - at(c.not_matching);
+            worst = worst.max((s.logit_diff - want).abs());
+        }
+        println!("{name}: A/B logit difference vs full logits, max abs diff {worst:e}");
+        assert!(worst <= 1e-4, "{name}: {worst}");
+    }
+}

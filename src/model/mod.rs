@@ -15,6 +15,7 @@
 
 pub mod config;
 mod export;
+mod kernels;
 
 use std::path::Path;
 
@@ -28,6 +29,7 @@ use crate::cache::ActivationCache;
 use crate::hook::{HookCtx, HookPoint, Hooks};
 use crate::weights::{self, Weights};
 use crate::{Error, Result};
+use kernels::{frozen_matmul_t, matmul_t, rope_differentiable, rope_i_differentiable, GatedAct};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -61,64 +63,6 @@ enum Weight {
     Frozen(Tensor), // [out, in]
 }
 
-/// `x [rows, k] -> x w^T [rows, out]` as one op whose backward gives only `grad w` (the gradient
-/// of `x`); `w` is a constant. CPU, f32; other devices fall back to a plain matmul.
-struct FrozenMatmulT {
-    w: Tensor, // [out, k]
-}
-
-impl candle_core::CustomOp1 for FrozenMatmulT {
-    fn name(&self) -> &'static str {
-        "frozen-matmul-t"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-matmul-t: f32 only")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul-t: non-contiguous input")
-        };
-        let (rows, k) = layout.shape().dims2()?;
-        let x = Tensor::from_slice(&data[start..end], (rows, k), &Device::Cpu)?; // [rows, k]
-        let y = x.matmul(&self.w.t()?)?; // [rows, out]
-        let out = y.dim(1)?;
-        let v = y.flatten_all()?.to_vec1::<f32>()?;
-        Ok((candle_core::CpuStorage::F32(v), (rows, out).into()))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.w)?)) // [rows, k]
-    }
-}
-
-/// `x [.., k] @ w^T` for a constant `w [out, k]` without computing `w`'s gradient in backward.
-fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
-        return matmul_t(x, w);
-    }
-    let dims = x.dims().to_vec();
-    let k = dims[dims.len() - 1];
-    let rows = x.elem_count() / k;
-    let y = x
-        .reshape((rows, k))?
-        .contiguous()?
-        .apply_op1(FrozenMatmulT { w: w.clone() })?; // [rows, out]
-    let mut out = dims;
-    let last = out.len() - 1;
-    out[last] = w.dim(0)?;
-    Ok(y.reshape(out)?)
-}
-
 /// A low-rank adapter on a linear layer: `y += scale * (x A^T) B^T`.
 #[derive(Debug, Clone)]
 pub(crate) struct LoraPath {
@@ -133,18 +77,6 @@ struct Linear {
     w: Weight,
     b: Option<Tensor>, // [out]
     lora: Option<LoraPath>,
-}
-
-/// `x [.., k] @ w^T` for a dense `w [out, k]`, through a 2-D matmul.
-fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = dims[dims.len() - 1];
-    let rows = x.elem_count() / k;
-    let y = x.reshape((rows, k))?.matmul(&w.t()?)?; // [rows, out]
-    let mut out = dims;
-    let last = out.len() - 1;
-    out[last] = w.dim(0)?;
-    Ok(y.reshape(out)?)
 }
 
 impl Linear {
@@ -707,6 +639,68 @@ impl Model {
             })
     }
 
+    /// Logits of chosen tokens at the last position, `[batch, k]` f32 (`ids[row]` holds row's `k`
+    /// token ids), of a forward from the embeddings or resumed at `start`: the unembedding reads
+    /// only those rows of its weight (Gemma's is 262k x 640, 7% of an A/B forward when computed
+    /// whole). Equal to the same entries of [`Model::forward_last`] within float rounding.
+    pub(crate) fn last_token_logits(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        start: Option<(HookPoint, &Tensor)>,
+        ids: &[Vec<u32>],
+    ) -> Result<Tensor> {
+        let k = ids.first().map_or(0, |r| r.len());
+        if ids.len() != batch.len() || ids.iter().any(|r| r.len() != k) || k == 0 {
+            return Err(Error::Shape {
+                what: "token ids to score".into(),
+                expected: format!("{} rows of one length >= 1", batch.len()),
+                got: format!("{:?}", ids.iter().map(|r| r.len()).collect::<Vec<_>>()),
+            });
+        }
+        if let Some(&id) = ids
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                index: 0,
+                id,
+                vocab: self.cfg.vocab_size,
+            });
+        }
+        let normed = self
+            .run_inner(batch, None, hooks, Output::Hidden, start)?
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "last_token_logits".into(),
+                msg: "no hidden states computed".into(),
+            })?; // [b, s, d_model]
+        let (b, s, d) = normed.dims3()?;
+        let h = normed.narrow(1, s - 1, 1)?.squeeze(1)?; // [b, d_model]
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let logits = match (&self.unembed.w, &self.unembed.b, &self.unembed.lora) {
+            (Weight::Dense(w) | Weight::Frozen(w), None, None) => {
+                let idx = Tensor::from_vec(flat, b * k, &self.device)?; // [b * k]
+                let rows = w.index_select(&idx, 0)?.reshape((b, k, d))?; // [b, k, d_model]
+                let y = rows.matmul(&h.unsqueeze(2)?)?.squeeze(2)?; // [b, k]
+                match y.dtype() {
+                    DType::F64 => y,
+                    _ => y.to_dtype(DType::F32)?,
+                }
+            }
+            _ => {
+                // Quantized or adapted head: the whole row, then the chosen entries.
+                let all = self.unembed.forward(&h)?.to_dtype(DType::F32)?; // [b, vocab]
+                let idx = Tensor::from_vec(flat, (b, k), &self.device)?; // [b, k]
+                all.gather(&idx, 1)? // [b, k]
+            }
+        };
+        Ok(match self.cfg.final_logit_softcap {
+            Some(c) => ((logits / c)?.tanh()? * c)?,
+            None => logits,
+        })
+    }
+
     /// The forward pass from the embeddings.
     pub(crate) fn run(
         &self,
@@ -1080,86 +1074,6 @@ impl Mlp {
     }
 }
 
-/// `act(gate) * up` in one pass, split over the CPU threads (candle's unary and binary CPU ops run
-/// on one thread). The same f32 formulas as candle's `silu` and `gelu` (tanh approximation), so
-/// the result equals the unfused ops'. CPU, f32, contiguous inputs of one shape.
-struct GatedAct(Activation);
-
-impl candle_core::CustomOp2 for GatedAct {
-    fn name(&self) -> &'static str {
-        "gated-act"
-    }
-
-    fn cpu_fwd(
-        &self,
-        g: &candle_core::CpuStorage,
-        lg: &candle_core::Layout,
-        u: &candle_core::CpuStorage,
-        lu: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(g), candle_core::CpuStorage::F32(u)) = (g, u) else {
-            candle_core::bail!("gated-act: f32 only")
-        };
-        let (Some((g0, g1)), Some((u0, u1))) = (lg.contiguous_offsets(), lu.contiguous_offsets())
-        else {
-            candle_core::bail!("gated-act: non-contiguous input")
-        };
-        if lg.shape() != lu.shape() {
-            candle_core::bail!("gated-act: shapes {:?} and {:?}", lg.shape(), lu.shape())
-        }
-        let (g, u) = (&g[g0..g1], &u[u0..u1]);
-        let mut out = vec![0f32; g.len()];
-        let act = self.0;
-        const CHUNK: usize = 4096;
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| match act {
-                Activation::Silu => {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = g / (1.0 + (-g).exp()) * u;
-                    }
-                }
-                _ => {
-                    const SQRT_TWO_OVER_PI: f32 = 0.797_884_560_802_865_4;
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        let a = 0.5
-                            * g
-                            * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * g * (1.0 + 0.044715 * g * g)));
-                        *o = a * u;
-                    }
-                }
-            });
-        Ok((candle_core::CpuStorage::F32(out), lg.shape().clone()))
-    }
-}
-
-/// Rotary embedding on split halves from plain ops (differentiable): `x [b, h, s, hd]`,
-/// `cos`/`sin` `[b, s, hd/2]`.
-fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let hd = x.dim(3)?;
-    let cos = Tensor::cat(&[cos, cos], 2)?.unsqueeze(1)?; // [b, 1, s, hd]
-    let sin = Tensor::cat(&[sin, sin], 2)?.unsqueeze(1)?; // [b, 1, s, hd]
-    let x1 = x.narrow(3, 0, hd / 2)?; // [b, h, s, hd/2]
-    let x2 = x.narrow(3, hd / 2, hd / 2)?; // [b, h, s, hd/2]
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?; // [b, h, s, hd]
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-}
-
-/// Rotary embedding on adjacent pairs from plain ops (differentiable): `x [b, h, s, hd]`,
-/// `cos`/`sin` `[b, s, hd/2]`.
-fn rope_i_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, s, hd) = x.dims4()?;
-    let cos = cos.unsqueeze(1)?.unsqueeze(4)?; // [b, 1, s, hd/2, 1]
-    let sin = sin.unsqueeze(1)?.unsqueeze(4)?; // [b, 1, s, hd/2, 1]
-    let x = x.reshape((b, h, s, hd / 2, 2))?; // [b, h, s, hd/2, 2]
-    let x0 = x.narrow(4, 0, 1)?; // [b, h, s, hd/2, 1]
-    let x1 = x.narrow(4, 1, 1)?; // [b, h, s, hd/2, 1]
-    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-    Tensor::cat(&[y0, y1], 4)?.reshape((b, h, s, hd)) // [b, h, s, hd]
-}
-
 /// RoPE inverse frequencies, `head_dim / 2` values.
 fn inv_freq(head_dim: usize, theta: f32, scaling: RopeScaling) -> Vec<f32> {
     let base: Vec<f32> = (0..head_dim / 2)
@@ -1369,40 +1283,5 @@ impl Model {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The fused gate kernel gives what candle's separate ops give, on values spanning the
-    /// activations' curved range and beyond, for a length that is not a multiple of its chunk.
-    #[test]
-    fn gated_act_equals_the_unfused_ops() {
-        let n = 3 * 4096 + 17;
-        let g = Tensor::randn(0f32, 3.0, (n,), &Device::Cpu).unwrap();
-        let u = Tensor::randn(0f32, 1.0, (n,), &Device::Cpu).unwrap();
-        for act in [Activation::Silu, Activation::GeluTanh] {
-            let fused = g.apply_op2_no_bwd(&u, &GatedAct(act)).unwrap();
-            let plain = match act {
-                Activation::Silu => candle_nn::ops::silu(&g).unwrap(),
-                _ => g.gelu().unwrap(),
-            };
-            let plain = (plain * &u).unwrap();
-            let diff = (fused - plain)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(diff, 0.0, "{act:?}");
-        }
-        let short = Tensor::zeros((n - 1,), DType::F32, &Device::Cpu).unwrap();
-        assert!(g
-            .apply_op2_no_bwd(&short, &GatedAct(Activation::Silu))
-            .is_err());
     }
 }
