@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Parser;
 use puppetlens::data::{self, ab_prompt, ab_text_prompt, text_prompt, AbItem, PromptFormat, Split};
 use puppetlens::diff::{AbSplits, DiffOptions};
@@ -73,43 +73,6 @@ struct Args {
     device: String,
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    Ok(match s {
-        "cpu" => Device::Cpu,
-        "metal" => Device::new_metal(0).context("--device metal")?,
-        "cuda" => Device::new_cuda(0).context("--device cuda")?,
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::new_cuda(n).with_context(|| format!("--device {other}"))?,
-            _ => bail!("--device `{other}`: expected cpu, cuda, cuda:N or metal"),
-        },
-    })
-}
-
-fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let range = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<usize>()?, b.trim().parse::<usize>()?),
-            None => {
-                let l = part
-                    .parse::<usize>()
-                    .with_context(|| format!("--layers `{part}`"))?;
-                (l, l)
-            }
-        };
-        for l in range.0..=range.1 {
-            if l >= n_layers {
-                bail!("--layers: layer {l} out of range: the model has {n_layers} layers (0..{n_layers})");
-            }
-            out.push(l);
-        }
-    }
-    if out.is_empty() {
-        bail!("--layers `{s}` names no layer");
-    }
-    Ok(out)
-}
-
 /// Items split by their `split` field, or 60/20/20 (seed 0, stratified by the matching letter).
 fn load_items(path: &Path) -> Result<Split<AbItem>> {
     match data::load_with_split(path, data::load_ab_json) {
@@ -147,13 +110,7 @@ fn stage(t0: &Instant, msg: &str) {
 }
 
 fn atomic_write(path: &Path, text: &str) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(puppetlens::write_atomic(path, text.as_bytes())?)
 }
 
 /// One probe set of the single-model section: per-layer test accuracy and its interval.
@@ -289,14 +246,14 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let t0 = Instant::now();
     let opts = LoadOptions {
-        device: parse_device(&args.device)?,
+        device: puppetlens::parse_device(&args.device)?,
         ..Default::default()
     };
     stage(&t0, &format!("loading {} and {:?}", args.base, args.tuned));
     let (base, tok) = puppetlens::open(&args.base, &opts)?;
     let n_layers = base.config().n_layers;
     let layers = match (&args.layers, args.quick) {
-        (Some(s), _) => Some(parse_layers(s, n_layers)?),
+        (Some(s), _) => Some(puppetlens::spec::parse_layers(s, n_layers)?),
         (None, true) => Some((0..n_layers).step_by(4).collect()),
         (None, false) => None,
     };

@@ -27,13 +27,13 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::eval::{ab_summary, add_sweep_scores, summarize, AbCase, Intervention};
+use crate::eval::{ab_summary, add_sweep, summarize, AbCase, Intervention};
 use crate::extract::{extract, Activations, ExtractOptions, Site};
 use crate::hook::HookPoint;
 use crate::model::Model;
 use crate::probe::{fit_logistic, sweep, transfer, ProbeOptions};
 use crate::steer::SteeringVector;
-use crate::util::atomic_write_bytes;
+use crate::util::{atomic_write_bytes, Progress};
 use crate::{Error, Result};
 
 /// A/B items split for probing and evaluation.
@@ -445,13 +445,22 @@ pub fn localise(
     let steered: BTreeMap<usize, f64> = if swept.is_empty() {
         BTreeMap::new()
     } else {
-        let s = add_sweep_scores(base, &data.test, &diff, &swept, &[opts.scale], bs)?;
+        let s = add_sweep(
+            base,
+            &data.test,
+            &diff,
+            &swept,
+            &[opts.scale],
+            bs,
+            opts.progress,
+        )?;
         swept
             .iter()
             .zip(&s)
             .map(|(&l, per)| (l, summarize(&per[0]).mean_p))
             .collect()
     };
+    let mut bar = Progress::new("ablation", steered.len(), opts.progress);
     let mut rows = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let (mut p_steer, mut p_abl) = (None, None);
@@ -470,11 +479,14 @@ pub fn localise(
                 )?
                 .mean_p,
             );
-            say(&format!(
-                "layer {l}: steered base {:.3}, ablated tuned {:.3}",
-                p_steer.unwrap_or(f64::NAN),
-                p_abl.unwrap_or(f64::NAN)
-            ));
+            bar.advance(1);
+            if opts.progress {
+                bar.say(&format!(
+                    "localise: layer {l}: steered base {:.3}, ablated tuned {:.3}",
+                    p_steer.unwrap_or(f64::NAN),
+                    p_abl.unwrap_or(f64::NAN)
+                ));
+            }
         }
         rows.push(LayerRow {
             layer: l,
@@ -492,6 +504,7 @@ pub fn localise(
             gap_removed: p_abl.and_then(|p| fraction(p_tuned - p, gap)),
         });
     }
+    bar.finish();
     let best_layer = rows
         .iter()
         .filter_map(|r| r.gap_closed.map(|g| (r.layer, g)))

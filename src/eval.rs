@@ -22,6 +22,7 @@ use crate::generate::GenerateOptions;
 use crate::hook::{HookPoint, Hooks, Positions};
 use crate::model::Model;
 use crate::steer::SteeringVector;
+use crate::util::Progress;
 use crate::{Error, Result};
 
 /// One A/B item ready for scoring: the prompt ends right before the answer letter.
@@ -218,6 +219,19 @@ pub fn add_sweep_scores(
     multipliers: &[f64],
     batch_size: usize,
 ) -> Result<Vec<Vec<Vec<AbScore>>>> {
+    add_sweep(model, cases, vector, layers, multipliers, batch_size, false)
+}
+
+/// [`add_sweep_scores`], with a progress bar when `progress`.
+pub(crate) fn add_sweep(
+    model: &Model,
+    cases: &[AbCase],
+    vector: &SteeringVector,
+    layers: &[usize],
+    multipliers: &[f64],
+    batch_size: usize,
+    progress: bool,
+) -> Result<Vec<Vec<Vec<AbScore>>>> {
     check_cases(model, cases)?;
     vector.check(model)?;
     let n_layers = model.config().n_layers;
@@ -240,7 +254,9 @@ pub fn add_sweep_scores(
         return Ok(out);
     }
     let lens: Vec<usize> = cases.iter().map(|c| c.ids.len()).collect();
-    for idx in crate::util::length_batches(&lens, batch_size) {
+    let batches = crate::util::length_batches(&lens, batch_size);
+    let mut bar = Progress::new("steering sweep", batches.len() * layers.len(), progress);
+    for idx in batches {
         let ids: Vec<&[u32]> = idx.iter().map(|&i| cases[i].ids.as_slice()).collect();
         let batch = Batch::new(&ids)?;
         let (b, s) = (batch.len(), batch.seq_len());
@@ -282,8 +298,10 @@ pub fn add_sweep_scores(
                     score_rows(&part, &idx, &mut out[li][ci * per + k])?;
                 }
             }
+            bar.advance(1);
         }
     }
+    bar.finish();
     Ok(out)
 }
 

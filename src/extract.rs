@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::Batch;
 use crate::hook::{Hook, HookCtx, HookPoint, Hooks};
 use crate::model::Model;
-use crate::util::{atomic_write, atomic_write_bytes};
+use crate::util::{atomic_write, atomic_write_bytes, Progress};
 use crate::{Error, Result};
 
 /// Which token(s) of each prompt to keep. Positions count from each prompt's first real token.
@@ -501,49 +501,4 @@ pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
         acts.append(Activations { map })?;
     }
     Ok((manifest, acts))
-}
-
-/// A progress line on stderr for long work.
-pub(crate) struct Progress {
-    label: &'static str,
-    total: usize,
-    done: usize,
-    on: bool,
-    start: std::time::Instant,
-    last: std::time::Instant,
-}
-
-impl Progress {
-    pub(crate) fn new(label: &'static str, total: usize, on: bool) -> Self {
-        let now = std::time::Instant::now();
-        Self {
-            label,
-            total,
-            done: 0,
-            on,
-            start: now,
-            last: now,
-        }
-    }
-
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.done += n;
-        if self.on && (self.last.elapsed().as_secs_f64() > 1.0 || self.done >= self.total) {
-            self.last = std::time::Instant::now();
-            let secs = self.start.elapsed().as_secs_f64();
-            eprint!(
-                "\r{}: {}/{} ({:.1}/s)   ",
-                self.label,
-                self.done,
-                self.total,
-                self.done as f64 / secs.max(1e-9)
-            );
-        }
-    }
-
-    pub(crate) fn finish(&self) {
-        if self.on && self.total > 0 {
-            eprintln!();
-        }
-    }
 }

@@ -53,6 +53,7 @@ mod open;
 pub mod plot;
 pub mod probe;
 pub mod report;
+pub mod spec;
 pub mod steer;
 pub mod tokenize;
 pub mod train;
@@ -67,9 +68,11 @@ pub use hook::{
     hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero,
 };
 pub use model::{Config, KvCache, LoadOptions, Model};
-pub use open::{open, organism_dir, parse_device, ORGANISMS};
+pub use open::{open, organism_dir, ORGANISMS};
+pub use spec::parse_device;
 pub use steer::SteeringVector;
 pub use tokenize::{ChatMessage, Tokenizer};
+pub use util::atomic_write_bytes as write_atomic;
 
 /// Loads a model and its tokenizer from a GGUF file or a Hugging Face directory, on the CPU in f32.
 pub fn load(path: impl AsRef<std::path::Path>) -> Result<(Model, Tokenizer)> {

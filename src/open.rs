@@ -7,7 +7,6 @@ use crate::lora::Adapter;
 use crate::model::{Arch, LoadOptions, Model};
 use crate::tokenize::{Tokenizer, GEMMA3_CHAT_TEMPLATE};
 use crate::{Error, Result};
-use candle_core::Device;
 
 /// The model organisms committed with puppetlens (LoRA adapters on gemma-3-270m).
 pub const ORGANISMS: [&str; 3] = ["assistant", "sycophant", "control"];
@@ -179,48 +178,4 @@ mod tests {
         assert_eq!(hub_snapshot(&root, "org/other"), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
-}
-
-/// The device named by `spec`: `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N` (a GPU needs a build
-/// with `--features cuda` or `metal`; the error says so).
-///
-/// ```
-/// assert!(puppetlens::parse_device("cpu")?.is_cpu());
-/// assert!(puppetlens::parse_device("tpu").is_err());
-/// # Ok::<(), puppetlens::Error>(())
-/// ```
-pub fn parse_device(spec: &str) -> Result<Device> {
-    let bad = |msg: String| Error::InvalidArgument {
-        name: "device".into(),
-        msg,
-    };
-    let (kind, ordinal) = match spec.trim().split_once(':') {
-        Some((k, n)) => {
-            let n = n.trim().parse::<usize>().map_err(|_| {
-                bad(format!(
-                    "`{spec}`: `{n}` is not a device number (expected e.g. cuda:0)"
-                ))
-            })?;
-            (k.trim(), Some(n))
-        }
-        None => (spec.trim(), None),
-    };
-    let made = match (kind, ordinal) {
-        ("cpu", None) => return Ok(Device::Cpu),
-        ("cuda", n) => Device::new_cuda(n.unwrap_or(0)),
-        ("metal", n) => Device::new_metal(n.unwrap_or(0)),
-        _ => {
-            return Err(bad(format!(
-                "`{spec}` is not a device (expected cpu, cuda, cuda:N, metal or metal:N)"
-            )))
-        }
-    };
-    made.map_err(|e| {
-        let hint = match &e {
-            candle_core::Error::NotCompiledWithCudaSupport => " (build with `--features cuda`)",
-            candle_core::Error::NotCompiledWithMetalSupport => " (build with `--features metal`)",
-            _ => "",
-        };
-        bad(format!("{spec}: {}{hint}", Error::from(e)))
-    })
 }

@@ -100,7 +100,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -570,8 +569,8 @@ impl Tokenizer {
         }
         let config = serde_json::to_string_pretty(&serde_json::Value::Object(config))
             .map_err(|e| self.tok_err(format!("cannot serialize tokenizer_config.json: {e}")))?;
-        write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
-        write_atomic(&dir.join("tokenizer_config.json"), config.as_bytes())?;
+        crate::util::atomic_write_bytes(&dir.join("tokenizer.json"), json.as_bytes())?;
+        crate::util::atomic_write_bytes(&dir.join("tokenizer_config.json"), config.as_bytes())?;
         // A stale `chat_template.jinja` would override the template just written.
         let jinja = dir.join("chat_template.jinja");
         match std::fs::remove_file(&jinja) {
@@ -1454,26 +1453,6 @@ fn py_json(
         _ => py_json_str(&v.to_string(), opts.ensure_ascii, out),
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader never sees a half-written file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 #[cfg(test)]

@@ -468,63 +468,20 @@ impl Ctx {
     }
 }
 
-/// Parses a layer SPEC (`3`, `3,6,9`, `4-12`, `0,4-6`) into sorted, distinct layers below
-/// `n_layers`; `owner` names what has the layers and `flag` the option, in messages.
+/// The library's layer list (`puppetlens::spec::parse_layers`), its errors naming `flag`.
 fn parse_layers(spec: &str, n_layers: usize, owner: &str, flag: &str) -> Result<Vec<usize>> {
-    let bad = |msg: String| invalid(flag, msg);
-    let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim) {
-        let num = |s: &str| {
-            s.trim().parse::<usize>().map_err(|_| {
-                bad(format!(
-                    "`{}` in `{spec}` is not a layer number (expected e.g. 3, 3,6,9 or 4-12)",
-                    s.trim()
-                ))
-            })
-        };
-        let (lo, hi) = match item.split_once('-') {
-            Some((a, b)) => (num(a)?, num(b)?),
-            None => {
-                let l = num(item)?;
-                (l, l)
-            }
-        };
-        if lo > hi {
-            return Err(bad(format!("the range `{item}` runs backwards")));
-        }
-        if hi >= n_layers {
-            let layer = if lo >= n_layers { lo } else { hi };
-            return Err(bad(format!(
-                "layer {layer} is out of range: {owner} has {n_layers} layers (0-{})",
-                n_layers.saturating_sub(1)
-            )));
-        }
-        out.extend(lo..=hi);
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    puppetlens::spec::parse_layers(spec, n_layers).map_err(|e| match e {
+        Error::InvalidArgument { msg, .. } => invalid(flag, format!("{msg} ({owner})")),
+        e => e,
+    })
 }
 
-/// Comma-separated finite numbers.
+/// The library's multiplier list, its errors naming `--multipliers`.
 fn parse_multipliers(spec: &str) -> Result<Vec<f64>> {
-    spec.split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite())
-                .ok_or_else(|| {
-                    invalid(
-                        "--multipliers",
-                        format!(
-                            "`{}` in `{spec}` is not a number (expected e.g. -2,-1,0,1,2)",
-                            s.trim()
-                        ),
-                    )
-                })
-        })
-        .collect()
+    puppetlens::spec::parse_multipliers(spec).map_err(|e| match e {
+        Error::InvalidArgument { msg, .. } => invalid("--multipliers", msg),
+        e => e,
+    })
 }
 
 /// Creates `path`'s parent directory when it has one.
