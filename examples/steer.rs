@@ -31,7 +31,7 @@ use puppetlens::eval::AbCase;
 use puppetlens::extract::{extract, ExtractOptions, Site};
 use puppetlens::plot::{LineChart, Series};
 use puppetlens::probe::{sweep, ProbeOptions};
-use puppetlens::report::{pair_report, write_figures, PairOptions, PairReport};
+use puppetlens::report::{pair_reports, write_figures, PairOptions, PairReport};
 use puppetlens::{HookPoint, LoadOptions, Model, Tokenizer};
 use serde_json::json;
 
@@ -294,10 +294,10 @@ fn main() -> Result<()> {
         },
         dose_layers: None,
     };
-    let mut pairs: Vec<PairReport> = Vec::new();
+    // The tuned siblings, loaded together: the base's side of the search runs once for all.
+    let mut tuned: Vec<(String, Model)> = Vec::new();
     for spec in &args.tuned {
-        stage(&t0, &format!("pair {} vs {spec}", args.base));
-        let (tuned, ttok) = puppetlens::open(spec, &opts)?;
+        let (model, ttok) = puppetlens::open(spec, &opts)?;
         if ttok.vocab_size() != tok.vocab_size() {
             bail!(
                 "{spec}: vocabulary of {} tokens, the base has {}: not a tuned sibling",
@@ -309,16 +309,21 @@ fn main() -> Result<()> {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| spec.clone());
-        let rep = pair_report(
-            &base,
-            &tuned,
-            (&args.base, &name),
-            "sycophancy",
-            &data,
-            &neutral,
-            &popts,
-        )?;
-        let dir = args.out.join("pairs").join(&name);
+        tuned.push((name, model));
+    }
+    stage(&t0, &format!("pairs: {} vs {:?}", args.base, args.tuned));
+    let named: Vec<(&str, &Model)> = tuned.iter().map(|(n, m)| (n.as_str(), m)).collect();
+    let pairs: Vec<PairReport> = pair_reports(
+        &base,
+        &named,
+        &args.base,
+        "sycophancy",
+        &data,
+        &neutral,
+        &popts,
+    )?;
+    for rep in &pairs {
+        let dir = args.out.join("pairs").join(&rep.tuned);
         rep.localisation.write(&dir)?;
         let mut dose = String::from("layer,multiplier,p_matching,rate,logit_diff\n");
         for r in &rep.dose {
@@ -328,7 +333,6 @@ fn main() -> Result<()> {
             ));
         }
         atomic_write(&dir.join("dose.csv"), &dose)?;
-        pairs.push(rep);
     }
     stage(&t0, "figures (pairs)");
     let mut files = write_figures(&pairs, &args.out)?;

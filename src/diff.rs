@@ -31,7 +31,7 @@ use crate::eval::{ab_summary, add_sweep, summarize, AbCase, Intervention};
 use crate::extract::{extract, Activations, ExtractOptions, Site};
 use crate::hook::HookPoint;
 use crate::model::Model;
-use crate::probe::{fit_logistic, sweep, transfer, ProbeOptions};
+use crate::probe::{sweep, transfer, ProbeOptions};
 use crate::steer::SteeringVector;
 use crate::util::{atomic_write_bytes, Progress};
 use crate::{Error, Result};
@@ -260,6 +260,10 @@ pub struct Localisation {
     /// The tuned model's behaviour vector.
     #[serde(skip)]
     pub behaviour_vector: Option<SteeringVector>,
+    /// CAA activations of the test items, every layer: (positives, negatives) of the base and
+    /// of the tuned model, for the report's PCA view without extracting them again.
+    #[serde(skip)]
+    pub(crate) test_acts: Option<Box<[(Activations, Activations); 2]>>,
 }
 
 impl Localisation {
@@ -350,7 +354,38 @@ pub fn localise(
     neutral: &[Vec<u32>],
     opts: &DiffOptions,
 ) -> Result<Localisation> {
-    check_pair(base, tuned)?;
+    let mut v = localise_many(base, &[tuned], data, neutral, opts)?;
+    v.pop().ok_or_else(|| Error::InvalidArgument {
+        name: "tuned".into(),
+        msg: "no report computed".into(),
+    })
+}
+
+/// What the report needs from the base model alone: shared by every tuned sibling.
+struct BaseSide {
+    /// CAA activations (positives, negatives) of the train, val and test items.
+    acts: [(Activations, Activations); 3],
+    /// Per-layer probe reports and the fitted probes.
+    probe: Vec<crate::probe::LayerReport>,
+    fits: Vec<crate::probe::LinearProbe>,
+    /// Unsteered P(matching) on the test items.
+    p_base: f64,
+}
+
+/// [`localise`] for several tuned siblings of one base (a sycophant and its control, say), one
+/// report each, in order: the base model's activations, probes, unsteered behaviour and
+/// neutral-text activations are computed once for all of them. Each report equals
+/// [`localise`]'s for that pair.
+pub fn localise_many(
+    base: &Model,
+    tuned: &[&Model],
+    data: &AbSplits,
+    neutral: &[Vec<u32>],
+    opts: &DiffOptions,
+) -> Result<Vec<Localisation>> {
+    for t in tuned {
+        check_pair(base, t)?;
+    }
     for (name, part) in [
         ("train", &data.train),
         ("val", &data.val),
@@ -377,17 +412,81 @@ pub fn localise(
         }
     };
     let bs = opts.batch_size;
-
-    say("extracting CAA activations (base, tuned; train, val, test)");
-    let acts = |m: &Model| -> Result<[(Activations, Activations); 3]> {
-        Ok([
-            caa_acts(m, &data.train, bs)?,
-            caa_acts(m, &data.val, bs)?,
-            caa_acts(m, &data.test, bs)?,
-        ])
+    say("base model: CAA activations (train, val, test), probes, unsteered behaviour");
+    let acts = [
+        caa_acts(base, &data.train, bs)?,
+        caa_acts(base, &data.val, bs)?,
+        caa_acts(base, &data.test, bs)?,
+    ];
+    let (xb_tr, y_tr) = labelled(&acts[0].0, &acts[0].1, n_layers)?;
+    let (xb_va, y_va) = labelled(&acts[1].0, &acts[1].1, n_layers)?;
+    let (xb_te, y_te) = labelled(&acts[2].0, &acts[2].1, n_layers)?;
+    let (probe, fits) =
+        crate::probe::sweep_fits(&xb_tr, &y_tr, &xb_va, &y_va, &xb_te, &y_te, &opts.probe)?;
+    let side = BaseSide {
+        acts,
+        probe,
+        fits,
+        p_base: ab_summary(base, &data.test, &Intervention::None, bs)?.mean_p,
     };
-    let [b_tr, b_va, b_te] = acts(base)?;
-    let [t_tr, t_va, t_te] = acts(tuned)?;
+    let neutral_norms: Vec<Option<BTreeMap<usize, f64>>> = if neutral.is_empty() {
+        vec![None; tuned.len()]
+    } else {
+        say("neutral-text differences");
+        let k = neutral
+            .iter()
+            .map(|p| p.len())
+            .min()
+            .unwrap_or(0)
+            .min(opts.neutral_k)
+            .max(1);
+        let nopts = TunedVectorOptions {
+            site: Site::FirstK(k),
+            batch_size: bs,
+            layers: None,
+        };
+        base_tuned_vectors(base, tuned, neutral, &nopts)?
+            .iter()
+            .map(|v| v.norms().map(Some))
+            .collect::<Result<_>>()?
+    };
+    tuned
+        .iter()
+        .zip(neutral_norms)
+        .enumerate()
+        .map(|(i, (t, nn))| {
+            if tuned.len() > 1 {
+                say(&format!("tuned model {} of {}", i + 1, tuned.len()));
+            }
+            localise_one(base, &side, t, data, nn, &layers, opts)
+        })
+        .collect()
+}
+
+/// The report of one tuned model against the base's shared side.
+fn localise_one(
+    base: &Model,
+    side: &BaseSide,
+    tuned: &Model,
+    data: &AbSplits,
+    neutral_diff: Option<BTreeMap<usize, f64>>,
+    layers: &[usize],
+    opts: &DiffOptions,
+) -> Result<Localisation> {
+    let n_layers = base.config().n_layers;
+    let say = |m: &str| {
+        if opts.progress {
+            eprintln!("localise: {m}");
+        }
+    };
+    let bs = opts.batch_size;
+    say("tuned model: CAA activations (train, val, test)");
+    let [b_tr, _, b_te] = &side.acts;
+    let [t_tr, t_va, t_te] = [
+        caa_acts(tuned, &data.train, bs)?,
+        caa_acts(tuned, &data.val, bs)?,
+        caa_acts(tuned, &data.test, bs)?,
+    ];
 
     let behaviour =
         SteeringVector::mean_diff(&t_tr.0, &t_tr.1, n_layers)?.with_meta("model", "tuned");
@@ -406,36 +505,19 @@ pub fn localise(
     }
     let diff = SteeringVector::new(d, "base_vs_tuned")?
         .with_meta("site", "last token of CAA prompts (train)");
-    let neutral_diff = if neutral.is_empty() {
-        None
-    } else {
-        say("neutral-text differences");
-        let k = neutral
-            .iter()
-            .map(|p| p.len())
-            .min()
-            .unwrap_or(0)
-            .min(opts.neutral_k)
-            .max(1);
-        Some(base_tuned_vector(base, tuned, neutral, Site::FirstK(k), bs)?.norms()?)
-    };
     let norms = diff.norms()?;
     let cos = diff.cosine(&behaviour)?;
 
     say("probes");
-    let (xb_tr, y_tr) = labelled(&b_tr.0, &b_tr.1, n_layers)?;
-    let (xb_va, y_va) = labelled(&b_va.0, &b_va.1, n_layers)?;
-    let (xb_te, y_te) = labelled(&b_te.0, &b_te.1, n_layers)?;
-    let (xt_tr, _) = labelled(&t_tr.0, &t_tr.1, n_layers)?;
-    let (xt_va, _) = labelled(&t_va.0, &t_va.1, n_layers)?;
-    let (xt_te, _) = labelled(&t_te.0, &t_te.1, n_layers)?;
-    let base_probe = sweep(&xb_tr, &y_tr, &xb_va, &y_va, &xb_te, &y_te, &opts.probe)?;
+    let (xt_tr, y_tr) = labelled(&t_tr.0, &t_tr.1, n_layers)?;
+    let (xt_va, y_va) = labelled(&t_va.0, &t_va.1, n_layers)?;
+    let (xt_te, y_te) = labelled(&t_te.0, &t_te.1, n_layers)?;
+    let base_probe = &side.probe;
     let tuned_probe = sweep(&xt_tr, &y_tr, &xt_va, &y_va, &xt_te, &y_te, &opts.probe)?;
-    let base_fits = fit_logistic(&xb_tr, &y_tr, &xb_va, &y_va, &opts.probe)?;
-    let moved = transfer(&base_fits, &xt_te, &y_te, &opts.probe)?;
+    let moved = transfer(&side.fits, &xt_te, &y_te, &opts.probe)?;
 
     say("behaviour under steering and ablation");
-    let p_base = ab_summary(base, &data.test, &Intervention::None, bs)?.mean_p;
+    let p_base = side.p_base;
     let p_tuned = ab_summary(tuned, &data.test, &Intervention::None, bs)?.mean_p;
     let gap = p_tuned - p_base;
     // A zero difference has nothing to add and no direction to ablate.
@@ -519,5 +601,6 @@ pub fn localise(
         meta: BTreeMap::new(),
         diff_vector: Some(diff),
         behaviour_vector: Some(behaviour),
+        test_acts: Some(Box::new([b_te.clone(), t_te])),
     })
 }

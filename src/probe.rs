@@ -380,6 +380,19 @@ pub fn sweep(
     y_test: &[bool],
     opts: &ProbeOptions,
 ) -> Result<Vec<LayerReport>> {
+    Ok(sweep_fits(train, y_train, val, y_val, test, y_test, opts)?.0)
+}
+
+/// [`sweep`] and the probes it fitted (for [`transfer`] without fitting them again).
+pub(crate) fn sweep_fits(
+    train: &[Tensor],
+    y_train: &[bool],
+    val: &[Tensor],
+    y_val: &[bool],
+    test: &[Tensor],
+    y_test: &[bool],
+    opts: &ProbeOptions,
+) -> Result<(Vec<LayerReport>, Vec<LinearProbe>)> {
     let (_, d) = check_split("train", train, y_train, None, None)?;
     check_split("test", test, y_test, Some(d), Some(train.len()))?;
     let (probes, grad_norms) = fit_logistic_inner(train, y_train, val, y_val, opts)?;
@@ -394,7 +407,7 @@ pub fn sweep(
             grad_norm: gn,
         });
     }
-    Ok(out)
+    Ok((out, probes))
 }
 
 /// Evaluates probes trained on one model on another model's activations at the same layers

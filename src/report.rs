@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-use crate::diff::{caa_prompts, localise, AbSplits, DiffOptions, Localisation};
+use crate::diff::{localise_many, AbSplits, DiffOptions, Localisation};
 use crate::eval::{dose_response, DoseRow};
-use crate::extract::{extract, ExtractOptions, Site};
+use crate::extract::Activations;
 use crate::hook::HookPoint;
 use crate::model::Model;
 use crate::plot::{LineChart, LineGrid, ScatterChart, ScatterPanel, Series};
@@ -96,80 +96,100 @@ pub fn pair_report(
     neutral: &[Vec<u32>],
     opts: &PairOptions,
 ) -> Result<PairReport> {
-    let loc = localise(base, tuned, data, neutral, &opts.diff)?;
-    let n_layers = base.config().n_layers;
-    let best = loc.best_layer;
-    let dose_layers = match (&opts.dose_layers, best) {
-        (Some(l), _) => l.clone(),
-        (None, Some(b)) => {
-            let mut v = vec![n_layers / 4, b, (3 * n_layers) / 4];
-            v.sort_unstable();
-            v.dedup();
-            v
-        }
-        (None, None) => vec![n_layers / 2],
-    };
-    if opts.diff.progress {
-        eprintln!("report: dose-response at layers {dose_layers:?}");
-    }
-    let dose = match &loc.diff_vector {
-        Some(v) => dose_response(
-            base,
-            &data.test,
-            v,
-            &dose_layers,
-            &opts.multipliers,
-            opts.diff.batch_size,
-        )?,
-        None => Vec::new(),
-    };
-    let pca = match best {
-        Some(layer) => Some(PcaView {
-            layer,
-            base: projected(base, data, layer, opts.diff.batch_size)?,
-            tuned: projected(tuned, data, layer, opts.diff.batch_size)?,
-        }),
-        None => None,
-    };
-    Ok(PairReport {
-        base: names.0.into(),
-        tuned: names.1.into(),
-        dataset: dataset.into(),
-        n_items: (data.train.len(), data.val.len(), data.test.len()),
-        localisation: loc,
-        dose,
-        pca,
+    let mut v = pair_reports(
+        base,
+        &[(names.1, tuned)],
+        names.0,
+        dataset,
+        data,
+        neutral,
+        opts,
+    )?;
+    v.pop().ok_or_else(|| Error::InvalidArgument {
+        name: "tuned".into(),
+        msg: "no report computed".into(),
     })
+}
+
+/// [`pair_report`] for several tuned siblings of one base (`(name, model)` each), one report each
+/// in order: the base model's side of the search is computed once for all of them
+/// ([`crate::diff::localise_many`]), and the PCA view reuses the localisation's activations.
+pub fn pair_reports(
+    base: &Model,
+    tuned: &[(&str, &Model)],
+    base_name: &str,
+    dataset: &str,
+    data: &AbSplits,
+    neutral: &[Vec<u32>],
+    opts: &PairOptions,
+) -> Result<Vec<PairReport>> {
+    let models: Vec<&Model> = tuned.iter().map(|(_, m)| *m).collect();
+    let locs = localise_many(base, &models, data, neutral, &opts.diff)?;
+    let n_layers = base.config().n_layers;
+    tuned
+        .iter()
+        .zip(locs)
+        .map(|(&(name, _), loc)| {
+            let best = loc.best_layer;
+            let dose_layers = match (&opts.dose_layers, best) {
+                (Some(l), _) => l.clone(),
+                (None, Some(b)) => {
+                    let mut v = vec![n_layers / 4, b, (3 * n_layers) / 4];
+                    v.sort_unstable();
+                    v.dedup();
+                    v
+                }
+                (None, None) => vec![n_layers / 2],
+            };
+            if opts.diff.progress {
+                eprintln!("report: {name}: dose-response at layers {dose_layers:?}");
+            }
+            let dose = match &loc.diff_vector {
+                Some(v) => dose_response(
+                    base,
+                    &data.test,
+                    v,
+                    &dose_layers,
+                    &opts.multipliers,
+                    opts.diff.batch_size,
+                )?,
+                None => Vec::new(),
+            };
+            let pca = match (best, loc.test_acts.as_deref()) {
+                (Some(layer), Some([b, t])) => Some(PcaView {
+                    layer,
+                    base: projected(b, layer)?,
+                    tuned: projected(t, layer)?,
+                }),
+                _ => None,
+            };
+            Ok(PairReport {
+                base: base_name.into(),
+                tuned: name.into(),
+                dataset: dataset.into(),
+                n_items: (data.train.len(), data.val.len(), data.test.len()),
+                localisation: loc,
+                dose,
+                pca,
+            })
+        })
+        .collect()
 }
 
 type Points = Vec<(f64, f64)>;
 
-/// Test-split CAA activations at `layer` on their top two principal components.
-fn projected(
-    model: &Model,
-    data: &AbSplits,
-    layer: usize,
-    batch_size: usize,
-) -> Result<(Points, Points)> {
-    let (pos, neg) = caa_prompts(&data.test);
-    let opts = ExtractOptions {
-        points: vec![HookPoint::ResidPost(layer)],
-        site: Site::Last,
-        batch_size,
-        progress: false,
-        ..Default::default()
-    };
-    let p = extract(model, &pos, &opts)?;
-    let n = extract(model, &neg, &opts)?;
+/// CAA activations `(positives, negatives)` at `layer` on their top two principal components.
+fn projected(acts: &(Activations, Activations), layer: usize) -> Result<(Points, Points)> {
     let hp = HookPoint::ResidPost(layer);
-    let x = Tensor::cat(&[p.get(hp)?, n.get(hp)?], 0)?.to_dtype(DType::F64)?; // [2m, d]
+    let (p, n) = (acts.0.get(hp)?, acts.1.get(hp)?);
+    let m = p.dim(0)?;
+    let x = Tensor::cat(&[p, n], 0)?.to_dtype(DType::F64)?; // [2m, d]
     let x = x.broadcast_sub(&x.mean_keepdim(0)?)?; // centred
     let (v1, v2) = top_two(&x)?;
     let coords = Tensor::stack(&[v1, v2], 1)?; // [d, 2]
     let y = x.matmul(&coords)?; // [2m, 2]
     let y = y.broadcast_div(&(y.sqr()?.mean_keepdim(0)?.sqrt()? + 1e-12)?)?; // unit variance per PC
     let y = y.to_vec2::<f64>()?;
-    let m = data.test.len();
     let pts: Vec<(f64, f64)> = y.into_iter().map(|r| (r[0], r[1])).collect();
     Ok((pts[..m].to_vec(), pts[m..].to_vec()))
 }

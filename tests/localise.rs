@@ -10,7 +10,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use puppetlens::diff::{
-    base_tuned_vector, base_tuned_vectors, localise, AbSplits, DiffOptions, TunedVectorOptions,
+    base_tuned_vector, base_tuned_vectors, localise, localise_many, AbSplits, DiffOptions,
+    TunedVectorOptions,
 };
 use puppetlens::eval::AbCase;
 use puppetlens::extract::{extract, ExtractOptions, Site};
@@ -252,22 +253,23 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
         val: cases[6..9].to_vec(),
         test: cases[9..].to_vec(),
     };
-    let report = localise(
-        base,
-        &tuned,
-        &splits,
-        &[],
-        &DiffOptions {
-            layers: Some(vec![L - 2, L, L + 4]),
-            progress: false,
-            probe: ProbeOptions {
-                bootstrap: 50,
-                ..ProbeOptions::default()
-            },
-            ..DiffOptions::default()
+    let opts = DiffOptions {
+        layers: Some(vec![L - 2, L, L + 4]),
+        progress: false,
+        probe: ProbeOptions {
+            bootstrap: 50,
+            ..ProbeOptions::default()
         },
-    )
-    .unwrap();
+        ..DiffOptions::default()
+    };
+    let report = localise(base, &tuned, &splits, &[], &opts).unwrap();
+    // Several siblings in one call (the base's side computed once): the same report for the
+    // edited model, and for the base against itself no difference and no gap.
+    let many = localise_many(base, &[&tuned, base], &splits, &[], &opts).unwrap();
+    let json = |r: &puppetlens::diff::Localisation| serde_json::to_string(r).unwrap();
+    assert_eq!(json(&many[0]), json(&report), "localise_many vs localise");
+    assert!(many[1].rows.iter().all(|r| r.diff_norm == 0.0));
+    assert_eq!(many[1].p_tuned, many[1].p_base);
     for r in report.rows.iter().filter(|r| r.p_steered_base.is_some()) {
         println!(
             "layer {}: diff norm {:.2}, gap closed {:?}, removed {:?}",
