@@ -6,7 +6,8 @@
 //!
 //! The main types:
 //! - [`Model`]: one config-driven decoder for Llama-family models and Gemma 3, loaded with
-//!   [`Model::load`]; [`Model::forward`], [`Model::run_with_cache`], [`Model::generate`].
+//!   [`Model::load`]; [`Model::forward`], [`Model::run_with_cache`], [`Model::generate`], and
+//!   [`Model::run_from`] (resume a forward at a residual-stream point: branch-at-layer sweeps).
 //! - [`Tokenizer`]: the model's own tokenizer and chat template, from GGUF metadata or `tokenizer.json`.
 //! - [`HookPoint`]: `hook_embed`, `blocks.{l}.hook_resid_pre|attn_out|resid_mid|mlp_out|resid_post`,
 //!   `ln_final.hook_normalized`, parsed and printed as TransformerLens names them.
@@ -18,7 +19,8 @@
 //! [`extract`] (batched activation extraction, streamed to safetensors shards), [`probe`] (per-layer
 //! linear probes), [`steer`] ([`SteeringVector`]: difference of means, PCA, arithmetic, llama.cpp
 //! control vectors), [`eval`] (A/B behaviour, dose-response, KL side effects, refusal rate) and
-//! [`diff`] (base-versus-tuned vectors and the per-layer localisation report).
+//! [`diff`] (base-versus-tuned vectors and the per-layer localisation report). [`spec`] parses the
+//! command line's device, layer and multiplier lists; [`write_atomic`] writes output files.
 //!
 //! ```no_run
 //! use puppetlens::{fetch, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model};

@@ -617,11 +617,7 @@ impl Model {
         batch: &Batch,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
-        self.run_inner(batch, None, hooks, Output::AllLogits, Some((start, resid)))?
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "run_from".into(),
-                msg: "no logits computed".into(),
-            })
+        self.resume(start, resid, batch, hooks, Output::AllLogits)
     }
 
     /// [`Model::run_from`] with logits at the last position of each row only, `[batch, vocab]` f32.
@@ -632,9 +628,21 @@ impl Model {
         batch: &Batch,
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
-        self.run_inner(batch, None, hooks, Output::LastLogits, Some((start, resid)))?
+        self.resume(start, resid, batch, hooks, Output::LastLogits)
+    }
+
+    /// The logits of a forward resumed at `start` ([`Model::run_from`]).
+    fn resume(
+        &self,
+        start: HookPoint,
+        resid: &Tensor,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        output: Output,
+    ) -> Result<Tensor> {
+        self.run_inner(batch, None, hooks, output, Some((start, resid)))?
             .ok_or_else(|| Error::InvalidArgument {
-                name: "run_from_last".into(),
+                name: "run_from".into(),
                 msg: "no logits computed".into(),
             })
     }
