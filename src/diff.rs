@@ -346,6 +346,13 @@ fn fraction(num: f64, gap: f64) -> Option<f64> {
     (gap.abs() >= 0.01).then(|| num / gap)
 }
 
+/// A stage line of the localisation on stderr, when `opts.progress`.
+fn say(opts: &DiffOptions, msg: &str) {
+    if opts.progress {
+        eprintln!("localise: {msg}");
+    }
+}
+
 /// Builds the localisation report (see the [module docs](self)).
 pub fn localise(
     base: &Model,
@@ -406,11 +413,7 @@ pub fn localise_many(
     if let Some(&l) = layers.iter().find(|&&l| l >= n_layers) {
         return Err(Error::LayerOutOfRange { layer: l, n_layers });
     }
-    let say = |m: &str| {
-        if opts.progress {
-            eprintln!("localise: {m}");
-        }
-    };
+    let say = |m: &str| say(opts, m);
     let bs = opts.batch_size;
     say("base model: CAA activations (train, val, test), probes, unsteered behaviour");
     let acts = [
@@ -474,11 +477,7 @@ fn localise_one(
     opts: &DiffOptions,
 ) -> Result<Localisation> {
     let n_layers = base.config().n_layers;
-    let say = |m: &str| {
-        if opts.progress {
-            eprintln!("localise: {m}");
-        }
-    };
+    let say = |m: &str| say(opts, m);
     let bs = opts.batch_size;
     say("tuned model: CAA activations (train, val, test)");
     let [b_tr, _, b_te] = &side.acts;

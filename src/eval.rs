@@ -196,8 +196,8 @@ const SWEEP_ROWS: usize = 64;
 ///
 /// Branch-at-layer execution: per batch of items, the forward below the highest swept layer runs
 /// once and keeps each swept layer's residual ([`Model::cache`]); for each layer only the blocks
-/// above it run ([`Model::run_from_last`]), for all its multipliers at once, stacked as rows of one
-/// batch. The residuals handed on are computed as [`Intervention::Add`] computes them, so each cell
+/// above it run (the forward resumed there, as [`Model::run_from`] does), for all its multipliers
+/// at once, stacked as rows of one batch, and only the two answers' logits are computed. The residuals handed on are computed as [`Intervention::Add`] computes them, so each cell
 /// equals scoring it on its own within float rounding of the larger batch (tests hold P and the
 /// logit difference to 1e-5 on the shipped checkpoints).
 ///

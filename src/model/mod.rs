@@ -666,16 +666,14 @@ impl Model {
                 got: format!("{:?}", ids.iter().map(|r| r.len()).collect::<Vec<_>>()),
             });
         }
-        if let Some(&id) = ids
-            .iter()
-            .flatten()
-            .find(|&&id| id as usize >= self.cfg.vocab_size)
-        {
-            return Err(Error::TokenOutOfRange {
-                index: 0,
-                id,
-                vocab: self.cfg.vocab_size,
-            });
+        for (index, row) in ids.iter().enumerate() {
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                return Err(Error::TokenOutOfRange {
+                    index,
+                    id,
+                    vocab: self.cfg.vocab_size,
+                });
+            }
         }
         let normed = self
             .run_inner(batch, None, hooks, Output::Hidden, start)?
