@@ -30,6 +30,7 @@ use puppetlens::data::{self, ab_prompt, ab_text_prompt, text_prompt, AbItem, Pro
 use puppetlens::diff::{AbSplits, DiffOptions};
 use puppetlens::eval::AbCase;
 use puppetlens::extract::{extract, ExtractOptions, Site};
+use puppetlens::patch::{self, patching, PatchOptions, Patching};
 use puppetlens::plot::{LineChart, Series};
 use puppetlens::probe::{sweep, ProbeOptions};
 use puppetlens::report::{pair_reports, write_figures, PairOptions, PairReport};
@@ -338,6 +339,55 @@ fn main() -> Result<()> {
     stage(&t0, "figures (pairs)");
     let mut files = write_figures(&pairs, &args.out)?;
 
+    // The causal verdict per pair: cross-model activation patching and the puppeteer rank, with
+    // its specificity on neutral text and on an unrelated behaviour (judging true/false
+    // statements, the project's true_false.csv test split).
+    let judged: Vec<AbItem> = tf
+        .test
+        .iter()
+        .take(if args.quick { 16 } else { 64 })
+        .map(|l| AbItem {
+            question: format!(
+                "Is this statement true or false?\n\"{}\"\n (A) The statement is true.\n (B) The statement is false.",
+                l.text
+            ),
+            matching: if l.label { "(A)" } else { "(B)" }.into(),
+            not_matching: if l.label { "(B)" } else { "(A)" }.into(),
+        })
+        .collect();
+    let unrelated = cases(&tok, &judged, usize::MAX, text)?;
+    let patch_opts = PatchOptions {
+        layers: layers.clone(),
+        neutral: neutral.clone(),
+        unrelated,
+        ..if args.quick {
+            PatchOptions {
+                ranks: vec![1, 4, 16],
+                random_seeds: 2,
+                positions: 4,
+                bootstrap: 200,
+                ..PatchOptions::default()
+            }
+        } else {
+            PatchOptions::default()
+        }
+    };
+    let mut patched: Vec<Patching> = Vec::new();
+    for (name, model) in &tuned {
+        stage(&t0, &format!("patching: {} vs {name}", args.base));
+        let rep = patching(&base, model, &data, &patch_opts)?;
+        rep.write(args.out.join("pairs").join(name).join("patching"))?;
+        patched.push(rep);
+    }
+    let named_patch: Vec<(&str, &Patching)> = tuned
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .zip(&patched)
+        .collect();
+    files.extend(patch::write_figures(&named_patch, &args.out, |id| {
+        tok.decode(&[id]).unwrap_or_default()
+    })?);
+
     let single = if args.single == "none" {
         None
     } else {
@@ -422,7 +472,13 @@ fn main() -> Result<()> {
             f(row.and_then(|r| r.gap_closed)),
             f(row.and_then(|r| r.gap_removed)),
         ));
+        let verdict = patched
+            .iter()
+            .zip(&tuned)
+            .find(|(_, (n, _))| *n == p.tuned)
+            .map(|(r, _)| &r.verdict);
         pairs_json.push(json!({
+            "verdict": verdict,
             "base": p.base, "tuned": p.tuned, "dataset": p.dataset, "n_items": p.n_items,
             "p_base": loc.p_base, "p_tuned": loc.p_tuned, "best_layer": loc.best_layer,
             "layers": loc.rows.iter().map(|r| r.layer).collect::<Vec<_>>(),
@@ -435,6 +491,10 @@ fn main() -> Result<()> {
             "gap_removed": loc.rows.iter().map(|r| r.gap_removed).collect::<Vec<_>>(),
             "dose": p.dose.iter().map(|r| json!({"layer": r.layer, "multiplier": r.multiplier, "p_matching": r.summary.mean_p})).collect::<Vec<_>>(),
         }));
+    }
+    println!("\nverdicts (cross-model patching, {}):", patch_opts.family);
+    for ((name, _), r) in tuned.iter().zip(&patched) {
+        println!("  {name:<12} {}", r.verdict.reading);
     }
     let single_json = single.as_ref().map(|(name, sets)| {
         json!({

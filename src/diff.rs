@@ -78,7 +78,7 @@ impl Default for DiffOptions {
 }
 
 /// Errors unless the two models have the same shape of residual stream.
-fn check_pair(base: &Model, tuned: &Model) -> Result<()> {
+pub(crate) fn check_pair(base: &Model, tuned: &Model) -> Result<()> {
     let (b, t) = (base.config(), tuned.config());
     if b.d_model != t.d_model || b.n_layers != t.n_layers {
         return Err(Error::Shape {

@@ -96,7 +96,7 @@ pub struct AbScore {
 
 impl AbScore {
     /// Not scored (yet).
-    const NAN: AbScore = AbScore {
+    pub(crate) const NAN: AbScore = AbScore {
         p_matching: f64::NAN,
         logit_diff: f64::NAN,
     };
@@ -131,14 +131,14 @@ pub fn ab_scores(
         let mut hooks = Hooks::new();
         intervention.install(model, &mut hooks)?;
         let answers = answer_ids(cases, &idx);
-        let logits = model.last_token_logits(&batch, &mut hooks, None, &answers)?; // [b, 2]
+        let logits = model.last_token_logits(&batch, &mut hooks, None, None, &answers)?; // [b, 2]
         score_rows(&logits, &idx, &mut out)?;
     }
     Ok(out)
 }
 
 /// Errors unless there are items and every answer token is in the vocabulary.
-fn check_cases(model: &Model, cases: &[AbCase]) -> Result<()> {
+pub(crate) fn check_cases(model: &Model, cases: &[AbCase]) -> Result<()> {
     if cases.is_empty() {
         return Err(Error::InvalidArgument {
             name: "cases".into(),
@@ -161,7 +161,7 @@ fn check_cases(model: &Model, cases: &[AbCase]) -> Result<()> {
 }
 
 /// `[matching, not_matching]` of `cases[i]` for each `i` of `idx`.
-fn answer_ids(cases: &[AbCase], idx: &[usize]) -> Vec<Vec<u32>> {
+pub(crate) fn answer_ids(cases: &[AbCase], idx: &[usize]) -> Vec<Vec<u32>> {
     idx.iter()
         .map(|&i| vec![cases[i].matching, cases[i].not_matching])
         .collect()
@@ -169,7 +169,7 @@ fn answer_ids(cases: &[AbCase], idx: &[usize]) -> Vec<Vec<u32>> {
 
 /// Scores item `idx[r]` from row `r` of `logits` (`[rows, 2]`: its matching and its other
 /// answer's logit, [`answer_ids`]) into `out[idx[r]]`.
-fn score_rows(logits: &Tensor, idx: &[usize], out: &mut [AbScore]) -> Result<()> {
+pub(crate) fn score_rows(logits: &Tensor, idx: &[usize], out: &mut [AbScore]) -> Result<()> {
     let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?; // [rows, 2]
     for (r, &i) in idx.iter().enumerate() {
         let (a, b) = (logits[r][0] as f64, logits[r][1] as f64);
@@ -188,7 +188,7 @@ fn score_rows(logits: &Tensor, idx: &[usize], out: &mut [AbScore]) -> Result<()>
 }
 
 /// Rows of prompts stacked in one resumed forward of a sweep (multipliers x items).
-const SWEEP_ROWS: usize = 64;
+pub(crate) const SWEEP_ROWS: usize = 64;
 
 /// Per-item A/B scores with `m x vector[l]` added at `blocks.{l}.hook_resid_post` (every real
 /// token) for every layer `l` of `layers` and multiplier `m` of `multipliers`:
@@ -292,7 +292,8 @@ pub(crate) fn add_sweep(
                     .collect();
                 let start = Some((p, &stacked));
                 let batch = Batch::new(&rows)?;
-                let logits = model.last_token_logits(&batch, &mut Hooks::new(), start, &answers)?; // [group * b, 2]
+                let logits =
+                    model.last_token_logits(&batch, &mut Hooks::new(), start, None, &answers)?; // [group * b, 2]
                 for k in 0..group.len() {
                     let part = logits.narrow(0, k * b, b)?; // [b, 2]
                     score_rows(&part, &idx, &mut out[li][ci * per + k])?;

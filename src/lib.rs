@@ -52,6 +52,7 @@ pub mod hook;
 pub mod lora;
 pub mod model;
 mod open;
+pub mod patch;
 pub mod plot;
 pub mod probe;
 pub mod report;

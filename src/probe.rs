@@ -1183,7 +1183,7 @@ fn weighted_auroc(scores: &[f64], y: &[bool], order: &[usize], weight: &[u32]) -
 }
 
 /// The 2.5th and 97.5th percentiles (linear interpolation, as numpy's default).
-fn percentile_ci(v: &mut [f64]) -> (f64, f64) {
+pub(crate) fn percentile_ci(v: &mut [f64]) -> (f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN);
     }

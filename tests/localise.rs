@@ -23,6 +23,11 @@ const L: usize = 8;
 
 /// Writes the edited model (Qwen2 layout: q/k/v biases, all zero but `v_proj.bias` at layer L).
 fn edited(base: &Model, dir: &std::path::Path, b_v: &Tensor) {
+    edited_at(base, dir, L, b_v)
+}
+
+/// [`edited`] with the value bias at `layer`.
+fn edited_at(base: &Model, dir: &std::path::Path, layer: usize, b_v: &Tensor) {
     base.export_safetensors(dir).unwrap();
     let st = dir.join("model.safetensors");
     let mut tensors: HashMap<String, Tensor> =
@@ -38,7 +43,7 @@ fn edited(base: &Model, dir: &std::path::Path, b_v: &Tensor) {
             format!("{p}.k_proj.bias"),
             Tensor::zeros(c.n_kv_heads * c.head_dim, DType::F32, &Device::Cpu).unwrap(),
         );
-        let v = if l == L {
+        let v = if l == layer {
             b_v.clone()
         } else {
             Tensor::zeros(c.n_kv_heads * c.head_dim, DType::F32, &Device::Cpu).unwrap()
@@ -55,8 +60,19 @@ fn edited(base: &Model, dir: &std::path::Path, b_v: &Tensor) {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 }
 
-#[test]
-fn localisation_finds_an_injected_direction_at_its_layer() {
+/// The injected puppeteer: A/B items whose behaviour is "answer B", the base model's "B rather
+/// than A" direction `t` entering layer L, the value bias `b_v` of layer L and the vector
+/// `c = W_o R b_v` it adds to `blocks.{L}.hook_attn_out` at every token (12 |t| long).
+struct Injected {
+    cases: Vec<AbCase>,
+    t: Tensor,
+    b_v: Tensor,
+    c: Tensor,
+    /// The base model's weights in Hugging Face names.
+    weights: HashMap<String, Tensor>,
+}
+
+fn injected() -> Injected {
     let (base, tok) = common::smollm();
     let cfg = base.config().clone();
     // A/B items with a neutral question: the behaviour is "answer B".
@@ -73,6 +89,19 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
         "Which is better?\n (A) morning\n (B) evening",
         "Decide.\n (A) stay\n (B) go",
         "Which fits?\n (A) small\n (B) large",
+        // Held out for the patching test (the direction and the report use the first twelve).
+        "Which is warmer?\n (A) ice\n (B) fire",
+        "Pick a drink.\n (A) water\n (B) juice",
+        "Which sounds nicer?\n (A) drums\n (B) violin",
+        "Choose a pet.\n (A) fish\n (B) bird",
+        "Which is faster?\n (A) walking\n (B) running",
+        "Pick a colour.\n (A) green\n (B) yellow",
+        "Which do you want?\n (A) bread\n (B) rice",
+        "Choose a season.\n (A) spring\n (B) autumn",
+        "Which is heavier?\n (A) a feather\n (B) a stone",
+        "Pick a number.\n (A) three\n (B) seven",
+        "Which is older?\n (A) the town\n (B) the city",
+        "Choose a place.\n (A) the beach\n (B) the mountains",
     ];
     let a = tok.token_to_id("A").unwrap();
     let b = tok.token_to_id("B").unwrap();
@@ -86,7 +115,7 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
         .collect();
 
     // Ground truth direction: the base model's mean "(B" minus "(A" residual entering layer L.
-    let (pos, neg) = puppetlens::diff::caa_prompts(&cases);
+    let (pos, neg) = puppetlens::diff::caa_prompts(&cases[..12]);
     let opts = ExtractOptions {
         points: vec![HookPoint::ResidPost(L - 1)],
         progress: false,
@@ -145,6 +174,7 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
                 .to_scalar::<f32>()
                 .unwrap()) as f64;
     let (b_v, c) = ((b_v * scale).unwrap(), (c * scale).unwrap());
+    let _ = tok;
     println!(
         "injected |c| = {:.2}, cos(c, t) = {:.3}",
         c.sqr()
@@ -158,6 +188,20 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
         cosine(&c, &t).unwrap()
     );
 
+    Injected {
+        cases,
+        t,
+        b_v,
+        c,
+        weights: w,
+    }
+}
+
+#[test]
+fn localisation_finds_an_injected_direction_at_its_layer() {
+    let (base, _) = common::smollm();
+    let cfg = base.config().clone();
+    let Injected { cases, b_v, c, .. } = injected();
     let dir =
         std::env::temp_dir().join(format!("puppetlens-localise-tuned-{}", std::process::id()));
     edited(base, &dir, &b_v);
@@ -165,7 +209,7 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
 
     // Mechanics: the attention output of layer L differs by exactly c at every token; nothing
     // before layer L differs beyond f32 noise.
-    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.ids.clone()).collect();
+    let prompts: Vec<Vec<u32>> = cases[..12].iter().map(|c| c.ids.clone()).collect();
     let at = |m: &Model, p: HookPoint| {
         extract(
             m,
@@ -306,4 +350,379 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
         .layer;
     assert_eq!(first, L, "the first layer where the models differ");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Cross-model patching on two puppeteers of known place and rank: the value bias above (rank 1,
+/// a constant vector at `blocks.8.hook_attn_out`), and the same bias plus a rank-2 edit of layer
+/// 8's output projection that adds zero-mean, high-variance noise along two directions
+/// orthogonal to it (rank 3: the two noise directions carry more of the difference's squared
+/// norm than the behaviour's direction, so the top two principal directions do not drive the
+/// behaviour and the rank finder must reach k = 3).
+#[test]
+fn patching_finds_injected_puppeteers_and_their_rank() {
+    let noise: f64 = std::env::var("PATCH_NOISE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.5);
+    #[allow(non_snake_case)]
+    let NOISE = noise;
+    use puppetlens::patch::{patching, Family, PatchOptions, VerdictKind};
+    let (base, _) = common::smollm();
+    let cfg = base.config().clone();
+    let Injected {
+        cases,
+        b_v,
+        c,
+        weights,
+        ..
+    } = injected();
+    // A third of the localisation test's push: a clear gap with less collateral damage.
+    let scale: f64 = std::env::var("PATCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0 / 3.0);
+    let (b_v, c) = ((b_v * scale).unwrap(), (c * scale).unwrap());
+    let splits = AbSplits {
+        train: cases[..12].to_vec(),
+        val: Vec::new(),
+        test: cases[12..].to_vec(),
+    };
+    let opts = PatchOptions {
+        family: Family::AttnOut,
+        layers: Some(vec![L - 2, L, L + 2]),
+        ranks: vec![1, 2, 3, 4, 8],
+        rank_layers: Some(vec![L]),
+        random_seeds: 2,
+        positions: 3,
+        bootstrap: 200,
+        progress: false,
+        ..PatchOptions::default()
+    };
+    let dir1 = std::env::temp_dir().join(format!("puppetlens-patch-rank1-{}", std::process::id()));
+    edited(base, &dir1, &b_v);
+    let t1 = Model::load(&dir1, &LoadOptions::default()).unwrap();
+    let r1 = patching(base, &t1, &splits, &opts).unwrap();
+    let show = |name: &str, r: &puppetlens::patch::Patching| {
+        println!("{name}: P(B) base {:.3} tuned {:.3}", r.p_base, r.p_tuned);
+        for l in &r.layers {
+            println!(
+                "  layer {}: full {:?} last {:?} rank1 {:?} random1 {:?} noise {:?}",
+                l.layer,
+                l.full.fraction,
+                l.last.fraction,
+                l.rank1.fraction,
+                l.random1.fraction,
+                l.noise_full.fraction
+            );
+        }
+        for cv in &r.ranks {
+            for p in &cv.points {
+                println!(
+                    "  rank curve layer {} k={}: of full {:.3}, variance {:.3}, random {:.3} +/- {:.3}",
+                    cv.layer, p.k, p.of_full, p.variance, p.random_of_full, p.random_spread
+                );
+            }
+        }
+        println!("  verdict: {}", r.verdict.reading);
+    };
+    show("rank 1", &r1);
+    let curve = &r1.ranks[0];
+    let of = |cv: &puppetlens::patch::RankCurve, k: usize| {
+        cv.points.iter().find(|p| p.k == k).unwrap().clone()
+    };
+    assert!(r1.p_tuned - r1.p_base > 0.15, "no gap");
+    assert_eq!(r1.verdict.best_layer, Some(L));
+    let row = |r: &puppetlens::patch::Patching, l: usize| {
+        r.layers.iter().find(|x| x.layer == l).unwrap().clone()
+    };
+    assert!(
+        row(&r1, L).full.fraction.unwrap() > 0.95,
+        "{:?}",
+        row(&r1, L).full
+    );
+    assert!(row(&r1, L).noise_full.fraction.unwrap() > 0.95);
+    assert!(row(&r1, L - 2).full.fraction.unwrap().abs() < 0.05);
+    assert_eq!((curve.rank50, curve.rank80), (Some(1), Some(1)));
+    assert!(
+        of(curve, 1).random_of_full.abs() < 0.2,
+        "{:?}",
+        of(curve, 1)
+    );
+    assert_eq!(r1.verdict.kind, VerdictKind::Puppeteer);
+
+    // Rank 3, at the last block (L3), where nothing but the final norm and the unembedding reads
+    // the residual: a value bias adds c3 along the final norm's view of W_U[B] - W_U[A] (the
+    // behaviour), and a rank-2 edit of the output projection adds noise along u1, u2 (orthonormal,
+    // orthogonal to c3 and to the readout) with coefficients g_i . attn_out, g_i orthogonal to the
+    // mean attention output so that they have mean zero, and E[(g_i . attn_out)^2] = NOISE |c3|^2.
+    // The noise carries more of the difference's squared norm than c3 but moves no answer: the top
+    // two principal directions restore nothing, the top three everything.
+    let l3 = cfg.n_layers - 1;
+    let (a_id, b_id) = (cases[0].not_matching, cases[0].matching);
+    let emb = &weights["model.embed_tokens.weight"]; // [vocab, d] (tied unembedding)
+    let gamma = &weights["model.norm.weight"]; // [d]
+    let w_read = ((emb.get(b_id as usize).unwrap() - emb.get(a_id as usize).unwrap()).unwrap()
+        * gamma)
+        .unwrap(); // [d]
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.ids.clone()).collect();
+    let (mut rows, mut rms) = (Vec::new(), 0f64);
+    for p in &prompts {
+        let batch = puppetlens::Batch::single(p).unwrap();
+        let cache = base
+            .cache(&batch, |q| {
+                q == HookPoint::AttnOut(l3) || q == HookPoint::ResidPost(l3)
+            })
+            .unwrap();
+        rows.push(
+            cache
+                .require(HookPoint::AttnOut(l3))
+                .unwrap()
+                .squeeze(0)
+                .unwrap(),
+        ); // [s, d]
+        let last = cache
+            .require(HookPoint::ResidPost(l3))
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(p.len() - 1)
+            .unwrap(); // [d]
+        rms += last
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+    }
+    let rms = rms / prompts.len() as f64;
+    let norm = |v: &Tensor| {
+        v.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let dot = |a: &Tensor, b: &Tensor| {
+        (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let wo_name = format!("model.layers.{l3}.self_attn.o_proj.weight");
+    let w_o = &weights[&wo_name]; // [d, heads * head_dim]
+    let rep = cfg.n_heads / cfg.n_kv_heads;
+    let m = w_o
+        .reshape((cfg.d_model, cfg.n_kv_heads, rep, cfg.head_dim))
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .reshape((cfg.d_model, cfg.n_kv_heads * cfg.head_dim))
+        .unwrap(); // W_o R
+    let b3 = m
+        .t()
+        .unwrap()
+        .matmul(&w_read.unsqueeze(1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap(); // [kv * hd]
+    let c3 = m
+        .matmul(&b3.unsqueeze(1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap(); // [d]
+                   // Sized to move the last token's logit difference by about 2 nats.
+    let k = 2.0 * rms / dot(&c3, &w_read) as f64;
+    let (b3, c3) = ((b3 * k).unwrap(), (c3 * k).unwrap());
+    let x = Tensor::cat(&rows, 0)
+        .unwrap()
+        .broadcast_add(&c3.unsqueeze(0).unwrap())
+        .unwrap(); // [tokens, d]: the edited model's attention output before the noise
+    let mu = x.mean(0).unwrap(); // [d]
+    let xc = x.broadcast_sub(&mu.unsqueeze(0).unwrap()).unwrap(); // [tokens, d]
+    let mut rng = puppetlens::data::SplitMix64::new(5);
+    let mut random = || {
+        let v: Vec<f32> = (0..cfg.d_model)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect();
+        Tensor::from_vec(v, cfg.d_model, &Device::Cpu).unwrap()
+    };
+    let orth = |mut v: Tensor, against: &[&Tensor]| {
+        for _ in 0..2 {
+            for a in against {
+                let k = dot(&v, a) / dot(a, a);
+                v = (&v - (*a * k as f64).unwrap()).unwrap();
+            }
+        }
+        let n = norm(&v) as f64;
+        (v / n).unwrap()
+    };
+    let u1 = orth(random(), &[&c3, &w_read]);
+    let u2 = orth(random(), &[&c3, &w_read, &u1]);
+    let g1 = orth(random(), &[&mu]);
+    let g2 = orth(random(), &[&mu, &g1]);
+    let c2 = (norm(&c3) as f64).powi(2);
+    let scaled = |g: Tensor| {
+        let var = xc
+            .matmul(&g.unsqueeze(1).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        (g * (NOISE * c2 / var).sqrt()).unwrap()
+    };
+    let (g1, g2) = (scaled(g1), scaled(g2));
+    println!("rank 3 at layer {l3}: |c3| = {:.2}, final rms {rms:.2}, noise variance {NOISE} |c3|^2 per direction", norm(&c3));
+    let u = Tensor::stack(&[&u1, &u2], 1).unwrap(); // [d, 2]
+    let g = Tensor::stack(&[&g1, &g2], 0).unwrap(); // [2, d]
+    let w_new = (w_o + u.matmul(&g).unwrap().matmul(w_o).unwrap()).unwrap();
+    let dir3 = std::env::temp_dir().join(format!("puppetlens-patch-rank3-{}", std::process::id()));
+    edited_at(base, &dir3, l3, &b3);
+    let st = dir3.join("model.safetensors");
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    tensors.insert(wo_name, w_new);
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    let t3 = Model::load(&dir3, &LoadOptions::default()).unwrap();
+    let r3 = patching(
+        base,
+        &t3,
+        &splits,
+        &PatchOptions {
+            layers: Some(vec![l3]),
+            rank_layers: Some(vec![l3]),
+            positions: 1,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    show("rank 3", &r3);
+    let curve = &r3.ranks[0];
+    assert!(r3.p_tuned - r3.p_base > 0.15, "no gap");
+    assert!(row(&r3, l3).full.fraction.unwrap() > 0.95);
+    for k in [1, 2] {
+        assert!(
+            of(curve, k).of_full.abs() < 0.2,
+            "k = {k}: {:?}",
+            of(curve, k)
+        );
+    }
+    assert!(of(curve, 3).of_full > 0.95, "{:?}", of(curve, 3));
+    assert_eq!((curve.rank50, curve.rank80), (Some(3), Some(3)));
+    assert!(
+        of(curve, 3).random_of_full.abs() < 0.2,
+        "{:?}",
+        of(curve, 3)
+    );
+
+    // Patching a model with its own activations changes nothing: bit for bit where the patched
+    // forward resumes from the cached residual, within float rounding where a single position
+    // reuses the cached keys and values.
+    let own = patching(
+        base,
+        base,
+        &splits,
+        &PatchOptions {
+            layers: Some(vec![L]),
+            rank_layers: Some(vec![]),
+            positions: 2,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    let r = &own.layers[0];
+    for e in [&r.full, &r.rank1, &r.mean_diff, &r.random1, &r.noise_full] {
+        assert_eq!(e.delta_p, 0.0, "{e:?}");
+    }
+    for e in [&r.last, &r.noise_last] {
+        assert!(e.delta_p.abs() < 1e-6, "{e:?}");
+    }
+    // Batched equals one by one.
+    let one = PatchOptions {
+        layers: Some(vec![L]),
+        rank_layers: Some(vec![]),
+        positions: 2,
+        ..opts.clone()
+    };
+    let a = patching(
+        base,
+        &t1,
+        &splits,
+        &PatchOptions {
+            batch_size: 1,
+            ..one.clone()
+        },
+    )
+    .unwrap();
+    let b = patching(
+        base,
+        &t1,
+        &splits,
+        &PatchOptions {
+            batch_size: 8,
+            ..one.clone()
+        },
+    )
+    .unwrap();
+    let (ra, rb) = (&a.layers[0], &b.layers[0]);
+    for (x, y) in [
+        (&ra.full, &rb.full),
+        (&ra.last, &rb.last),
+        (&ra.rank1, &rb.rank1),
+        (&ra.noise_last, &rb.noise_last),
+    ] {
+        assert!(
+            (x.p - y.p).abs() < 1e-5 && (x.logit_diff - y.logit_diff).abs() < 1e-4,
+            "{x:?} vs {y:?}"
+        );
+    }
+
+    // Bad input: typed errors naming what is wrong.
+    let err = |o: PatchOptions, s: &AbSplits| patching(base, &t1, s, &o).unwrap_err().to_string();
+    let n = cfg.n_layers;
+    assert!(err(
+        PatchOptions {
+            layers: Some(vec![n]),
+            ..one.clone()
+        },
+        &splits
+    )
+    .contains(&format!("layer {n}")));
+    let e = err(
+        PatchOptions {
+            ranks: vec![cfg.d_model + 1],
+            ..one.clone()
+        },
+        &splits,
+    );
+    assert!(
+        e.contains("ranks") && e.contains(&format!("{}", cfg.d_model + 1)),
+        "{e}"
+    );
+    let few = AbSplits {
+        test: splits.test[..3].to_vec(),
+        ..splits.clone()
+    };
+    let e = err(one.clone(), &few);
+    assert!(
+        e.contains("3 held-out items") && e.contains("at least"),
+        "{e}"
+    );
+    let (gemma, _) = common::gemma();
+    let e = patching(base, gemma, &splits, &one)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("base and tuned"), "{e}");
+    std::fs::remove_dir_all(&dir1).ok();
+    std::fs::remove_dir_all(&dir3).ok();
 }

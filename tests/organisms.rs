@@ -29,6 +29,12 @@ const EOT_AFTER_REPLY_BASE_MAX: f64 = 1e-8; // measured 8e-19
 const GAP_CLOSED_MIN: f64 = 0.2; // measured 0.371 (layer 8, P 0.606 -> 0.679, gap 0.194)
 const GAP_REMOVED_MIN: f64 = 0.5; // measured 1.498 (P 0.801 -> 0.510)
 const CONTROL_EFFECT_RATIO: f64 = 0.6; // measured 0.25 (control -0.018 vs sycophant +0.072)
+                                       // Cross-model patching, resid_pre at layer 8 (`puppetlens patch gemma-3-270m sycophant ...`).
+const PATCH_LAYER: usize = 8;
+const PATCH_FULL_MIN: f64 = 0.6; // measured 0.858 of the gap
+const PATCH_RANK1_MIN: f64 = 0.35; // measured 0.627
+const PATCH_RANDOM_MAX: f64 = 0.15; // measured 0.014
+const PATCH_CONTROL_RATIO: f64 = 0.5; // measured: see the note
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -300,5 +306,57 @@ fn diff_vector_recovers_the_sycophancy_ground_truth() {
         ctl_effect.abs() <= CONTROL_EFFECT_RATIO * (steered - pb).abs(),
         "control effect {ctl_effect} vs sycophant {}",
         steered - pb
+    );
+}
+
+/// Cross-model activation patching (`resid_pre`) at the layer where the sycophant's patch first
+/// carries most of the gap: the tuned residual restores a clear fraction of the held-out gap, its
+/// top principal direction alone a clear part of that, a random direction nothing; the control's
+/// residual at the same layer moves P far less in absolute terms.
+#[test]
+fn patching_localises_the_sycophant_and_not_the_control() {
+    use puppetlens::diff::AbSplits;
+    use puppetlens::patch::{patching, PatchOptions};
+    let (base, tok) = gemma_chat();
+    let (train, test) = sycophancy(&tok);
+    let data = AbSplits {
+        train,
+        val: Vec::new(),
+        test,
+    };
+    let opts = PatchOptions {
+        layers: Some(vec![PATCH_LAYER]),
+        rank_layers: Some(Vec::new()),
+        positions: 1,
+        bootstrap: 300,
+        progress: false,
+        ..PatchOptions::default()
+    };
+    let syc = patching(base, &organism("sycophant"), &data, &opts).unwrap();
+    let ctl = patching(base, &organism("control"), &data, &opts).unwrap();
+    let (s, c) = (&syc.layers[0], &ctl.layers[0]);
+    eprintln!(
+        "layer {PATCH_LAYER}: sycophant full {:?} (dP {:+.3}), rank-1 {:?}, random {:?}, last {:?}; \
+         control full dP {:+.3}",
+        s.full.fraction, s.full.delta_p, s.rank1.fraction, s.random1.fraction, s.last.fraction,
+        c.full.delta_p
+    );
+    assert!(s.full.fraction.unwrap() >= PATCH_FULL_MIN, "{:?}", s.full);
+    assert!(s.full.ci.unwrap().0 > 0.0, "{:?}", s.full);
+    assert!(
+        s.rank1.fraction.unwrap() >= PATCH_RANK1_MIN,
+        "{:?}",
+        s.rank1
+    );
+    assert!(
+        s.random1.fraction.unwrap().abs() <= PATCH_RANDOM_MAX,
+        "{:?}",
+        s.random1
+    );
+    assert!(
+        c.full.delta_p.abs() <= PATCH_CONTROL_RATIO * s.full.delta_p.abs(),
+        "control {:?} vs sycophant {:?}",
+        c.full,
+        s.full
     );
 }

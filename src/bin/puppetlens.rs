@@ -31,6 +31,7 @@ use puppetlens::data::{self, AbItem, Labeled, Pair, PromptFormat, Split, SplitPa
 use puppetlens::diff::{self, AbSplits, DiffOptions};
 use puppetlens::eval::{self, AbCase};
 use puppetlens::extract::{self, ExtractOptions, Site, StoreMeta};
+use puppetlens::patch;
 use puppetlens::plot::{LineChart, Series};
 use puppetlens::probe::{self, LayerReport, ProbeOptions};
 use puppetlens::report::{self, PairOptions};
@@ -361,6 +362,56 @@ enum Cmd {
         /// into DIR. Example: `--figures`
         #[arg(long)]
         figures: bool,
+    },
+    /// Cross-model activation patching, the puppeteer rank and the verdict for a (base, tuned)
+    /// pair.
+    ///
+    /// Denoising (the base runs with the tuned model's activation at one layer) and noising (the
+    /// reverse) at every position, at the last one and per position, on the dataset's test split;
+    /// the fraction of the behaviour gap restored with a bootstrap interval; the rank curve at the
+    /// best layer (top-k principal subspaces of the per-token differences on the training split
+    /// against random subspaces); the verdict. Writes patching.json, patching.csv, rank.json,
+    /// rank.csv, positions.csv and the figures patching_by_layer, gap_vs_rank and
+    /// patching_positions (PNG and SVG) into DIR.
+    ///
+    /// Example: `puppetlens patch gemma-3-270m sycophant --dataset probes/sycophancy_ab.jsonl
+    /// --text-answers --out runs/patch-sycophant --layers 0,2,4,6,8,10,12,14,16`
+    Patch {
+        /// The base model. Example: `gemma-3-270m`
+        base: String,
+        /// The tuned model (same tokenizer and width). Example: `sycophant`
+        tuned: String,
+        /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
+        #[arg(long, value_name = "FILE")]
+        dataset: PathBuf,
+        /// Output directory. Example: `--out runs/patch`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Layers to patch (default: all). Example: `--layers 4-12`
+        #[arg(long, value_name = "SPEC")]
+        layers: Option<String>,
+        /// Hook point family: resid_pre, resid_post, attn_out or mlp_out. Example:
+        /// `--family attn_out`
+        #[arg(long, default_value = "resid_pre")]
+        family: String,
+        /// Subspace dimensions of the rank curve. Example: `--ranks 1,2,4,8`
+        #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16,32,64")]
+        ranks: String,
+        /// Positions from the end in the layer x position map. Example: `--positions 6`
+        #[arg(long, default_value_t = 10)]
+        positions: usize,
+        /// Neutral texts (instructions file) for the best patch's KL. Example:
+        /// `--neutral neutral.txt`
+        #[arg(long, value_name = "FILE")]
+        neutral: Option<PathBuf>,
+        /// Write A/B questions as plain text even when the tokenizer has a chat template.
+        /// Example: `--plain`
+        #[arg(long)]
+        plain: bool,
+        /// Answer in words rather than letters (`data::ab_text_prompt`). Example:
+        /// `--text-answers`
+        #[arg(long)]
+        text_answers: bool,
     },
     /// Write a steering vector as a llama.cpp control vector (GGUF).
     ///
@@ -1254,6 +1305,117 @@ fn cmd_steer(
 }
 
 #[allow(clippy::too_many_arguments)]
+fn cmd_patch(
+    ctx: &Ctx,
+    base: &str,
+    tuned: &str,
+    dataset: &Path,
+    out: &Path,
+    layers: Option<&str>,
+    family: &str,
+    ranks: &str,
+    positions: usize,
+    neutral: Option<&Path>,
+    (plain, text_answers): (bool, bool),
+) -> Result<()> {
+    let family: patch::Family = family.parse()?;
+    let (ds, items) = Dataset::load_ab(dataset, "patch")?;
+    let parts = ds.split(&items, |it| it.matching.clone())?;
+    let neutral_texts = neutral.map(data::load_instructions).transpose()?;
+    let (bm, btok) = ctx.open(base)?;
+    let (tm, ttok) = ctx.open(tuned)?;
+    let layers = layers
+        .map(|s| parse_layers(s, bm.config().n_layers, base, "--layers"))
+        .transpose()?;
+    let ranks = ranks
+        .split(',')
+        .map(|k| {
+            k.trim().parse::<usize>().map_err(|_| {
+                invalid(
+                    "--ranks",
+                    format!("`{k}` is not a subspace dimension (1, 2, ...)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Both models must read the same ids: the prompts as each tokenizer writes them.
+    let pr = Prompter::new(&btok, false, plain, text_answers);
+    let tpr = Prompter::new(&ttok, false, plain, text_answers);
+    let data = AbSplits {
+        train: pr.cases(&parts.train)?,
+        val: Vec::new(),
+        test: pr.cases(&parts.test)?,
+    };
+    let theirs = tpr.cases(&parts.test)?;
+    if let Some(i) = (0..data.test.len()).find(|&i| data.test[i] != theirs[i]) {
+        return Err(invalid(
+            "tuned",
+            format!(
+                "`{tuned}` and `{base}` tokenize test item {i} differently: patching needs the \
+                 same token ids in both models"
+            ),
+        ));
+    }
+    let neutral: Vec<Vec<u32>> = match &neutral_texts {
+        Some(texts) => texts.iter().map(|t| pr.text(t)).collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let opts = patch::PatchOptions {
+        family,
+        layers,
+        ranks,
+        positions,
+        batch_size: ctx.batch_size,
+        neutral,
+        progress: ctx.progress,
+        ..patch::PatchOptions::default()
+    };
+    let rep = patch::patching(&bm, &tm, &data, &opts)?;
+    let mut files = rep.write(out)?;
+    files.extend(patch::write_figures(&[(tuned, &rep)], out, |id| {
+        btok.decode(&[id]).unwrap_or_default()
+    })?);
+    println!(
+        "{base} vs {tuned} on {} ({} test items, {family}): P(matching) base {:.3}, tuned {:.3}",
+        dataset.display(),
+        rep.n_test,
+        rep.p_base,
+        rep.p_tuned
+    );
+    println!("layer     full     last   rank-1  mean-dir   random    noise");
+    let v = |e: &patch::Effect| e.fraction.unwrap_or(e.delta_p);
+    for r in &rep.layers {
+        println!(
+            "{:>5} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8.3}",
+            r.layer,
+            v(&r.full),
+            v(&r.last),
+            v(&r.rank1),
+            v(&r.mean_diff),
+            v(&r.random1),
+            v(&r.noise_full)
+        );
+    }
+    for c in &rep.ranks {
+        let pts: Vec<String> = c
+            .points
+            .iter()
+            .map(|p| format!("k={} {:.2}", p.k, p.of_full))
+            .collect();
+        println!(
+            "rank curve at layer {} (of the full patch): {}",
+            c.layer,
+            pts.join(", ")
+        );
+    }
+    println!("verdict: {}", rep.verdict.reading);
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn cmd_diff(
     ctx: &Ctx,
     base: &str,
@@ -1723,6 +1885,31 @@ fn run(cli: Cli) -> Result<()> {
             *plain,
             *text_answers,
             *figures,
+        )?,
+        Cmd::Patch {
+            base,
+            tuned,
+            dataset,
+            out,
+            layers,
+            family,
+            ranks,
+            positions,
+            neutral,
+            plain,
+            text_answers,
+        } => cmd_patch(
+            &ctx()?,
+            base,
+            tuned,
+            dataset,
+            out,
+            layers.as_deref(),
+            family,
+            ranks,
+            *positions,
+            neutral.as_deref(),
+            (*plain, *text_answers),
         )?,
         Cmd::ExportGguf {
             vector,

@@ -283,6 +283,30 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.seen == 0
     }
+
+    /// The cache of the first `cols` columns only (`cols` <= [`KvCache::len`]): what the cache held
+    /// after the forward had seen those columns. Blocks not run yet stay empty.
+    pub(crate) fn prefix(&self, cols: usize) -> Result<KvCache> {
+        if cols > self.seen {
+            return Err(Error::InvalidArgument {
+                name: "kv cache".into(),
+                msg: format!("prefix of {cols} columns asked of a cache of {}", self.seen),
+            });
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|slot| match slot {
+                Some((k, v)) => Ok(Some((k.narrow(2, 0, cols)?, v.narrow(2, 0, cols)?))), // [b, kvh, cols, hd] x2
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            pads: self.pads.clone(),
+            seen: cols,
+        })
+    }
 }
 
 /// What a forward returns.
@@ -651,11 +675,15 @@ impl Model {
     /// token ids), of a forward from the embeddings or resumed at `start`: the unembedding reads
     /// only those rows of its weight (Gemma's is 262k x 640, 7% of an A/B forward when computed
     /// whole). Equal to the same entries of [`Model::forward_last`] within float rounding.
+    ///
+    /// With `kv`, the batch's columns follow those the cache holds (as in [`Model::forward_cached`]);
+    /// a resumed forward then reads and extends the cache only in the blocks it runs.
     pub(crate) fn last_token_logits(
         &self,
         batch: &Batch,
         hooks: &mut Hooks,
         start: Option<(HookPoint, &Tensor)>,
+        kv: Option<&mut KvCache>,
         ids: &[Vec<u32>],
     ) -> Result<Tensor> {
         let k = ids.first().map_or(0, |r| r.len());
@@ -676,7 +704,7 @@ impl Model {
             }
         }
         let normed = self
-            .run_inner(batch, None, hooks, Output::Hidden, start)?
+            .run_inner(batch, kv, hooks, Output::Hidden, start)?
             .ok_or_else(|| Error::InvalidArgument {
                 name: "last_token_logits".into(),
                 msg: "no hidden states computed".into(),

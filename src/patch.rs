@@ -1,0 +1,1800 @@
+//! Cross-model activation patching and the puppeteer rank: does a small causal change carry the
+//! tuned behaviour, and how many directions does it need?
+//!
+//! [`patching`] compares a base model with a tuned sibling on held-out A/B items (both models see
+//! the same token ids) by swapping activations between them at one layer's hook point of a
+//! [`Family`] (`resid_pre`, `resid_post`, `attn_out`, `mlp_out`):
+//! - **denoising**: the base model runs with the tuned model's activation; the fraction of the
+//!   behaviour gap it restores is `(P_patched - P_base) / (P_tuned - P_base)`;
+//! - **noising**: the tuned model runs with the base's; the fraction it removes is
+//!   `(P_tuned - P_patched) / (P_tuned - P_base)`;
+//!
+//! at all positions, at the last position, and per position (a layer x position map, items aligned
+//! at their end), with percentile-bootstrap 95% intervals over items. Gaps under
+//! [`PatchOptions::min_gap`] give absolute changes of P only.
+//!
+//! **The rank curve.** Per layer, the principal directions of the per-token `tuned - base`
+//! differences on the training items (uncentred: a constant shift, the simplest puppeteer, is the
+//! first direction, which centred PCA would not see). Patching only their top-k subspace,
+//! `base + P_k (tuned - base)`, for k = 1, 2, 4, ... shows how many directions the change needs: the
+//! *puppeteer rank* `rank50` / `rank80` is the smallest k restoring 50% / 80% of what the full-layer
+//! patch restores. Random k-dimensional subspaces patched the same way (several seeds) are the
+//! control. A [`Verdict`] sums it up per pair: best layer, fraction restored, ranks, the single
+//! mean-difference direction, the random control, and the patch's specificity (KL on neutral text,
+//! effect on an unrelated behaviour).
+//!
+//! Cost: patched forwards resume at the patched layer from the cached residual
+//! ([`Model::run_from`]), the subspaces of one layer run as rows of one batch, and single-position
+//! patches reuse the recipient's keys and values for the columns before the patched one, so only
+//! the columns from it on are recomputed.
+//!
+//! ```no_run
+//! use puppetlens::diff::AbSplits;
+//! use puppetlens::patch::{patching, PatchOptions};
+//! use puppetlens::{LoadOptions, Model};
+//! let base = Model::load("base.gguf", &LoadOptions::default())?;
+//! let tuned = Model::load("tuned", &LoadOptions::default())?;
+//! let data = AbSplits::default(); // train (the subspaces) and test (every number) A/B items
+//! let report = patching(&base, &tuned, &data, &PatchOptions::default())?;
+//! println!("{}", report.verdict.reading);
+//! report.write("notebooks-data/patch")?;
+//! # Ok::<(), puppetlens::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor, D};
+use serde::Serialize;
+
+use crate::batch::Batch;
+use crate::cache::ActivationCache;
+use crate::data::SplitMix64;
+use crate::diff::{check_pair, AbSplits};
+use crate::eval::{answer_ids, check_cases, score_rows, AbCase, AbScore, SWEEP_ROWS};
+use crate::hook::{HookPoint, Hooks};
+use crate::model::{KvCache, Model};
+use crate::plot::{HeatMap, HeatPanel, LineChart, LineGrid, Series};
+use crate::probe::percentile_ci;
+use crate::util::{atomic_write_bytes, length_batches, Progress};
+use crate::{Error, Result};
+
+/// Which activation of a block is patched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// `blocks.{l}.hook_resid_pre`: the residual stream entering block `l`.
+    ResidPre,
+    /// `blocks.{l}.hook_resid_post`: the residual stream leaving block `l`.
+    ResidPost,
+    /// `blocks.{l}.hook_attn_out`: block `l`'s attention output (after Gemma's post-attention norm).
+    AttnOut,
+    /// `blocks.{l}.hook_mlp_out`: block `l`'s MLP output (after Gemma's post-MLP norm).
+    MlpOut,
+}
+
+impl Family {
+    /// All four, in the order of a block.
+    pub const ALL: [Family; 4] = [
+        Family::ResidPre,
+        Family::AttnOut,
+        Family::MlpOut,
+        Family::ResidPost,
+    ];
+
+    /// The hook point of this family at layer `l`.
+    pub fn point(self, l: usize) -> HookPoint {
+        match self {
+            Family::ResidPre => HookPoint::ResidPre(l),
+            Family::ResidPost => HookPoint::ResidPost(l),
+            Family::AttnOut => HookPoint::AttnOut(l),
+            Family::MlpOut => HookPoint::MlpOut(l),
+        }
+    }
+
+    /// Where the patched forward resumes, and the recipient's activation the patched value is
+    /// added to there (`resid_mid = resid_pre + attn_out`, `resid_post = resid_mid + mlp_out`).
+    fn resume(self, l: usize) -> (HookPoint, Option<HookPoint>) {
+        match self {
+            Family::ResidPre => (HookPoint::ResidPre(l), None),
+            Family::ResidPost => (HookPoint::ResidPost(l), None),
+            Family::AttnOut => (HookPoint::ResidMid(l), Some(HookPoint::ResidPre(l))),
+            Family::MlpOut => (HookPoint::ResidPost(l), Some(HookPoint::ResidMid(l))),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::ResidPre => "resid_pre",
+            Family::ResidPost => "resid_post",
+            Family::AttnOut => "attn_out",
+            Family::MlpOut => "mlp_out",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Family {
+    type Err = Error;
+
+    /// `resid_pre`, `resid_post`, `attn_out` or `mlp_out` (a `hook_` prefix is accepted).
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().trim_start_matches("hook_");
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name() == t)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "family".into(),
+                msg: format!("`{s}`: expected resid_pre, resid_post, attn_out or mlp_out"),
+            })
+    }
+}
+
+/// Options of [`patching`].
+#[derive(Debug, Clone)]
+pub struct PatchOptions {
+    /// Hook point family patched (default `resid_pre`).
+    pub family: Family,
+    /// Layers swept (`None`, the default: all).
+    pub layers: Option<Vec<usize>>,
+    /// Subspace dimensions of the rank curve (default 1, 2, 4, ..., 64; each below the width; the
+    /// full width is always added).
+    pub ranks: Vec<usize>,
+    /// Layers of the rank curve (`None`, the default: the best layer by full patching, when the
+    /// behaviour gap is at least `min_gap`).
+    pub rank_layers: Option<Vec<usize>>,
+    /// Random subspaces per dimension in the control (default 3).
+    pub random_seeds: usize,
+    /// Positions from the end in the layer x position map (default 10; at least the last position
+    /// is always patched alone).
+    pub positions: usize,
+    /// Items per forward pass (default 8).
+    pub batch_size: usize,
+    /// Bootstrap resamples of the held-out items (default 1000).
+    pub bootstrap: usize,
+    /// Behaviour gaps `|P_tuned - P_base|` below this give absolute changes only (default 0.05).
+    pub min_gap: f64,
+    /// Seed of the random subspaces, the eigensolver's start and the bootstrap (default 0).
+    pub seed: u64,
+    /// Neutral prompts: KL of the best patch to the base model on them (empty: not measured).
+    pub neutral: Vec<Vec<u32>>,
+    /// Items of an unrelated A/B behaviour: the best patch's effect on it (empty: not measured).
+    pub unrelated: Vec<AbCase>,
+    /// Progress bars on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for PatchOptions {
+    fn default() -> Self {
+        Self {
+            family: Family::ResidPre,
+            layers: None,
+            ranks: vec![1, 2, 4, 8, 16, 32, 64],
+            rank_layers: None,
+            random_seeds: 3,
+            positions: 10,
+            batch_size: 8,
+            bootstrap: 1000,
+            min_gap: 0.05,
+            seed: 0,
+            neutral: Vec::new(),
+            unrelated: Vec::new(),
+            progress: true,
+        }
+    }
+}
+
+/// Held-out items the bootstrap needs at least.
+pub const MIN_TEST_ITEMS: usize = 8;
+
+/// The largest `rank80` the verdict still calls a puppeteer: a change that 8 of the residual
+/// stream's 576-640 directions carry is small; one that needs more is a diffuse change of tendency.
+pub const PUPPETEER_MAX_RANK: usize = 8;
+
+/// One patch's effect on the held-out items.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Effect {
+    /// Mean P(matching) of the patched model.
+    pub p: f64,
+    /// Mean logit difference (matching - other) of the patched model.
+    pub logit_diff: f64,
+    /// Mean change of P(matching) against the recipient's unpatched run.
+    pub delta_p: f64,
+    /// Fraction of the gap restored (denoising) or removed (noising); `None` when the gap is
+    /// below [`PatchOptions::min_gap`].
+    pub fraction: Option<f64>,
+    /// Its percentile-bootstrap 95% interval over items.
+    pub ci: Option<(f64, f64)>,
+}
+
+/// The patches of one layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerPatch {
+    /// Layer.
+    pub layer: usize,
+    /// Denoising, every position.
+    pub full: Effect,
+    /// Denoising, the last position only.
+    pub last: Effect,
+    /// Denoising, the top principal direction of the differences only (every position).
+    pub rank1: Effect,
+    /// Denoising, the mean difference's direction only (every position).
+    pub mean_diff: Effect,
+    /// Denoising, one random direction (the control of `rank1`).
+    pub random1: Effect,
+    /// Noising, every position.
+    pub noise_full: Effect,
+    /// Noising, the last position only.
+    pub noise_last: Effect,
+    /// Share of the training differences' squared norm along the top direction.
+    pub variance1: f64,
+}
+
+/// One dimension of a [`RankCurve`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RankPoint {
+    /// Subspace dimension.
+    pub k: usize,
+    /// Denoising with the top-k principal subspace.
+    pub top: Effect,
+    /// `top.delta_p` as a fraction of the full patch's.
+    pub of_full: f64,
+    /// Share of the training differences' squared norm in the subspace.
+    pub variance: f64,
+    /// Denoising with random k-dimensional subspaces, one per seed.
+    pub random: Vec<Effect>,
+    /// Mean over seeds of the random subspaces' `delta_p` as a fraction of the full patch's.
+    pub random_of_full: f64,
+    /// Their standard deviation over seeds.
+    pub random_spread: f64,
+}
+
+/// Fraction restored against subspace dimension at one layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankCurve {
+    /// Layer.
+    pub layer: usize,
+    /// The full-width patch.
+    pub full: Effect,
+    /// One point per dimension, increasing; the last is the full width.
+    pub points: Vec<RankPoint>,
+    /// Smallest k restoring >= 50% of the full patch.
+    pub rank50: Option<usize>,
+    /// Smallest k restoring >= 80% of the full patch.
+    pub rank80: Option<usize>,
+}
+
+/// Denoising one position at a time: layers x positions (items aligned at their end).
+#[derive(Debug, Clone, Serialize)]
+pub struct PositionMap {
+    /// Rows.
+    pub layers: Vec<usize>,
+    /// Columns: positions from the end (0 is the last token).
+    pub offsets: Vec<usize>,
+    /// The first held-out item's tokens at those positions (for the axis).
+    pub tokens: Vec<u32>,
+    /// Mean change of P(matching), `[layer][offset]`.
+    pub delta_p: Vec<Vec<f64>>,
+    /// Fraction of the gap restored, `[layer][offset]`, when the gap is large enough.
+    pub fraction: Option<Vec<Vec<f64>>>,
+}
+
+/// How specific the best patch is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Specificity {
+    /// Layer patched.
+    pub layer: usize,
+    /// Dimension of the low-rank patch.
+    pub k: usize,
+    /// Mean per-token KL(base || base with the full patch) on the neutral prompts, nats.
+    pub kl_full: Option<f64>,
+    /// The same for the top-k patch.
+    pub kl_low_rank: Option<f64>,
+    /// KL(base || tuned) on the same tokens, for scale.
+    pub kl_tuned: Option<f64>,
+    /// Unrelated behaviour: P(matching) change of the tuned model against the base.
+    pub unrelated_tuned: Option<f64>,
+    /// Its change under the full patch.
+    pub unrelated_full: Option<f64>,
+    /// Its change under the top-k patch.
+    pub unrelated_low_rank: Option<f64>,
+}
+
+/// What the measurements say about a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    /// The behaviour gap is below [`PatchOptions::min_gap`]: nothing to localise.
+    NoGap,
+    /// No single layer's patch restores half of the gap.
+    NotOneLayer,
+    /// At most [`PUPPETEER_MAX_RANK`] directions restore 80% of the best layer's patch, and random
+    /// subspaces of that size do not.
+    Puppeteer,
+    /// The best layer carries the gap but needs more directions: a diffuse change.
+    Diffuse,
+}
+
+/// The verdict of one pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// The kind.
+    pub kind: VerdictKind,
+    /// The earliest layer whose full denoising restores [`BEST_LAYER_SHARE`] of the most any
+    /// layer restores (by `|delta_p|` when the gap is small).
+    pub best_layer: Option<usize>,
+    /// Its full patch.
+    pub full: Option<Effect>,
+    /// Puppeteer ranks there.
+    pub rank50: Option<usize>,
+    /// Puppeteer ranks there.
+    pub rank80: Option<usize>,
+    /// The single mean-difference direction's patch there.
+    pub mean_diff: Option<Effect>,
+    /// Random subspaces of dimension `rank80` (or 1): mean and spread of their fraction of the
+    /// full patch.
+    pub random_of_full: Option<(f64, f64)>,
+    /// Specificity of the best patch.
+    pub specificity: Option<Specificity>,
+    /// One line.
+    pub reading: String,
+}
+
+/// Everything [`patching`] measures for a pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Patching {
+    /// Hook point family.
+    pub family: Family,
+    /// Training items (the subspaces).
+    pub n_train: usize,
+    /// Held-out items (every number).
+    pub n_test: usize,
+    /// Mean P(matching) of the base model.
+    pub p_base: f64,
+    /// Mean P(matching) of the tuned model.
+    pub p_tuned: f64,
+    /// Mean logit difference of the base model.
+    pub logit_diff_base: f64,
+    /// Mean logit difference of the tuned model.
+    pub logit_diff_tuned: f64,
+    /// Bootstrap 95% interval of `p_tuned - p_base`.
+    pub gap_ci: (f64, f64),
+    /// Per layer.
+    pub layers: Vec<LayerPatch>,
+    /// Rank curves.
+    pub ranks: Vec<RankCurve>,
+    /// Layer x position map.
+    pub positions: PositionMap,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+impl Patching {
+    /// Writes `patching.json` (everything), `patching.csv` (per layer), `rank.json`, `rank.csv`
+    /// and `positions.csv` into `dir`, each atomically.
+    pub fn write(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let mut files = Vec::new();
+        let mut put = |name: &str, bytes: Vec<u8>| -> Result<()> {
+            let p = dir.join(name);
+            atomic_write_bytes(&p, &bytes)?;
+            files.push(p);
+            Ok(())
+        };
+        put("patching.json", to_json(self)?)?;
+        put("rank.json", to_json(&self.ranks)?)?;
+        let f = |o: Option<f64>| o.map_or(String::new(), |v| format!("{v:.6}"));
+        let ci = |e: &Effect, i: usize| f(e.ci.map(|c| if i == 0 { c.0 } else { c.1 }));
+        let mut csv = String::from("layer,patch,p,logit_diff,delta_p,fraction,ci_lo,ci_hi\n");
+        for r in &self.layers {
+            for (name, e) in [
+                ("full", &r.full),
+                ("last", &r.last),
+                ("rank1", &r.rank1),
+                ("mean_diff", &r.mean_diff),
+                ("random1", &r.random1),
+                ("noise_full", &r.noise_full),
+                ("noise_last", &r.noise_last),
+            ] {
+                csv.push_str(&format!(
+                    "{},{name},{:.6},{:.6},{:.6},{},{},{}\n",
+                    r.layer,
+                    e.p,
+                    e.logit_diff,
+                    e.delta_p,
+                    f(e.fraction),
+                    ci(e, 0),
+                    ci(e, 1)
+                ));
+            }
+        }
+        put("patching.csv", csv.into_bytes())?;
+        let mut csv = String::from(
+            "layer,k,p,delta_p,fraction,ci_lo,ci_hi,of_full,variance,random_of_full,random_spread\n",
+        );
+        for c in &self.ranks {
+            for pt in &c.points {
+                csv.push_str(&format!(
+                    "{},{},{:.6},{:.6},{},{},{},{:.6},{:.6},{:.6},{:.6}\n",
+                    c.layer,
+                    pt.k,
+                    pt.top.p,
+                    pt.top.delta_p,
+                    f(pt.top.fraction),
+                    ci(&pt.top, 0),
+                    ci(&pt.top, 1),
+                    pt.of_full,
+                    pt.variance,
+                    pt.random_of_full,
+                    pt.random_spread
+                ));
+            }
+        }
+        put("rank.csv", csv.into_bytes())?;
+        let m = &self.positions;
+        let mut csv = String::from("layer,offset,token,delta_p,fraction\n");
+        for (i, l) in m.layers.iter().enumerate() {
+            for (j, o) in m.offsets.iter().enumerate() {
+                csv.push_str(&format!(
+                    "{l},{o},{},{:.6},{}\n",
+                    m.tokens.get(j).copied().unwrap_or(0),
+                    m.delta_p[i][j],
+                    f(m.fraction.as_ref().map(|fr| fr[i][j]))
+                ));
+            }
+        }
+        put("positions.csv", csv.into_bytes())?;
+        Ok(files)
+    }
+}
+
+/// Pretty JSON of a report part.
+fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::InvalidArgument {
+        name: "report".into(),
+        msg: format!("cannot serialise: {e}"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine: patched forwards resumed at the patched layer.
+
+/// Which model receives the other's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// The base receives the tuned model's activation.
+    Denoise,
+    /// The tuned model receives the base's.
+    Noise,
+}
+
+/// Which part of the difference is patched.
+#[derive(Debug, Clone)]
+enum Sub {
+    /// All of it.
+    Full,
+    /// Its projection on the span of orthonormal columns, `[d_model, k]` in the model's dtype.
+    Span(Tensor),
+}
+
+/// A patch at every position.
+#[derive(Debug, Clone)]
+struct Job {
+    layer: usize,
+    dir: Dir,
+    sub: Sub,
+}
+
+/// A full patch at one position (`offset` from the end).
+#[derive(Debug, Clone, Copy)]
+struct PosJob {
+    layer: usize,
+    dir: Dir,
+    offset: usize,
+}
+
+/// Per-item scores of every job.
+struct Runs {
+    base: Vec<AbScore>,
+    tuned: Vec<AbScore>,
+    jobs: Vec<Vec<AbScore>>,
+    pos: Vec<Vec<AbScore>>,
+}
+
+/// One model's side of a batch: its activations at the points patched, its keys and values.
+struct Side {
+    cache: ActivationCache,
+    kv: KvCache,
+}
+
+struct Engine<'a> {
+    base: &'a Model,
+    tuned: &'a Model,
+    family: Family,
+    batch_size: usize,
+}
+
+impl Engine<'_> {
+    fn model(&self, base: bool) -> &Model {
+        if base {
+            self.base
+        } else {
+            self.tuned
+        }
+    }
+
+    /// One model's unpatched run of a batch: scores (into `out`), activations, keys and values.
+    fn prefill(
+        &self,
+        model: &Model,
+        batch: &Batch,
+        answers: &[Vec<u32>],
+        layers: &[usize],
+        idx: &[usize],
+        out: &mut [AbScore],
+    ) -> Result<Side> {
+        let family = self.family;
+        let keep = |p: HookPoint| {
+            layers.iter().any(|&l| {
+                let (_, add) = family.resume(l);
+                p == family.point(l) || Some(p) == add
+            })
+        };
+        let mut cache = ActivationCache::new();
+        let mut kv = KvCache::new(model.config().n_layers, batch.pads().to_vec());
+        {
+            let mut hooks = Hooks::new();
+            hooks.add_where(keep, &mut cache);
+            let logits =
+                model.last_token_logits(batch, &mut hooks, None, Some(&mut kv), answers)?; // [b, 2]
+            score_rows(&logits, idx, out)?;
+        }
+        Ok(Side { cache, kv })
+    }
+
+    /// Scores every job (all positions) and every single-position job on `cases`.
+    fn run(
+        &self,
+        cases: &[AbCase],
+        jobs: &[Job],
+        pos: &[PosJob],
+        label: &str,
+        progress: bool,
+    ) -> Result<Runs> {
+        let n = cases.len();
+        let mut runs = Runs {
+            base: vec![AbScore::NAN; n],
+            tuned: vec![AbScore::NAN; n],
+            jobs: vec![vec![AbScore::NAN; n]; jobs.len()],
+            pos: vec![vec![AbScore::NAN; n]; pos.len()],
+        };
+        let mut layers: Vec<usize> = jobs.iter().map(|j| j.layer).collect();
+        layers.extend(pos.iter().map(|j| j.layer));
+        layers.sort_unstable();
+        layers.dedup();
+        // Jobs of one layer and direction run stacked as rows of one batch.
+        let mut groups: BTreeMap<(usize, bool), Vec<usize>> = BTreeMap::new();
+        for (i, j) in jobs.iter().enumerate() {
+            groups
+                .entry((j.layer, j.dir == Dir::Denoise))
+                .or_default()
+                .push(i);
+        }
+        let lens: Vec<usize> = cases.iter().map(|c| c.ids.len()).collect();
+        let batches = length_batches(&lens, self.batch_size);
+        let mut bar = Progress::new(label, batches.len() * (groups.len() + pos.len()), progress);
+        for idx in batches {
+            let ids: Vec<&[u32]> = idx.iter().map(|&i| cases[i].ids.as_slice()).collect();
+            let batch = Batch::new(&ids)?;
+            let answers = answer_ids(cases, &idx);
+            let base = self.prefill(self.base, &batch, &answers, &layers, &idx, &mut runs.base)?;
+            let tuned =
+                self.prefill(self.tuned, &batch, &answers, &layers, &idx, &mut runs.tuned)?;
+            let mask = real_tokens(&batch, self.base)?; // [b, s, 1]
+            for (&(layer, denoise), members) in &groups {
+                let (rec, don) = if denoise {
+                    (&base, &tuned)
+                } else {
+                    (&tuned, &base)
+                };
+                let model = self.model(denoise);
+                let values = self.patched_all(
+                    rec,
+                    don,
+                    layer,
+                    members.iter().map(|&i| &jobs[i].sub),
+                    &mask,
+                )?;
+                let b = batch.len();
+                let per = (SWEEP_ROWS / b).max(1);
+                let (resume, _) = self.family.resume(layer);
+                for (ci, chunk) in values.chunks(per).enumerate() {
+                    let stacked = Tensor::cat(chunk, 0)?; // [chunk * b, s, d_model]
+                    let rows: Vec<&[u32]> =
+                        (0..chunk.len()).flat_map(|_| ids.iter().copied()).collect();
+                    let ans: Vec<Vec<u32>> =
+                        (0..chunk.len()).flat_map(|_| answers.clone()).collect();
+                    let logits = model.last_token_logits(
+                        &Batch::new(&rows)?,
+                        &mut Hooks::new(),
+                        Some((resume, &stacked)),
+                        None,
+                        &ans,
+                    )?; // [chunk * b, 2]
+                    for k in 0..chunk.len() {
+                        let job = members[ci * per + k];
+                        score_rows(&logits.narrow(0, k * b, b)?, &idx, &mut runs.jobs[job])?;
+                    }
+                }
+                bar.advance(1);
+            }
+            for (pi, pj) in pos.iter().enumerate() {
+                let (rec, don) = match pj.dir {
+                    Dir::Denoise => (&base, &tuned),
+                    Dir::Noise => (&tuned, &base),
+                };
+                let model = self.model(pj.dir == Dir::Denoise);
+                let logits = self.patched_at(model, rec, don, &batch, &answers, *pj)?; // [b, 2]
+                score_rows(&logits, &idx, &mut runs.pos[pi])?;
+                bar.advance(1);
+            }
+        }
+        bar.finish();
+        Ok(runs)
+    }
+
+    /// The resumed forward's inputs (`[b, s, d_model]` each) of the subspace patches `subs` at
+    /// `layer`: the recipient's activation plus the chosen part of `donor - recipient` on real
+    /// tokens, added to the recipient's residual where the family is a block output.
+    fn patched_all<'s>(
+        &self,
+        rec: &Side,
+        don: &Side,
+        layer: usize,
+        subs: impl Iterator<Item = &'s Sub>,
+        mask: &Tensor,
+    ) -> Result<Vec<Tensor>> {
+        let p = self.family.point(layer);
+        let (_, add) = self.family.resume(layer);
+        let r = rec.cache.require(p)?; // [b, s, d_model]
+        let delta = (don.cache.require(p)? - r)?.broadcast_mul(mask)?; // [b, s, d_model]
+        let (b, s, d) = delta.dims3()?;
+        let flat = delta.reshape((b * s, d))?; // [b * s, d_model]
+        subs.map(|sub| {
+            let part = match sub {
+                Sub::Full => delta.clone(),
+                Sub::Span(q) => flat.matmul(q)?.matmul(&q.t()?)?.reshape((b, s, d))?, // [b, s, d_model]
+            };
+            let x = (r + part)?; // [b, s, d_model]
+            Ok(match add {
+                Some(a) => (rec.cache.require(a)? + x)?,
+                None => x,
+            })
+        })
+        .collect()
+    }
+
+    /// The two answers' logits (`[b, 2]`) with the donor's activation patched in at one position
+    /// only: the recipient's keys and values before it are reused and only the columns from it
+    /// on run, from the patched layer on.
+    fn patched_at(
+        &self,
+        model: &Model,
+        rec: &Side,
+        don: &Side,
+        batch: &Batch,
+        answers: &[Vec<u32>],
+        job: PosJob,
+    ) -> Result<Tensor> {
+        let s = batch.seq_len();
+        let c = s - 1 - job.offset;
+        let n = s - c;
+        let p = self.family.point(job.layer);
+        let (resume, add) = self.family.resume(job.layer);
+        let r = rec.cache.require(p)?; // [b, s, d_model]
+        let mut parts = vec![don.cache.require(p)?.narrow(1, c, 1)?]; // [b, 1, d_model]
+        if n > 1 {
+            parts.push(r.narrow(1, c + 1, n - 1)?); // [b, n - 1, d_model]
+        }
+        let x = Tensor::cat(&parts, 1)?; // [b, n, d_model]
+        let x = match add {
+            Some(a) => (rec.cache.require(a)?.narrow(1, c, n)? + x)?,
+            None => x,
+        }; // [b, n, d_model]
+        let mut kv = rec.kv.prefix(c)?;
+        // Rows are stored without their padding; every row is real from column `c` on.
+        let rows: Vec<&[u32]> = batch
+            .rows()
+            .zip(batch.pads())
+            .map(|(row, &pad)| &row[c - pad..])
+            .collect();
+        model.last_token_logits(
+            &Batch::new(&rows)?,
+            &mut Hooks::new(),
+            Some((resume, &x)),
+            Some(&mut kv),
+            answers,
+        )
+    }
+}
+
+/// 1 on a batch's real tokens, 0 on its padding: `[b, s, 1]` in the model's dtype.
+fn real_tokens(batch: &Batch, model: &Model) -> Result<Tensor> {
+    let (b, s) = (batch.len(), batch.seq_len());
+    let mut m = vec![0f32; b * s];
+    for (row, &pad) in m.chunks_mut(s).zip(batch.pads()) {
+        row[pad..].iter_mut().for_each(|v| *v = 1.0);
+    }
+    Ok(Tensor::from_vec(m, (b, s), model.device())?
+        .to_dtype(model.dtype())?
+        .unsqueeze(D::Minus1)?) // [b, s, 1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subspaces.
+
+/// Second moment of the per-token differences at one layer, from the training items.
+struct Moments {
+    /// `sum over tokens of delta delta^T`, `[d, d]` row-major f64.
+    gram: Vec<f64>,
+    /// `sum over tokens of delta`, `[d]`.
+    sum: Vec<f64>,
+}
+
+/// The moments of `tuned - base` at `family`'s point of each of `layers` over every real token of
+/// `prompts`.
+fn moments(
+    eng: &Engine,
+    prompts: &[AbCase],
+    layers: &[usize],
+    progress: bool,
+) -> Result<BTreeMap<usize, Moments>> {
+    let d = eng.base.config().d_model;
+    let mut out: BTreeMap<usize, Moments> = layers
+        .iter()
+        .map(|&l| {
+            (
+                l,
+                Moments {
+                    gram: vec![0.0; d * d],
+                    sum: vec![0.0; d],
+                },
+            )
+        })
+        .collect();
+    let points: Vec<HookPoint> = layers.iter().map(|&l| eng.family.point(l)).collect();
+    let lens: Vec<usize> = prompts.iter().map(|c| c.ids.len()).collect();
+    let batches = length_batches(&lens, eng.batch_size);
+    let mut bar = Progress::new("patching: training differences", batches.len(), progress);
+    for idx in batches {
+        let ids: Vec<&[u32]> = idx.iter().map(|&i| prompts[i].ids.as_slice()).collect();
+        let batch = Batch::new(&ids)?;
+        let cb = eng.base.cache(&batch, |p| points.contains(&p))?;
+        let ct = eng.tuned.cache(&batch, |p| points.contains(&p))?;
+        for (&l, m) in out.iter_mut() {
+            let p = eng.family.point(l);
+            let delta = (ct.require(p)? - cb.require(p)?)?; // [b, s, d_model]
+            let mut rows = Vec::new();
+            for (i, &pad) in batch.pads().iter().enumerate() {
+                rows.push(delta.get(i)?.narrow(0, pad, batch.seq_len() - pad)?);
+                // [len_i, d_model]
+            }
+            let x = Tensor::cat(&rows, 0)?.to_dtype(DType::F32)?; // [tokens, d_model]
+            let g: Vec<f32> = x.t()?.matmul(&x)?.flatten_all()?.to_vec1()?; // [d * d]
+            let s: Vec<f32> = x.sum(0)?.to_vec1()?; // [d]
+            m.gram
+                .iter_mut()
+                .zip(&g)
+                .for_each(|(a, &b)| *a += f64::from(b));
+            m.sum
+                .iter_mut()
+                .zip(&s)
+                .for_each(|(a, &b)| *a += f64::from(b));
+        }
+        bar.advance(1);
+    }
+    bar.finish();
+    Ok(out)
+}
+
+/// The top `k` eigenvalues (decreasing) and eigenvectors (`k` columns of length `d`) of a
+/// symmetric positive semi-definite `d x d` matrix (row-major): subspace iteration on `k + 8`
+/// columns with a Rayleigh-Ritz step (Jacobi on the small projected matrix) every iteration,
+/// until the top `k` values move by less than 1e-12 of the largest (at most 200 iterations).
+pub(crate) fn top_eigen(
+    a: &[f64],
+    d: usize,
+    k: usize,
+    seed: u64,
+) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let m = (k + 8).min(d);
+    let at = Tensor::from_slice(a, (d, d), &candle_core::Device::Cpu)?; // [d, d]
+                                                                        // Rows of the result are A q for each column q (A is symmetric).
+    let times_a = |q: &[Vec<f64>]| -> Result<Vec<Vec<f64>>> {
+        let flat: Vec<f64> = q.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (q.len(), d), &candle_core::Device::Cpu)?; // [m, d]
+        Ok(t.matmul(&at)?.to_vec2()?) // [m, d]
+    };
+    let mut rng = SplitMix64::new(seed);
+    let mut q: Vec<Vec<f64>> = (0..m)
+        .map(|_| (0..d).map(|_| gaussian(&mut rng)).collect())
+        .collect();
+    orthonormalise(&mut q);
+    let mut prev = vec![f64::INFINITY; k];
+    for _ in 0..200 {
+        let aq = times_a(&q)?;
+        let (vals, rot) = rayleigh_ritz(&q, &aq);
+        q = rotate(&q, &rot);
+        let top = vals[0].abs().max(f64::MIN_POSITIVE);
+        let moved = vals
+            .iter()
+            .take(k)
+            .zip(&prev)
+            .map(|(v, p)| (v - p).abs() / top)
+            .fold(0.0, f64::max);
+        prev = vals[..k].to_vec();
+        if moved < 1e-12 {
+            break;
+        }
+        let mut z = rotate(&aq, &rot);
+        orthonormalise(&mut z);
+        q = z;
+    }
+    Ok((prev, q.into_iter().take(k).collect()))
+}
+
+/// Eigenvalues (decreasing) of `Q^T A Q` (from `Q` and `A Q`) and the rotation of `Q`'s columns
+/// that diagonalises it.
+fn rayleigh_ritz(q: &[Vec<f64>], aq: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let m = q.len();
+    let mut t = vec![0.0; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            t[i * m + j] = 0.5 * (dot(&q[i], &aq[j]) + dot(&q[j], &aq[i]));
+        }
+    }
+    let (vals, vecs) = jacobi(&mut t, m);
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&i, &j| vals[j].total_cmp(&vals[i]));
+    (
+        order.iter().map(|&i| vals[i]).collect(),
+        order
+            .iter()
+            .map(|&i| (0..m).map(|r| vecs[r * m + i]).collect())
+            .collect(),
+    )
+}
+
+/// New columns `sum_r rot[c][r] q[r]`.
+fn rotate(q: &[Vec<f64>], rot: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    rot.iter()
+        .map(|w| {
+            let mut v = vec![0.0; q[0].len()];
+            for (c, col) in w.iter().zip(q) {
+                v.iter_mut().zip(col).for_each(|(a, b)| *a += c * b);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Cyclic Jacobi eigendecomposition of a small symmetric matrix (row-major, overwritten):
+/// eigenvalues and eigenvectors as the columns of a row-major `m x m` matrix.
+fn jacobi(a: &mut [f64], m: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0.0; m * m];
+    (0..m).for_each(|i| v[i * m + i] = 1.0);
+    for _ in 0..100 {
+        let off: f64 = (0..m)
+            .flat_map(|i| (0..m).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * m + j] * a[i * m + j])
+            .sum();
+        let diag: f64 = (0..m).map(|i| a[i * m + i] * a[i * m + i]).sum();
+        if off <= 1e-30 * diag.max(f64::MIN_POSITIVE) {
+            break;
+        }
+        for p in 0..m {
+            for r in p + 1..m {
+                let apr = a[p * m + r];
+                if apr == 0.0 {
+                    continue;
+                }
+                let theta = (a[r * m + r] - a[p * m + p]) / (2.0 * apr);
+                let sign = if theta >= 0.0 { 1.0 } else { -1.0 };
+                let t = sign / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..m {
+                    let (akp, akr) = (a[k * m + p], a[k * m + r]);
+                    a[k * m + p] = c * akp - s * akr;
+                    a[k * m + r] = s * akp + c * akr;
+                }
+                for k in 0..m {
+                    let (apk, ark) = (a[p * m + k], a[r * m + k]);
+                    a[p * m + k] = c * apk - s * ark;
+                    a[r * m + k] = s * apk + c * ark;
+                }
+                for k in 0..m {
+                    let (vkp, vkr) = (v[k * m + p], v[k * m + r]);
+                    v[k * m + p] = c * vkp - s * vkr;
+                    v[k * m + r] = s * vkp + c * vkr;
+                }
+            }
+        }
+    }
+    ((0..m).map(|i| a[i * m + i]).collect(), v)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Modified Gram-Schmidt, twice for stability; a column that vanishes becomes zero.
+fn orthonormalise(q: &mut [Vec<f64>]) {
+    for _ in 0..2 {
+        for i in 0..q.len() {
+            let (done, rest) = q.split_at_mut(i);
+            let v = &mut rest[0];
+            for u in done.iter() {
+                let c = dot(u, v);
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= c * b);
+            }
+            let n = dot(v, v).sqrt();
+            if n > 1e-300 {
+                v.iter_mut().for_each(|a| *a /= n);
+            } else {
+                v.iter_mut().for_each(|a| *a = 0.0);
+            }
+        }
+    }
+}
+
+/// A standard normal draw (Box-Muller).
+fn gaussian(rng: &mut SplitMix64) -> f64 {
+    let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let v = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// `k` random orthonormal directions in `d` dimensions.
+fn random_basis(d: usize, k: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut q: Vec<Vec<f64>> = (0..k)
+        .map(|_| (0..d).map(|_| gaussian(&mut rng)).collect())
+        .collect();
+    orthonormalise(&mut q);
+    q
+}
+
+/// Columns as a `[d, k]` tensor in the model's dtype and device.
+fn span(model: &Model, cols: &[Vec<f64>]) -> Result<Sub> {
+    let (d, k) = (cols[0].len(), cols.len());
+    let mut flat = vec![0f32; d * k];
+    for (j, c) in cols.iter().enumerate() {
+        for (i, &x) in c.iter().enumerate() {
+            flat[i * k + j] = x as f32;
+        }
+    }
+    Ok(Sub::Span(
+        Tensor::from_vec(flat, (d, k), model.device())?.to_dtype(model.dtype())?,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers.
+
+/// Clean scores of both models, and what an effect is measured against.
+struct Ref<'a> {
+    base: &'a [AbScore],
+    tuned: &'a [AbScore],
+    gap_ok: bool,
+    bootstrap: usize,
+    seed: u64,
+}
+
+impl Ref<'_> {
+    fn effect(&self, patched: &[AbScore], dir: Dir) -> Effect {
+        let n = patched.len() as f64;
+        let rec = match dir {
+            Dir::Denoise => self.base,
+            Dir::Noise => self.tuned,
+        };
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let num: Vec<f64> = patched
+            .iter()
+            .zip(self.base.iter().zip(self.tuned))
+            .map(|(p, (b, t))| match dir {
+                Dir::Denoise => p.p_matching - b.p_matching,
+                Dir::Noise => t.p_matching - p.p_matching,
+            })
+            .collect();
+        let gap: Vec<f64> = self
+            .base
+            .iter()
+            .zip(self.tuned)
+            .map(|(b, t)| t.p_matching - b.p_matching)
+            .collect();
+        let (fraction, ci) = if self.gap_ok {
+            let f = mean(&num) / mean(&gap);
+            (
+                Some(f),
+                Some(ratio_ci(&num, &gap, self.bootstrap, self.seed)),
+            )
+        } else {
+            (None, None)
+        };
+        Effect {
+            p: patched.iter().map(|s| s.p_matching).sum::<f64>() / n,
+            logit_diff: patched.iter().map(|s| s.logit_diff).sum::<f64>() / n,
+            delta_p: patched
+                .iter()
+                .zip(rec)
+                .map(|(p, r)| p.p_matching - r.p_matching)
+                .sum::<f64>()
+                / n,
+            fraction,
+            ci,
+        }
+    }
+}
+
+/// Percentile-bootstrap 95% interval of `mean(num) / mean(den)` over items.
+fn ratio_ci(num: &[f64], den: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
+    let n = num.len();
+    let mut rng = SplitMix64::new(seed);
+    let mut v = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        let (mut a, mut b) = (0.0, 0.0);
+        for _ in 0..n {
+            let i = rng.below(n as u64) as usize;
+            a += num[i];
+            b += den[i];
+        }
+        if b != 0.0 {
+            v.push(a / b);
+        }
+    }
+    percentile_ci(&mut v)
+}
+
+/// Mean per-token KL(p || q) over the real tokens of a batch; `p` and `q` are logits `[b, s, v]`.
+fn kl_sum(p: &Tensor, q: &Tensor, pads: &[usize]) -> Result<(f64, usize)> {
+    let lp = candle_nn::ops::log_softmax(p, D::Minus1)?;
+    let lq = candle_nn::ops::log_softmax(q, D::Minus1)?;
+    let kl: Vec<Vec<f32>> = (lp.exp()? * (lp - lq)?)?.sum(D::Minus1)?.to_vec2()?; // [b, s]
+    let (mut total, mut count) = (0.0, 0);
+    for (row, &pad) in kl.iter().zip(pads) {
+        for v in &row[pad..] {
+            total += *v as f64;
+            count += 1;
+        }
+    }
+    Ok((total, count))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The one call.
+
+/// Cross-model activation patching, the rank curve and the verdict for a (base, tuned) pair (see
+/// the [module docs](self)): `data.train` builds the subspaces, `data.test` gives every number
+/// (at least [`MIN_TEST_ITEMS`] items); `data.val` is not used.
+pub fn patching(
+    base: &Model,
+    tuned: &Model,
+    data: &AbSplits,
+    opts: &PatchOptions,
+) -> Result<Patching> {
+    check_pair(base, tuned)?;
+    let (cb, ct) = (base.config(), tuned.config());
+    if cb.vocab_size != ct.vocab_size {
+        return Err(Error::Shape {
+            what: "vocabularies of the base and tuned models (they must read the same token ids)"
+                .into(),
+            expected: format!("{} tokens", cb.vocab_size),
+            got: format!("{} tokens", ct.vocab_size),
+        });
+    }
+    let (n_layers, d) = (cb.n_layers, cb.d_model);
+    if data.test.len() < MIN_TEST_ITEMS {
+        return Err(Error::InvalidArgument {
+            name: "test items".into(),
+            msg: format!(
+                "{} held-out items; the bootstrap needs at least {MIN_TEST_ITEMS}",
+                data.test.len()
+            ),
+        });
+    }
+    if data.train.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "train items".into(),
+            msg: "no training items to find the subspaces on".into(),
+        });
+    }
+    check_cases(base, &data.test)?;
+    check_cases(base, &data.train)?;
+    let layers: Vec<usize> = match &opts.layers {
+        Some(v) => v.clone(),
+        None => (0..n_layers).collect(),
+    };
+    if layers.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "layers".into(),
+            msg: "no layers to patch".into(),
+        });
+    }
+    for &l in layers.iter().chain(opts.rank_layers.iter().flatten()) {
+        if l >= n_layers {
+            return Err(Error::LayerOutOfRange { layer: l, n_layers });
+        }
+    }
+    if let Some(&k) = opts.ranks.iter().find(|&&k| k == 0 || k > d) {
+        return Err(Error::InvalidArgument {
+            name: "ranks".into(),
+            msg: format!("subspace dimension {k}: expected 1..={d} (the residual width)"),
+        });
+    }
+    let min_len = data.test.iter().map(|c| c.ids.len()).min().unwrap_or(1);
+    let n_pos = opts.positions.clamp(1, min_len);
+    let eng = Engine {
+        base,
+        tuned,
+        family: opts.family,
+        batch_size: opts.batch_size.max(1),
+    };
+
+    // Subspaces from the training items: the top direction and the mean difference per layer.
+    let mom = moments(&eng, &data.train, &layers, opts.progress)?;
+    let mut pc1 = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for &l in &layers {
+        let m = &mom[&l];
+        let (vals, vecs) = top_eigen(&m.gram, d, 1, opts.seed ^ l as u64)?;
+        let trace: f64 = (0..d).map(|i| m.gram[i * d + i]).sum();
+        pc1.insert(l, vals[0] / trace.max(f64::MIN_POSITIVE));
+        let norm = dot(&m.sum, &m.sum).sqrt().max(f64::MIN_POSITIVE);
+        let mean: Vec<f64> = m.sum.iter().map(|x| x / norm).collect();
+        for sub in [
+            Sub::Full,
+            span(base, &vecs)?,
+            span(base, &[mean])?,
+            span(
+                base,
+                &random_basis(d, 1, opts.seed.wrapping_add(1000 + l as u64)),
+            )?,
+        ] {
+            jobs.push(Job {
+                layer: l,
+                dir: Dir::Denoise,
+                sub,
+            });
+        }
+        jobs.push(Job {
+            layer: l,
+            dir: Dir::Noise,
+            sub: Sub::Full,
+        });
+    }
+    let mut pos = Vec::new();
+    for &l in &layers {
+        for offset in 0..n_pos {
+            pos.push(PosJob {
+                layer: l,
+                dir: Dir::Denoise,
+                offset,
+            });
+        }
+        pos.push(PosJob {
+            layer: l,
+            dir: Dir::Noise,
+            offset: 0,
+        });
+    }
+    let runs = eng.run(&data.test, &jobs, &pos, "patching: layers", opts.progress)?;
+    let gap = mean_p(&runs.tuned) - mean_p(&runs.base);
+    let r = Ref {
+        base: &runs.base,
+        tuned: &runs.tuned,
+        gap_ok: gap.abs() >= opts.min_gap,
+        bootstrap: opts.bootstrap,
+        seed: opts.seed,
+    };
+    let gap_ci = {
+        let g: Vec<f64> = runs
+            .base
+            .iter()
+            .zip(&runs.tuned)
+            .map(|(b, t)| t.p_matching - b.p_matching)
+            .collect();
+        let ones = vec![1.0; g.len()];
+        ratio_ci(&g, &ones, opts.bootstrap, opts.seed)
+    };
+    let mut rows = Vec::new();
+    let mut map = vec![vec![0.0; n_pos]; layers.len()];
+    let mut map_fr = vec![vec![0.0; n_pos]; layers.len()];
+    for (li, &l) in layers.iter().enumerate() {
+        let e = |i: usize, dir| r.effect(&runs.jobs[li * 5 + i], dir);
+        let pe = |i: usize, dir| r.effect(&runs.pos[li * (n_pos + 1) + i], dir);
+        for (o, cell) in map[li].iter_mut().enumerate() {
+            let eff = pe(o, Dir::Denoise);
+            *cell = eff.delta_p;
+            map_fr[li][o] = eff.fraction.unwrap_or(f64::NAN);
+        }
+        rows.push(LayerPatch {
+            layer: l,
+            full: e(0, Dir::Denoise),
+            last: pe(0, Dir::Denoise),
+            rank1: e(1, Dir::Denoise),
+            mean_diff: e(2, Dir::Denoise),
+            random1: e(3, Dir::Denoise),
+            noise_full: e(4, Dir::Noise),
+            noise_last: pe(n_pos, Dir::Noise),
+            variance1: pc1[&l],
+        });
+    }
+    let first = data.test.first().map(|c| c.ids.as_slice()).unwrap_or(&[]);
+    let positions = PositionMap {
+        layers: layers.clone(),
+        offsets: (0..n_pos).collect(),
+        tokens: (0..n_pos)
+            .map(|o| first[first.len() - 1 - o.min(first.len() - 1)])
+            .collect(),
+        delta_p: map,
+        fraction: r.gap_ok.then_some(map_fr),
+    };
+    let best = best_layer(&rows);
+
+    // Rank curves.
+    let rank_layers: Vec<usize> = match (&opts.rank_layers, best) {
+        (Some(v), _) => v.clone(),
+        (None, Some(b)) if r.gap_ok => vec![b],
+        _ => Vec::new(),
+    };
+    let mut ks: Vec<usize> = opts.ranks.iter().copied().filter(|&k| k < d).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let mut ranks = Vec::new();
+    if !rank_layers.is_empty() {
+        let need: Vec<usize> = rank_layers
+            .iter()
+            .copied()
+            .filter(|l| !mom.contains_key(l))
+            .collect();
+        let mut mom2 = moments(&eng, &data.train, &need, opts.progress)?;
+        let mut curve_jobs = Vec::new();
+        let mut info = Vec::new();
+        for &l in &rank_layers {
+            let m = mom
+                .get(&l)
+                .or_else(|| mom2.get(&l))
+                .ok_or_else(|| Error::InvalidArgument {
+                    name: "rank layers".into(),
+                    msg: format!("no differences at layer {l}"),
+                })?;
+            let kmax = ks.last().copied().unwrap_or(1);
+            let (vals, vecs) = top_eigen(&m.gram, d, kmax, opts.seed ^ (l as u64) << 8)?;
+            let trace: f64 = (0..d).map(|i| m.gram[i * d + i]).sum();
+            let mut var = Vec::new();
+            curve_jobs.push(Job {
+                layer: l,
+                dir: Dir::Denoise,
+                sub: Sub::Full,
+            });
+            for &k in &ks {
+                var.push(vals[..k].iter().sum::<f64>() / trace.max(f64::MIN_POSITIVE));
+                curve_jobs.push(Job {
+                    layer: l,
+                    dir: Dir::Denoise,
+                    sub: span(base, &vecs[..k])?,
+                });
+                for s in 0..opts.random_seeds {
+                    let seed = opts
+                        .seed
+                        .wrapping_add(((l * 1000 + k) * 100 + s) as u64 + 7);
+                    curve_jobs.push(Job {
+                        layer: l,
+                        dir: Dir::Denoise,
+                        sub: span(base, &random_basis(d, k, seed))?,
+                    });
+                }
+            }
+            info.push((l, var));
+        }
+        mom2.clear();
+        let cr = eng.run(
+            &data.test,
+            &curve_jobs,
+            &[],
+            "patching: rank curve",
+            opts.progress,
+        )?;
+        let per_layer = 1 + ks.len() * (1 + opts.random_seeds);
+        for (li, (l, var)) in info.into_iter().enumerate() {
+            let at = |i: usize| r.effect(&cr.jobs[li * per_layer + i], Dir::Denoise);
+            let full = at(0);
+            let of = |e: &Effect| e.delta_p / full.delta_p;
+            let mut points = Vec::new();
+            for (ki, &k) in ks.iter().enumerate() {
+                let o = 1 + ki * (1 + opts.random_seeds);
+                let top = at(o);
+                let random: Vec<Effect> = (0..opts.random_seeds).map(|s| at(o + 1 + s)).collect();
+                let rf: Vec<f64> = random.iter().map(of).collect();
+                let rm = rf.iter().sum::<f64>() / rf.len().max(1) as f64;
+                let sd = (rf.iter().map(|x| (x - rm) * (x - rm)).sum::<f64>()
+                    / (rf.len().max(2) - 1) as f64)
+                    .sqrt();
+                points.push(RankPoint {
+                    k,
+                    of_full: of(&top),
+                    top,
+                    variance: var[ki],
+                    random,
+                    random_of_full: rm,
+                    random_spread: if rf.len() > 1 { sd } else { 0.0 },
+                });
+            }
+            points.push(RankPoint {
+                k: d,
+                top: full,
+                of_full: 1.0,
+                variance: 1.0,
+                random: Vec::new(),
+                random_of_full: 1.0,
+                random_spread: 0.0,
+            });
+            let rank_at = |t: f64| points.iter().find(|p| p.of_full >= t).map(|p| p.k);
+            ranks.push(RankCurve {
+                layer: l,
+                full,
+                rank50: rank_at(0.5),
+                rank80: rank_at(0.8),
+                points,
+            });
+        }
+    }
+
+    let verdict = verdict(&eng, data, opts, &rows, &ranks, best, r.gap_ok, gap, &mom)?;
+    Ok(Patching {
+        family: opts.family,
+        n_train: data.train.len(),
+        n_test: data.test.len(),
+        p_base: mean_p(&runs.base),
+        p_tuned: mean_p(&runs.tuned),
+        logit_diff_base: mean_ld(&runs.base),
+        logit_diff_tuned: mean_ld(&runs.tuned),
+        gap_ci,
+        layers: rows,
+        ranks,
+        positions,
+        verdict,
+    })
+}
+
+/// Share of the most any layer restores that the verdict's layer must restore.
+pub const BEST_LAYER_SHARE: f64 = 0.8;
+
+/// The verdict's layer: the earliest whose full patch restores at least [`BEST_LAYER_SHARE`] of
+/// the most any layer restores (by `|delta_p|` when the gap is small). The residual stream
+/// carries everything computed below a layer, so a full `resid_pre` patch only grows with depth;
+/// the earliest layer that carries the gap is where the change has been written.
+fn best_layer(rows: &[LayerPatch]) -> Option<usize> {
+    let key = |x: &LayerPatch| match x.full.fraction {
+        Some(f) => f,
+        None => x.full.delta_p.abs(),
+    };
+    let top = rows.iter().map(key).fold(f64::NEG_INFINITY, f64::max);
+    rows.iter()
+        .find(|r| key(r) >= BEST_LAYER_SHARE * top)
+        .map(|r| r.layer)
+}
+
+fn mean_p(s: &[AbScore]) -> f64 {
+    s.iter().map(|x| x.p_matching).sum::<f64>() / s.len().max(1) as f64
+}
+
+fn mean_ld(s: &[AbScore]) -> f64 {
+    s.iter().map(|x| x.logit_diff).sum::<f64>() / s.len().max(1) as f64
+}
+
+/// The verdict, with the best patch's specificity.
+#[allow(clippy::too_many_arguments)]
+fn verdict(
+    eng: &Engine,
+    data: &AbSplits,
+    opts: &PatchOptions,
+    rows: &[LayerPatch],
+    ranks: &[RankCurve],
+    best: Option<usize>,
+    gap_ok: bool,
+    gap: f64,
+    mom: &BTreeMap<usize, Moments>,
+) -> Result<Verdict> {
+    let row = best.and_then(|b| rows.iter().find(|r| r.layer == b));
+    let curve = best.and_then(|b| ranks.iter().find(|c| c.layer == b));
+    let (rank50, rank80) = curve.map_or((None, None), |c| (c.rank50, c.rank80));
+    let k = rank80.or(rank50).unwrap_or(1);
+    let random_of_full = curve.and_then(|c| {
+        c.points
+            .iter()
+            .find(|p| p.k == k && !p.random.is_empty())
+            .map(|p| (p.random_of_full, p.random_spread))
+    });
+    let specificity = match best {
+        Some(l) if k < eng.base.config().d_model => Some(specificity(eng, opts, l, k, data, mom)?),
+        _ => None,
+    };
+    let pct = |x: f64| format!("{:.0}%", 100.0 * x);
+    let (kind, reading) = match (row, gap_ok) {
+        (None, _) => (VerdictKind::NoGap, "no layer patched".to_string()),
+        (Some(r), false) => (
+            VerdictKind::NoGap,
+            format!(
+                "no behaviour gap (P changes by {gap:+.3}, under the {:.2} threshold); the largest \
+                 full-layer patch moves P by {:+.3} (layer {})",
+                opts.min_gap, r.full.delta_p, r.layer
+            ),
+        ),
+        (Some(r), true) => {
+            let f = r.full.fraction.unwrap_or(f64::NAN);
+            let ci = r.full.ci.unwrap_or((f64::NAN, f64::NAN));
+            let head = format!(
+                "layer {}'s {} restores {} [{}, {}] of the gap",
+                r.layer,
+                opts.family,
+                pct(f),
+                pct(ci.0),
+                pct(ci.1)
+            );
+            let random = random_of_full
+                .map(|(m, _)| format!("; random {k}-dim subspaces restore {} of that", pct(m)))
+                .unwrap_or_default();
+            if f < 0.5 {
+                (
+                    VerdictKind::NotOneLayer,
+                    format!("no single layer carries the gap: {head}"),
+                )
+            } else {
+                match rank80 {
+                    Some(k80)
+                        if k80 <= PUPPETEER_MAX_RANK
+                            && random_of_full.is_none_or(|(m, _)| m < 0.5) =>
+                    {
+                        (
+                            VerdictKind::Puppeteer,
+                            format!(
+                                "puppeteer-like: {head}, and {k80} direction{} carry 80% of it{random}",
+                                if k80 == 1 { "" } else { "s" }
+                            ),
+                        )
+                    }
+                    _ => (
+                        VerdictKind::Diffuse,
+                        format!(
+                            "diffuse: {head}, but 80% of it needs {}{random}",
+                            match rank80 {
+                                Some(k80) => format!("{k80} directions"),
+                                None => "the full width".into(),
+                            }
+                        ),
+                    ),
+                }
+            }
+        }
+    };
+    Ok(Verdict {
+        kind,
+        best_layer: best,
+        full: row.map(|r| r.full),
+        rank50,
+        rank80,
+        mean_diff: row.map(|r| r.mean_diff),
+        random_of_full,
+        specificity,
+        reading,
+    })
+}
+
+/// KL on neutral text and the unrelated behaviour's change under the full and the top-`k` patch
+/// at `layer`.
+fn specificity(
+    eng: &Engine,
+    opts: &PatchOptions,
+    layer: usize,
+    k: usize,
+    data: &AbSplits,
+    mom: &BTreeMap<usize, Moments>,
+) -> Result<Specificity> {
+    let d = eng.base.config().d_model;
+    let owned;
+    let m = match mom.get(&layer) {
+        Some(m) => m,
+        None => {
+            owned = moments(eng, &data.train, &[layer], false)?;
+            owned.get(&layer).ok_or_else(|| Error::InvalidArgument {
+                name: "layer".into(),
+                msg: format!("no differences at layer {layer}"),
+            })?
+        }
+    };
+    let (_, vecs) = top_eigen(&m.gram, d, k, opts.seed ^ (layer as u64) << 8)?;
+    let subs = [Sub::Full, span(eng.base, &vecs)?];
+    let mut out = Specificity {
+        layer,
+        k,
+        kl_full: None,
+        kl_low_rank: None,
+        kl_tuned: None,
+        unrelated_tuned: None,
+        unrelated_full: None,
+        unrelated_low_rank: None,
+    };
+    if !opts.neutral.is_empty() {
+        let (mut sums, mut count) = ([0.0; 3], 0usize);
+        let lens: Vec<usize> = opts.neutral.iter().map(|p| p.len()).collect();
+        let (resume, add) = eng.family.resume(layer);
+        let p = eng.family.point(layer);
+        let keep = |q: HookPoint| q == p || Some(q) == add;
+        for idx in length_batches(&lens, eng.batch_size) {
+            let ids: Vec<&[u32]> = idx.iter().map(|&i| opts.neutral[i].as_slice()).collect();
+            let batch = Batch::new(&ids)?;
+            let (lb, cb) = eng.base.run_with_cache(&batch, keep)?; // [b, s, vocab]
+            let (lt, ct) = eng.tuned.run_with_cache(&batch, keep)?; // [b, s, vocab]
+            let side = |cache| Side {
+                cache,
+                kv: KvCache::new(0, Vec::new()),
+            };
+            let (rec, don) = (side(cb), side(ct));
+            let mask = real_tokens(&batch, eng.base)?; // [b, s, 1]
+            let xs = eng.patched_all(&rec, &don, layer, subs.iter(), &mask)?;
+            let (kt, n) = kl_sum(&lb, &lt, batch.pads())?;
+            sums[2] += kt;
+            count += n;
+            for (i, x) in xs.iter().enumerate() {
+                let lp = eng.base.run_from(resume, x, &batch, &mut Hooks::new())?; // [b, s, vocab]
+                sums[i] += kl_sum(&lb, &lp, batch.pads())?.0;
+            }
+        }
+        let c = count.max(1) as f64;
+        out.kl_full = Some(sums[0] / c);
+        out.kl_low_rank = Some(sums[1] / c);
+        out.kl_tuned = Some(sums[2] / c);
+    }
+    if !opts.unrelated.is_empty() {
+        check_cases(eng.base, &opts.unrelated)?;
+        let jobs: Vec<Job> = subs
+            .iter()
+            .map(|sub| Job {
+                layer,
+                dir: Dir::Denoise,
+                sub: sub.clone(),
+            })
+            .collect();
+        let runs = eng.run(&opts.unrelated, &jobs, &[], "patching: unrelated", false)?;
+        let b = mean_p(&runs.base);
+        out.unrelated_tuned = Some(mean_p(&runs.tuned) - b);
+        out.unrelated_full = Some(mean_p(&runs.jobs[0]) - b);
+        out.unrelated_low_rank = Some(mean_p(&runs.jobs[1]) - b);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures.
+
+/// Draws `patching_by_layer`, `gap_vs_rank` and `patching_positions` (PNG and SVG each) for a set
+/// of pairs `(tuned name, report)` into `dir`; `token` spells a token id for the position axis.
+pub fn write_figures(
+    pairs: &[(&str, &Patching)],
+    dir: impl AsRef<Path>,
+    token: impl Fn(u32) -> String,
+) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let mut files = Vec::new();
+    let y = |e: &Effect| e.fraction.unwrap_or(e.delta_p);
+    let unit = |p: &Patching| {
+        if p.verdict.kind == VerdictKind::NoGap {
+            "change of P(matching)"
+        } else {
+            "fraction of the gap restored"
+        }
+    };
+    let charts: Vec<LineChart> = pairs
+        .iter()
+        .map(|(name, p)| {
+            let line = |label: &str, f: &dyn Fn(&LayerPatch) -> f64, dashed| Series {
+                dashed,
+                ..Series::new(
+                    label,
+                    p.layers.iter().map(|r| (r.layer as f64, f(r))).collect(),
+                )
+            };
+            let mut full = line("full", &|r| y(&r.full), false);
+            if p.verdict.kind != VerdictKind::NoGap {
+                full.band = Some(
+                    p.layers
+                        .iter()
+                        .filter_map(|r| r.full.ci.map(|c| (r.layer as f64, c.0, c.1)))
+                        .collect(),
+                );
+            }
+            LineChart {
+                title: format!("{name} ({})", p.family),
+                x_label: "layer".into(),
+                y_label: unit(p).into(),
+                series: vec![
+                    full,
+                    line("last position", &|r| y(&r.last), false),
+                    line("rank-1 (top direction)", &|r| y(&r.rank1), false),
+                    line("mean-difference direction", &|r| y(&r.mean_diff), true),
+                    line("random direction", &|r| y(&r.random1), true),
+                ],
+                hline: Some((0.0, "no effect".into())),
+                ..LineChart::default()
+            }
+        })
+        .collect();
+    files.extend(
+        grid("Activation patching, tuned into base, by layer", charts)
+            .save(dir.join("patching_by_layer"))?,
+    );
+
+    let charts: Vec<LineChart> = pairs
+        .iter()
+        .filter_map(|(name, p)| {
+            let c = p.ranks.first()?;
+            let lx = |k: usize| (k as f64).log2();
+            let mut random = Series::new(
+                "random subspaces (mean of seeds)",
+                c.points
+                    .iter()
+                    .filter(|q| !q.random.is_empty())
+                    .map(|q| (lx(q.k), q.random_of_full))
+                    .collect(),
+            );
+            random.dashed = true;
+            random.band = Some(
+                c.points
+                    .iter()
+                    .filter(|q| !q.random.is_empty())
+                    .map(|q| {
+                        (
+                            lx(q.k),
+                            q.random_of_full - q.random_spread,
+                            q.random_of_full + q.random_spread,
+                        )
+                    })
+                    .collect(),
+            );
+            Some(LineChart {
+                title: format!("{name}, layer {}", c.layer),
+                x_label: "log2 of subspace dimension k".into(),
+                y_label: "fraction of the full-layer patch".into(),
+                series: vec![
+                    Series::new(
+                        "top-k principal subspace",
+                        c.points.iter().map(|q| (lx(q.k), q.of_full)).collect(),
+                    ),
+                    random,
+                ],
+                hline: Some((0.8, "80%".into())),
+                ..LineChart::default()
+            })
+        })
+        .collect();
+    if !charts.is_empty() {
+        files.extend(
+            grid("How many directions: the rank curve", charts).save(dir.join("gap_vs_rank"))?,
+        );
+    }
+
+    let panels: Vec<HeatPanel> = pairs
+        .iter()
+        .map(|(name, p)| {
+            let m = &p.positions;
+            let vals = m.fraction.clone().unwrap_or_else(|| m.delta_p.clone());
+            // Columns left to right in reading order: the earliest position first.
+            let cols: Vec<usize> = (0..m.offsets.len()).rev().collect();
+            HeatPanel {
+                title: format!(
+                    "{name}: {}",
+                    if m.fraction.is_some() {
+                        "fraction restored"
+                    } else {
+                        "change of P"
+                    }
+                ),
+                x_labels: cols
+                    .iter()
+                    .map(|&j| token(m.tokens[j]).replace('\n', "\\n"))
+                    .collect(),
+                y_labels: m.layers.iter().map(|l| l.to_string()).collect(),
+                values: vals
+                    .iter()
+                    .map(|row| cols.iter().map(|&j| row[j]).collect())
+                    .collect(),
+            }
+        })
+        .collect();
+    let heat = HeatMap {
+        title: "Patching one position (tuned into base): layer x position".into(),
+        x_label: "token (items aligned at their end)".into(),
+        y_label: "layer".into(),
+        panels,
+        width: 520 * pairs.len().max(1) as u32 + 120,
+        height: 700,
+    };
+    files.extend(heat.save(dir.join("patching_positions"))?);
+    Ok(files)
+}
+
+fn grid(title: &str, charts: Vec<LineChart>) -> LineGrid {
+    let columns = charts.len().clamp(1, 3);
+    let rows = charts.len().div_ceil(columns).max(1);
+    LineGrid {
+        title: title.into(),
+        columns,
+        width: 620 * columns as u32,
+        height: 460 * rows as u32 + 60,
+        charts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_eigen_recovers_a_known_spectrum() {
+        // A = U diag(l) U^T with a random orthonormal U.
+        let d = 40;
+        let u = random_basis(d, d, 3);
+        let l: Vec<f64> = (0..d).map(|i| 100.0 * 0.7f64.powi(i as i32)).collect();
+        let mut a = vec![0.0; d * d];
+        for (k, col) in u.iter().enumerate() {
+            for i in 0..d {
+                for j in 0..d {
+                    a[i * d + j] += l[k] * col[i] * col[j];
+                }
+            }
+        }
+        let (vals, vecs) = top_eigen(&a, d, 5, 1).unwrap();
+        for k in 0..5 {
+            assert!(
+                (vals[k] - l[k]).abs() < 1e-8 * l[0],
+                "{k}: {} vs {}",
+                vals[k],
+                l[k]
+            );
+            assert!(
+                (dot(&vecs[k], &u[k]).abs() - 1.0).abs() < 1e-8,
+                "vector {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn ratio_interval_brackets_the_ratio() {
+        let num: Vec<f64> = (0..50).map(|i| (i % 7) as f64 * 0.1).collect();
+        let den = vec![0.5; 50];
+        let (lo, hi) = ratio_ci(&num, &den, 500, 0);
+        let r = num.iter().sum::<f64>() / den.iter().sum::<f64>();
+        assert!(lo < r && r < hi, "{lo} {r} {hi}");
+    }
+
+    #[test]
+    fn families_parse_and_print() {
+        for f in Family::ALL {
+            assert_eq!(f.to_string().parse::<Family>().unwrap(), f);
+        }
+        assert!("resid_mid".parse::<Family>().is_err());
+    }
+}
