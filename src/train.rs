@@ -72,6 +72,8 @@ pub struct TrainOptions {
     /// Linear warm-up steps (0).
     pub warmup_steps: usize,
     /// Clip the global gradient norm to this (1.0; `f64::INFINITY` turns clipping off).
+    /// JSON has no infinity: it is written as `null` and read back as infinity.
+    #[serde(deserialize_with = "null_is_infinity")]
     pub max_grad_norm: f64,
     /// DPO temperature β (0.1).
     pub beta: f64,
@@ -79,6 +81,16 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Print a line to stderr every `log_every` steps (0: never).
     pub log_every: usize,
+    /// Keep the adapter and the log in this directory while training (none by default): every
+    /// `checkpoint_every` steps (once the next step's loss on the weights is seen to be finite)
+    /// and at the end, `adapter_model.safetensors`, `adapter_config.json` and `train_log.json`
+    /// are replaced together (see [`write_checkpoint`]). When a step's loss or gradient is not
+    /// finite, the last adapter whose loss was finite is kept there.
+    #[serde(default)]
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Steps between checkpoints (0: only at the end and on a failed step).
+    #[serde(default)]
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainOptions {
@@ -95,8 +107,14 @@ impl Default for TrainOptions {
             beta: 0.1,
             seed: 0,
             log_every: 10,
+            checkpoint_dir: None,
+            checkpoint_every: 0,
         }
     }
+}
+
+fn null_is_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 /// One optimiser step.
@@ -333,6 +351,52 @@ impl Trainee {
         ))
     }
 
+    fn n_params(&self) -> usize {
+        self.vars
+            .iter()
+            .map(|(_, a, b)| a.as_tensor().elem_count() + b.as_tensor().elem_count())
+            .sum()
+    }
+
+    /// The error for a failed step `(step, loss_finite)`; with a checkpoint directory, the
+    /// adapter as it stands (from before this step) is written there first when this step's loss
+    /// on it was finite, else the last checkpoint stays.
+    fn stop(
+        &self,
+        base: &Model,
+        opts: &TrainOptions,
+        log: &TrainLog,
+        (step, loss_finite): (usize, bool),
+        msg: String,
+    ) -> Error {
+        let kept = match &opts.checkpoint_dir {
+            None => None,
+            Some(dir) => {
+                let finite = loss_finite && self.all_vars().iter().all(|v| {
+                    v.as_tensor()
+                        .sqr()
+                        .and_then(|t| t.sum_all())
+                        .and_then(|t| t.to_dtype(DType::F64))
+                        .and_then(|t| t.to_scalar::<f64>())
+                        .is_ok_and(|x| x.is_finite())
+                });
+                let saved = finite
+                    && self
+                        .adapter(base)
+                        .and_then(|a| write_checkpoint(dir, &a, log))
+                        .is_ok();
+                // An adapter that is not finite is not written; an earlier checkpoint stays.
+                (saved || dir.join(LOG_FILE).exists()).then(|| dir.clone())
+            }
+        };
+        Error::Training {
+            objective: log.objective.clone(),
+            step,
+            msg,
+            last_good: kept,
+        }
+    }
+
     fn all_vars(&self) -> Vec<Var> {
         self.vars
             .iter()
@@ -387,6 +451,18 @@ fn optimise(
     let start = Instant::now();
     let mut steps = Vec::with_capacity(total);
     let mut tokens_total = 0;
+    let log_so_far = |steps: &[StepRecord], tokens_total: usize| {
+        let seconds = start.elapsed().as_secs_f64();
+        TrainLog {
+            objective: objective.into(),
+            steps: steps.to_vec(),
+            seconds,
+            tokens: tokens_total,
+            tokens_per_s: tokens_total as f64 / seconds.max(1e-9),
+            n_params: trainee.n_params(),
+            options: opts.clone(),
+        }
+    };
     for (i, (epoch, batch)) in plan.into_iter().enumerate() {
         let step = i + 1;
         let lr = if opts.warmup_steps > 0 && step <= opts.warmup_steps {
@@ -398,10 +474,21 @@ fn optimise(
         let (loss, tokens, stats) = loss_of(&trainee.model, &batch)?;
         let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_value.is_finite() {
-            return Err(Error::InvalidArgument {
-                name: format!("{objective} step {step}"),
-                msg: format!("loss is {loss_value} (lower the learning rate?)"),
-            });
+            return Err(trainee.stop(
+                base,
+                opts,
+                &log_so_far(&steps, tokens_total),
+                (step, false),
+                format!("loss is {loss_value} (lower the learning rate?)"),
+            ));
+        }
+        // A checkpoint holds weights whose loss was seen to be finite: the state after
+        // `step - 1` updates, written once this step's loss on it is known.
+        if let Some(dir) = &opts.checkpoint_dir {
+            let done = step - 1;
+            if opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 {
+                write_checkpoint(dir, &trainee.adapter(base)?, &log_so_far(&steps, tokens_total))?;
+            }
         }
         let mut grads = loss.backward()?;
         let mut sq = 0f64;
@@ -415,6 +502,15 @@ fn optimise(
             }
         }
         let grad_norm = sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(trainee.stop(
+                base,
+                opts,
+                &log_so_far(&steps, tokens_total),
+                (step, true),
+                format!("gradient norm is {grad_norm} (loss {loss_value})"),
+            ));
+        }
         if grad_norm > opts.max_grad_norm {
             let f = opts.max_grad_norm / (grad_norm + 1e-6);
             for v in trainee.all_vars() {
@@ -450,21 +546,66 @@ fn optimise(
         }
         steps.push(rec);
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let log = log_so_far(&steps, tokens_total);
     let adapter = trainee.adapter(base)?;
-    let n_params = adapter.n_params();
-    Ok((
-        adapter,
-        TrainLog {
-            objective: objective.into(),
-            steps,
-            seconds,
-            tokens: tokens_total,
-            tokens_per_s: tokens_total as f64 / seconds.max(1e-9),
-            n_params,
-            options: opts.clone(),
-        },
-    ))
+    if let Some(dir) = &opts.checkpoint_dir {
+        write_checkpoint(dir, &adapter, &log)?;
+    }
+    Ok((adapter, log))
+}
+
+/// Reads SFT examples from a JSONL file, one [`SftExample`] per line
+/// (`{"ids": [1, 2, 3], "prompt_len": 2}`); blank lines are skipped. Errors name the line.
+pub fn load_sft_jsonl(path: impl AsRef<std::path::Path>) -> Result<Vec<SftExample>> {
+    read_jsonl(path.as_ref())
+}
+
+/// Reads DPO pairs from a JSONL file, one [`DpoPair`] per line
+/// (`{"prompt": [1, 2], "chosen": [3], "rejected": [4]}`); blank lines are skipped.
+pub fn load_dpo_jsonl(path: impl AsRef<std::path::Path>) -> Result<Vec<DpoPair>> {
+    read_jsonl(path.as_ref())
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(line).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            field: format!("line {}", i + 1),
+            msg: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
+/// The log file [`write_checkpoint`] writes beside the adapter.
+pub const LOG_FILE: &str = "train_log.json";
+
+/// Writes `adapter` and `log` into `dir` as one unit: the three files (`adapter_model.safetensors`,
+/// `adapter_config.json`, [`LOG_FILE`]) are written into a fresh sibling directory that then
+/// replaces `dir`, so that a reader (or a run killed at any point) never sees an adapter and a
+/// log from different steps, or a half-written file. `dir` must be absent or hold only these
+/// files (it is replaced whole).
+///
+/// ```
+/// # use puppetlens::train::{write_checkpoint, TrainLog, TrainOptions};
+/// # fn demo(adapter: &puppetlens::lora::Adapter, log: &TrainLog) -> puppetlens::Result<()> {
+/// write_checkpoint("runs/my-adapter".as_ref(), adapter, log)?;
+/// # Ok(()) }
+/// ```
+pub fn write_checkpoint(dir: &std::path::Path, adapter: &Adapter, log: &TrainLog) -> Result<()> {
+    let json = serde_json::to_string_pretty(log).map_err(|e| Error::InvalidArgument {
+        name: "train log".into(),
+        msg: e.to_string(),
+    })?;
+    crate::util::atomic_write_dir(dir, &["adapter_model.safetensors", "adapter_config.json", LOG_FILE], |tmp| {
+        adapter.save(tmp)?;
+        std::fs::write(tmp.join(LOG_FILE), json.as_bytes()).map_err(|e| Error::io(tmp.join(LOG_FILE), e))
+    })
 }
 
 fn n_tokens(s: &Scored) -> usize {
@@ -656,6 +797,52 @@ mod tests {
                 prompt_len: 2,
             },
         ]
+    }
+
+    /// A step whose loss is not finite stops training with an error naming the step, and the
+    /// checkpoint directory keeps the adapter of the last good step.
+    #[test]
+    fn non_finite_loss_stops_and_keeps_the_last_good_adapter() {
+        let base = tiny(false, DType::F32);
+        let dir = std::env::temp_dir().join(format!("puppetlens-train-guard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A learning rate this large makes the weights overflow after a few steps.
+        let opts = TrainOptions {
+            lr: 1e30,
+            max_grad_norm: f64::INFINITY,
+            batch_size: 1,
+            epochs: 50,
+            log_every: 0,
+            checkpoint_dir: Some(dir.clone()),
+            checkpoint_every: 1,
+            ..Default::default()
+        };
+        let err = sft(&base, &data(), &opts).unwrap_err();
+        let Error::Training { objective, step, msg, last_good } = &err else {
+            panic!("expected a training error, got {err:?}");
+        };
+        assert_eq!(objective, "sft");
+        assert!(*step >= 2 && *step < 100, "{err}");
+        assert!(msg.contains("not finite") || msg.contains("NaN") || msg.contains("inf"), "{err}");
+        assert_eq!(last_good.as_deref(), Some(dir.as_path()), "{err}");
+        assert!(err.to_string().contains(&format!("sft step {step}")), "{err}");
+        // The kept adapter is finite and its log ends at the step before the failure (or earlier).
+        let kept = Adapter::load(&dir, &Device::Cpu).unwrap();
+        assert_eq!(kept.weights().len(), 14);
+        for (a, b) in kept.weights().values() {
+            for t in [a, b] {
+                let s = t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(s.is_finite());
+            }
+        }
+        let log: TrainLog =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(LOG_FILE)).unwrap()).unwrap();
+        // Written at the start of the step before the failure, once its loss was seen finite.
+        // (A failed gradient keeps the weights of the failed step itself: their loss was finite.)
+        let back = if msg.starts_with("gradient") { 1 } else { 2 };
+        assert_eq!(log.steps.len() + back, *step, "{err}");
+        assert!(log.steps.iter().all(|s| s.loss.is_finite() && s.grad_norm.is_finite()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The plain-op kernels used for autograd compute the same logits as the fused ones.

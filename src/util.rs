@@ -35,6 +35,116 @@ pub(crate) fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>)
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// An exclusive lock on a file, held until dropped (the operating system releases it when the
+/// process ends, however it ends).
+pub(crate) struct FileLock {
+    _file: std::fs::File,
+}
+
+/// Takes the exclusive lock on `path` (created if absent). When another process holds it, says so
+/// on stderr (naming `what`) and waits for it.
+pub(crate) fn lock_file(path: &Path, what: &str) -> Result<FileLock> {
+    use fs2::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    match FileExt::try_lock_exclusive(&file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+            eprintln!(
+                "puppetlens: another process is writing {what}; waiting for its lock ({})",
+                path.display()
+            );
+            FileExt::lock_exclusive(&file).map_err(|e| Error::io(path, e))?;
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    Ok(FileLock { _file: file })
+}
+
+/// Removes the leftovers of killed writers in `dir`: hidden entries whose names start with one of
+/// `prefixes` (call it only while holding the lock that every writer of `dir` takes).
+pub(crate) fn remove_stale(dir: &Path, prefixes: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// Replaces the directory `dir` as a unit: `fill` writes a fresh sibling directory, which then
+/// takes `dir`'s place (the old one is moved aside and removed). A reader sees the old files or
+/// the new ones, never a mix; a run killed between the two renames leaves `dir` absent and its
+/// previous contents in a hidden sibling. `dir` must be absent or hold only files named in
+/// `owned` (so that nothing else is ever deleted).
+pub(crate) fn atomic_write_dir(
+    dir: &Path,
+    owned: &[&str],
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if dir.exists() {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !owned.contains(&name.as_str()) {
+                return Err(Error::InvalidArgument {
+                    name: dir.display().to_string(),
+                    msg: format!(
+                        "holds `{name}`, which puppetlens did not write here; choose an empty or new directory"
+                    ),
+                });
+            }
+        }
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}-{n}", std::process::id());
+    let tmp = parent.join(format!(".{name}.tmp-{tag}"));
+    let old = parent.join(format!(".{name}.old-{tag}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let had_old = match std::fs::rename(dir, &old) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::io(dir, e));
+        }
+    };
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically: through a temporary file beside it and a rename, so that
 /// a reader (or a run killed half-way) never sees a half-written file. Creates the parent
 /// directory. Used for every output file puppetlens writes.

@@ -29,27 +29,9 @@ pub(crate) enum Weights {
     },
 }
 
-/// Reads a GGUF header, mapping candle's errors to typed ones naming the file.
+/// Reads a GGUF header with every count and length bounded (see `crate::gguf`).
 pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| gguf_error(path, e))?;
-    Ok((content, reader))
-}
-
-fn gguf_error(path: &Path, e: candle_core::Error) -> Error {
-    let msg = candle_msg(&e);
-    if let Some(rest) = msg.split("unknown dtype for tensor ").nth(1) {
-        return Error::UnsupportedTensorType {
-            path: path.to_path_buf(),
-            name: "(GGUF tensor table)".into(),
-            dtype: format!("ggml type id {}", rest.trim()),
-        };
-    }
-    Error::Checkpoint {
-        path: path.to_path_buf(),
-        msg,
-    }
+    crate::gguf::read(path)
 }
 
 /// llama.cpp's name for a Hugging Face tensor name.

@@ -235,6 +235,52 @@ enum Cmd {
         /// Layers to record (default: all). Example: `--layers 4-12`
         #[arg(long, value_name = "SPEC")]
         layers: Option<String>,
+        /// Prompts per shard file (512). Example: `--shard-size 128`
+        #[arg(long, default_value_t = 512)]
+        shard_size: usize,
+    },
+    /// Fine-tune a LoRA adapter (SFT or DPO) on token-id data.
+    ///
+    /// SFT data: JSONL lines `{"ids": [...], "prompt_len": N}` (the loss is on `ids[N..]`); DPO
+    /// data: JSONL lines `{"prompt": [...], "chosen": [...], "rejected": [...]}`. Writes
+    /// adapter_model.safetensors, adapter_config.json and train_log.json into DIR, replaced
+    /// together at every checkpoint (so DIR always holds one consistent step). A step whose loss
+    /// or gradient is not finite stops the run with an error naming it; DIR keeps the adapter
+    /// from before that step.
+    ///
+    /// Example: `puppetlens train gemma-3-270m --sft data.jsonl --out runs/adapter --steps 100
+    /// --checkpoint-every 10`
+    Train {
+        /// The base model. Example: `gemma-3-270m`
+        model: String,
+        /// SFT examples (JSONL). Example: `--sft data.jsonl`
+        #[arg(long, value_name = "FILE", conflicts_with = "dpo", required_unless_present = "dpo")]
+        sft: Option<PathBuf>,
+        /// DPO pairs (JSONL). Example: `--dpo pairs.jsonl`
+        #[arg(long, value_name = "FILE")]
+        dpo: Option<PathBuf>,
+        /// Output directory (created; must be new, or an adapter directory this command wrote).
+        /// Example: `--out runs/adapter`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Stop after this many steps (default: one epoch). Example: `--steps 100`
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Passes over the data. Example: `--epochs 2`
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// LoRA rank. Example: `--rank 4`
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// Learning rate. Example: `--lr 1e-4`
+        #[arg(long, default_value_t = 2e-4)]
+        lr: f64,
+        /// Seed of the initialisation and data order. Example: `--seed 3`
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Steps between checkpoints into DIR (0: only at the end). Example: `--checkpoint-every 10`
+        #[arg(long, default_value_t = 0)]
+        checkpoint_every: usize,
     },
     /// Per-layer linear probe accuracy on a labeled dataset.
     ///
@@ -962,6 +1008,7 @@ fn cmd_extract(
     out: &Path,
     site: SiteArg,
     layers: Option<&str>,
+    shard_size: usize,
 ) -> Result<()> {
     let ds = Dataset::load(&args.dataset, &args.positive_label)?;
     let (m, tok) = ctx.open(model)?;
@@ -983,7 +1030,8 @@ fn cmd_extract(
             end: None,
         },
     };
-    let opts = ctx.extract_opts(&m, site, layers.as_deref());
+    let mut opts = ctx.extract_opts(&m, site, layers.as_deref());
+    opts.shard_size = shard_size;
     let layout = match ds.records {
         Records::Labeled(_) => "rows in file order".to_string(),
         Records::Pairs(_) => format!(
@@ -1834,8 +1882,50 @@ fn run(cli: Cli) -> Result<()> {
             out,
             site,
             layers,
-        } => cmd_extract(&ctx()?, model, data, out, *site, layers.as_deref())?,
+            shard_size,
+        } => cmd_extract(&ctx()?, model, data, out, *site, layers.as_deref(), *shard_size)?,
         Cmd::Probe { model, data, out } => cmd_probe(&ctx()?, model, data, out)?,
+        Cmd::Train {
+            model,
+            sft,
+            dpo,
+            out,
+            steps,
+            epochs,
+            rank,
+            lr,
+            seed,
+            checkpoint_every,
+        } => {
+            let (m, _tok) = ctx()?.open(model)?;
+            let opts = puppetlens::train::TrainOptions {
+                lora: puppetlens::lora::LoraConfig {
+                    rank: *rank,
+                    alpha: 2.0 * *rank as f64,
+                    ..Default::default()
+                },
+                lr: *lr,
+                epochs: *epochs,
+                max_steps: *steps,
+                batch_size: cli.batch_size,
+                seed: *seed,
+                log_every: if cli.quiet { 0 } else { 10 },
+                checkpoint_dir: Some(out.clone()),
+                checkpoint_every: *checkpoint_every,
+                ..Default::default()
+            };
+            let (_, log) = match (sft, dpo) {
+                (Some(f), _) => puppetlens::train::sft(&m, &puppetlens::train::load_sft_jsonl(f)?, &opts)?,
+                (None, Some(f)) => puppetlens::train::dpo(&m, &puppetlens::train::load_dpo_jsonl(f)?, &opts)?,
+                (None, None) => return Err(invalid("--sft", "give --sft FILE or --dpo FILE")),
+            };
+            let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);
+            println!(
+                "{} steps, final loss {last:.4}; adapter and log in {}",
+                log.steps.len(),
+                out.display()
+            );
+        }
         Cmd::Vector {
             model,
             data,

@@ -179,6 +179,18 @@ impl Config {
                 _ => 0, // filled from the embedding's shape by the loader
             },
         };
+        check_sizes(
+            path,
+            &[
+                (a("block_count"), n_layers, MAX_LAYERS),
+                (a("embedding_length"), d_model, MAX_WIDTH),
+                (a("attention.head_count"), n_heads, MAX_HEADS),
+                (a("attention.head_count_kv"), n_kv_heads, MAX_HEADS),
+                (a("attention.key_length"), head_dim, MAX_HEAD_DIM),
+                (a("feed_forward_length"), d_mlp, MAX_WIDTH * 16),
+                (a("vocab_size"), vocab_size, MAX_VOCAB),
+            ],
+        )?;
         let is_gemma = arch == Arch::Gemma3;
         let default_theta = if is_gemma { 1_000_000.0 } else { 10_000.0 };
         let rope_theta = g.opt_f64(&a("rope.freq_base"))?.unwrap_or(default_theta) as f32;
@@ -250,6 +262,20 @@ impl Config {
         let n_layers = h.usize("num_hidden_layers")?;
         let head_dim = h.opt_usize("head_dim")?.unwrap_or(d_model / n_heads.max(1));
         let n_kv_heads = h.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        let vocab_size = h.usize("vocab_size")?;
+        let d_mlp = h.usize("intermediate_size")?;
+        check_sizes(
+            path,
+            &[
+                ("num_hidden_layers".into(), n_layers, MAX_LAYERS),
+                ("hidden_size".into(), d_model, MAX_WIDTH),
+                ("num_attention_heads".into(), n_heads, MAX_HEADS),
+                ("num_key_value_heads".into(), n_kv_heads, MAX_HEADS),
+                ("head_dim".into(), head_dim, MAX_HEAD_DIM),
+                ("intermediate_size".into(), d_mlp, MAX_WIDTH * 16),
+                ("vocab_size".into(), vocab_size, MAX_VOCAB),
+            ],
+        )?;
         let rope_theta =
             h.opt_f64("rope_theta")?
                 .unwrap_or(if is_gemma { 1_000_000.0 } else { 10_000.0 }) as f32;
@@ -353,13 +379,13 @@ impl Config {
         };
         Ok(Config {
             arch,
-            vocab_size: h.usize("vocab_size")?,
+            vocab_size,
             d_model,
             n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
-            d_mlp: h.usize("intermediate_size")?,
+            d_mlp,
             rms_eps: h.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_local_theta: if is_gemma {
@@ -484,6 +510,28 @@ impl Config {
         }
         j
     }
+}
+
+/// The largest sizes a configuration may declare. They are far above any released model's and
+/// are checked before anything is allocated from them, so that a hostile header cannot ask for
+/// gigabytes (the tensors themselves are then checked against these sizes).
+const MAX_LAYERS: usize = 1024;
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_HEADS: usize = 1024;
+const MAX_HEAD_DIM: usize = 4096;
+const MAX_VOCAB: usize = 1 << 22;
+
+fn check_sizes(path: &Path, fields: &[(String, usize, usize)]) -> Result<()> {
+    for (field, v, max) in fields {
+        if v > max {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                field: field.clone(),
+                msg: format!("{v} is larger than puppetlens allows ({max})"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn gemma3_spans(n_layers: usize, window: usize, pattern: usize) -> Vec<AttnSpan> {
