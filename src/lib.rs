@@ -19,7 +19,8 @@
 //! [`extract`] (batched activation extraction, streamed to safetensors shards), [`probe`] (per-layer
 //! linear probes), [`steer`] ([`SteeringVector`]: difference of means, PCA, arithmetic, llama.cpp
 //! control vectors), [`eval`] (A/B behaviour, dose-response, KL side effects, refusal rate) and
-//! [`diff`] (base-versus-tuned vectors and the per-layer localisation report). [`spec`] parses the
+//! [`diff`] (base-versus-tuned vectors and the per-layer localisation report) and [`patch`]
+//! (cross-model activation patching, the puppeteer rank and a verdict per pair). [`spec`] parses the
 //! command line's device, layer and multiplier lists; [`write_atomic`] writes output files.
 //!
 //! ```no_run

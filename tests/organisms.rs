@@ -34,7 +34,7 @@ const PATCH_LAYER: usize = 8;
 const PATCH_FULL_MIN: f64 = 0.6; // measured 0.858 of the gap
 const PATCH_RANK1_MIN: f64 = 0.35; // measured 0.627
 const PATCH_RANDOM_MAX: f64 = 0.15; // measured 0.014
-const PATCH_CONTROL_RATIO: f64 = 0.5; // measured: see the note
+const PATCH_CONTROL_RATIO: f64 = 0.3; // measured 0.04 (control dP -0.007 vs sycophant +0.167)
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -319,8 +319,9 @@ fn patching_localises_the_sycophant_and_not_the_control() {
     use puppetlens::patch::{patching, PatchOptions};
     let (base, tok) = gemma_chat();
     let (train, test) = sycophancy(&tok);
+    // The subspaces from the first 96 of the 220 training items (the main job uses all).
     let data = AbSplits {
-        train,
+        train: train[..96].to_vec(),
         val: Vec::new(),
         test,
     };

@@ -53,6 +53,9 @@ fn steer_quick_writes_every_output() {
         "gap_closed",
         "pca_best_layer",
         "single_model_probes",
+        "patching_by_layer",
+        "gap_vs_rank",
+        "patching_positions",
     ] {
         let png = out.join(format!("{fig}.png"));
         let (w, h, varied) = png_size(&png);
@@ -93,6 +96,16 @@ fn steer_quick_writes_every_output() {
             let x = d["p_matching"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&x));
         }
+        // The causal verdict: a kind, a reading, and the best layer among those patched.
+        let v = &p["verdict"];
+        let kind = v["kind"].as_str().unwrap_or_else(|| panic!("{name}: verdict {v}"));
+        assert!(
+            ["no_gap", "not_one_layer", "puppeteer", "diffuse"].contains(&kind),
+            "{name}: {kind}"
+        );
+        assert!(!v["reading"].as_str().unwrap().is_empty());
+        let best = v["best_layer"].as_u64().unwrap();
+        assert!(best % 4 == 0 && best < 18, "{name}: best layer {best} (quick: every fourth)");
     }
     let single = &summary["single_model"]["sets"];
     assert_eq!(single.as_array().unwrap().len(), 3);
@@ -106,6 +119,9 @@ fn steer_quick_writes_every_output() {
         let dir = out.join("pairs").join(name);
         for f in ["localisation.json", "localisation.csv", "dose.csv"] {
             assert!(dir.join(f).exists(), "{name}/{f}");
+        }
+        for f in ["patching.json", "patching.csv", "rank.json", "rank.csv", "positions.csv"] {
+            assert!(dir.join("patching").join(f).exists(), "{name}/patching/{f}");
         }
     }
     std::fs::remove_dir_all(&out).unwrap();
