@@ -9,6 +9,23 @@
 //! [`LinearProbe::scores`], [`LinearProbe::evaluate`], [`transfer`] (a probe trained on one model,
 //! tested on another at the same layer), [`accuracy`], [`auroc`] and [`bootstrap_ci`].
 //!
+//! ## Continuous targets, other probe kinds, cross-validation
+//! [`regress`] fits ridge / least-squares probes ([`fit_ridge`], closed form) to a continuous
+//! target per layer (a number stated in the prompt, an item's P(agree)) and reports `R²` with
+//! bootstrap intervals ([`RegressionReport`]); [`sweep_as`] runs the classification table with a
+//! logistic, difference-of-means or least-squares probe; [`cross_validate`] gives k-fold held-out
+//! accuracies; [`least_squares_direction`] is the ridge direction between two classes (see
+//! [`crate::SteeringVector::least_squares`] for how it compares with the difference of means).
+//!
+//! ## linfa
+//! [`layer_datasets`] turns per-layer activations into one `linfa::Dataset` per layer (feature
+//! names are the hook point's, `blocks.{l}.hook_resid_post[j]`). [`LogisticProbe`] is this
+//! module's logistic probe as a linfa model (`Fit`, and `Predict` on the fitted [`LinearProbe`]),
+//! so linfa's cross-validation and metrics take it; [`sweep_with`] / [`sweep_with_scores`] run any
+//! linfa classifier at every layer and return [`sweep`]'s table, [`regress_with`] any linfa
+//! regressor (e.g. linfa-linear's `LinearRegression`) and [`regress`]'s. Arrays cross the
+//! boundary through [`crate::array`].
+//!
 //! ## The logistic objective and its L2 convention
 //! For each layer and each `l2` in [`ProbeOptions::l2_grid`], [`fit_logistic`] minimises
 //! `mean_i log(1 + exp(-s_i (w·x_i + b))) + (l2 / 2)·||w||²` (labels `s_i = ±1`, the bias `b` is not
