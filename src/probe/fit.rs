@@ -214,6 +214,22 @@ fn check_datasets<T>(
     Ok(d)
 }
 
+/// The targets every layer of one split shares ([`Error::InvalidArgument`] when a layer's differ).
+fn shared_targets<T: PartialEq + Clone>(split: &str, sets: &[LayerDataset<T>]) -> Result<Vec<T>> {
+    let first = sets.first().map(|ds| ds.targets().to_vec()).unwrap_or_default();
+    for (l, ds) in sets.iter().enumerate().skip(1) {
+        if ds.targets().iter().ne(first.iter()) {
+            return Err(Error::InvalidArgument {
+                name: format!("{split}, layer {l}: targets"),
+                msg: "differ from layer 0's (or are NaN); every layer's dataset must share the \
+                      targets"
+                    .into(),
+            });
+        }
+    }
+    Ok(first)
+}
+
 /// A per-layer sweep over **any linfa classifier**: at every layer, for each `l2` in
 /// [`ProbeOptions::l2_grid`], `make(l2)` is fitted on `train[l]`; the model with the best
 /// validation accuracy is kept (ties: the larger `l2`) and reported on train, validation and test
@@ -277,8 +293,11 @@ where
             msg: "is empty; give at least one value".into(),
         });
     }
-    let labels = |ds: &LayerDataset<bool>| ds.targets().to_vec();
-    let (ytr, yva, yte) = (labels(&train[0]), labels(&val[0]), labels(&test[0]));
+    let (ytr, yva, yte) = (
+        shared_targets("train", train)?,
+        shared_targets("val", val)?,
+        shared_targets("test", test)?,
+    );
     let models: Vec<M> = opts.l2_grid.iter().map(|&l2| make(l2)).collect();
 
     // puppetlens's own probe: one batched solve of every layer and grid value.
@@ -401,8 +420,12 @@ where
             msg: "is empty; give at least one value".into(),
         });
     }
-    let targets = |ds: &LayerDataset<f32>| -> Vec<f64> { ds.targets().iter().map(|&v| f64::from(v)).collect() };
-    let (ttr, tva, tte) = (targets(&train[0]), targets(&val[0]), targets(&test[0]));
+    let wide = |t: Vec<f32>| -> Vec<f64> { t.into_iter().map(f64::from).collect() };
+    let (ttr, tva, tte) = (
+        wide(shared_targets("train", train)?),
+        wide(shared_targets("val", val)?),
+        wide(shared_targets("test", test)?),
+    );
     check_targets("train targets", &ttr)?;
     let predict = |m: &M::Object, x: &Array2<f32>| -> Vec<f64> {
         let mut y = Array1::zeros(x.nrows());
