@@ -65,11 +65,12 @@ pub fn layer_datasets<T: Clone>(layers: &[Tensor], targets: &[T]) -> Result<Vec<
 /// use linfa::prelude::*;
 /// use puppetlens::probe::LogisticProbe;
 /// # fn main() -> puppetlens::Result<()> {
-/// let x = ndarray::Array2::from_shape_fn((40, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0 + if i % 2 == 0 && j == 0 { 4.0 } else { 0.0 });
+/// let x = ndarray::Array2::from_shape_fn((40, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0 + if i % 2 == 0 && j == 0 { 20.0 } else { 0.0 });
 /// let y = ndarray::Array1::from_shape_fn(40, |i| i % 2 == 0);
 /// let ds = linfa::Dataset::new(x, y);
 /// let probe = LogisticProbe::new(1e-2).fit(&ds)?;
-/// let acc = probe.predict(ds.records()).confusion_matrix(ds.targets())?.accuracy();
+/// let labels: ndarray::Array1<bool> = probe.predict(ds.records()); // `f32` values predict too
+/// let acc = labels.confusion_matrix(ds.targets())?.accuracy();
 /// assert!(acc > 0.9);
 /// # Ok(())
 /// # }
