@@ -786,6 +786,14 @@ mod linfa_boundary {
             let acc = pred.confusion_matrix(dte[d.layer].targets()).unwrap().accuracy();
             assert!((f64::from(acc) - d.test.accuracy).abs() < 1e-6, "{acc} {}", d.test.accuracy);
         }
+        // sweep_as: the logistic kind is sweep; difference of means and least squares run too.
+        let same = probe::sweep_as(ProbeKind::Logistic, &tr, &ytr, &va, &yva, &te, &yte, &opts).unwrap();
+        assert_eq!(same, direct);
+        for kind in [ProbeKind::DiffOfMeans, ProbeKind::Ridge] {
+            let rep = probe::sweep_as(kind, &tr, &ytr, &va, &yva, &te, &yte, &opts).unwrap();
+            // Layer 2 separates at 3 sd (Bayes 0.933): any sane linear probe clears 0.85.
+            assert!(rep[2].test.accuracy > 0.85, "{kind:?}: {:?}", rep[2].test);
+        }
         // The labels-only sweep_with agrees on accuracy (its AUROC comes from the labels).
         let labels = sweep_with(make, &dtr, &dva, &dte, &opts).unwrap();
         for (d, l) in direct.iter().zip(&labels) {
