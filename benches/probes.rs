@@ -10,12 +10,17 @@
 //! `target/probe-bench/data.safetensors` and `scripts/sklearn_crosscheck.py --time` fits the same
 //! layers and grid (StandardScaler + LogisticRegression, L2 chosen on validation), once with
 //! scikit-learn's defaults (lbfgs, tol 1e-4, max_iter 100) and once at our tolerance; otherwise the
-//! command to run it is printed. Set `PUPPETLENS_BENCH_QUICK=1` for one repetition and
+//! command to run it is printed. A second table times the same sweep through linfa datasets
+//! (`probe::sweep_with`, batched and generic) against the direct call. Set
+//! `PUPPETLENS_BENCH_QUICK=1` for one repetition, `PUPPETLENS_BENCH_SKIP_GENERIC=1` to skip the
+//! generic linfa path, and
 //! `PUPPETLENS_BENCH_SKIP_SKLEARN=1` to skip scikit-learn (its matched-tolerance run takes minutes).
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Instant;
+
+use linfa::traits::Fit;
 
 use candle_core::{Device, Tensor};
 use puppetlens::probe::{self, ProbeOptions};
@@ -73,6 +78,21 @@ fn layer(rng: &mut Rng, ys: [&[bool]; 3], shift: f64) -> anyhow::Result<Vec<Tens
         out.push(Tensor::from_vec(v, (y.len(), D), &Device::Cpu)?); // [n, d]
     }
     Ok(out)
+}
+
+/// CPU seconds used by this process so far (user + system, all threads), from /proc/self/stat
+/// (Linux; NaN elsewhere). Unlike wall time it does not count other processes' load.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0 // USER_HZ, 100 on Linux
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +159,96 @@ fn main() -> anyhow::Result<()> {
         .map(|r| format!("{:.2}", r.test.accuracy))
         .collect();
     println!("test accuracy by layer: {}\n", accs.join(" "));
+
+    // The same sweep through linfa datasets (`probe::sweep_with` with puppetlens's LogisticProbe,
+    // recognised and solved as one batched problem) against the direct call, interleaved so that
+    // both see the same machine load; and once through linfa's generic path (one `Fit` per layer
+    // and grid value), which `Plain` forces.
+    let t = Instant::now();
+    let (dtr, dva, dte) = (
+        probe::layer_datasets(&tr, &ytr)?,
+        probe::layer_datasets(&va, &yva)?,
+        probe::layer_datasets(&te, &yte)?,
+    );
+    let convert_s = t.elapsed().as_secs_f64();
+    let make = |l2| probe::LogisticProbe::with_options(l2, &opts);
+    let score = |p: &probe::LinearProbe, x: &ndarray::Array2<f32>| p.decision(&x.view());
+    let (mut direct_s, mut linfa_s) = (f64::INFINITY, f64::INFINITY);
+    let mut same = true;
+    let (mut direct_cpu, mut linfa_cpu) = (f64::INFINITY, f64::INFINITY);
+    let mut times = Vec::new();
+    for rep in 0..reps {
+        // Alternate the order (direct first on even repetitions, linfa first on odd ones).
+        for first in [rep % 2 == 0, rep % 2 != 0] {
+            let (t, c) = (Instant::now(), cpu_seconds());
+            if first {
+                let a = probe::sweep(&tr, &ytr, &va, &yva, &te, &yte, &opts)?;
+                let (s, cs) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+                direct_s = direct_s.min(s);
+                direct_cpu = direct_cpu.min(cs);
+                times.push(format!("direct {s:.2} (cpu {cs:.2})"));
+                same &= a
+                    .iter()
+                    .zip(&report)
+                    .all(|(x, y)| x.test.accuracy == y.test.accuracy);
+            } else {
+                let b = probe::sweep_with_scores(make, score, &dtr, &dva, &dte, &opts)?;
+                let (s, cs) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+                linfa_s = linfa_s.min(s);
+                linfa_cpu = linfa_cpu.min(cs);
+                times.push(format!("linfa {s:.2} (cpu {cs:.2})"));
+                same &= b
+                    .iter()
+                    .zip(&report)
+                    .all(|(x, y)| x.test.accuracy == y.test.accuracy);
+            }
+        }
+    }
+    println!("sweep timings in run order (s): {}", times.join(", "));
+    println!(
+        "process CPU seconds (both threads), best of {reps}: direct {direct_cpu:.2}, through linfa \
+         datasets {linfa_cpu:.2}, ratio {:.3}",
+        linfa_cpu / direct_cpu
+    );
+    struct Plain(probe::LogisticProbe);
+    impl Fit<ndarray::Array2<f32>, ndarray::Array1<bool>, puppetlens::Error> for Plain {
+        type Object = probe::LinearProbe;
+        fn fit(
+            &self,
+            ds: &linfa::DatasetBase<ndarray::Array2<f32>, ndarray::Array1<bool>>,
+        ) -> puppetlens::Result<probe::LinearProbe> {
+            self.0.fit(ds)
+        }
+    }
+    let generic_s = if std::env::var_os("PUPPETLENS_BENCH_SKIP_GENERIC").is_some() {
+        f64::NAN
+    } else {
+        let t = Instant::now();
+        let g = probe::sweep_with_scores(|l2| Plain(make(l2)), score, &dtr, &dva, &dte, &opts)?;
+        same &= report
+            .iter()
+            .zip(&g)
+            .all(|(x, y)| x.test.accuracy == y.test.accuracy);
+        t.elapsed().as_secs_f64()
+    };
+    println!("| per-layer sweep (fit + metrics, 1000 bootstrap x 3 splits), best of {reps} | seconds | time / direct sweep |");
+    println!("|---|---:|---:|");
+    println!("| direct call: probe::sweep on tensors | {direct_s:.2} | 1.00 |");
+    println!(
+        "| through linfa datasets: probe::sweep_with(LogisticProbe) (batched) | {linfa_s:.2} | {:.3} |",
+        linfa_s / direct_s
+    );
+    println!(
+        "| the same plus building the 3 x {LAYERS} linfa datasets ({convert_s:.2} s) | {:.2} | {:.3} |",
+        linfa_s + convert_s,
+        (linfa_s + convert_s) / direct_s
+    );
+    println!(
+        "| linfa's generic path: one Fit per layer and l2 ({} fits), once | {generic_s:.2} | {:.2} |",
+        LAYERS * opts.l2_grid.len(),
+        generic_s / direct_s
+    );
+    println!("same test accuracies on every layer: {same}\n");
 
     // scikit-learn on the same data.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/probe-bench");

@@ -21,6 +21,9 @@ It writes, from the templates and word lists in this file (no third-party text):
     probes/refusal_requests.jsonl     abstract harmful requests (no harmful details) and harmless
                                       requests, sharing phrasings. Fields: instruction,
                                       label ("harmful"/"harmless"), category, split.
+    probes/numbers.jsonl              short texts stating a number ("The number is 37."), for
+                                      regression probes. Fields: text, value (0-99), template,
+                                      split.
 
 Everything is deterministic: all randomness comes from the SplitMix64 generator below with fixed
 seeds, never from Python's `random` (whose algorithms may change between versions). Running the
@@ -819,6 +822,35 @@ def make_refusal() -> list[dict]:
 
 
 # =================================================================================================
+# Numbers stated in the prompt (regression probes)
+# =================================================================================================
+
+NUMBER_TEMPLATES = [
+    "The number is {n}.",
+    "My lucky number is {n}.",
+    "There are {n} apples in the basket.",
+    "She counted {n} birds in the garden.",
+    "The meeting is in room {n}.",
+    "He scored {n} points in the game.",
+]
+
+
+def make_numbers() -> list[dict]:
+    """Every value 0..99 under three of the six templates (a seeded choice per value): 300
+    records. Class for the split = the template, so every template is in every part."""
+    rng = SplitMix64(505)
+    rows = []
+    for n in range(100):
+        order = list(range(len(NUMBER_TEMPLATES)))
+        rng.shuffle(order)
+        for t in sorted(order[:3]):
+            rows.append({"text": NUMBER_TEMPLATES[t].format(n=n), "value": n, "template": t})
+    for row, tag in zip(rows, split_tags([r["template"] for r in rows])):
+        row["split"] = tag
+    return rows
+
+
+# =================================================================================================
 # Output
 # =================================================================================================
 
@@ -859,17 +891,20 @@ def main() -> int:
     pairs = make_persona_pairs()
     tf = make_true_false()
     refusal = make_refusal()
+    numbers = make_numbers()
     outputs = {
         "sycophancy_ab.jsonl": jsonl(syc),
         "persona_stage_actor.jsonl": jsonl(pairs),
         "true_false.csv": csv_text(tf, ["statement", "label", "category", "split"]),
         "refusal_requests.jsonl": jsonl(refusal),
+        "numbers.jsonl": jsonl(numbers),
     }
     print(summary("sycophancy_ab.jsonl (class = sycophantic answer)", syc,
                   lambda r: r["answer_matching_behavior"]))
     print(summary("persona_stage_actor.jsonl", pairs, lambda r: "pairs"))
     print(summary("true_false.csv (class = label)", tf, lambda r: r["label"]))
     print(summary("refusal_requests.jsonl (class = label)", refusal, lambda r: r["label"]))
+    print(summary("numbers.jsonl (class = template)", numbers, lambda r: r["template"]))
 
     stale = []
     os.makedirs(out_dir, exist_ok=True)

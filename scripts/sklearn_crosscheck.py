@@ -19,6 +19,20 @@ prints a table. It exits non-zero if any layer's test accuracy differs from ours
 scikit-learn) by more than 1 point (0.01). It also reports the cosine between the two weight
 vectors and both objective values (ours must not be worse than scikit-learn's beyond rounding).
 
+Ridge mode, run by `cargo test --release --test probe ridge_crosscheck_data_and_ours`:
+
+    python3 scripts/sklearn_crosscheck.py --ridge target/ridge-crosscheck
+
+reads `data.safetensors` (`layer.{l}.x_train|x_val|x_test` [n, d] f32, `t_train|t_val|t_test` f64),
+`ours.json` (puppetlens's `probe::regress`: chosen l2 and R^2 per layer) and `ours.safetensors`
+(our raw-space ridge weights and biases, and linfa-linear's LinearRegression predictions on the
+test split, `layer.{l}.linfa_ols_test`). Per layer it fits StandardScaler + `Ridge(alpha = l2 *
+n_train)` at OUR chosen l2 (puppetlens minimises (1/2n)||t - Xw - b||^2 + (l2/2)||w||^2) and the
+least-squares solution with `numpy.linalg.lstsq` on [X, 1]. It exits non-zero if our test
+predictions differ from scikit-learn's by more than 1e-3 target standard deviations, our test R^2
+from scikit-learn's by more than 1e-4, or linfa-linear's least-squares predictions from lstsq's by
+more than 1e-2 target standard deviations (linfa-linear solves in f32 here).
+
 Timing mode, used by `cargo bench --bench probes`:
 
     python3 scripts/sklearn_crosscheck.py --time DATA.safetensors --l2 1e-4,1e-3,1e-2,1e-1,1 --tol 1e-6
@@ -116,6 +130,61 @@ def crosscheck(folder):
     return 0
 
 
+def r2_score(t, p):
+    return float(1.0 - np.sum((t - p) ** 2) / np.sum((t - np.mean(t)) ** 2))
+
+
+def ridge_crosscheck(folder):
+    from sklearn.linear_model import Ridge
+
+    data = load_file(f"{folder}/data.safetensors")
+    ours = json.load(open(f"{folder}/ours.json"))
+    weights = load_file(f"{folder}/ours.safetensors")
+    t_tr, t_te = data["t_train"].astype(np.float64), data["t_test"].astype(np.float64)
+    n = len(t_tr)
+    sd = float(np.std(t_te))
+    print("| layer | l2 | alpha | ours test R2 | sklearn Ridge test R2 | max |pred diff| / sd(t) | "
+          "linfa OLS vs lstsq max |diff| / sd(t) | lstsq test R2 |")
+    print("|" + "---:|" * 8)
+    bad = []
+    for rep in ours["layers"]:
+        l, l2 = rep["layer"], rep["l2"]
+        x_tr = data[f"layer.{l}.x_train"].astype(np.float64)
+        x_te = data[f"layer.{l}.x_test"].astype(np.float64)
+        sc = StandardScaler().fit(x_tr)
+        if l2 > 0:
+            sk = Ridge(alpha=l2 * n).fit(sc.transform(x_tr), t_tr)
+            p_sk = sk.predict(sc.transform(x_te))
+        else:
+            a = np.hstack([sc.transform(x_tr), np.ones((n, 1))])
+            coef = np.linalg.lstsq(a, t_tr, rcond=None)[0]
+            p_sk = np.hstack([sc.transform(x_te), np.ones((len(x_te), 1))]) @ coef
+        w = weights[f"layer.{l}.weight"].astype(np.float64)
+        b = float(weights[f"layer.{l}.bias"][0])
+        p_ours = x_te @ w + b
+        r2_ours = rep["test"]["r2"]
+        r2_np = r2_score(t_te, p_ours)
+        assert abs(r2_np - r2_ours) < 1e-5, (l, r2_np, r2_ours)
+        r2_sk = r2_score(t_te, p_sk)
+        d_pred = float(np.max(np.abs(p_ours - p_sk))) / sd
+        a_raw = np.hstack([x_tr, np.ones((n, 1))])
+        coef_ls = np.linalg.lstsq(a_raw, t_tr, rcond=None)[0]
+        p_ls = np.hstack([x_te, np.ones((len(x_te), 1))]) @ coef_ls
+        p_linfa = weights[f"layer.{l}.linfa_ols_test"].astype(np.float64)
+        d_ols = float(np.max(np.abs(p_linfa - p_ls))) / sd
+        print(f"| {l} | {l2:.0e} | {l2 * n:.3g} | {r2_ours:.5f} | {r2_sk:.5f} | {d_pred:.1e} | "
+              f"{d_ols:.1e} | {r2_score(t_te, p_ls):.5f} |")
+        if d_pred > 1e-3 or abs(r2_ours - r2_sk) > 1e-4:
+            bad.append(f"layer {l}: ridge differs from scikit-learn ({d_pred:.1e} sd, R2 {r2_ours} vs {r2_sk})")
+        if d_ols > 1e-2:
+            bad.append(f"layer {l}: linfa-linear least squares differs from lstsq ({d_ols:.1e} sd)")
+    if bad:
+        print("DISAGREEMENT: " + "; ".join(bad), file=sys.stderr)
+        return 1
+    print("\nridge agrees with scikit-learn and linfa-linear's least squares with numpy.linalg.lstsq")
+    return 0
+
+
 def timing(path, grid, tol):
     data = load_file(path)
     y_tr, y_va = data["y_train"], data["y_val"].astype(bool)
@@ -145,9 +214,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--folder", default="target/probe-crosscheck")
     ap.add_argument("--time", metavar="DATA", help="time scikit-learn on DATA.safetensors")
+    ap.add_argument("--ridge", metavar="FOLDER", help="cross-check the ridge probes in FOLDER")
     ap.add_argument("--l2", default="1e-4,1e-3,1e-2,1e-1,1", help="l2 grid for --time")
     ap.add_argument("--tol", type=float, default=1e-6, help="matched tolerance for --time")
     args = ap.parse_args()
+    if args.ridge:
+        return ridge_crosscheck(args.ridge)
     if args.time:
         return timing(args.time, [float(v) for v in args.l2.split(",")], args.tol)
     return crosscheck(args.folder)

@@ -673,6 +673,100 @@ pub fn load_labeled_csv(path: impl AsRef<Path>) -> Result<Vec<Labeled>> {
     Ok(out)
 }
 
+/// A text with a numeric target, for regression probes ([`load_numeric`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The prompt text.
+    pub text: String,
+    /// The target value (finite).
+    pub value: f64,
+}
+
+/// Loads texts and one numeric field per record, for regression probes (e.g.
+/// `probes/numbers.jsonl` with `field = "value"`). CSV: a `statement` or `text` column and the
+/// `field` column; JSON / JSONL: objects with a `text` (or `statement`, `prompt`, `instruction`)
+/// string and `field` as a number or a numeric string. A missing or non-finite value, a missing
+/// text or a malformed file is an [`Error::Config`] naming the file, the record and the field.
+///
+/// ```no_run
+/// let parts = puppetlens::data::load_with_split("probes/numbers.jsonl", |p| {
+///     puppetlens::data::load_numeric(p, "value")
+/// })?;
+/// println!("{} training prompts", parts.train.len());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn load_numeric(path: impl AsRef<Path>, field: &str) -> Result<Vec<Scored>> {
+    let path = path.as_ref();
+    let is_csv = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let number = |at: String, raw: &str| -> Result<f64> {
+        match raw.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(config_err(
+                path,
+                at,
+                format!("{raw:?} is not a finite number"),
+            )),
+        }
+    };
+    let mut out = Vec::new();
+    if is_csv {
+        let (header, records) = read_csv(path)?;
+        let find = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
+        let key = field.trim().to_ascii_lowercase();
+        let (Some(tc), Some(vc)) = (find(&["statement", "text"]), find(&[key.as_str()])) else {
+            return Err(config_err(
+                path,
+                "line 1: header",
+                format!(
+                    "expected a `statement` (or `text`) column and a `{field}` column, found `{}`",
+                    header.join(",")
+                ),
+            ));
+        };
+        for (line, fields) in records {
+            if fields[tc].trim().is_empty() {
+                return Err(config_err(
+                    path,
+                    format!("line {line}: {}", header[tc]),
+                    "is empty",
+                ));
+            }
+            let value = number(format!("line {line}: {field}"), &fields[vc])?;
+            out.push(Scored {
+                text: fields[tc].clone(),
+                value,
+            });
+        }
+        return Ok(out);
+    }
+    let text = read_text(path)?;
+    for (loc, v) in read_json_records(path, &text)? {
+        let obj = as_object(path, loc, &v, &format!("`text` and `{field}`"))?;
+        let key = ["text", "statement", "prompt", "instruction"]
+            .into_iter()
+            .find(|k| obj.contains_key(*k))
+            .unwrap_or("text");
+        let t = str_field(path, loc, obj, key)?;
+        let value = match obj.get(field) {
+            Some(Value::Number(n)) => number(loc.field(field), &n.to_string())?,
+            Some(Value::String(s)) => number(loc.field(field), s)?,
+            Some(other) => {
+                return Err(config_err(
+                    path,
+                    loc.field(field),
+                    format!("{other} is not a number"),
+                ))
+            }
+            None => return Err(config_err(path, loc.field(field), "is missing")),
+        };
+        out.push(Scored { text: t, value });
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Splits
 // ---------------------------------------------------------------------------------------------

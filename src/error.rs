@@ -182,6 +182,9 @@ pub enum Error {
         /// The checkpoint directory holding the last good adapter, when training kept one.
         last_good: Option<PathBuf>,
     },
+    /// An error from linfa (a dataset check or a model's fit), as text.
+    #[error("linfa: {0}")]
+    Linfa(String),
     /// An error from candle's tensor library (shown without candle's backtrace).
     #[error("{}", candle_msg(.0))]
     Candle(#[from] candle_core::Error),
@@ -197,6 +200,12 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<linfa::Error> for Error {
+    fn from(e: linfa::Error) -> Self {
+        Error::Linfa(e.to_string())
     }
 }
 

@@ -534,7 +534,10 @@ pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
             if v.dims().first() != Some(&rows) {
                 return Err(Error::Checkpoint {
                     path: p.clone(),
-                    msg: format!("tensor `{k}` has shape {:?}, expected {rows} rows", v.dims()),
+                    msg: format!(
+                        "tensor `{k}` has shape {:?}, expected {rows} rows",
+                        v.dims()
+                    ),
                 });
             }
             map.insert(k.parse::<HookPoint>()?, v);

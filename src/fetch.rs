@@ -120,8 +120,11 @@ pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
     let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
     let has_stale = || {
         std::fs::read_dir(&dir).is_ok_and(|r| {
-            r.flatten()
-                .any(|e| stale.iter().any(|p| e.file_name().to_string_lossy().starts_with(p)))
+            r.flatten().any(|e| {
+                stale
+                    .iter()
+                    .any(|p| e.file_name().to_string_lossy().starts_with(p))
+            })
         })
     };
     if dest.is_file() && !has_stale() {

@@ -160,7 +160,9 @@ impl Reader {
             10 => Kind::U64,
             11 => Kind::I64,
             12 => Kind::F64,
-            other => return Err(self.bad(format!("{what} at byte {at}: unknown value type {other}"))),
+            other => {
+                return Err(self.bad(format!("{what} at byte {at}: unknown value type {other}")))
+            }
         })
     }
 
@@ -191,7 +193,11 @@ impl Reader {
             Kind::Bool => match self.bytes::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(self.bad(format!("metadata `{key}`: bool byte {b} (must be 0 or 1)"))),
+                b => {
+                    return Err(
+                        self.bad(format!("metadata `{key}`: bool byte {b} (must be 0 or 1)"))
+                    )
+                }
             },
             Kind::Str => Value::String(self.string(&format!("metadata `{key}`"))?),
             Kind::Array => {

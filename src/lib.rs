@@ -40,6 +40,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod array;
 pub mod batch;
 pub mod cache;
 pub mod data;

@@ -9,6 +9,23 @@
 //! [`LinearProbe::scores`], [`LinearProbe::evaluate`], [`transfer`] (a probe trained on one model,
 //! tested on another at the same layer), [`accuracy`], [`auroc`] and [`bootstrap_ci`].
 //!
+//! ## Continuous targets, other probe kinds, cross-validation
+//! [`regress`] fits ridge / least-squares probes ([`fit_ridge`], closed form) to a continuous
+//! target per layer (a number stated in the prompt, an item's P(agree)) and reports `R²` with
+//! bootstrap intervals ([`RegressionReport`]); [`sweep_as`] runs the classification table with a
+//! logistic, difference-of-means or least-squares probe; [`cross_validate`] gives k-fold held-out
+//! accuracies; [`least_squares_direction`] is the ridge direction between two classes (see
+//! [`crate::SteeringVector::least_squares`] for how it compares with the difference of means).
+//!
+//! ## linfa
+//! [`layer_datasets`] turns per-layer activations into one `linfa::Dataset` per layer (feature
+//! names are the hook point's, `blocks.{l}.hook_resid_post[j]`). [`LogisticProbe`] is this
+//! module's logistic probe as a linfa model (`Fit`, and `Predict` on the fitted [`LinearProbe`]),
+//! so linfa's cross-validation and metrics take it; [`sweep_with`] / [`sweep_with_scores`] run any
+//! linfa classifier at every layer and return [`sweep`]'s table, [`regress_with`] any linfa
+//! regressor (e.g. linfa-linear's `LinearRegression`) and [`regress`]'s. Arrays cross the
+//! boundary through [`crate::array`].
+//!
 //! ## The logistic objective and its L2 convention
 //! For each layer and each `l2` in [`ProbeOptions::l2_grid`], [`fit_logistic`] minimises
 //! `mean_i log(1 + exp(-s_i (w·x_i + b))) + (l2 / 2)·||w||²` (labels `s_i = ±1`, the bias `b` is not
@@ -75,6 +92,17 @@ use serde::{Deserialize, Serialize};
 use crate::data::SplitMix64;
 use crate::{Error, Result};
 
+mod fit;
+mod regress;
+
+pub use fit::{
+    cross_validate, label_metrics, layer_datasets, point_dataset, regress_with, sweep_with,
+    sweep_with_scores, CvReport, LayerDataset, LogisticProbe,
+};
+pub use regress::{
+    fit_ridge, least_squares_direction, r2, r2_ci, regress, RegressionMetrics, RegressionReport,
+};
+
 /// Options for fitting and evaluating probes. `ProbeOptions::default()` is the simple path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeOptions {
@@ -119,6 +147,9 @@ pub enum ProbeKind {
     Logistic,
     /// Difference of the class means, thresholded at the midpoint ([`fit_diff_of_means`]).
     DiffOfMeans,
+    /// Ridge / least-squares regression ([`fit_ridge`]); on `±1` targets, a least-squares
+    /// classifier ([`sweep_as`]).
+    Ridge,
 }
 
 /// A linear probe on one layer: decision value `weight · x + bias`, positive means `true`.
@@ -383,6 +414,52 @@ pub fn sweep(
     Ok(sweep_fits(train, y_train, val, y_val, test, y_test, opts)?.0)
 }
 
+/// [`sweep`] with the probe of your choice: [`ProbeKind::Logistic`] is [`sweep`];
+/// [`ProbeKind::DiffOfMeans`] fits [`fit_diff_of_means`] on `train` (`val` is only reported,
+/// `l2` is 0); [`ProbeKind::Ridge`] fits [`fit_ridge`] to targets `+1` (true) and `-1` (false),
+/// `l2` chosen on validation `R²`, a decision value above 0 meaning true. `grad_norm` is 0 for
+/// the closed forms. Errors as [`sweep`]'s.
+pub fn sweep_as(
+    kind: ProbeKind,
+    train: &[Tensor],
+    y_train: &[bool],
+    val: &[Tensor],
+    y_val: &[bool],
+    test: &[Tensor],
+    y_test: &[bool],
+    opts: &ProbeOptions,
+) -> Result<Vec<LayerReport>> {
+    let probes = match kind {
+        ProbeKind::Logistic => return sweep(train, y_train, val, y_val, test, y_test, opts),
+        ProbeKind::DiffOfMeans => {
+            let (_, d) = check_split("train", train, y_train, None, None)?;
+            check_split("val", val, y_val, Some(d), Some(train.len()))?;
+            fit_diff_of_means(train, y_train)?
+        }
+        ProbeKind::Ridge => {
+            check_labels(y_train)?;
+            let pm = |y: &[bool]| -> Vec<f64> {
+                y.iter().map(|&b| if b { 1.0 } else { -1.0 }).collect()
+            };
+            fit_ridge(train, &pm(y_train), val, &pm(y_val), opts)?
+        }
+    };
+    let (_, d) = check_split("train", train, y_train, None, None)?;
+    check_split("test", test, y_test, Some(d), Some(train.len()))?;
+    let mut out = Vec::with_capacity(probes.len());
+    for (l, p) in probes.iter().enumerate() {
+        out.push(LayerReport {
+            layer: l,
+            train: metrics(&p.scores_f64(&train[l])?, y_train, opts),
+            val: metrics(&p.scores_f64(&val[l])?, y_val, opts),
+            test: metrics(&p.scores_f64(&test[l])?, y_test, opts),
+            l2: p.l2,
+            grad_norm: 0.0,
+        });
+    }
+    Ok(out)
+}
+
 /// [`sweep`] and the probes it fitted (for [`transfer`] without fitting them again).
 pub(crate) fn sweep_fits(
     train: &[Tensor],
@@ -521,6 +598,36 @@ fn work_dtype(dev: &Device) -> DType {
     }
 }
 
+/// Raw-space logistic solutions of every layer at every grid value ([`fit_grid`]).
+pub(crate) struct GridFit {
+    /// `[L, d, G]` row-major: weights on raw activations.
+    pub(crate) w_raw: Vec<f64>,
+    /// `[L, G]`: biases on raw activations.
+    pub(crate) b_raw: Vec<f64>,
+    /// `[L][G]`: gradient ∞-norms.
+    pub(crate) grad_norm: Vec<Vec<f64>>,
+    /// `(L, d, G)`.
+    pub(crate) dims: (usize, usize, usize),
+    /// The training data's device.
+    pub(crate) dev: Device,
+}
+
+impl GridFit {
+    /// The probe of layer `li` at grid index `gi`.
+    pub(crate) fn probe(&self, li: usize, gi: usize, l2: f64) -> Result<LinearProbe> {
+        let (_, d, g) = self.dims;
+        let w: Vec<f32> = (0..d)
+            .map(|j| self.w_raw[(li * d + j) * g + gi] as f32)
+            .collect();
+        Ok(LinearProbe {
+            weight: Tensor::from_vec(w, d, &self.dev)?, // [d]
+            bias: self.b_raw[li * g + gi],
+            l2,
+            kind: ProbeKind::Logistic,
+        })
+    }
+}
+
 /// [`fit_logistic`], also returning each layer's gradient ∞-norm at the chosen `l2`.
 fn fit_logistic_inner(
     train: &[Tensor],
@@ -529,8 +636,16 @@ fn fit_logistic_inner(
     y_val: &[bool],
     opts: &ProbeOptions,
 ) -> Result<(Vec<LinearProbe>, Vec<f64>)> {
-    let (n, d) = check_split("train", train, y_train, None, None)?;
+    let (_, d) = check_split("train", train, y_train, None, None)?;
     check_split("val", val, y_val, Some(d), Some(train.len()))?;
+    let fit = fit_grid(train, y_train, opts)?;
+    choose_on_val(&fit, val, y_val, opts)
+}
+
+/// Solves every layer of `train` at every value of `opts.l2_grid` (one batched Newton-CG
+/// problem) and folds the standardization back into raw-space weights.
+pub(crate) fn fit_grid(train: &[Tensor], y_train: &[bool], opts: &ProbeOptions) -> Result<GridFit> {
+    let (n, d) = check_split("train", train, y_train, None, None)?;
     check_labels(y_train)?;
     check_solver_opts(&opts.l2_grid, opts.max_iter, opts.tol)?;
     let dev = train[0].device().clone();
@@ -608,6 +723,26 @@ fn fit_logistic_inner(
         }
     }
 
+    Ok(GridFit {
+        w_raw,
+        b_raw,
+        grad_norm: sol.grad_norm,
+        dims: (l, d, g),
+        dev,
+    })
+}
+
+/// Chooses each layer's grid value on validation accuracy (ties: the larger `l2`).
+fn choose_on_val(
+    fit: &GridFit,
+    val: &[Tensor],
+    y_val: &[bool],
+    opts: &ProbeOptions,
+) -> Result<(Vec<LinearProbe>, Vec<f64>)> {
+    let (l, d, g) = fit.dims;
+    let dev = fit.dev.clone();
+    let dt = work_dtype(&dev);
+    let (w_raw, b_raw) = (&fit.w_raw, &fit.b_raw);
     // Choose l2 per layer on validation accuracy (ties: the larger l2), one batched matmul.
     let xv = stack(val, &dev, dt)?; // [L, n_val, d]
     let wt = upload(w_raw.clone(), (l, d, g), &dev, dt)?; // [L, d, G]
@@ -630,16 +765,8 @@ fn fit_logistic_inner(
             }
         }
         let gi = best.map_or(0, |(gi, _)| gi);
-        let w: Vec<f32> = (0..d)
-            .map(|j| w_raw[(li * d + j) * g + gi] as f32)
-            .collect();
-        probes.push(LinearProbe {
-            weight: Tensor::from_vec(w, d, &dev)?, // [d]
-            bias: b_raw[li * g + gi],
-            l2: opts.l2_grid[gi],
-            kind: ProbeKind::Logistic,
-        });
-        grad_norms.push(sol.grad_norm[li][gi]);
+        probes.push(fit.probe(li, gi, opts.l2_grid[gi])?);
+        grad_norms.push(fit.grad_norm[li][gi]);
     }
     Ok((probes, grad_norms))
 }
@@ -998,6 +1125,17 @@ fn check_split(
     d: Option<usize>,
     layers: Option<usize>,
 ) -> Result<(usize, usize)> {
+    check_split_n(split, xs, y.len(), d, layers)
+}
+
+/// [`check_split`] with the number of rows (one per label or target).
+fn check_split_n(
+    split: &str,
+    xs: &[Tensor],
+    n_rows: usize,
+    d: Option<usize>,
+    layers: Option<usize>,
+) -> Result<(usize, usize)> {
     if xs.is_empty() {
         return Err(Error::InvalidArgument {
             name: split.into(),
@@ -1016,7 +1154,7 @@ fn check_split(
     let mut dims = (0, 0);
     for (l, x) in xs.iter().enumerate() {
         let want_d = if l == 0 { d } else { Some(dims.1) };
-        dims = check_layer(split, Some(l), x, Some(y.len()), want_d)?;
+        dims = check_layer(split, Some(l), x, Some(n_rows), want_d)?;
     }
     Ok(dims)
 }

@@ -260,6 +260,30 @@ impl SteeringVector {
         Self::new(d, "mean_diff")
     }
 
+    /// The least-squares direction per layer ([`crate::probe::least_squares_direction`]): ridge
+    /// regression of `+1` on `pos` and `-1` on `neg` (`hook_resid_post` of each layer, strength
+    /// `l2`), rescaled to the norm of the difference of means. Where the difference of means
+    /// ([`mean_diff`](Self::mean_diff)) points from one class centre to the other, this points
+    /// along `Σ⁻¹` of that difference (Σ the within-class covariance, regularised by `l2`): it
+    /// discounts directions in which activations vary a lot anyway (e.g. the few "massive
+    /// activation" dimensions), so it separates the classes better, but it is not the shift that
+    /// moves one class's activations onto the other's. The two agree (cosine near 1) when the noise
+    /// is isotropic; for steering the difference of means is usually the better default (CAA) and
+    /// this one the better detector.
+    pub fn least_squares(
+        pos: &Activations,
+        neg: &Activations,
+        n_layers: usize,
+        l2: f64,
+    ) -> Result<Self> {
+        let mut d = BTreeMap::new();
+        for l in 0..n_layers {
+            let (p, n) = layer_pair(pos, neg, l)?;
+            d.insert(l, crate::probe::least_squares_direction(&p, &n, l2)?); // [d_model]
+        }
+        Self::new(d, "least_squares").map(|v| v.with_meta("l2", l2.to_string()))
+    }
+
     /// Top principal direction of the paired differences `pos[i] - neg[i]` per layer (repeng's
     /// `pca_diff`), signed so that positives project above negatives and scaled to the norm of the mean
     /// difference. The differences are not centred: a shift shared by every pair is the signal here

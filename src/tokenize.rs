@@ -260,7 +260,8 @@ struct CappedOutput {
 impl std::io::Write for CappedOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.text.len() + buf.len() > self.limit {
-            self.text.extend_from_slice(&buf[..self.limit.saturating_sub(self.text.len())]);
+            self.text
+                .extend_from_slice(&buf[..self.limit.saturating_sub(self.text.len())]);
             self.text.push(0); // marks the overflow: the text is now longer than the limit
             return Err(std::io::Error::other("chat template output limit reached"));
         }
@@ -470,7 +471,12 @@ impl Tokenizer {
         // `Precompiled` normalizer): check the JSON first, and turn any panic into an error.
         serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| bad(e.to_string()))?;
         let inner = std::panic::catch_unwind(|| HfTokenizer::from_bytes(&bytes))
-            .map_err(|p| bad(format!("the tokenizers library panicked: {}", panic_text(&p))))?
+            .map_err(|p| {
+                bad(format!(
+                    "the tokenizers library panicked: {}",
+                    panic_text(&p)
+                ))
+            })?
             .map_err(|e| bad(e.to_string()))?;
 
         let cfg_path = dir.join("tokenizer_config.json");
@@ -741,7 +747,10 @@ impl Tokenizer {
         };
         // The template is code from the checkpoint: it runs with a budget of instructions and of
         // output, and without a loader (no `include`/`import` of files) or environment access.
-        let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let input: usize = messages
+            .iter()
+            .map(|m| m.content.len() + m.role.len())
+            .sum();
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL + 1_000 * input as u64));
         env.set_trim_blocks(true);

@@ -372,14 +372,15 @@ impl Trainee {
         let kept = match &opts.checkpoint_dir {
             None => None,
             Some(dir) => {
-                let finite = loss_finite && self.all_vars().iter().all(|v| {
-                    v.as_tensor()
-                        .sqr()
-                        .and_then(|t| t.sum_all())
-                        .and_then(|t| t.to_dtype(DType::F64))
-                        .and_then(|t| t.to_scalar::<f64>())
-                        .is_ok_and(|x| x.is_finite())
-                });
+                let finite = loss_finite
+                    && self.all_vars().iter().all(|v| {
+                        v.as_tensor()
+                            .sqr()
+                            .and_then(|t| t.sum_all())
+                            .and_then(|t| t.to_dtype(DType::F64))
+                            .and_then(|t| t.to_scalar::<f64>())
+                            .is_ok_and(|x| x.is_finite())
+                    });
                 let saved = finite
                     && self
                         .adapter(base)
@@ -487,7 +488,11 @@ fn optimise(
         if let Some(dir) = &opts.checkpoint_dir {
             let done = step - 1;
             if opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 {
-                write_checkpoint(dir, &trainee.adapter(base)?, &log_so_far(&steps, tokens_total))?;
+                write_checkpoint(
+                    dir,
+                    &trainee.adapter(base)?,
+                    &log_so_far(&steps, tokens_total),
+                )?;
             }
         }
         let mut grads = loss.backward()?;
@@ -602,10 +607,15 @@ pub fn write_checkpoint(dir: &std::path::Path, adapter: &Adapter, log: &TrainLog
         name: "train log".into(),
         msg: e.to_string(),
     })?;
-    crate::util::atomic_write_dir(dir, &["adapter_model.safetensors", "adapter_config.json", LOG_FILE], |tmp| {
-        adapter.save(tmp)?;
-        std::fs::write(tmp.join(LOG_FILE), json.as_bytes()).map_err(|e| Error::io(tmp.join(LOG_FILE), e))
-    })
+    crate::util::atomic_write_dir(
+        dir,
+        &["adapter_model.safetensors", "adapter_config.json", LOG_FILE],
+        |tmp| {
+            adapter.save(tmp)?;
+            std::fs::write(tmp.join(LOG_FILE), json.as_bytes())
+                .map_err(|e| Error::io(tmp.join(LOG_FILE), e))
+        },
+    )
 }
 
 fn n_tokens(s: &Scored) -> usize {
@@ -804,7 +814,8 @@ mod tests {
     #[test]
     fn non_finite_loss_stops_and_keeps_the_last_good_adapter() {
         let base = tiny(false, DType::F32);
-        let dir = std::env::temp_dir().join(format!("puppetlens-train-guard-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("puppetlens-train-guard-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         // A learning rate this large makes the weights overflow after a few steps.
         let opts = TrainOptions {
@@ -818,20 +829,38 @@ mod tests {
             ..Default::default()
         };
         let err = sft(&base, &data(), &opts).unwrap_err();
-        let Error::Training { objective, step, msg, last_good } = &err else {
+        let Error::Training {
+            objective,
+            step,
+            msg,
+            last_good,
+        } = &err
+        else {
             panic!("expected a training error, got {err:?}");
         };
         assert_eq!(objective, "sft");
         assert!(*step >= 2 && *step < 100, "{err}");
-        assert!(msg.contains("not finite") || msg.contains("NaN") || msg.contains("inf"), "{err}");
+        assert!(
+            msg.contains("not finite") || msg.contains("NaN") || msg.contains("inf"),
+            "{err}"
+        );
         assert_eq!(last_good.as_deref(), Some(dir.as_path()), "{err}");
-        assert!(err.to_string().contains(&format!("sft step {step}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("sft step {step}")),
+            "{err}"
+        );
         // The kept adapter is finite and its log ends at the step before the failure (or earlier).
         let kept = Adapter::load(&dir, &Device::Cpu).unwrap();
         assert_eq!(kept.weights().len(), 14);
         for (a, b) in kept.weights().values() {
             for t in [a, b] {
-                let s = t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                let s = t
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(s.is_finite());
             }
         }
@@ -841,7 +870,10 @@ mod tests {
         // (A failed gradient keeps the weights of the failed step itself: their loss was finite.)
         let back = if msg.starts_with("gradient") { 1 } else { 2 };
         assert_eq!(log.steps.len() + back, *step, "{err}");
-        assert!(log.steps.iter().all(|s| s.loss.is_finite() && s.grad_norm.is_finite()));
+        assert!(log
+            .steps
+            .iter()
+            .all(|s| s.loss.is_finite() && s.grad_norm.is_finite()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -195,6 +195,7 @@ fn help_documents_every_subcommand_with_an_example() {
         "vector",
         "steer",
         "diff",
+        "patch",
         "export-gguf",
         "plot",
     ] {
@@ -720,4 +721,174 @@ fn diff_against_a_tiny_adapter() {
     );
     assert!(out_dir.join("localisation.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn probe_kinds_folds_and_a_regression_target() {
+    let dir = tmp("probe-kinds");
+    let csv = labeled_csv(&dir);
+    // Ridge on the labels: the same table layout as logistic (mean-diff shares the code path,
+    // `probe::sweep_as`, tested in tests/probe.rs).
+    for kind in ["ridge"] {
+        let out_dir = dir.join(kind);
+        let out = ok(&[
+            "probe",
+            MODEL,
+            "--dataset",
+            &csv,
+            "--kind",
+            kind,
+            "--out",
+            &s(&out_dir),
+        ]);
+        assert!(out.contains("best layer by validation accuracy"), "{out}");
+        let text =
+            std::fs::read_to_string(out_dir.join("probe.csv")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text.lines().count(), N_LAYERS + 1, "{text}");
+    }
+    // k-fold cross-validation of the logistic probe on train + val (10 statements).
+    let out_dir = dir.join("folds");
+    let out = ok(&[
+        "probe",
+        MODEL,
+        "--dataset",
+        &csv,
+        "--folds",
+        "2",
+        "--out",
+        &s(&out_dir),
+    ]);
+    assert!(
+        out.contains("2-fold cross-validation on train + val (10 prompts)"),
+        "{out}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("probe.json")).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        json["cross_validation"].as_array().map(Vec::len),
+        Some(N_LAYERS)
+    );
+    // A numeric target: ridge regression, R² per layer.
+    let mut numbers = String::new();
+    for v in 0..20 {
+        numbers.push_str(&format!(
+            "{{\"text\": \"The number is {v}.\", \"value\": {v}}}\n"
+        ));
+    }
+    let nums = write(&dir.join("numbers.jsonl"), &numbers);
+    let out_dir = dir.join("numbers");
+    let out = ok(&[
+        "probe",
+        MODEL,
+        "--dataset",
+        &nums,
+        "--kind",
+        "ridge",
+        "--target",
+        "value",
+        "--out",
+        &s(&out_dir),
+    ]);
+    assert!(
+        out.contains("split 60/20/20, seed 0; train 12, val 4, test 4"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(out_dir.join("probe.csv")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.starts_with("layer,train_r2,val_r2,test_r2,"), "{text}");
+    assert_eq!(text.lines().count(), N_LAYERS + 1, "{text}");
+    // Bad combinations and fields: one-line errors naming the flag or the field.
+    fails(
+        &[
+            "probe",
+            MODEL,
+            "--dataset",
+            &csv,
+            "--target",
+            "value",
+            "--out",
+            &s(&out_dir),
+        ],
+        &["--target", "--kind ridge"],
+    );
+    fails(
+        &[
+            "probe",
+            MODEL,
+            "--dataset",
+            &csv,
+            "--kind",
+            "ridge",
+            "--folds",
+            "3",
+            "--out",
+            &s(&out_dir),
+        ],
+        &["--folds", "logistic"],
+    );
+    fails(
+        &[
+            "probe",
+            MODEL,
+            "--dataset",
+            &nums,
+            "--kind",
+            "ridge",
+            "--target",
+            "count",
+            "--out",
+            &s(&out_dir),
+        ],
+        &["numbers.jsonl", "line 1: count", "missing"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn patch_refuses_models_that_read_other_token_ids() {
+    let dir = tmp("patch");
+    let ab = ab_file(&dir, false, false);
+    let out = s(&dir.join("p"));
+    // SmolLM2 and Gemma tokenize the same questions differently: patching needs identical ids.
+    fails(
+        &[
+            "patch",
+            MODEL,
+            "gemma-3-270m",
+            "--dataset",
+            &ab,
+            "--out",
+            &out,
+        ],
+        &["tokenize test item", "same token ids"],
+    );
+    fails(
+        &[
+            "patch",
+            MODEL,
+            MODEL,
+            "--dataset",
+            &ab,
+            "--out",
+            &out,
+            "--family",
+            "resid_mid",
+        ],
+        &["family", "resid_mid"],
+    );
+    fails(
+        &[
+            "patch",
+            MODEL,
+            MODEL,
+            "--dataset",
+            &ab,
+            "--out",
+            &out,
+            "--ranks",
+            "1,x",
+        ],
+        &["--ranks", "`x`"],
+    );
 }

@@ -187,3 +187,42 @@ fn streamed_shards_resume_and_equal_in_memory_extraction() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A streamed store read straight into ndarray: one `[item, d_model]` array per hook point over
+/// all shards, bit for bit what `load_store` gives, and the `[layer, item, d_model]` block.
+#[test]
+fn store_reads_straight_into_ndarray() {
+    let (model, _) = common::smollm();
+    let prompts = prompts();
+    let opts = ExtractOptions {
+        batch_size: 4,
+        shard_size: 4,
+        progress: false,
+        points: vec![HookPoint::ResidPost(3), HookPoint::ResidPost(7)],
+        ..ExtractOptions::resid_post(model, Site::Last)
+    };
+    let dir = std::env::temp_dir().join(format!("puppetlens-store-nd-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let meta = StoreMeta {
+        model: "smollm2-135m-instruct".into(),
+        dataset: "ndarray test".into(),
+        notes: String::new(),
+    };
+    let manifest = extract_to_dir(model, &prompts, &opts, &dir, &meta).unwrap();
+    assert_eq!(manifest.shards.len(), 2);
+    let (_, arrays) = puppetlens::array::load_store_arrays(&dir).unwrap();
+    let (_, stored) = load_store(&dir).unwrap();
+    assert_eq!(arrays.len(), stored.points().len());
+    for (p, a) in &arrays {
+        assert_eq!(a.dim(), (TEXTS.len(), 576), "{p}");
+        let t = stored
+            .get(*p)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a.as_slice().unwrap(), &t[..], "{p}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

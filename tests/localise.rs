@@ -60,12 +60,11 @@ fn edited_at(base: &Model, dir: &std::path::Path, layer: usize, b_v: &Tensor) {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 }
 
-/// The injected puppeteer: A/B items whose behaviour is "answer B", the base model's "B rather
-/// than A" direction `t` entering layer L, the value bias `b_v` of layer L and the vector
+/// The injected puppeteer: A/B items whose behaviour is "answer B", the value bias `b_v` of layer
+/// L along the base model's "B rather than A" direction entering layer L, and the vector
 /// `c = W_o R b_v` it adds to `blocks.{L}.hook_attn_out` at every token (12 |t| long).
 struct Injected {
     cases: Vec<AbCase>,
-    t: Tensor,
     b_v: Tensor,
     c: Tensor,
     /// The base model's weights in Hugging Face names.
@@ -190,7 +189,6 @@ fn injected() -> Injected {
 
     Injected {
         cases,
-        t,
         b_v,
         c,
         weights: w,
@@ -200,7 +198,6 @@ fn injected() -> Injected {
 #[test]
 fn localisation_finds_an_injected_direction_at_its_layer() {
     let (base, _) = common::smollm();
-    let cfg = base.config().clone();
     let Injected { cases, b_v, c, .. } = injected();
     let dir =
         std::env::temp_dir().join(format!("puppetlens-localise-tuned-{}", std::process::id()));
@@ -360,28 +357,20 @@ fn localisation_finds_an_injected_direction_at_its_layer() {
 /// behaviour and the rank finder must reach k = 3).
 #[test]
 fn patching_finds_injected_puppeteers_and_their_rank() {
-    let noise: f64 = std::env::var("PATCH_NOISE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.5);
-    #[allow(non_snake_case)]
-    let NOISE = noise;
+    // Second moment of each noise coefficient, in units of |c3|^2.
+    const NOISE: f64 = 1.5;
     use puppetlens::patch::{patching, Family, PatchOptions, VerdictKind};
     let (base, _) = common::smollm();
     let cfg = base.config().clone();
     let Injected {
         cases,
         b_v,
-        c,
         weights,
         ..
     } = injected();
-    // A third of the localisation test's push: a clear gap with less collateral damage.
-    let scale: f64 = std::env::var("PATCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0 / 3.0);
-    let (b_v, c) = ((b_v * scale).unwrap(), (c * scale).unwrap());
+    // A third of the localisation test's push: a clear gap with less collateral damage (at the
+    // full push P(B) rises to 0.604, at a third to 0.622; random directions then move P less).
+    let b_v = (b_v / 3.0).unwrap();
     let splits = AbSplits {
         train: cases[..12].to_vec(),
         val: Vec::new(),

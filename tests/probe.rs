@@ -548,6 +548,35 @@ fn mahalanobis_norm(u: &[f64], f: &[Vec<f64>], diag: &[f64]) -> f64 {
     (utdu - x.iter().map(|v| v * v).sum::<f64>()).sqrt()
 }
 
+/// The cross-check's data: six layers (see `crosscheck_data_and_ours`), train/val/test.
+#[allow(clippy::type_complexity)]
+fn crosscheck_data() -> (
+    Vec<Tensor>,
+    Vec<bool>,
+    Vec<Tensor>,
+    Vec<bool>,
+    Vec<Tensor>,
+    Vec<bool>,
+) {
+    let (d, n_tr, n_va, n_te) = (576usize, 600usize, 200usize, 200usize);
+    let deltas = CROSSCHECK_DELTAS;
+    let mut rng = Rng(2024);
+    let ytr = rng.labels(n_tr, 0.45);
+    let yva = rng.labels(n_va, 0.45);
+    let yte = rng.labels(n_te, 0.45);
+    let (mut tr, mut va, mut te) = (Vec::new(), Vec::new(), Vec::new());
+    for &delta in &deltas {
+        let mut s = realistic_layer(&mut rng, &[&ytr, &yva, &yte], d, delta).into_iter();
+        tr.push(s.next().unwrap());
+        va.push(s.next().unwrap());
+        te.push(s.next().unwrap());
+    }
+    (tr, ytr, va, yva, te, yte)
+}
+
+/// The separations of the cross-check's six layers.
+const CROSSCHECK_DELTAS: [f64; 6] = [0.0, 0.5, 1.0, 1.5, 2.5, 4.0];
+
 /// Writes the cross-check's data and our sweep's results. Six layers from chance (delta 0) to
 /// nearly separable (delta 4); 600 training items in 576 dimensions, so the small-l2 problems are
 /// (nearly) separable and ill-conditioned, the hard case for a solver.
@@ -682,4 +711,556 @@ fn metrics_and_bootstrap_are_seeded() {
     assert!(a.1 .0 <= auc && auc <= a.1 .1, "{a:?} {auc}");
     let none = probe::bootstrap_ci(&s, &y, 0, 7);
     assert!(none.0 .0.is_nan() && none.1 .1.is_nan());
+}
+
+// ---------------------------------------------------------------------------------------------
+// ndarray and linfa.
+
+mod linfa_boundary {
+    use super::*;
+    use linfa::prelude::*;
+    use ndarray::{Array1, Array2, Array3};
+    use puppetlens::array;
+    use puppetlens::probe::{
+        cross_validate, layer_datasets, regress, regress_with, sweep_with, sweep_with_scores,
+        LayerDataset, LinearProbe, LogisticProbe,
+    };
+    use puppetlens::Error;
+
+    /// Three layers of planted-direction data (separations 0.5, 1.5, 3 noise sd, d = 64):
+    /// (train, val, test) activations and labels.
+    fn three_layers() -> ([Vec<Tensor>; 3], [Vec<bool>; 3]) {
+        let mut rng = Rng(88);
+        let d = 64;
+        let y = [
+            rng.labels(300, 0.5),
+            rng.labels(150, 0.5),
+            rng.labels(150, 0.5),
+        ];
+        let mut x: [Vec<Tensor>; 3] = Default::default();
+        for sep in [0.5, 1.5, 3.0] {
+            let u = rng.unit(d);
+            for s in 0..3 {
+                x[s].push(planted(&mut rng, &y[s], &u, sep / 2.0, -sep / 2.0));
+            }
+        }
+        (x, y)
+    }
+
+    /// The same model behind a type `sweep_with` does not recognise: forces the generic path
+    /// (one linfa `fit` per layer and grid value).
+    struct Plain(LogisticProbe);
+
+    impl Fit<Array2<f32>, Array1<bool>, Error> for Plain {
+        type Object = LinearProbe;
+        fn fit(&self, ds: &DatasetBase<Array2<f32>, Array1<bool>>) -> Result<LinearProbe, Error> {
+            self.0.fit(ds)
+        }
+    }
+
+    /// puppetlens's probe through linfa's traits (Fit per layer at the chosen l2, the generic
+    /// sweep, the batched sweep_with) gives the direct sweep's accuracies. Each (layer, l2)
+    /// problem is the same strictly convex objective solved to the same tolerance, so the
+    /// weights differ only at rounding level; an item within that distance of the decision
+    /// boundary could flip, which these data do not have: equality is asserted.
+    #[test]
+    fn logistic_probe_through_linfa_traits_matches_direct_sweep() {
+        let ([tr, va, te], [ytr, yva, yte]) = three_layers();
+        let opts = ProbeOptions::default();
+        let direct = sweep(&tr, &ytr, &va, &yva, &te, &yte, &opts).unwrap();
+        let (dtr, dva, dte) = (
+            layer_datasets(&tr, &ytr).unwrap(),
+            layer_datasets(&va, &yva).unwrap(),
+            layer_datasets(&te, &yte).unwrap(),
+        );
+        assert_eq!(dtr[1].feature_names()[5], "blocks.1.hook_resid_post[5]");
+        let score = |p: &LinearProbe, x: &Array2<f32>| p.decision(&x.view());
+        let make = |l2| LogisticProbe::with_options(l2, &opts);
+        let batched = sweep_with_scores(make, score, &dtr, &dva, &dte, &opts).unwrap();
+        let generic =
+            sweep_with_scores(|l2| Plain(make(l2)), score, &dtr, &dva, &dte, &opts).unwrap();
+        for ((d, b), g) in direct.iter().zip(&batched).zip(&generic) {
+            eprintln!(
+                "layer {}: direct {:.3}/{:.3} batched {:.3} generic {:.3} (l2 {:e} {:e} {:e})",
+                d.layer,
+                d.val.accuracy,
+                d.test.accuracy,
+                b.test.accuracy,
+                g.test.accuracy,
+                d.l2,
+                b.l2,
+                g.l2
+            );
+            assert_eq!((d.l2, b.l2, g.l2), (d.l2, d.l2, d.l2));
+            for (m, n) in [
+                (&d.train, &b.train),
+                (&d.test, &b.test),
+                (&d.test, &g.test),
+                (&d.val, &g.val),
+            ] {
+                assert_eq!(m.accuracy, n.accuracy);
+                assert!((m.auroc - n.auroc).abs() < 1e-9);
+            }
+            assert_eq!(d.test.accuracy_ci, b.test.accuracy_ci);
+            // Fit + Predict at the chosen l2, and linfa's confusion-matrix accuracy.
+            let p = make(d.l2).fit(&dtr[d.layer]).unwrap();
+            let pred: Array1<bool> = p.predict(dte[d.layer].records());
+            let acc = pred
+                .confusion_matrix(dte[d.layer].targets())
+                .unwrap()
+                .accuracy();
+            assert!(
+                (f64::from(acc) - d.test.accuracy).abs() < 1e-6,
+                "{acc} {}",
+                d.test.accuracy
+            );
+        }
+        // sweep_as: the logistic kind is sweep; difference of means and least squares run too.
+        let same =
+            probe::sweep_as(ProbeKind::Logistic, &tr, &ytr, &va, &yva, &te, &yte, &opts).unwrap();
+        assert_eq!(same, direct);
+        for kind in [ProbeKind::DiffOfMeans, ProbeKind::Ridge] {
+            let rep = probe::sweep_as(kind, &tr, &ytr, &va, &yva, &te, &yte, &opts).unwrap();
+            // Layer 2 separates at 3 sd (Bayes 0.933): any sane linear probe clears 0.85.
+            assert!(rep[2].test.accuracy > 0.85, "{kind:?}: {:?}", rep[2].test);
+        }
+        // The labels-only sweep_with agrees on accuracy (its AUROC comes from the labels).
+        let labels = sweep_with(make, &dtr, &dva, &dte, &opts).unwrap();
+        for (d, l) in direct.iter().zip(&labels) {
+            assert_eq!(d.test.accuracy, l.test.accuracy);
+        }
+        // linfa's own k-fold cross-validation runs puppetlens's probe (one layer, three l2).
+        let mut ds = dtr[2].clone();
+        let grid: Vec<LogisticProbe> = [1e-3, 1e-2, 1e-1].iter().map(|&l2| make(l2)).collect();
+        let cv = ds
+            .cross_validate_single(5, &grid, |pred, truth| {
+                Ok(pred.confusion_matrix(truth)?.accuracy())
+            })
+            .unwrap();
+        assert_eq!(cv.len(), 3);
+        // Layer 2 separates at 3 sd: Bayes accuracy Φ(1.5) = 0.933; 5-fold means near it.
+        assert!(cv.iter().all(|&a| a > 0.85), "{cv:?}");
+        // puppetlens's own k-fold option agrees in kind (every item scored out of fold once).
+        let all_x: Vec<Tensor> = (0..3)
+            .map(|l| Tensor::cat(&[&tr[l], &va[l]], 0).unwrap())
+            .collect();
+        let all_y: Vec<bool> = ytr.iter().chain(&yva).copied().collect();
+        let rep = cross_validate(&all_x, &all_y, 5, &opts).unwrap();
+        assert_eq!(rep[2].fold_accuracy.len(), 5);
+        assert_eq!(rep[2].pooled.n, 450);
+        assert!(
+            rep[2].pooled.accuracy > 0.85 && rep[0].pooled.accuracy < rep[2].pooled.accuracy,
+            "{rep:?}"
+        );
+        assert!(matches!(
+            cross_validate(&all_x, &all_y, 1, &opts),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+
+    /// The cross-check data of `crosscheck_data_and_ours`, fitted by linfa-logistic (L-BFGS on
+    /// the same standardized features, `alpha = l2 · n_train` for its summed loss) at the l2 our
+    /// sweep chose: per-layer test accuracies within 1 point of ours.
+    #[test]
+    fn linfa_logistic_agrees_within_one_point_on_crosscheck_data() {
+        let (tr, ytr, va, yva, te, yte) = super::crosscheck_data();
+        let opts = ProbeOptions::default();
+        let ours = sweep(&tr, &ytr, &va, &yva, &te, &yte, &opts).unwrap();
+        let mut worst = 0.0f64;
+        for r in &ours {
+            let xtr = array::to_array2(&tr[r.layer]).unwrap().mapv(f64::from);
+            let xte = array::to_array2(&te[r.layer]).unwrap().mapv(f64::from);
+            let mean = xtr.mean_axis(ndarray::Axis(0)).unwrap();
+            let sd = xtr
+                .std_axis(ndarray::Axis(0), 0.0)
+                .mapv(|s| if s > 0.0 { s } else { 1.0 });
+            let z = |x: &Array2<f64>| (x - &mean) / &sd;
+            let ds = Dataset::new(z(&xtr), Array1::from(ytr.clone()));
+            let m = linfa_logistic::LogisticRegression::default()
+                .alpha(r.l2 * ytr.len() as f64)
+                .max_iterations(2000)
+                .gradient_tolerance(1e-8)
+                .fit(&ds)
+                .unwrap();
+            let pred = m.predict(&z(&xte));
+            let acc =
+                pred.iter().zip(&yte).filter(|(a, b)| a == b).count() as f64 / yte.len() as f64;
+            eprintln!(
+                "layer {}: ours {:.3} linfa-logistic {acc:.3}",
+                r.layer, r.test.accuracy
+            );
+            worst = worst.max((acc - r.test.accuracy).abs());
+        }
+        assert!(worst <= 0.01 + 1e-12, "largest difference {worst}");
+    }
+
+    /// Conversions round-trip bit for bit; strided tensors (a transpose, a narrowed column
+    /// range) are read with their strides, not reinterpreted; wrong shapes are typed errors.
+    #[test]
+    fn array_conversions_round_trip_and_respect_strides() {
+        let v: Vec<f32> = (0..24)
+            .map(|i| (i as f32).sin() * 1e3 + 1e-7 * i as f32)
+            .collect();
+        let t = Tensor::from_vec(v.clone(), (4, 6), &Device::Cpu).unwrap(); // [4, 6]
+        let a = array::to_array2(&t).unwrap();
+        assert_eq!(a.as_slice().unwrap(), &v[..]);
+        let back = array::from_array2(a.clone()).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), v);
+        // Zero-copy view of the tensor's buffer: the pointer is candle's own.
+        let (storage, _) = t.storage_and_layout();
+        let ptr = match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(b)) => b.as_ptr(),
+            _ => unreachable!(),
+        };
+        drop(storage);
+        assert_eq!(array::with_view2(&t, |v| v.as_ptr()).unwrap(), ptr);
+        // Transposed and narrowed tensors.
+        let tt = t.t().unwrap(); // [6, 4], strides [1, 6]
+        assert!(!tt.is_contiguous());
+        assert_eq!(array::to_array2(&tt).unwrap(), a.t());
+        let nar = t.narrow(1, 2, 3).unwrap(); // [4, 3]
+        let want = a.slice(ndarray::s![.., 2..5]).to_owned();
+        assert_eq!(array::to_array2(&nar).unwrap(), want);
+        assert_eq!(
+            array::to_array2(&nar).unwrap(),
+            array::to_array2(&nar.contiguous().unwrap()).unwrap()
+        );
+        // Other dtypes are converted (f64 -> f32 exactly for these values).
+        let t64 = t.to_dtype(DType::F64).unwrap();
+        assert_eq!(array::to_array2(&t64).unwrap(), a);
+        // A transposed array becomes the transposed tensor.
+        let at = a.t().to_owned();
+        let tt2 = array::from_array2(a.clone().reversed_axes()).unwrap();
+        assert_eq!(array::to_array2(&tt2).unwrap(), at);
+        // Rank 3 and per-layer blocks.
+        let layers = vec![t.clone(), (&t * 2.0).unwrap()];
+        let cube: Array3<f32> = array::layers_to_array3(&layers).unwrap();
+        assert_eq!(cube.dim(), (2, 4, 6));
+        assert_eq!(cube[[1, 3, 5]], 2.0 * v[23]);
+        let again = array::array3_to_layers(&cube).unwrap();
+        assert_eq!(
+            again[1].to_vec2::<f32>().unwrap(),
+            layers[1].to_vec2::<f32>().unwrap()
+        );
+        let t3 = array::from_array3(cube.clone()).unwrap();
+        assert_eq!(array::to_array3(&t3).unwrap(), cube);
+        // Steering vectors as Array1 per layer.
+        let sv = array::steering_from_arrays(
+            [(3usize, Array1::from(v[..6].to_vec()))]
+                .into_iter()
+                .collect(),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            array::steering_to_arrays(&sv).unwrap()[&3].to_vec(),
+            v[..6].to_vec()
+        );
+        // Wrong shapes: typed errors naming what was expected.
+        let e = array::with_view2(&t.flatten_all().unwrap(), |v| v.sum()).unwrap_err();
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("rank 2"),
+            "{e}"
+        );
+        let e = array::layers_to_array3(&[t.clone(), t.narrow(1, 0, 5).unwrap()]).unwrap_err();
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("layer 1"),
+            "{e}"
+        );
+        let e = array::dyn_to_array2(cube.clone().into_dyn(), "acts").unwrap_err();
+        assert!(e.to_string().contains("[2, 4, 6]"), "{e}");
+        let e = layer_datasets(&[t.clone()], &[true; 3]).unwrap_err();
+        assert!(
+            matches!(e, Error::Shape { .. }) && e.to_string().contains("[4, 6]"),
+            "{e}"
+        );
+        let bad = array::steering_from_arrays(
+            [(0usize, Array1::zeros(3)), (1, Array1::zeros(4))]
+                .into_iter()
+                .collect(),
+            "x",
+        );
+        assert!(matches!(bad, Err(Error::Shape { .. })));
+        let p = LogisticProbe::default()
+            .fit(&Dataset::new(
+                a.clone(),
+                Array1::from_shape_fn(4, |i| i % 2 == 0),
+            ))
+            .unwrap();
+        assert!(matches!(
+            p.decision(&a.slice(ndarray::s![.., ..5])),
+            Err(Error::Shape { .. })
+        ));
+    }
+
+    /// Continuous targets `t = 10·(u·x) + noise` on three layers with signal-to-noise decreasing
+    /// to zero: R² is high where the signal is, about 0 (its interval covering 0) where it is not;
+    /// linfa-linear's least squares through `regress_with` agrees with the ridge at l2 = 0.
+    #[test]
+    fn ridge_recovers_a_planted_linear_target() {
+        let mut rng = Rng(99);
+        let d = 32;
+        let sizes = [300usize, 100, 100];
+        let mut xs: [Vec<Tensor>; 3] = Default::default();
+        let mut ts: [Vec<f64>; 3] = Default::default();
+        let noise_sd = [1.0, 10.0];
+        let u = rng.unit(d);
+        for s in 0..3 {
+            let rows: Vec<Vec<f64>> = (0..sizes[s])
+                .map(|_| (0..d).map(|_| rng.normal()).collect())
+                .collect();
+            ts[s] = rows
+                .iter()
+                .map(|r| 10.0 * r.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>())
+                .collect();
+            xs[s].push(tensor(&rows));
+            xs[s].push(tensor(&rows));
+            xs[s].push(tensor(
+                &(0..sizes[s])
+                    .map(|_| (0..d).map(|_| rng.normal()).collect())
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        // Add noise to the targets: sd 1 (R² ≈ 100/101) as seen from layers 0 and 1; layer 2's
+        // activations are independent of the target (R² ≈ 0).
+        for s in 0..3 {
+            for v in ts[s].iter_mut() {
+                *v += noise_sd[0] * rng.normal();
+            }
+        }
+        let opts = ProbeOptions {
+            l2_grid: vec![0.0, 1e-3, 1e-1],
+            ..ProbeOptions::default()
+        };
+        let rep = regress(&xs[0], &ts[0], &xs[1], &ts[1], &xs[2], &ts[2], &opts).unwrap();
+        for r in &rep {
+            eprintln!(
+                "layer {}: test R² {:.3} {:?} (l2 {})",
+                r.layer, r.test.r2, r.test.r2_ci, r.l2
+            );
+        }
+        // With 32 fitted weights from 300 items the held-out R² loses about d/n of the
+        // unexplained variance; 0.95 leaves room for that (100/101 = 0.990).
+        assert!(rep[0].test.r2 > 0.95 && rep[1].test.r2 > 0.95, "{rep:?}");
+        // Independent layer: held-out R² ≤ 0 in expectation (overfit noise), CI covers 0.
+        assert!(
+            rep[2].test.r2 < 0.05 && rep[2].test.r2_ci.0 < 0.0,
+            "{:?}",
+            rep[2].test
+        );
+        let f = |ts: &[f64]| ts.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let ds = |s: usize| layer_datasets(&xs[s], &f(&ts[s])).unwrap();
+        let ols = regress_with(
+            |_| linfa_linear::LinearRegression::new(),
+            &ds(0),
+            &ds(1),
+            &ds(2),
+            &ProbeOptions {
+                l2_grid: vec![0.0],
+                ..ProbeOptions::default()
+            },
+        )
+        .unwrap();
+        let ridge0 = regress(
+            &xs[0],
+            &ts[0],
+            &xs[1],
+            &ts[1],
+            &xs[2],
+            &ts[2],
+            &ProbeOptions {
+                l2_grid: vec![0.0],
+                ..ProbeOptions::default()
+            },
+        )
+        .unwrap();
+        for (a, b) in ols.iter().zip(&ridge0) {
+            // f32 QR (linfa-linear) vs f64 Cholesky: R² agree to ~1e-4.
+            assert!(
+                (a.test.r2 - b.test.r2).abs() < 1e-3,
+                "{} vs {}",
+                a.test.r2,
+                b.test.r2
+            );
+        }
+        let _: Vec<LayerDataset<f32>> = ds(0);
+        // Bad targets and grids are typed errors.
+        let mut bad = ts[0].clone();
+        bad[3] = f64::NAN;
+        let e = regress(&xs[0], &bad, &xs[1], &ts[1], &xs[2], &ts[2], &opts).unwrap_err();
+        assert!(e.to_string().contains("not finite"), "{e}");
+        let e = regress(&xs[0], &ts[0][..10], &xs[1], &ts[1], &xs[2], &ts[2], &opts).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
+        let neg = ProbeOptions {
+            l2_grid: vec![-1.0],
+            ..ProbeOptions::default()
+        };
+        assert!(regress(&xs[0], &ts[0], &xs[1], &ts[1], &xs[2], &ts[2], &neg).is_err());
+    }
+
+    /// The least-squares direction: along the planted shift under isotropic noise (cosine with
+    /// the difference of means near 1), and away from a high-variance nuisance direction that
+    /// the difference of means keeps.
+    #[test]
+    fn least_squares_direction_discounts_high_variance_directions() {
+        let mut rng = Rng(111);
+        let d = 16;
+        let n = 400;
+        // Positives shifted by 2 along e0; coordinate 1 has sd 20 and is shifted by 2 too.
+        let mk = |rng: &mut Rng, sign: f64| {
+            let rows: Vec<Vec<f64>> = (0..n)
+                .map(|_| {
+                    (0..d)
+                        .map(|j| {
+                            let sd = if j == 1 { 20.0 } else { 1.0 };
+                            rng.normal() * sd + if j < 2 { sign } else { 0.0 }
+                        })
+                        .collect()
+                })
+                .collect();
+            tensor(&rows)
+        };
+        let (p, q) = (mk(&mut rng, 1.0), mk(&mut rng, -1.0));
+        let ls = to_f64(&probe::least_squares_direction(&p, &q, 1e-3).unwrap());
+        let md = to_f64(&(p.mean(0).unwrap() - q.mean(0).unwrap()).unwrap());
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        assert!((norm(&ls) - norm(&md)).abs() < 1e-3 * norm(&md));
+        // Fisher: weight on coordinate 1 is 1/400 of that on coordinate 0 (variance ratio);
+        // the difference of means weighs them equally up to noise (sd of the estimate ~1.4).
+        assert!(ls[1].abs() < 0.1 * ls[0].abs(), "{ls:?}");
+        assert!(ls[0] > 0.0);
+        eprintln!("cos(least squares, mean diff) = {:.3}", cosine(&ls, &md));
+    }
+    /// The ridge / least-squares cross-check's data and our fits: four layers (d = 96, 400 /
+    /// 150 / 150 items; anisotropic features with a large mean and two sd-30 outlier dimensions;
+    /// a latent z written along a random direction with strength 4, 1, 0.3 and 0; the target is
+    /// `10 + 3z` plus noise).
+    /// Writes `target/ridge-crosscheck/{data.safetensors, ours.safetensors, ours.json}` and runs
+    /// `scripts/sklearn_crosscheck.py --ridge`: scikit-learn's `Ridge(alpha = l2 · n)` on
+    /// `StandardScaler` output and `numpy.linalg.lstsq` must predict what our ridge and
+    /// linfa-linear's `LinearRegression` predict (limits in the script).
+    #[test]
+    fn ridge_crosscheck_data_and_ours() {
+        let mut rng = Rng(4242);
+        let (d, sizes) = (96usize, [400usize, 150, 150]);
+        let signal = [4.0, 1.0, 0.3, 0.0];
+        let mut xs: [Vec<Tensor>; 3] = Default::default();
+        let mut ts: [Vec<f64>; 3] = Default::default();
+        let base: Vec<[Vec<Vec<f64>>; 3]> = (0..signal.len())
+            .map(|_| {
+                let mean: Vec<f64> = (0..d).map(|_| 3.0 * rng.normal()).collect();
+                let sd: Vec<f64> = (0..d)
+                    .map(|j| {
+                        if j == 7 || j == 50 {
+                            30.0
+                        } else {
+                            0.5 + (j % 5) as f64
+                        }
+                    })
+                    .collect();
+                [0, 1, 2].map(|s| {
+                    (0..sizes[s])
+                        .map(|_| (0..d).map(|j| mean[j] + sd[j] * rng.normal()).collect())
+                        .collect()
+                })
+            })
+            .collect();
+        // One shared target per item (a latent z), read out linearly with layer-specific noise.
+        let z: [Vec<f64>; 3] = [0, 1, 2].map(|s| (0..sizes[s]).map(|_| rng.normal()).collect());
+        for (l, &k) in signal.iter().enumerate() {
+            let u = rng.unit(d);
+            for s in 0..3 {
+                let rows: Vec<Vec<f64>> = base[l][s]
+                    .iter()
+                    .zip(&z[s])
+                    .map(|(r, &zi)| r.iter().zip(&u).map(|(a, b)| a + k * zi * b).collect())
+                    .collect();
+                xs[s].push(tensor(&rows));
+            }
+        }
+        for s in 0..3 {
+            ts[s] = z[s]
+                .iter()
+                .map(|&v| 10.0 + 3.0 * v + 0.5 * rng.normal())
+                .collect();
+        }
+        let opts = ProbeOptions {
+            l2_grid: vec![0.0, 1e-4, 1e-2, 1.0],
+            ..ProbeOptions::default()
+        };
+        let rep = regress(&xs[0], &ts[0], &xs[1], &ts[1], &xs[2], &ts[2], &opts).unwrap();
+        let probes = probe::fit_ridge(&xs[0], &ts[0], &xs[1], &ts[1], &opts).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ridge-crosscheck");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut data: HashMap<String, Tensor> = HashMap::new();
+        let mut ours: HashMap<String, Tensor> = HashMap::new();
+        let f = |t: &[f64]| t.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        for l in 0..signal.len() {
+            for (s, name) in ["train", "val", "test"].iter().enumerate() {
+                data.insert(format!("layer.{l}.x_{name}"), xs[s][l].clone());
+            }
+            ours.insert(format!("layer.{l}.weight"), probes[l].weight.clone());
+            ours.insert(
+                format!("layer.{l}.bias"),
+                Tensor::new(&[probes[l].bias], &Device::Cpu).unwrap(),
+            );
+            // linfa-linear's least squares, fitted through linfa on the layer's dataset.
+            let ds = linfa::Dataset::new(
+                array::to_array2(&xs[0][l]).unwrap(),
+                Array1::from(f(&ts[0])),
+            );
+            let ols = linfa_linear::LinearRegression::new().fit(&ds).unwrap();
+            let pred: Array1<f32> = ols.predict(&array::to_array2(&xs[2][l]).unwrap());
+            ours.insert(
+                format!("layer.{l}.linfa_ols_test"),
+                array::from_array1(pred).unwrap(),
+            );
+        }
+        for (s, name) in ["train", "val", "test"].iter().enumerate() {
+            data.insert(
+                format!("t_{name}"),
+                Tensor::new(ts[s].as_slice(), &Device::Cpu).unwrap(),
+            );
+        }
+        candle_core::safetensors::save(&data, dir.join("data.safetensors")).unwrap();
+        candle_core::safetensors::save(&ours, dir.join("ours.safetensors")).unwrap();
+        let json = serde_json::json!({ "n_train": sizes[0], "standardize": opts.standardize, "layers": rep });
+        std::fs::write(
+            dir.join("ours.json"),
+            serde_json::to_string_pretty(&json).unwrap(),
+        )
+        .unwrap();
+        for r in &rep {
+            eprintln!(
+                "layer {}: l2 {:e} test R² {:.4} {:?}",
+                r.layer, r.l2, r.test.r2, r.test.r2_ci
+            );
+        }
+        // The target is 3z + N(0, 0.5²): the best possible R² is 9/9.25 = 0.973. Layer 0 writes z
+        // at 4x the smallest feature sd; layer 3 carries no z at all.
+        assert!(rep[0].test.r2 > 0.9 && rep[3].test.r2 < 0.1, "{rep:?}");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sklearn_crosscheck.py");
+        match std::process::Command::new("python3")
+            .arg(&script)
+            .arg("--ridge")
+            .arg(&dir)
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                eprintln!("{}", String::from_utf8_lossy(&out.stdout))
+            }
+            Ok(out) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let missing = err.contains("No module named");
+                assert!(
+                    missing && std::env::var_os("CI").is_none(),
+                    "ridge cross-check failed:\n{}\n{err}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                eprintln!("scikit-learn not installed; ridge cross-check skipped");
+            }
+            Err(e) => assert!(std::env::var_os("CI").is_none(), "python3: {e}"),
+        }
+    }
 }

@@ -438,3 +438,77 @@ fn kl_side_effect_is_zero_unsteered_and_grows_with_the_multiplier() {
     assert_eq!(none, 0.0);
     assert!(k1 > 0.0 && k4 > k1, "{k1} {k4}");
 }
+
+/// A regression probe reads the number a prompt states (`probes/numbers.jsonl`: "The number is
+/// 37." and five other templates, values 0-99, 180/60/60 items as recorded) from SmolLM2's last
+/// token (the final '.'), while the same probe on shuffled targets finds nothing. Ridge per layer
+/// (`probe::regress`, l2 chosen on validation R²). Measured (2-core CPU, f32): test R² 0.81 at
+/// layer 0, 0.89-0.95 at layers 1-29; the layer chosen on validation (2) scores 0.949 (bootstrap
+/// 95% interval 0.897-0.977, RMSE 7.3 on a 0-99 scale); the shuffled control scores -0.11 to -0.24
+/// at every layer (a ridge fitted to noise predicts worse than the mean), -0.18 at layer 2 with
+/// interval -0.50..-0.03. Asserted, below those: the chosen layer's interval lies above 0.8, every
+/// layer's R² is above 0.7, and the control's R² is below 0.05 at every layer.
+#[test]
+fn smollm2_ridge_probe_reads_the_stated_number_and_a_shuffled_control_does_not() {
+    use puppetlens::probe::regress;
+    let (model, tok) = common::smollm();
+    let s = data::load_with_split(manifest("probes/numbers.jsonl"), |p| {
+        data::load_numeric(p, "value")
+    })
+    .unwrap();
+    let part = |items: &[data::Scored]| {
+        let prompts: Vec<Vec<u32>> = items
+            .iter()
+            .map(|x| data::text_prompt(tok, &x.text, &PromptFormat::Plain).unwrap())
+            .collect();
+        let t: Vec<f64> = items.iter().map(|x| x.value).collect();
+        (resid(model, &prompts), t)
+    };
+    let ((xtr, ttr), (xva, tva), (xte, tte)) = (part(&s.train), part(&s.val), part(&s.test));
+    let opts = ProbeOptions::default();
+    let rep = regress(&xtr, &ttr, &xva, &tva, &xte, &tte, &opts).unwrap();
+    // The control: the same activations, targets permuted within each split (seeded).
+    let shuffled = |t: &[f64], seed: u64| {
+        let mut v = t.to_vec();
+        data::SplitMix64::new(seed).shuffle(&mut v);
+        v
+    };
+    let ctrl = regress(
+        &xtr,
+        &shuffled(&ttr, 1),
+        &xva,
+        &shuffled(&tva, 2),
+        &xte,
+        &shuffled(&tte, 3),
+        &opts,
+    )
+    .unwrap();
+    let r2 = |r: &[puppetlens::probe::RegressionReport]| {
+        r.iter()
+            .map(|r| (r.test.r2 * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
+    };
+    println!("test R² per layer: {:?}", r2(&rep));
+    println!("shuffled control test R² per layer: {:?}", r2(&ctrl));
+    let best = rep
+        .iter()
+        .max_by(|a, b| a.val.r2.total_cmp(&b.val.r2).then(b.layer.cmp(&a.layer)))
+        .unwrap();
+    println!(
+        "best layer by validation R²: {} (l2 {:e}) test R² {:.3} CI {:?}, RMSE {:.1}",
+        best.layer, best.l2, best.test.r2, best.test.r2_ci, best.test.rmse
+    );
+    let c = &ctrl[best.layer];
+    println!(
+        "control at that layer: test R² {:.3} CI {:?}",
+        c.test.r2, c.test.r2_ci
+    );
+    let ctrl_max = ctrl
+        .iter()
+        .map(|r| r.test.r2)
+        .fold(f64::NEG_INFINITY, f64::max);
+    println!("control's largest test R² over layers: {ctrl_max:.3}");
+    assert!(best.test.r2_ci.0 > 0.8, "{:?}", best.test);
+    assert!(rep.iter().all(|r| r.test.r2 > 0.7), "{:?}", r2(&rep));
+    assert!(ctrl_max < 0.05, "{:?}", r2(&ctrl));
+}

@@ -98,14 +98,19 @@ fn steer_quick_writes_every_output() {
         }
         // The causal verdict: a kind, a reading, and the best layer among those patched.
         let v = &p["verdict"];
-        let kind = v["kind"].as_str().unwrap_or_else(|| panic!("{name}: verdict {v}"));
+        let kind = v["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: verdict {v}"));
         assert!(
             ["no_gap", "not_one_layer", "puppeteer", "diffuse"].contains(&kind),
             "{name}: {kind}"
         );
         assert!(!v["reading"].as_str().unwrap().is_empty());
         let best = v["best_layer"].as_u64().unwrap();
-        assert!(best % 4 == 0 && best < 18, "{name}: best layer {best} (quick: every fourth)");
+        assert!(
+            best % 4 == 0 && best < 18,
+            "{name}: best layer {best} (quick: every fourth)"
+        );
     }
     let single = &summary["single_model"]["sets"];
     assert_eq!(single.as_array().unwrap().len(), 3);
@@ -120,7 +125,13 @@ fn steer_quick_writes_every_output() {
         for f in ["localisation.json", "localisation.csv", "dose.csv"] {
             assert!(dir.join(f).exists(), "{name}/{f}");
         }
-        for f in ["patching.json", "patching.csv", "rank.json", "rank.csv", "positions.csv"] {
+        for f in [
+            "patching.json",
+            "patching.csv",
+            "rank.json",
+            "rank.csv",
+            "positions.csv",
+        ] {
             assert!(dir.join("patching").join(f).exists(), "{name}/patching/{f}");
         }
     }

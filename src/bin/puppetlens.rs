@@ -126,6 +126,27 @@ enum SiteArg {
     Mean,
 }
 
+/// Which probe `probe` fits.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum KindArg {
+    /// L2-regularised logistic regression, L2 chosen on validation accuracy.
+    Logistic,
+    /// Difference of the class means, thresholded at the midpoint.
+    MeanDiff,
+    /// Ridge regression (on +1/-1 labels, or on the `--target` field), L2 chosen on validation R².
+    Ridge,
+}
+
+impl From<KindArg> for probe::ProbeKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Logistic => probe::ProbeKind::Logistic,
+            KindArg::MeanDiff => probe::ProbeKind::DiffOfMeans,
+            KindArg::Ridge => probe::ProbeKind::Ridge,
+        }
+    }
+}
+
 /// How `vector` builds the direction of each layer.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -254,7 +275,12 @@ enum Cmd {
         /// The base model. Example: `gemma-3-270m`
         model: String,
         /// SFT examples (JSONL). Example: `--sft data.jsonl`
-        #[arg(long, value_name = "FILE", conflicts_with = "dpo", required_unless_present = "dpo")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "dpo",
+            required_unless_present = "dpo"
+        )]
         sft: Option<PathBuf>,
         /// DPO pairs (JSONL). Example: `--dpo pairs.jsonl`
         #[arg(long, value_name = "FILE")]
@@ -289,8 +315,12 @@ enum Cmd {
     /// probe.json and probe.csv into DIR and prints the table and the best layer by validation
     /// accuracy.
     ///
+    /// With `--target FIELD` the probe is a ridge regression on a numeric field instead, reporting
+    /// R² (with a 95% bootstrap interval) and RMSE per layer.
+    ///
     /// Example: `puppetlens probe smollm2-135m-instruct --dataset probes/true_false.csv --out
-    /// runs/probe-true-false`
+    /// runs/probe-true-false`, or `puppetlens probe smollm2-135m-instruct --dataset
+    /// probes/numbers.jsonl --kind ridge --target value --out runs/numbers`
     Probe {
         /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
         model: String,
@@ -299,6 +329,19 @@ enum Cmd {
         /// Output directory (probe.json, probe.csv). Example: `--out runs/probe`
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// The probe: logistic regression (L2 chosen on validation), the difference of class
+        /// means, or ridge (least squares on +1/-1 labels, or on `--target`). Example: `--kind
+        /// mean-diff`
+        #[arg(long, value_enum, default_value_t = KindArg::Logistic)]
+        kind: KindArg,
+        /// A numeric field (JSON) or column (CSV) to regress on, with `--kind ridge`; texts come
+        /// from `text` (or `statement`, `prompt`, `instruction`). Example: `--target value`
+        #[arg(long, value_name = "FIELD")]
+        target: Option<String>,
+        /// Also run k-fold cross-validation of the logistic probe on train + val (L2 chosen by
+        /// mean held-out accuracy; pooled out-of-fold accuracy reported). Example: `--folds 5`
+        #[arg(long, value_name = "K")]
+        folds: Option<usize>,
     },
     /// Build a steering vector from a contrast dataset.
     ///
@@ -1070,7 +1113,20 @@ fn cmd_extract(
     Ok(())
 }
 
-fn cmd_probe(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path) -> Result<()> {
+fn cmd_probe(
+    ctx: &Ctx,
+    model: &str,
+    args: &DataArgs,
+    out: &Path,
+    kind: KindArg,
+    folds: Option<usize>,
+) -> Result<()> {
+    if folds.is_some() && kind != KindArg::Logistic {
+        return Err(invalid(
+            "--folds",
+            "cross-validation runs the logistic probe; use it with `--kind logistic`",
+        ));
+    }
     let ds = Dataset::load(&args.dataset, &args.positive_label)?;
     let parts = split_records(&ds)?;
     let (m, tok) = ctx.open(model)?;
@@ -1099,16 +1155,30 @@ fn cmd_probe(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path) -> Result<()> 
         ys.push(rows.iter().map(|(_, y)| *y).collect());
         sizes.insert(part.to_string(), rows.len());
     }
-    let reports = probe::sweep(
+    let opts = ProbeOptions::default();
+    let reports = probe::sweep_as(
+        kind.into(),
         &xs[0],
         &ys[0],
         &xs[1],
         &ys[1],
         &xs[2],
         &ys[2],
-        &ProbeOptions::default(),
+        &opts,
     )?;
     let best = best_by_val(&reports);
+    let cv = match folds {
+        Some(k) => {
+            let x: Vec<candle_core::Tensor> = xs[0]
+                .iter()
+                .zip(&xs[1])
+                .map(|(a, b)| candle_core::Tensor::cat(&[a, b], 0))
+                .collect::<candle_core::Result<_>>()?;
+            let y: Vec<bool> = ys[0].iter().chain(&ys[1]).copied().collect();
+            Some(probe::cross_validate(&x, &y, k, &opts)?)
+        }
+        None => None,
+    };
 
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut csv = String::from(
@@ -1137,8 +1207,10 @@ fn cmd_probe(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path) -> Result<()> 
         "prompts": pr.note(&ds.records),
         "split": ds.split_note(),
         "n": sizes,
+        "kind": format!("{kind:?}"),
         "best_layer_by_val": best,
         "layers": reports,
+        "cross_validation": cv,
     });
     write_text(&out.join("probe.json"), &to_json(&report)?)?;
 
@@ -1173,6 +1245,151 @@ fn cmd_probe(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path) -> Result<()> 
         println!(
             "best layer by validation accuracy: {} (val {:.3}, test {:.3} [{:.3}, {:.3}])",
             b.layer, b.val.accuracy, b.test.accuracy, b.test.accuracy_ci.0, b.test.accuracy_ci.1
+        );
+    }
+    if let Some(cv) = &cv {
+        println!(
+            "{}-fold cross-validation on train + val ({} prompts): layer, l2, pooled accuracy [95% CI]",
+            folds.unwrap_or(0),
+            ys[0].len() + ys[1].len()
+        );
+        for r in cv {
+            println!(
+                "{:>5}  {:.0e}  {:.3}  [{:.3}, {:.3}]",
+                r.layer, r.l2, r.pooled.accuracy, r.pooled.accuracy_ci.0, r.pooled.accuracy_ci.1
+            );
+        }
+    }
+    println!(
+        "wrote {} and {}",
+        out.join("probe.json").display(),
+        out.join("probe.csv").display()
+    );
+    Ok(())
+}
+
+fn cmd_probe_regression(
+    ctx: &Ctx,
+    model: &str,
+    args: &DataArgs,
+    out: &Path,
+    field: &str,
+) -> Result<()> {
+    let path = &args.dataset;
+    let items = data::load_numeric(path, field)?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let has_split = first.contains("\"split\"") || first.split(',').any(|h| h.trim() == "split");
+    let (parts, split_note) = if has_split {
+        let tags = data::load_split_tags(path)?;
+        (
+            Split::from_tags(items, &tags)?,
+            "split as recorded in the file",
+        )
+    } else {
+        (
+            data::split(&items, (0.6, 0.2, 0.2), 0)?,
+            "split 60/20/20, seed 0",
+        )
+    };
+    let (m, tok) = ctx.open(model)?;
+    let n_layers = m.config().n_layers;
+    let pr = Prompter::from_args(&tok, &args.prompts);
+    let mut xs = Vec::with_capacity(3);
+    let mut ts: Vec<Vec<f64>> = Vec::with_capacity(3);
+    for (name, part) in [
+        ("train", &parts.train),
+        ("val", &parts.val),
+        ("test", &parts.test),
+    ] {
+        if part.len() < 2 {
+            return Err(config_err(
+                path,
+                "split",
+                format!(
+                    "the {name} part has {} records; regression needs at least 2",
+                    part.len()
+                ),
+            ));
+        }
+        let prompts = part
+            .iter()
+            .map(|x| pr.text(&x.text))
+            .collect::<Result<Vec<_>>>()?;
+        let acts = extract::extract(&m, &prompts, &ctx.extract_opts(&m, Site::Last, None))?;
+        xs.push(acts.layers(n_layers)?);
+        ts.push(part.iter().map(|x| x.value).collect());
+    }
+    let reports = probe::regress(
+        &xs[0],
+        &ts[0],
+        &xs[1],
+        &ts[1],
+        &xs[2],
+        &ts[2],
+        &ProbeOptions::default(),
+    )?;
+    let best = reports
+        .iter()
+        .filter(|r| r.val.r2.is_finite())
+        .fold(None::<&probe::RegressionReport>, |b, r| match b {
+            Some(b) if b.val.r2 >= r.val.r2 => Some(b),
+            _ => Some(r),
+        })
+        .map(|r| r.layer);
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut csv =
+        String::from("layer,train_r2,val_r2,test_r2,test_r2_ci_low,test_r2_ci_high,test_rmse,l2\n");
+    for r in &reports {
+        let _ = writeln!(
+            csv,
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}",
+            r.layer,
+            r.train.r2,
+            r.val.r2,
+            r.test.r2,
+            r.test.r2_ci.0,
+            r.test.r2_ci.1,
+            r.test.rmse,
+            r.l2
+        );
+    }
+    write_text(&out.join("probe.csv"), &csv)?;
+    let report = json!({
+        "model": model,
+        "dataset": path.display().to_string(),
+        "target": field,
+        "kind": "Ridge",
+        "prompts": format!("text prompts: {}", if args.prompts.chat { "chat template" } else { "plain" }),
+        "split": split_note,
+        "n": { "train": ts[0].len(), "val": ts[1].len(), "test": ts[2].len() },
+        "best_layer_by_val": best,
+        "layers": reports,
+    });
+    write_text(&out.join("probe.json"), &to_json(&report)?)?;
+    println!(
+        "{} (`{field}`, {split_note}; train {}, val {}, test {} prompts)",
+        path.display(),
+        ts[0].len(),
+        ts[1].len(),
+        ts[2].len()
+    );
+    println!("layer  train R²  val R²  test R²  test 95% CI        test RMSE");
+    for r in &reports {
+        println!(
+            "{:>5}  {:>8.3}  {:>6.3}  {:>7.3}  [{:.3}, {:.3}]  {:>9.3}{}",
+            r.layer,
+            r.train.r2,
+            r.val.r2,
+            r.test.r2,
+            r.test.r2_ci.0,
+            r.test.r2_ci.1,
+            r.test.rmse,
+            if Some(r.layer) == best {
+                "  <- best"
+            } else {
+                ""
+            }
         );
     }
     println!(
@@ -1883,8 +2100,34 @@ fn run(cli: Cli) -> Result<()> {
             site,
             layers,
             shard_size,
-        } => cmd_extract(&ctx()?, model, data, out, *site, layers.as_deref(), *shard_size)?,
-        Cmd::Probe { model, data, out } => cmd_probe(&ctx()?, model, data, out)?,
+        } => cmd_extract(
+            &ctx()?,
+            model,
+            data,
+            out,
+            *site,
+            layers.as_deref(),
+            *shard_size,
+        )?,
+        Cmd::Probe {
+            model,
+            data,
+            out,
+            kind,
+            target,
+            folds,
+        } => match target {
+            Some(field) if *kind == KindArg::Ridge => {
+                cmd_probe_regression(&ctx()?, model, data, out, field)?
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "--target",
+                    "regression on a numeric field needs `--kind ridge`",
+                ))
+            }
+            None => cmd_probe(&ctx()?, model, data, out, *kind, *folds)?,
+        },
         Cmd::Train {
             model,
             sft,
@@ -1915,8 +2158,12 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let (_, log) = match (sft, dpo) {
-                (Some(f), _) => puppetlens::train::sft(&m, &puppetlens::train::load_sft_jsonl(f)?, &opts)?,
-                (None, Some(f)) => puppetlens::train::dpo(&m, &puppetlens::train::load_dpo_jsonl(f)?, &opts)?,
+                (Some(f), _) => {
+                    puppetlens::train::sft(&m, &puppetlens::train::load_sft_jsonl(f)?, &opts)?
+                }
+                (None, Some(f)) => {
+                    puppetlens::train::dpo(&m, &puppetlens::train::load_dpo_jsonl(f)?, &opts)?
+                }
                 (None, None) => return Err(invalid("--sft", "give --sft FILE or --dpo FILE")),
             };
             let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);

@@ -112,8 +112,17 @@ fn child() {
         let t = &ts[ti];
         let which = rng.below(t.files.len());
         let case_seed = rng.next();
-        let (bytes, what) = mutate(&t.files[which].bytes, &t.files[which].kind, &mut Rng::new(case_seed));
-        writeln!(progress, "case {i} {} {} seed {case_seed}: {what}", t.name, t.files[which].name).unwrap();
+        let (bytes, what) = mutate(
+            &t.files[which].bytes,
+            &t.files[which].kind,
+            &mut Rng::new(case_seed),
+        );
+        writeln!(
+            progress,
+            "case {i} {} {} seed {case_seed}: {what}",
+            t.name, t.files[which].name
+        )
+        .unwrap();
         let n = write_case(t, which, &bytes, &case_dir);
         let start = Instant::now();
         let r = run_case(t, &case_dir, n);
@@ -160,7 +169,14 @@ fn fuzz_loaders() {
     let work = TempDir::new("fuzz");
     let exe = std::env::current_exe().unwrap();
     let mut child = std::process::Command::new(exe)
-        .args(["--exact", "fuzz::child", "--ignored", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "fuzz::child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("PUPPETLENS_FUZZ_DIR", work.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -188,9 +204,16 @@ fn fuzz_loaders() {
         let _ = e.read_to_string(&mut stderr);
     }
     let log = std::fs::read_to_string(&progress).unwrap_or_default();
-    let last_case = log.lines().filter(|l| l.starts_with("case ")).last().unwrap_or("(none)");
+    let last_case = log
+        .lines()
+        .filter(|l| l.starts_with("case "))
+        .last()
+        .unwrap_or("(none)");
     let fails: Vec<&str> = log.lines().filter(|l| l.starts_with("FAIL")).collect();
-    let summary: Vec<&str> = log.lines().filter(|l| l.starts_with("target ") || l.starts_with("done")).collect();
+    let summary: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("target ") || l.starts_with("done"))
+        .collect();
     println!("{}", summary.join("\n"));
     // Keep failing inputs where a person can find them.
     let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
@@ -204,13 +227,29 @@ fn fuzz_loaders() {
             }
         }
     }
-    let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = stderr
+        .chars()
+        .rev()
+        .take(2000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     match status {
         None => panic!("hang: no progress for {HANG_S} s during {last_case}\n{tail}"),
         Some(s) if !s.success() || !log.contains("\ndone ") => {
-            panic!("the fuzz child died ({s}) during {last_case}\n{}\n{tail}", fails.join("\n"))
+            panic!(
+                "the fuzz child died ({s}) during {last_case}\n{}\n{tail}",
+                fails.join("\n")
+            )
         }
-        Some(_) => assert!(fails.is_empty(), "{} failures (inputs in {}):\n{}", fails.len(), keep.display(), fails.join("\n")),
+        Some(_) => assert!(
+            fails.is_empty(),
+            "{} failures (inputs in {}):\n{}",
+            fails.len(),
+            keep.display(),
+            fails.join("\n")
+        ),
     }
 }
 
@@ -221,14 +260,23 @@ fn fuzz_regressions() {
     let seeds = common_tiny::TempDir::new("fuzz-reg");
     let ts = std::sync::Arc::new(targets(seeds.path()));
     let mut n = 0;
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     for case in dirs {
         let target = std::fs::read_to_string(case.join("target")).unwrap();
         let target = target.trim().to_string();
         let Some(ti) = ts.iter().position(|t| t.name == target) else {
             // Targets built from the cached checkpoints exist only when they are cached.
-            assert!(target.contains("smollm2") || target.contains("gemma"), "{}: no target `{target}`", case.display());
+            assert!(
+                target.contains("smollm2") || target.contains("gemma"),
+                "{}: no target `{target}`",
+                case.display()
+            );
             continue;
         };
         let dir = seeds.join(&format!("case-{n}"));
@@ -236,7 +284,11 @@ fn fuzz_regressions() {
         let mut bytes = 0;
         for f in &ts[ti].files {
             let over = case.join(&f.name);
-            let b = if over.exists() { std::fs::read(&over).unwrap() } else { f.bytes.clone() };
+            let b = if over.exists() {
+                std::fs::read(&over).unwrap()
+            } else {
+                f.bytes.clone()
+            };
             bytes += b.len();
             std::fs::write(dir.join(&f.name), b).unwrap();
         }
@@ -260,24 +312,47 @@ fn fuzz_regressions() {
 fn bounds_are_typed_errors() {
     use puppetlens::{ChatMessage, Error, LoadOptions, Model, Tokenizer};
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
-    let load = |case: &str| Model::load(root.join(case).join("model.gguf"), &LoadOptions::default()).unwrap_err();
+    let load = |case: &str| {
+        Model::load(root.join(case).join("model.gguf"), &LoadOptions::default()).unwrap_err()
+    };
     let e = load("gguf-alignment-zero");
-    assert!(matches!(&e, Error::Config { field, .. } if field == "general.alignment"), "{e}");
+    assert!(
+        matches!(&e, Error::Config { field, .. } if field == "general.alignment"),
+        "{e}"
+    );
     let e = load("gguf-block-count-huge");
-    assert!(matches!(&e, Error::Config { field, .. } if field == "llama.block_count"), "{e}");
+    assert!(
+        matches!(&e, Error::Config { field, .. } if field == "llama.block_count"),
+        "{e}"
+    );
     let e = load("gguf-embedding-length-huge");
-    assert!(matches!(&e, Error::Config { field, .. } if field == "llama.embedding_length"), "{e}");
+    assert!(
+        matches!(&e, Error::Config { field, .. } if field == "llama.embedding_length"),
+        "{e}"
+    );
     let seeds = TempDir::new("bounds");
     let ts = targets(seeds.path());
     let tok_dir = seeds.join("tok-chatml");
     let mut tok = Tokenizer::from_hf_dir(&tok_dir).unwrap();
-    for (case, needle) in [("tokenizer-chatml-endless-loop", "budget"), ("tokenizer-chatml-huge-output", "more than")] {
+    for (case, needle) in [
+        ("tokenizer-chatml-endless-loop", "budget"),
+        ("tokenizer-chatml-huge-output", "more than"),
+    ] {
         let t = std::fs::read_to_string(root.join(case).join("chat_template.jinja")).unwrap();
         tok.set_chat_template(Some(t));
         let start = Instant::now();
-        let e = tok.apply_chat_template(&[ChatMessage::user("hi")], true).unwrap_err();
-        assert!(matches!(&e, Error::ChatTemplate { msg, .. } if msg.contains(needle)), "{case}: {e}");
-        assert!(start.elapsed() < Duration::from_secs(5), "{case}: {:?}", start.elapsed());
+        let e = tok
+            .apply_chat_template(&[ChatMessage::user("hi")], true)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::ChatTemplate { msg, .. } if msg.contains(needle)),
+            "{case}: {e}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{case}: {:?}",
+            start.elapsed()
+        );
     }
     // A store whose manifest lists a shard twice, or a file outside the store.
     let store = ts.iter().find(|t| t.name == "store").unwrap();
@@ -289,6 +364,9 @@ fn bounds_are_typed_errors() {
         }
         std::fs::copy(root.join(case).join("store.json"), dir.join("store.json")).unwrap();
         let e = puppetlens::extract::load_store(&dir).unwrap_err();
-        assert!(matches!(&e, Error::Config { field, .. } if field == "shards"), "{case}: {e}");
+        assert!(
+            matches!(&e, Error::Config { field, .. } if field == "shards"),
+            "{case}: {e}"
+        );
     }
 }

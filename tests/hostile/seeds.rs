@@ -49,8 +49,39 @@ fn tiny() -> Tiny {
 }
 
 const TOKENS: &[&str] = &[
-    "<s>", "</s>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j",
-    "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z", "Ġ", "Ċ", "hi",
+    "<s>",
+    "</s>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "f",
+    "g",
+    "h",
+    "i",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "o",
+    "p",
+    "q",
+    "r",
+    "s",
+    "t",
+    "u",
+    "v",
+    "w",
+    "x",
+    "y",
+    "z",
+    "Ġ",
+    "Ċ",
+    "hi",
     "Ġhi",
 ];
 
@@ -78,8 +109,14 @@ fn tokenizer_metadata(template: &str) -> Vec<(String, gguf_file::Value)> {
 pub fn gguf_fields(b: &[u8]) -> (Vec<Field>, Vec<usize>) {
     let mut fields = vec![Field { at: 8, width: 8 }, Field { at: 16, width: 8 }];
     let mut cuts = vec![0, 4, 8, 16, 24];
-    let u32_at = |i: usize| b.get(i..i + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])));
-    let u64_at = |i: usize| b.get(i..i + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])));
+    let u32_at = |i: usize| {
+        b.get(i..i + 4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
+    };
+    let u64_at = |i: usize| {
+        b.get(i..i + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    };
     let (Some(nt), Some(nkv)) = (u64_at(8), u64_at(16)) else {
         return (fields, cuts);
     };
@@ -99,7 +136,10 @@ pub fn gguf_fields(b: &[u8]) -> (Vec<Field>, Vec<usize>) {
             9 if depth < 4 => {
                 fields.push(Field { at: *p, width: 4 });
                 let et = u32::from_le_bytes(b.get(*p..*p + 4)?.try_into().ok()?);
-                fields.push(Field { at: *p + 4, width: 8 });
+                fields.push(Field {
+                    at: *p + 4,
+                    width: 8,
+                });
                 let n = u64::from_le_bytes(b.get(*p + 4..*p + 12)?.try_into().ok()?);
                 *p += 12;
                 for _ in 0..n {
@@ -141,7 +181,10 @@ pub fn gguf_fields(b: &[u8]) -> (Vec<Field>, Vec<usize>) {
             p += 8;
         }
         fields.push(Field { at: p, width: 4 });
-        fields.push(Field { at: p + 4, width: 8 });
+        fields.push(Field {
+            at: p + 4,
+            width: 8,
+        });
         p += 12;
         cuts.push(p);
     }
@@ -214,12 +257,18 @@ pub fn targets(dir: &Path) -> Vec<Target> {
         names.sort();
         let q: Vec<(String, QTensor)> = names
             .iter()
-            .map(|n| (llama_gguf_name(n), QTensor::quantize(&tensors[*n], GgmlDType::F32).unwrap()))
+            .map(|n| {
+                (
+                    llama_gguf_name(n),
+                    QTensor::quantize(&tensors[*n], GgmlDType::F32).unwrap(),
+                )
+            })
             .collect();
         let mut md = llama_gguf_metadata(&t, "llama", 64);
         md.extend(tokenizer_metadata(&templates[templates.len() - 1].1));
         md.push(("general.alignment".into(), gguf_file::Value::U32(32)));
-        let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let md_refs: Vec<(&str, &gguf_file::Value)> =
+            md.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let mut f = std::fs::File::create(&gguf_path).unwrap();
         gguf_file::write(&mut f, &md_refs, &q_refs).unwrap();
@@ -227,7 +276,11 @@ pub fn targets(dir: &Path) -> Vec<Target> {
     let bytes = std::fs::read(&gguf_path).unwrap();
     out.push(Target {
         name: "gguf".into(),
-        files: vec![SeedFile { name: "model.gguf".into(), kind: gguf_kind(&bytes), bytes }],
+        files: vec![SeedFile {
+            name: "model.gguf".into(),
+            kind: gguf_kind(&bytes),
+            bytes,
+        }],
         weight: 14,
         run: Box::new(|d| {
             let p = d.join("model.gguf");
@@ -235,7 +288,10 @@ pub fn targets(dir: &Path) -> Vec<Target> {
             let tok = Tokenizer::from_gguf_path(&p);
             if let Ok(m) = &model {
                 forward3(m)?;
-                let q = LoadOptions { keep_quantized: true, ..LoadOptions::default() };
+                let q = LoadOptions {
+                    keep_quantized: true,
+                    ..LoadOptions::default()
+                };
                 forward3(&Model::load(&p, &q)?)?;
             }
             use_tokenizer(&tok?)?;
@@ -265,13 +321,23 @@ pub fn targets(dir: &Path) -> Vec<Target> {
         let weight = if name.contains("gemma") { 1 } else { 2 };
         out.push(Target {
             name: format!("gguf-header-{name}"),
-            files: vec![SeedFile { name: "model.gguf".into(), bytes: full, kind: Kind::Binary { fields, cuts } }],
+            files: vec![SeedFile {
+                name: "model.gguf".into(),
+                bytes: full,
+                kind: Kind::Binary { fields, cuts },
+            }],
             weight,
-            run: Box::new(|d| Model::load(d.join("model.gguf"), &LoadOptions::default()).map(|_| ())),
+            run: Box::new(|d| {
+                Model::load(d.join("model.gguf"), &LoadOptions::default()).map(|_| ())
+            }),
         });
         out.push(Target {
             name: format!("gguf-metadata-{name}"),
-            files: vec![SeedFile { name: "model.gguf".into(), kind: gguf_kind(&md_only), bytes: md_only }],
+            files: vec![SeedFile {
+                name: "model.gguf".into(),
+                kind: gguf_kind(&md_only),
+                bytes: md_only,
+            }],
             weight,
             run: Box::new(|d| {
                 let p = d.join("model.gguf");
@@ -289,13 +355,27 @@ pub fn targets(dir: &Path) -> Vec<Target> {
     out.push(Target {
         name: "hf-dir".into(),
         files: vec![
-            SeedFile { name: "config.json".into(), bytes: read(&hf, "config.json"), kind: Kind::Json },
-            SeedFile { name: "model.safetensors".into(), bytes: read(&hf, "model.safetensors"), kind: Kind::Safetensors },
-            SeedFile { name: "tokenizer.json".into(), bytes: read(&hf, "tokenizer.json"), kind: Kind::Json },
+            SeedFile {
+                name: "config.json".into(),
+                bytes: read(&hf, "config.json"),
+                kind: Kind::Json,
+            },
+            SeedFile {
+                name: "model.safetensors".into(),
+                bytes: read(&hf, "model.safetensors"),
+                kind: Kind::Safetensors,
+            },
+            SeedFile {
+                name: "tokenizer.json".into(),
+                bytes: read(&hf, "tokenizer.json"),
+                kind: Kind::Json,
+            },
             SeedFile {
                 name: "tokenizer_config.json".into(),
                 bytes: read(&hf, "tokenizer_config.json"),
-                kind: Kind::JsonTemplate { key: "chat_template".into() },
+                kind: Kind::JsonTemplate {
+                    key: "chat_template".into(),
+                },
             },
         ],
         weight: 14,
@@ -315,13 +395,23 @@ pub fn targets(dir: &Path) -> Vec<Target> {
         out.push(Target {
             name: format!("tokenizer-{name}"),
             files: vec![
-                SeedFile { name: "tokenizer.json".into(), bytes: read(&d, "tokenizer.json"), kind: Kind::Json },
+                SeedFile {
+                    name: "tokenizer.json".into(),
+                    bytes: read(&d, "tokenizer.json"),
+                    kind: Kind::Json,
+                },
                 SeedFile {
                     name: "tokenizer_config.json".into(),
                     bytes: read(&d, "tokenizer_config.json"),
-                    kind: Kind::JsonTemplate { key: "chat_template".into() },
+                    kind: Kind::JsonTemplate {
+                        key: "chat_template".into(),
+                    },
                 },
-                SeedFile { name: "chat_template.jinja".into(), bytes: tmpl.clone().into_bytes(), kind: Kind::Template },
+                SeedFile {
+                    name: "chat_template.jinja".into(),
+                    bytes: tmpl.clone().into_bytes(),
+                    kind: Kind::Template,
+                },
             ],
             weight: 6,
             run: Box::new(|d| use_tokenizer(&Tokenizer::from_hf_dir(d)?)),
@@ -330,12 +420,23 @@ pub fn targets(dir: &Path) -> Vec<Target> {
     // A real tokenizer.json (SmolLM2's, large): few cases.
     if let Some((_, path)) = real.iter().find(|(n, _)| n.contains("smollm2")) {
         let d = dir.join("tok-real");
-        Tokenizer::from_gguf_path(path).unwrap().save_hf_dir(&d).unwrap();
+        Tokenizer::from_gguf_path(path)
+            .unwrap()
+            .save_hf_dir(&d)
+            .unwrap();
         out.push(Target {
             name: "tokenizer-json-smollm2".into(),
             files: vec![
-                SeedFile { name: "tokenizer.json".into(), bytes: read(&d, "tokenizer.json"), kind: Kind::Json },
-                SeedFile { name: "tokenizer_config.json".into(), bytes: read(&d, "tokenizer_config.json"), kind: Kind::Json },
+                SeedFile {
+                    name: "tokenizer.json".into(),
+                    bytes: read(&d, "tokenizer.json"),
+                    kind: Kind::Json,
+                },
+                SeedFile {
+                    name: "tokenizer_config.json".into(),
+                    bytes: read(&d, "tokenizer_config.json"),
+                    kind: Kind::Json,
+                },
             ],
             weight: 1,
             run: Box::new(|d| use_tokenizer(&Tokenizer::from_hf_dir(d)?)),
@@ -344,14 +445,21 @@ pub fn targets(dir: &Path) -> Vec<Target> {
 
     // A PEFT adapter, attached to the tiny model.
     let ad = dir.join("adapter");
-    let cfg = LoraConfig { rank: 2, ..Default::default() };
+    let cfg = LoraConfig {
+        rank: 2,
+        ..Default::default()
+    };
     Adapter::init(&base, &cfg, 5).unwrap().save(&ad).unwrap();
     {
         let base = base.clone();
         out.push(Target {
             name: "adapter".into(),
             files: vec![
-                SeedFile { name: "adapter_config.json".into(), bytes: read(&ad, "adapter_config.json"), kind: Kind::Json },
+                SeedFile {
+                    name: "adapter_config.json".into(),
+                    bytes: read(&ad, "adapter_config.json"),
+                    kind: Kind::Json,
+                },
                 SeedFile {
                     name: "adapter_model.safetensors".into(),
                     bytes: read(&ad, "adapter_model.safetensors"),
@@ -373,10 +481,18 @@ pub fn targets(dir: &Path) -> Vec<Target> {
     eo.shard_size = 2;
     eo.progress = false;
     extract::extract_to_dir(&base, &prompts, &eo, &st, &StoreMeta::default()).unwrap();
-    let mut files = vec![SeedFile { name: "store.json".into(), bytes: read(&st, "store.json"), kind: Kind::Json }];
+    let mut files = vec![SeedFile {
+        name: "store.json".into(),
+        bytes: read(&st, "store.json"),
+        kind: Kind::Json,
+    }];
     for s in 0..3 {
         let n = format!("shard-{s:05}.safetensors");
-        files.push(SeedFile { bytes: read(&st, &n), name: n, kind: Kind::Safetensors });
+        files.push(SeedFile {
+            bytes: read(&st, &n),
+            name: n,
+            kind: Kind::Safetensors,
+        });
     }
     out.push(Target {
         name: "store".into(),
@@ -387,15 +503,26 @@ pub fn targets(dir: &Path) -> Vec<Target> {
 
     // A steering vector, its llama.cpp control-vector GGUF, an activation cache.
     let mut r = WeightRng::new(3);
-    let dirs: BTreeMap<usize, Tensor> = (0..2).map(|l| (l, r.tensor(&[t.d_model], 0.0, 1.0))).collect();
-    let v = SteeringVector::new(dirs, "mean_diff").unwrap().with_meta("model", "tiny");
+    let dirs: BTreeMap<usize, Tensor> = (0..2)
+        .map(|l| (l, r.tensor(&[t.d_model], 0.0, 1.0)))
+        .collect();
+    let v = SteeringVector::new(dirs, "mean_diff")
+        .unwrap()
+        .with_meta("model", "tiny");
     v.save(dir.join("v.safetensors")).unwrap();
-    v.only(&[1]).unwrap().to_control_vector_gguf(dir.join("cv.gguf"), "llama").unwrap();
+    v.only(&[1])
+        .unwrap()
+        .to_control_vector_gguf(dir.join("cv.gguf"), "llama")
+        .unwrap();
     {
         let base = base.clone();
         out.push(Target {
             name: "vector".into(),
-            files: vec![SeedFile { name: "v.safetensors".into(), bytes: read(dir, "v.safetensors"), kind: Kind::Safetensors }],
+            files: vec![SeedFile {
+                name: "v.safetensors".into(),
+                bytes: read(dir, "v.safetensors"),
+                kind: Kind::Safetensors,
+            }],
             weight: 6,
             run: Box::new(move |d| SteeringVector::load(d.join("v.safetensors"))?.check(&base)),
         });
@@ -405,20 +532,34 @@ pub fn targets(dir: &Path) -> Vec<Target> {
         let base = base.clone();
         out.push(Target {
             name: "control-vector".into(),
-            files: vec![SeedFile { name: "cv.gguf".into(), kind: gguf_kind(&cv), bytes: cv }],
+            files: vec![SeedFile {
+                name: "cv.gguf".into(),
+                kind: gguf_kind(&cv),
+                bytes: cv,
+            }],
             weight: 6,
-            run: Box::new(move |d| SteeringVector::from_control_vector_gguf(d.join("cv.gguf"))?.check(&base)),
+            run: Box::new(move |d| {
+                SteeringVector::from_control_vector_gguf(d.join("cv.gguf"))?.check(&base)
+            }),
         });
     }
     let (_, cache) = base
-        .run_with_cache(&Batch::single(&[0, 4, 5]).unwrap(), |p| matches!(p, HookPoint::ResidPost(_)))
+        .run_with_cache(&Batch::single(&[0, 4, 5]).unwrap(), |p| {
+            matches!(p, HookPoint::ResidPost(_))
+        })
         .unwrap();
     cache.save(dir.join("cache.safetensors")).unwrap();
     out.push(Target {
         name: "activation-cache".into(),
-        files: vec![SeedFile { name: "cache.safetensors".into(), bytes: read(dir, "cache.safetensors"), kind: Kind::Safetensors }],
+        files: vec![SeedFile {
+            name: "cache.safetensors".into(),
+            bytes: read(dir, "cache.safetensors"),
+            kind: Kind::Safetensors,
+        }],
         weight: 3,
-        run: Box::new(|d| ActivationCache::load(d.join("cache.safetensors"), &Device::Cpu).map(|_| ())),
+        run: Box::new(|d| {
+            ActivationCache::load(d.join("cache.safetensors"), &Device::Cpu).map(|_| ())
+        }),
     });
 
     // Every dataset format the data module reads, and the training data.
@@ -472,7 +613,11 @@ pub fn targets(dir: &Path) -> Vec<Target> {
         let file_name = file.to_string();
         out.push(Target {
             name: name.into(),
-            files: vec![SeedFile { name: file.into(), bytes, kind }],
+            files: vec![SeedFile {
+                name: file.into(),
+                bytes,
+                kind,
+            }],
             weight: 3,
             run: Box::new(move |d| f(&d.join(&file_name))),
         });
