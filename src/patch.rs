@@ -338,8 +338,8 @@ pub struct Verdict {
     pub rank80: Option<usize>,
     /// The single mean-difference direction's patch there.
     pub mean_diff: Option<Effect>,
-    /// Random subspaces of dimension `rank80` (or 1): mean and spread of their fraction of the
-    /// full patch.
+    /// Random subspaces of the judged low-rank dimension (`rank80`, else `rank50`, else the
+    /// largest below the full width): mean and spread of their fraction of the full patch.
     pub random_of_full: Option<(f64, f64)>,
     /// Specificity of the best patch.
     pub specificity: Option<Specificity>,
@@ -1421,7 +1421,12 @@ fn verdict(
     let row = best.and_then(|b| rows.iter().find(|r| r.layer == b));
     let curve = best.and_then(|b| ranks.iter().find(|c| c.layer == b));
     let (rank50, rank80) = curve.map_or((None, None), |c| (c.rank50, c.rank80));
-    let k = rank80.or(rank50).unwrap_or(1);
+    // The low-rank patch judged: rank80's subspace, else rank50's, else the largest below the
+    // full width (a patch of the full width is the full patch).
+    let d = eng.base.config().d_model;
+    let below = |k: Option<usize>| k.filter(|&k| k < d);
+    let largest = curve.and_then(|c| c.points.iter().map(|p| p.k).filter(|&k| k < d).max());
+    let k = below(rank80).or(below(rank50)).or(largest).unwrap_or(1);
     let random_of_full = curve.and_then(|c| {
         c.points
             .iter()
@@ -1429,7 +1434,7 @@ fn verdict(
             .map(|p| (p.random_of_full, p.random_spread))
     });
     let specificity = match best {
-        Some(l) if k < eng.base.config().d_model => Some(specificity(eng, opts, l, k, data, mom)?),
+        Some(l) if k < d => Some(specificity(eng, opts, l, k, data, mom)?),
         _ => None,
     };
     let pct = |x: f64| format!("{:.0}%", 100.0 * x);
@@ -1471,8 +1476,12 @@ fn verdict(
                         (
                             VerdictKind::Puppeteer,
                             format!(
-                                "puppeteer-like: {head}, and {k80} direction{} carry 80% of it{random}",
-                                if k80 == 1 { "" } else { "s" }
+                                "puppeteer-like: {head}, and {k80} {} 80% of it{random}",
+                                if k80 == 1 {
+                                    "direction carries"
+                                } else {
+                                    "directions carry"
+                                }
                             ),
                         )
                     }
@@ -1480,9 +1489,20 @@ fn verdict(
                         VerdictKind::Diffuse,
                         format!(
                             "diffuse: {head}, but 80% of it needs {}{random}",
-                            match rank80 {
-                                Some(k80) => format!("{k80} directions"),
-                                None => "the full width".into(),
+                            match (rank80, curve) {
+                                (Some(k80), _) if k80 < d => format!("{k80} directions"),
+                                (_, Some(c)) => {
+                                    let top = c.points.iter().filter(|p| p.k < d).last();
+                                    match top {
+                                        Some(p) => format!(
+                                            "all {d} directions (the top {} restore {} of it)",
+                                            p.k,
+                                            pct(p.of_full)
+                                        ),
+                                        None => format!("all {d} directions"),
+                                    }
+                                }
+                                _ => format!("all {d} directions"),
                             }
                         ),
                     ),

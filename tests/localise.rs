@@ -60,6 +60,33 @@ fn edited_at(base: &Model, dir: &std::path::Path, layer: usize, b_v: &Tensor) {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 }
 
+/// The value bias `b_v = (W_o R)^T t` (R repeats the kv heads for the query heads) and the vector
+/// `c = W_o R b_v` it adds to the attention output at every token (attention weights sum to one),
+/// which has a positive component along `t`.
+fn value_bias_towards(w_o: &Tensor, cfg: &puppetlens::Config, t: &Tensor) -> (Tensor, Tensor) {
+    let rep = cfg.n_heads / cfg.n_kv_heads;
+    let m = w_o
+        .reshape((cfg.d_model, cfg.n_kv_heads, rep, cfg.head_dim))
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .reshape((cfg.d_model, cfg.n_kv_heads * cfg.head_dim))
+        .unwrap(); // W_o R
+    let b_v = m
+        .t()
+        .unwrap()
+        .matmul(&t.unsqueeze(1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap(); // [kv_heads * head_dim]
+    let c = m
+        .matmul(&b_v.unsqueeze(1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap(); // [d_model]
+    (b_v, c)
+}
+
 /// The injected puppeteer: A/B items whose behaviour is "answer B", the value bias `b_v` of layer
 /// L along the base model's "B rather than A" direction entering layer L, and the vector
 /// `c = W_o R b_v` it adds to `blocks.{L}.hook_attn_out` at every token (12 |t| long).
@@ -135,26 +162,7 @@ fn injected() -> Injected {
         candle_core::safetensors::load(exported.join("model.safetensors"), &Device::Cpu).unwrap();
     std::fs::remove_dir_all(&exported).ok();
     let w_o = &w[&format!("model.layers.{L}.self_attn.o_proj.weight")]; // [d_model, heads * head_dim]
-    let rep = cfg.n_heads / cfg.n_kv_heads;
-    let m = w_o
-        .reshape((cfg.d_model, cfg.n_kv_heads, rep, cfg.head_dim))
-        .unwrap()
-        .sum(2)
-        .unwrap()
-        .reshape((cfg.d_model, cfg.n_kv_heads * cfg.head_dim))
-        .unwrap(); // W_o R
-    let b_v = m
-        .t()
-        .unwrap()
-        .matmul(&t.unsqueeze(1).unwrap())
-        .unwrap()
-        .squeeze(1)
-        .unwrap(); // [kv_heads * head_dim]
-    let c = m
-        .matmul(&b_v.unsqueeze(1).unwrap())
-        .unwrap()
-        .squeeze(1)
-        .unwrap(); // [d_model]
+    let (b_v, c) = value_bias_towards(w_o, &cfg, &t);
     let scale = 12.0
         * (t.sqr()
             .unwrap()
@@ -378,8 +386,8 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
     };
     let opts = PatchOptions {
         family: Family::AttnOut,
-        layers: Some(vec![L - 2, L, L + 2]),
-        ranks: vec![1, 2, 3, 4, 8],
+        layers: Some(vec![L - 2, L]),
+        ranks: vec![1, 2, 3, 4],
         rank_layers: Some(vec![L]),
         random_seeds: 2,
         positions: 3,
@@ -507,27 +515,8 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
     };
     let wo_name = format!("model.layers.{l3}.self_attn.o_proj.weight");
     let w_o = &weights[&wo_name]; // [d, heads * head_dim]
-    let rep = cfg.n_heads / cfg.n_kv_heads;
-    let m = w_o
-        .reshape((cfg.d_model, cfg.n_kv_heads, rep, cfg.head_dim))
-        .unwrap()
-        .sum(2)
-        .unwrap()
-        .reshape((cfg.d_model, cfg.n_kv_heads * cfg.head_dim))
-        .unwrap(); // W_o R
-    let b3 = m
-        .t()
-        .unwrap()
-        .matmul(&w_read.unsqueeze(1).unwrap())
-        .unwrap()
-        .squeeze(1)
-        .unwrap(); // [kv * hd]
-    let c3 = m
-        .matmul(&b3.unsqueeze(1).unwrap())
-        .unwrap()
-        .squeeze(1)
-        .unwrap(); // [d]
-                   // Sized to move the last token's logit difference by about 2 nats.
+    let (b3, c3) = value_bias_towards(w_o, &cfg, &w_read);
+    // Sized to move the last token's logit difference by about 2 nats.
     let k = 2.0 * rms / dot(&c3, &w_read) as f64;
     let (b3, c3) = ((b3 * k).unwrap(), (c3 * k).unwrap());
     let x = Tensor::cat(&rows, 0)
@@ -653,21 +642,13 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
         },
     )
     .unwrap();
-    let b = patching(
-        base,
-        &t1,
-        &splits,
-        &PatchOptions {
-            batch_size: 8,
-            ..one.clone()
-        },
-    )
-    .unwrap();
-    let (ra, rb) = (&a.layers[0], &b.layers[0]);
+    // The rank-1 run above had batches of 8.
+    let (ra, rb) = (&a.layers[0], &row(&r1, L));
     for (x, y) in [
         (&ra.full, &rb.full),
         (&ra.last, &rb.last),
         (&ra.rank1, &rb.rank1),
+        (&ra.random1, &rb.random1),
         (&ra.noise_last, &rb.noise_last),
     ] {
         assert!(
