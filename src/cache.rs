@@ -24,7 +24,8 @@ use candle_core::{Device, Tensor};
 use crate::hook::{Hook, HookCtx, HookPoint};
 use crate::{Error, Result};
 
-/// Activations by hook point, each `[batch, pos, d_model]`.
+/// Activations by hook point, each as the point gives it (`[batch, pos, d_model]` on the residual
+/// stream; see [`HookPoint`] for the shapes inside the blocks).
 #[derive(Debug, Clone, Default)]
 pub struct ActivationCache {
     map: BTreeMap<HookPoint, Tensor>,
@@ -114,9 +115,25 @@ impl ActivationCache {
 impl Hook for ActivationCache {
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Result<Option<Tensor>> {
         let x = x.clone();
+        let axis = ctx.point.pos_axis();
         let v = match self.map.remove(&ctx.point) {
-            Some(prev) if ctx.offset > 0 && prev.dim(1)? == ctx.offset => {
-                Tensor::cat(&[&prev, &x], 1)?
+            Some(prev) if ctx.offset > 0 && prev.dim(axis)? == ctx.offset => {
+                let prev = if axis == 2 {
+                    // Scores and patterns: earlier queries never see the new keys (pattern 0,
+                    // score -inf), so their rows are padded out to this call's keys.
+                    let (b, h, q, k) = prev.dims4()?;
+                    let more = x.dim(3)?.saturating_sub(k);
+                    let fill = match ctx.point {
+                        HookPoint::AttnScores(_) => f64::NEG_INFINITY,
+                        _ => 0.0,
+                    };
+                    let pad = Tensor::full(fill, (b, h, q, more), prev.device())?
+                        .to_dtype(prev.dtype())?; // [b, h, q, more]
+                    Tensor::cat(&[&prev, &pad], 3)? // [b, h, q, keys]
+                } else {
+                    prev
+                };
+                Tensor::cat(&[&prev, &x], axis)?
             }
             _ => x,
         };

@@ -154,6 +154,16 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+    /// An index (a head, a neuron, a position) is past the end of its axis.
+    #[error("{what}: index {index} out of range (length {len})")]
+    IndexOutOfRange {
+        /// What was indexed, naming the hook point or option.
+        what: String,
+        /// The index asked for.
+        index: usize,
+        /// The axis length.
+        len: usize,
+    },
     /// An argument is invalid in a way no other variant describes.
     #[error("invalid argument `{name}`: {msg}")]
     InvalidArgument {

@@ -71,7 +71,8 @@ pub use cache::ActivationCache;
 pub use error::{Error, Result};
 pub use generate::GenerateOptions;
 pub use hook::{
-    hook_fn, AddVector, Hook, HookCtx, HookPoint, Hooks, Patch, Positions, ProjectOut, Zero,
+    hook_fn, Ablate, AddVector, Hook, HookCtx, HookPoint, Hooks, Knockout, Patch, Positions,
+    ProjectOut, Zero,
 };
 pub use model::{Config, KvCache, LoadOptions, Model};
 pub use open::{open, organism_dir, ORGANISMS};

@@ -594,22 +594,36 @@ fn two_layer_models() -> Vec<(&'static str, Tiny, Value)> {
     ]
 }
 
+/// Each block's hook names after `blocks.{l}.`, in firing order (TransformerLens's order).
+const BLOCK_HOOK_NAMES: [&str; 19] = [
+    "hook_resid_pre",
+    "ln1.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_normalized",
+    "mlp.hook_pre",
+    "mlp.hook_pre_linear",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+];
+
 #[test]
 fn hook_names_are_pinned_per_architecture() {
-    let expected: Vec<&str> = vec![
-        "hook_embed",
-        "blocks.0.hook_resid_pre",
-        "blocks.0.hook_attn_out",
-        "blocks.0.hook_resid_mid",
-        "blocks.0.hook_mlp_out",
-        "blocks.0.hook_resid_post",
-        "blocks.1.hook_resid_pre",
-        "blocks.1.hook_attn_out",
-        "blocks.1.hook_resid_mid",
-        "blocks.1.hook_mlp_out",
-        "blocks.1.hook_resid_post",
-        "ln_final.hook_normalized",
-    ];
+    let mut expected: Vec<String> = vec!["hook_embed".into()];
+    for l in 0..2 {
+        expected.extend(BLOCK_HOOK_NAMES.iter().map(|n| format!("blocks.{l}.{n}")));
+    }
+    expected.extend(["ln_final.hook_scale".into(), "ln_final.hook_normalized".into()]);
     for (name, t, j) in two_layer_models() {
         let dir = TempDir::new(&format!("hooks-{name}"));
         write_hf(dir.path(), &j, &t.tensors(5));
@@ -632,8 +646,32 @@ fn hook_names_are_pinned_per_architecture() {
         assert_eq!(seen, expected, "{name}: hook firing order");
         let listed: Vec<String> = model.hook_points().iter().map(|p| p.to_string()).collect();
         assert_eq!(listed, expected, "{name}: Model::hook_points");
-        for (p, s) in seen.iter().zip(&shapes) {
-            assert_eq!(s, &[2, 5, 64], "{name}: shape at {p}");
+        let (h, kvh, hd) = (t.n_heads, t.n_kv_heads, t.head_dim);
+        for ((p, s), point) in seen.iter().zip(&shapes).zip(model.hook_points()) {
+            let want: Vec<usize> = match p.rsplit_once('.').map_or(p.as_str(), |(a, b)| {
+                if a.ends_with("attn") || a.ends_with("mlp") || a.ends_with("ln_final") {
+                    b
+                } else {
+                    p.as_str()
+                }
+            }) {
+                "hook_q" | "hook_rot_q" | "hook_z" => vec![2, 5, h, hd],
+                "hook_k" | "hook_v" | "hook_rot_k" => vec![2, 5, kvh, hd],
+                "hook_attn_scores" | "hook_pattern" => vec![2, h, 5, 5],
+                "hook_result" => vec![2, 5, h, 64],
+                "hook_pre" | "hook_pre_linear" | "hook_post" => vec![2, 5, t.d_mlp],
+                "hook_scale" => vec![2, 5, 1],
+                _ => vec![2, 5, 64],
+            };
+            assert_eq!(s, &want, "{name}: shape at {p}");
+            // Model::hook_shape says the same, with the batch and position axes named.
+            let named: Vec<String> = model.hook_shape(point);
+            let dims: Vec<String> = want.iter().map(|d| d.to_string()).collect();
+            let (pos_axis, keys) = (point.pos_axis(), named.last() == Some(&"keys".to_string()));
+            for (i, (a, b)) in named.iter().zip(&dims).enumerate() {
+                let axis_named = i == 0 || i == pos_axis || (keys && i == named.len() - 1);
+                assert!(axis_named || a == b, "{name}: hook_shape at {p}: {named:?} vs {want:?}");
+            }
         }
         // The names parse back to the points they came from.
         for (p, s) in model.hook_points().iter().zip(&expected) {

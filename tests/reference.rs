@@ -200,3 +200,78 @@ fn gemma3_logits_and_greedy_match_candle_gemma3_on_exported_safetensors() {
     drop(st_model);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hook points inside attention and the MLP against PyTorch transformers
+
+/// f32 tolerance, relative to each tensor's largest magnitude, on the activations inside the blocks
+/// against PyTorch `transformers` on puppetlens's export of the same weights
+/// (`scripts/golden_hooks.py`). Measured worst relative max abs diff over every golden tensor
+/// (3 layers x 8 hooks x 2 prompts, run here as one left-padded batch): 6.3e-6 (SmolLM2, GGUF,
+/// whose interleaved q/k rows the hooks convert to Hugging Face's layout), 2.7e-6 (Gemma 3); the
+/// tolerance is ~8x the worst.
+const HOOK_REL_TOL: f32 = 5e-5;
+
+/// The golden activations of `scripts/golden_hooks.py` for `model`, checked against a left-padded
+/// batch of the same prompts; returns the worst relative difference and where.
+fn compare_hooks_with_pytorch(name: &str, model: &puppetlens::Model) -> (f32, String) {
+    use puppetlens::HookPoint;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("hooks_{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let golden =
+        candle_core::safetensors::load(dir.join(format!("hooks_{name}.safetensors")), &Device::Cpu)
+            .unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(meta["ids"].clone()).unwrap();
+    let layers: Vec<usize> = serde_json::from_value(meta["layers"].clone()).unwrap();
+    let batch = Batch::new(&ids).unwrap();
+    let hooks = [
+        "attn.hook_q",
+        "attn.hook_k",
+        "attn.hook_v",
+        "attn.hook_pattern",
+        "attn.hook_z",
+        "mlp.hook_pre",
+        "mlp.hook_pre_linear",
+        "mlp.hook_post",
+    ];
+    let points: Vec<HookPoint> = layers
+        .iter()
+        .flat_map(|l| hooks.iter().map(move |h| format!("blocks.{l}.{h}").parse().unwrap()))
+        .collect();
+    let cache = model.cache(&batch, |p| points.contains(&p)).unwrap();
+    let s = batch.seq_len();
+    let mut worst = (0f32, String::new());
+    for (row, pad) in batch.pads().iter().enumerate() {
+        let n = s - pad;
+        for p in &points {
+            let ours = cache.require(*p).unwrap().i(row).unwrap();
+            let ours = if p.pos_axis() == 2 {
+                ours.narrow(1, *pad, n).unwrap().narrow(2, *pad, n).unwrap() // [head, n, n]
+            } else {
+                ours.narrow(0, *pad, n).unwrap() // [n, ..]
+            };
+            let theirs = &golden[&format!("p{row}.{p}")];
+            assert_eq!(ours.dims(), theirs.dims(), "{name} prompt {row} {p}: shape");
+            let rel = max_abs_diff(&ours, theirs) / max_abs(theirs).max(1e-6);
+            if !(rel <= worst.0) {
+                worst = (rel, format!("prompt {row} {p}"));
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn hooks_inside_attention_and_mlp_match_pytorch_transformers() {
+    for (name, model) in [
+        (common::SMOLLM, &common::smollm().0),
+        (common::GEMMA, &common::gemma().0),
+    ] {
+        let (rel, at) = compare_hooks_with_pytorch(name, model);
+        println!("{name}: worst relative max abs diff vs PyTorch {rel:.2e} at {at}");
+        assert!(rel <= HOOK_REL_TOL, "{name}: {rel:e} at {at}");
+    }
+}

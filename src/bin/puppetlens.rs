@@ -969,7 +969,7 @@ fn cmd_info(ctx: &Ctx, model: &str) -> Result<()> {
     );
     println!("hook points ({}):", m.hook_points().len());
     for p in m.hook_points() {
-        println!("  {p}");
+        println!("  {p:<40} [{}]", m.hook_shape(p).join(", "));
     }
     Ok(())
 }

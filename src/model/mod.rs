@@ -201,6 +201,19 @@ impl RmsNorm {
         })
     }
 
+    /// `sqrt(mean(x^2) + eps)` over the last dimension, `[.., d] -> [.., 1]` (in `x`'s dtype,
+    /// computed in f32).
+    fn scale(&self, x: &Tensor) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?; // [.., d]
+        let ms = x32.sqr()?.mean_keepdim(candle_core::D::Minus1)?; // [.., 1]
+        Ok((ms + self.eps as f64)?.sqrt()?.to_dtype(x.dtype())?)
+    }
+
+    /// The norm with a given scale: `x / scale * w` (`scale` `[.., 1]`).
+    fn with_scale(&self, x: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_div(scale)?.broadcast_mul(&self.w)?)
+    }
+
     /// `grad`: use plain tensor ops that autograd can differentiate (candle's fused kernel has
     /// no backward pass).
     fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
@@ -520,6 +533,32 @@ impl Model {
         HookPoint::all(self.cfg.n_layers)
     }
 
+    /// The shape of the activation at `p` in a plain forward over `batch` rows of `pos` tokens,
+    /// with the batch and position axes written as `batch` and `pos` (e.g. `[batch, pos, 9, 64]`
+    /// for SmolLM2's `attn.hook_z`).
+    pub fn hook_shape(&self, p: HookPoint) -> Vec<String> {
+        let c = &self.cfg;
+        let n = |v: usize| v.to_string();
+        let (b, s) = ("batch".to_string(), "pos".to_string());
+        match p {
+            HookPoint::AttnQ(_) | HookPoint::AttnRotQ(_) | HookPoint::AttnZ(_) => {
+                vec![b, s, n(c.n_heads), n(c.head_dim)]
+            }
+            HookPoint::AttnK(_) | HookPoint::AttnV(_) | HookPoint::AttnRotK(_) => {
+                vec![b, s, n(c.n_kv_heads), n(c.head_dim)]
+            }
+            HookPoint::AttnScores(_) | HookPoint::AttnPattern(_) => {
+                vec![b, n(c.n_heads), s, "keys".into()]
+            }
+            HookPoint::AttnResult(_) => vec![b, s, n(c.n_heads), n(c.d_model)],
+            HookPoint::MlpPre(_) | HookPoint::MlpPreLinear(_) | HookPoint::MlpPost(_) => {
+                vec![b, s, n(c.d_mlp)]
+            }
+            HookPoint::FinalScale => vec![b, s, n(1)],
+            _ => vec![b, s, n(c.d_model)],
+        }
+    }
+
     /// Logits for every position, `[batch, pos, vocab]` f32, under `hooks`.
     ///
     /// Each row's logits equal running that row alone; padding columns hold unspecified values.
@@ -829,6 +868,17 @@ impl Model {
             }
             Some(Tensor::from_vec(m, (b, s), &self.device)?.to_dtype(self.dtype)?)
         };
+        // Which points inside each block some hook wants (bit = the point's slot in its block):
+        // nothing inside attention or the MLP is computed or fired for the others.
+        let inner: Vec<u32> = (0..cfg.n_layers)
+            .map(|l| match hook_mask {
+                None => 0,
+                Some(_) => (0..crate::hook::BLOCK_HOOKS.len())
+                    .filter(|&i| HookPoint::block_point(l, i).is_some_and(|p| hooks.wants(p)))
+                    .fold(0u32, |bits, i| bits | 1 << i),
+            })
+            .collect();
+        let want_scale = hook_mask.is_some() && hooks.wants(HookPoint::FinalScale);
         let mut fire = |point: HookPoint, x: Tensor| -> Result<Tensor> {
             match &hook_mask {
                 None => Ok(x),
@@ -893,6 +943,10 @@ impl Model {
                 hook!(HookPoint::Embed, x) // [b, s, d_model]
             }
         };
+        // Stops the forward after a block's attention or MLP when the last wanted point is inside.
+        let stops_within = |l: usize, last: HookPoint| {
+            stop.is_some_and(|p| p.layer() == Some(l) && p.rank() < last.rank())
+        };
         for (l, block) in self.blocks.iter().enumerate().skip(first) {
             let resid_mid = if from_mid && l == first {
                 hook!(HookPoint::ResidMid(l), resid) // [b, s, d_model]
@@ -903,13 +957,22 @@ impl Model {
                     .iter()
                     .find(|(span, _)| *span == block.span)
                     .map(|(_, m)| m);
-                let attn = block.attn.forward(
-                    &block.attn_norm.forward(&resid_pre, g)?,
-                    &ropes[block.rope],
-                    mask,
-                    cache,
-                    g,
-                )?; // [b, s, d_model]
+                let normed = hook!(
+                    HookPoint::Ln1Normalized(l),
+                    block.attn_norm.forward(&resid_pre, g)?
+                ); // [b, s, d_model]
+                let mut taps = Taps {
+                    layer: l,
+                    bits: inner[l],
+                    fire: &mut fire,
+                };
+                let attn =
+                    block
+                        .attn
+                        .forward(&normed, &ropes[block.rope], mask, cache, g, &mut taps)?; // [b, s, d_model]
+                if stops_within(l, HookPoint::AttnOut(l)) {
+                    return Ok(None);
+                }
                 let attn = match &block.post_attn_norm {
                     Some(n) => n.forward(&attn, g)?,
                     None => attn,
@@ -917,9 +980,19 @@ impl Model {
                 let attn_out = hook!(HookPoint::AttnOut(l), attn); // [b, s, d_model]
                 hook!(HookPoint::ResidMid(l), (resid_pre + attn_out)?) // [b, s, d_model]
             };
-            let mlp = block
-                .mlp
-                .forward(&block.mlp_norm.forward(&resid_mid, g)?, g)?; // [b, s, d_model]
+            let normed = hook!(
+                HookPoint::Ln2Normalized(l),
+                block.mlp_norm.forward(&resid_mid, g)?
+            ); // [b, s, d_model]
+            let mut taps = Taps {
+                layer: l,
+                bits: inner[l],
+                fire: &mut fire,
+            };
+            let mlp = block.mlp.forward(&normed, g, &mut taps)?; // [b, s, d_model]
+            if stops_within(l, HookPoint::MlpOut(l)) {
+                return Ok(None);
+            }
             let mlp = match &block.post_mlp_norm {
                 Some(n) => n.forward(&mlp, g)?,
                 None => mlp,
@@ -933,7 +1006,19 @@ impl Model {
                 k.pads = pads.clone();
             }
         }
-        let normed = hook!(HookPoint::FinalNorm, self.final_norm.forward(&resid, g)?); // [b, s, d_model]
+        let normed = if want_scale {
+            let scale = self.final_norm.scale(&resid)?; // [b, s, 1]
+            let id = scale.id();
+            let scale = hook!(HookPoint::FinalScale, scale); // [b, s, 1]
+            if scale.id() == id {
+                self.final_norm.forward(&resid, g)?
+            } else {
+                self.final_norm.with_scale(&resid, &scale)?
+            }
+        } else {
+            self.final_norm.forward(&resid, g)?
+        }; // [b, s, d_model]
+        let normed = hook!(HookPoint::FinalNorm, normed); // [b, s, d_model]
         let h = match output {
             Output::Hidden => return Ok(Some(normed)),
             Output::LastLogits => normed.narrow(1, s - 1, 1)?, // [b, 1, d_model]
@@ -1003,6 +1088,52 @@ impl Model {
     }
 }
 
+/// The hooks of one block's attention or MLP: fires a point only when some hook wants it.
+struct Taps<'a> {
+    layer: usize,
+    bits: u32,
+    fire: &'a mut dyn FnMut(HookPoint, Tensor) -> Result<Tensor>,
+}
+
+impl Taps<'_> {
+    fn wants(&self, p: HookPoint) -> bool {
+        p.block_slot().is_some_and(|(_, i)| self.bits & (1 << i) != 0)
+    }
+
+    /// Fires `p` on `x` when wanted; otherwise returns `x` untouched.
+    fn tap(&mut self, p: HookPoint, x: Tensor) -> Result<Tensor> {
+        if self.wants(p) {
+            (self.fire)(p, x)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// [`Taps::tap`] for queries and keys `[b, s, heads, hd]`: hooks see Hugging Face's split-halves
+    /// rotary layout; an interleaved (GGUF Llama) model's values are converted both ways.
+    fn tap_rotary(&mut self, p: HookPoint, x: Tensor, interleaved: bool) -> Result<Tensor> {
+        if !self.wants(p) {
+            return Ok(x);
+        }
+        if !interleaved {
+            return (self.fire)(p, x);
+        }
+        let (b, s, n, hd) = x.dims4()?;
+        let halves = x
+            .reshape((b, s, n, hd / 2, 2))?
+            .transpose(3, 4)?
+            .reshape((b, s, n, hd))?; // [b, s, heads, hd], split halves
+        let id = halves.id();
+        let y = (self.fire)(p, halves)?;
+        if y.id() == id {
+            return Ok(x);
+        }
+        Ok(y.reshape((b, s, n, 2, hd / 2))?
+            .transpose(3, 4)?
+            .reshape((b, s, n, hd))?) // [b, s, heads, hd], interleaved
+    }
+}
+
 impl Attention {
     fn forward(
         &self,
@@ -1011,25 +1142,25 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         grad: bool,
+        taps: &mut Taps,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
+        let l = taps.layer;
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self
-            .q
-            .forward(x)?
-            .reshape((b, s, h, hd))?
+        let il = self.interleaved;
+        let q = self.q.forward(x)?.reshape((b, s, h, hd))?; // [b, s, h, hd]
+        let q = taps
+            .tap_rotary(HookPoint::AttnQ(l), q, il)?
             .transpose(1, 2)?
             .contiguous()?; // [b, h, s, hd]
-        let k = self
-            .k
-            .forward(x)?
-            .reshape((b, s, kvh, hd))?
+        let k = self.k.forward(x)?.reshape((b, s, kvh, hd))?; // [b, s, kvh, hd]
+        let k = taps
+            .tap_rotary(HookPoint::AttnK(l), k, il)?
             .transpose(1, 2)?
             .contiguous()?; // [b, kvh, s, hd]
-        let v = self
-            .v
-            .forward(x)?
-            .reshape((b, s, kvh, hd))?
+        let v = self.v.forward(x)?.reshape((b, s, kvh, hd))?; // [b, s, kvh, hd]
+        let v = taps
+            .tap(HookPoint::AttnV(l), v)?
             .transpose(1, 2)?
             .contiguous()?; // [b, kvh, s, hd]
         let q = match &self.q_norm {
@@ -1046,8 +1177,18 @@ impl Attention {
             (true, true) => rope_i_differentiable,
             (false, true) => rope_differentiable,
         };
-        let q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
-        let k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
+        let mut q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
+        let mut k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
+        for (p, x) in [(HookPoint::AttnRotQ(l), &mut q), (HookPoint::AttnRotK(l), &mut k)] {
+            if taps.wants(p) {
+                let seen = x.transpose(1, 2)?; // [b, s, heads, hd]
+                let id = seen.id();
+                let y = taps.tap_rotary(p, seen, il)?;
+                if y.id() != id {
+                    *x = y.transpose(1, 2)?.contiguous()?; // [b, heads, s, hd]
+                }
+            }
+        }
         let (k, v) = match cache {
             Some(slot) => {
                 let kv = match slot.take() {
@@ -1068,26 +1209,55 @@ impl Attention {
             Some(m) => att.broadcast_add(m)?,
             None => att,
         };
+        let att = taps.tap(HookPoint::AttnScores(l), att)?; // [b, h, s, t]
         let att = if grad {
             candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
         }; // [b, h, s, t]
+        let att = taps.tap(HookPoint::AttnPattern(l), att)?; // [b, h, s, t]
         let y = att.reshape((b, kvh, rep * s, t))?.matmul(&v)?; // [b, kvh, rep*s, hd]
-        let y = y
-            .reshape((b, h, s, hd))?
-            .transpose(1, 2)?
-            .reshape((b, s, h * hd))?; // [b, s, h*hd]
-        self.o.forward(&y) // [b, s, d_model]
+        let z = y.reshape((b, h, s, hd))?.transpose(1, 2)?; // [b, s, h, hd]
+        let z = taps.tap(HookPoint::AttnZ(l), z)?; // [b, s, h, hd]
+        if taps.wants(HookPoint::AttnResult(l)) {
+            let result = self.head_results(&z)?; // [b, s, h, d_model]
+            let id = result.id();
+            let result = taps.tap(HookPoint::AttnResult(l), result)?; // [b, s, h, d_model]
+            if result.id() != id {
+                let out = result.sum(2)?; // [b, s, d_model]
+                return Ok(match &self.o.b {
+                    Some(bias) => out.broadcast_add(bias)?,
+                    None => out,
+                });
+            }
+        }
+        self.o.forward(&z.reshape((b, s, h * hd))?) // [b, s, d_model]
+    }
+
+    /// Each head's part of the output projection, `[b, s, h, hd] -> [b, s, h, d_model]` (bias
+    /// excluded): the projection applied to `z` with every other head's slice zeroed.
+    fn head_results(&self, z: &Tensor) -> Result<Tensor> {
+        let (b, s, h, hd) = z.dims4()?;
+        let eye = Tensor::eye(h, z.dtype(), z.device())?.reshape((1, 1, h, h, 1))?; // [1, 1, h, h, 1]
+        let spread = z
+            .unsqueeze(3)?
+            .broadcast_mul(&eye)?
+            .reshape((b, s, h, h * hd))?; // [b, s, h, h*hd]: row i holds head i's slice only
+        let out = self.o.forward(&spread)?; // [b, s, h, d_model]
+        Ok(match &self.o.b {
+            Some(bias) => out.broadcast_sub(bias)?,
+            None => out,
+        })
     }
 }
 
 impl Mlp {
     /// `grad`: plain tensor ops that autograd can differentiate (the fused gate kernel has no
     /// backward pass).
-    fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
-        let g = self.gate.forward(x)?; // [b, s, d_mlp]
-        let u = self.up.forward(x)?; // [b, s, d_mlp]
+    fn forward(&self, x: &Tensor, grad: bool, taps: &mut Taps) -> Result<Tensor> {
+        let l = taps.layer;
+        let g = taps.tap(HookPoint::MlpPre(l), self.gate.forward(x)?)?; // [b, s, d_mlp]
+        let u = taps.tap(HookPoint::MlpPreLinear(l), self.up.forward(x)?)?; // [b, s, d_mlp]
         let fused = !grad
             && g.device().is_cpu()
             && g.dtype() == DType::F32
@@ -1104,6 +1274,7 @@ impl Mlp {
             };
             (g * u)? // [b, s, d_mlp]
         };
+        let h = taps.tap(HookPoint::MlpPost(l), h)?; // [b, s, d_mlp]
         self.down.forward(&h) // [b, s, d_model]
     }
 }
