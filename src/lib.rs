@@ -52,6 +52,7 @@ pub mod fetch;
 pub mod generate;
 mod gguf;
 pub mod hook;
+pub mod lens;
 pub mod lora;
 pub mod model;
 mod open;

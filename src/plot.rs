@@ -1877,6 +1877,9 @@ pub struct HeatPanel {
     pub y_labels: Vec<String>,
     /// `values[row][column]`; non-finite cells are drawn grey.
     pub values: Vec<Vec<f64>>,
+    /// Text shown in each cell instead of its value (`cell_text[row][column]`, e.g. a logit lens's
+    /// top token); empty to show the values.
+    pub cell_text: Vec<Vec<String>>,
 }
 
 /// Heat maps side by side on one diverging scale (blue below zero, red above, white at zero),
@@ -1889,12 +1892,23 @@ pub struct HeatMap {
     pub x_label: String,
     /// Label beside every panel.
     pub y_label: String,
-    /// The panels, left to right.
+    /// The panels, left to right, then top to bottom.
     pub panels: Vec<HeatPanel>,
+    /// Panels per row (0: all in one row).
+    pub columns: usize,
     /// Width of the whole figure.
     pub width: u32,
     /// Height of the whole figure.
     pub height: u32,
+}
+
+impl HeatMap {
+    /// `(rows, columns)` of the panel grid.
+    fn grid(&self) -> (usize, usize) {
+        let n = self.panels.len().max(1);
+        let cols = if self.columns == 0 { n } else { self.columns.min(n) };
+        (n.div_ceil(cols), cols)
+    }
 }
 
 impl Default for HeatMap {
@@ -1904,6 +1918,7 @@ impl Default for HeatMap {
             x_label: String::new(),
             y_label: String::new(),
             panels: Vec::new(),
+            columns: 0,
             width: 1000,
             height: 700,
         }
@@ -1956,8 +1971,9 @@ impl Figure for HeatMap {
         if self.panels.is_empty() {
             return Err("the heat map has no panels".into());
         }
+        let (rows, cols) = self.grid();
         check_size(
-            (self.width / self.panels.len() as u32, self.height),
+            (self.width / cols as u32, self.height / rows as u32),
             &format!("each of the {} panels", self.panels.len()),
         )?;
         for (i, p) in self.panels.iter().enumerate() {
@@ -1980,6 +1996,15 @@ impl Figure for HeatMap {
             if p.x_labels.is_empty() {
                 return Err(format!("panel {i} (\"{}\") has no columns", p.title));
             }
+            let bad_text = !p.cell_text.is_empty()
+                && (p.cell_text.len() != p.values.len()
+                    || p.cell_text.iter().any(|r| r.len() != p.x_labels.len()));
+            if bad_text {
+                return Err(format!(
+                    "panel {i} (\"{}\"): cell text is not one string per cell",
+                    p.title
+                ));
+            }
         }
         Ok(())
     }
@@ -1989,7 +2014,7 @@ impl Figure for HeatMap {
         let scale = self.scale();
         let title = format!("{} (colour scale +/-{scale:.2})", self.title);
         let area = split_title(root, &title, sz.title)?;
-        let cells = area.split_evenly((1, self.panels.len()));
+        let cells = area.split_evenly(self.grid());
         for (cell, panel) in cells.iter().zip(&self.panels) {
             let psz = Sizes::new(cell.dim_in_pixel());
             let cell = split_title(cell, &panel.title, psz.caption)?;
@@ -2020,7 +2045,14 @@ impl Figure for HeatMap {
                         .or_msg()?;
                     cell.draw(&Rectangle::new([(xa, ya), (xb, yb)], WHITE.stroke_width(1)))
                         .or_msg()?;
-                    if v.is_finite() {
+                    let text = match panel.cell_text.get(r).and_then(|t| t.get(c)) {
+                        Some(t) => Some(t.clone()),
+                        None if panel.cell_text.is_empty() && v.is_finite() => {
+                            Some(format!("{v:.2}"))
+                        }
+                        None => None,
+                    };
+                    if let Some(text) = text.filter(|t| !t.is_empty()) {
                         let ink = if (v / scale).abs() > 0.6 {
                             WHITE
                         } else {
@@ -2029,7 +2061,9 @@ impl Figure for HeatMap {
                         let style = font(value_font)
                             .color(&ink)
                             .pos(Pos::new(HPos::Center, VPos::Center));
-                        cell.draw_text(&format!("{v:.2}"), &style, ((xa + xb) / 2, (ya + yb) / 2))
+                        let fits = ((cw * 0.95) / (value_font * 0.6)).floor().max(2.0) as usize;
+                        let text: String = text.chars().take(fits).collect();
+                        cell.draw_text(&text, &style, ((xa + xb) / 2, (ya + yb) / 2))
                             .or_msg()?;
                     }
                 }

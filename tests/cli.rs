@@ -208,6 +208,50 @@ fn help_documents_every_subcommand_with_an_example() {
     }
 }
 
+/// `lens`, `dla`, `patch-sweep` and `attention`: one run each, and their bad input.
+#[test]
+fn lens_dla_patch_sweep_and_attention() {
+    let dir = tmp("inside");
+    let prompt = "The capital of France is";
+    let out = ok(&["lens", MODEL, prompt, "--target", " Paris", "--out", &s(&dir)]);
+    assert!(out.contains("blocks.29.hook_resid_post") && out.contains("target p"), "{out}");
+    for f in ["lens.png", "lens.svg", &format!("lens_{MODEL}.csv")] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let out = ok(&["dla", MODEL, prompt, "--answer", " Paris", "--other", " Rome", "--out", &s(&dir)]);
+    assert!(out.contains("parts sum to"), "{out}");
+    assert!(dir.join("dla.csv").exists() && dir.join("dla.png").exists());
+    let sweep = [
+        "patch-sweep",
+        MODEL,
+        "--clean",
+        prompt,
+        "--corrupted",
+        "The capital of Italy is",
+        "--answer",
+        " Paris",
+        "--other",
+        " Rome",
+        "--layers",
+        "0,20,29",
+    ];
+    let out = ok(&[&sweep[..], &["--out", &s(&dir)]].concat());
+    assert!(out.contains("resid_pre") && out.contains("head z"), "{out}");
+    for f in ["sweep.json", "sweep.csv", "sweep_positions.png", "sweep_heads.png"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    ok(&["attention", MODEL, prompt, "--layer", "3", "--out", &s(&dir)]);
+    assert!(dir.join("attention_L3.png").exists());
+    fails(&["attention", MODEL, prompt, "--layer", "30", "--out", &s(&dir)], &["layer 30"]);
+    fails(
+        &["dla", MODEL, prompt, "--answer", " Parisienne", "--other", " Rome", "--out", &s(&dir)],
+        &["answer", "not one"],
+    );
+    let mut bad = sweep.to_vec();
+    bad[5] = "The capital of the United Kingdom is";
+    fails(&[&bad[..], &["--out", &s(&dir)]].concat(), &["equal length"]);
+}
+
 #[test]
 fn info_prints_hook_points() {
     let out = ok(&["info", MODEL]);
@@ -216,9 +260,19 @@ fn info_prints_hook_points() {
         "hook_embed",
         "blocks.0.hook_resid_pre",
         "blocks.29.hook_resid_post",
+        "ln_final.hook_scale",
         "ln_final.hook_normalized",
     ] {
         assert!(out.contains(p), "{p} not in:\n{out}");
+    }
+    // Points inside the blocks are listed with their shapes.
+    for (p, shape) in [
+        ("blocks.3.attn.hook_pattern", "[batch, 9, pos, keys]"),
+        ("blocks.3.attn.hook_k", "[batch, pos, 3, 64]"),
+        ("blocks.3.mlp.hook_post", "[batch, pos, 1536]"),
+    ] {
+        let line = out.lines().find(|l| l.split_whitespace().next() == Some(p));
+        assert!(line.is_some_and(|l| l.trim_end().ends_with(shape)), "{p} {shape}:\n{out}");
     }
     assert!(out.contains(&format!("n_layers: {N_LAYERS}")), "{out}");
 }

@@ -502,6 +502,97 @@ enum Cmd {
         #[arg(long)]
         text_answers: bool,
     },
+    /// Logit lens: each layer's residual decoded through the final norm and unembedding.
+    ///
+    /// Prints the last position's top tokens per layer (and a target's probability and rank),
+    /// writes `lens_<model>.csv` and the heat map `lens.png` (layer x position, each cell's top
+    /// token), one panel per model.
+    ///
+    /// Example: `puppetlens lens gemma-3-270m "The Eiffel Tower is located in the city of"
+    /// --target " Paris" --tuned assistant --out runs/lens`
+    Lens {
+        /// The model. Example: `gemma-3-270m`
+        model: String,
+        /// The prompt. Example: `"The capital of France is"`
+        prompt: String,
+        /// A tuned sibling to read side by side (same tokenizer). Example: `--tuned assistant`
+        #[arg(long)]
+        tuned: Option<String>,
+        /// A single token whose probability and rank each cell reports. Example: `--target " Paris"`
+        #[arg(long)]
+        target: Option<String>,
+        /// Output directory. Example: `--out runs/lens`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Direct logit attribution: the last position's logit difference split into the embedding,
+    /// each block's attention and MLP, and each head.
+    ///
+    /// Writes `dla.csv` and `dla.png`; prints the largest parts.
+    ///
+    /// Example: `puppetlens dla gemma-3-270m "The Eiffel Tower is located in the city of"
+    /// --answer " Paris" --other " Rome" --out runs/dla`
+    Dla {
+        /// The model. Example: `gemma-3-270m`
+        model: String,
+        /// The prompt. Example: `"The capital of France is"`
+        prompt: String,
+        /// The token the difference favours (one token). Example: `--answer " Paris"`
+        #[arg(long)]
+        answer: String,
+        /// The token it is measured against (one token). Example: `--other " Rome"`
+        #[arg(long)]
+        other: String,
+        /// Output directory. Example: `--out runs/dla`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Activation patching within one model: clean activations into the corrupted run.
+    ///
+    /// resid_pre, attn_out and mlp_out per (layer, position) and each head's z per layer;
+    /// 1 = the clean logit difference, 0 = the corrupted one. Writes `sweep.json`, `sweep.csv`,
+    /// `sweep_positions.png` and `sweep_heads.png`.
+    ///
+    /// Example: `puppetlens patch-sweep gemma-3-270m --clean "The capital of France is"
+    /// --corrupted "The capital of Italy is" --answer " Paris" --other " Rome" --out runs/sweep`
+    PatchSweep {
+        /// The model. Example: `gemma-3-270m`
+        model: String,
+        /// The clean prompt. Example: `--clean "The capital of France is"`
+        #[arg(long)]
+        clean: String,
+        /// The corrupted prompt (same token length). Example: `--corrupted "The capital of Italy is"`
+        #[arg(long)]
+        corrupted: String,
+        /// The clean prompt's answer (one token). Example: `--answer " Paris"`
+        #[arg(long)]
+        answer: String,
+        /// The corrupted prompt's answer (one token). Example: `--other " Rome"`
+        #[arg(long)]
+        other: String,
+        /// Layers to patch (default: all). Example: `--layers 0-8`
+        #[arg(long, value_name = "SPEC")]
+        layers: Option<String>,
+        /// Output directory. Example: `--out runs/sweep`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Attention patterns of one block: one panel per head, token text on both axes.
+    ///
+    /// Example: `puppetlens attention gemma-3-270m "The capital of France is" --layer 5
+    /// --out runs/attention`
+    Attention {
+        /// The model. Example: `gemma-3-270m`
+        model: String,
+        /// The prompt. Example: `"The capital of France is"`
+        prompt: String,
+        /// The block. Example: `--layer 5`
+        #[arg(long)]
+        layer: usize,
+        /// Output directory. Example: `--out runs/attention`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Write a steering vector as a llama.cpp control vector (GGUF).
     ///
     /// llama.cpp cannot steer block 0, so a direction at layer 0 is always left out (and
@@ -969,7 +1060,116 @@ fn cmd_info(ctx: &Ctx, model: &str) -> Result<()> {
     );
     println!("hook points ({}):", m.hook_points().len());
     for p in m.hook_points() {
-        println!("  {p:<40} [{}]", m.hook_shape(p).join(", "));
+        println!("  {:<36} [{}]", p.to_string(), m.hook_shape(p).join(", "));
+    }
+    Ok(())
+}
+
+fn cmd_lens(
+    ctx: &Ctx,
+    model: &str,
+    prompt: &str,
+    tuned: Option<&str>,
+    target: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    let first = ctx.open(model)?;
+    let second = tuned.map(|t| ctx.open(t)).transpose()?;
+    let mut models = vec![(model, &first.0, &first.1)];
+    if let (Some(name), Some((m, t))) = (tuned, &second) {
+        models.push((name, m, t));
+    }
+    let lenses = puppetlens::lens::lens_report(&models, prompt, target, out)?;
+    for ((name, _, _), lens) in models.iter().zip(&lenses) {
+        println!("{name}:\n{}", lens.table(&first.1));
+    }
+    println!("wrote {}", out.join("lens.png").display());
+    Ok(())
+}
+
+fn cmd_dla(
+    ctx: &Ctx,
+    model: &str,
+    prompt: &str,
+    answer: &str,
+    other: &str,
+    out: &Path,
+) -> Result<()> {
+    let (m, tok) = ctx.open(model)?;
+    let dla = puppetlens::lens::dla_report(&m, &tok, prompt, answer, other, out)?;
+    println!(
+        "logit[{answer:?}] - logit[{other:?}] = {:.3} (parts sum to {:.3}, residual {:.1e}); embed {:.3}",
+        dla.logit_diff,
+        dla.total,
+        dla.residual(),
+        dla.embed
+    );
+    let mut parts: Vec<(String, f32)> = (0..dla.attn.len())
+        .flat_map(|l| [(format!("attn {l}"), dla.attn[l]), (format!("mlp {l}"), dla.mlp[l])])
+        .collect();
+    parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    for (name, v) in parts.iter().take(8) {
+        println!("  {name:<10} {v:+.3}");
+    }
+    println!("wrote {}", out.join("dla.csv").display());
+    Ok(())
+}
+
+fn cmd_patch_sweep(
+    ctx: &Ctx,
+    model: &str,
+    [clean, corrupted]: [&str; 2],
+    [answer, other]: [&str; 2],
+    layers: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    let (m, tok) = ctx.open(model)?;
+    let opts = puppetlens::patch::sweep::SweepOptions {
+        layers: layers
+            .map(|l| parse_layers(l, m.config().n_layers, model, "--layers"))
+            .transpose()?,
+        progress: ctx.progress,
+        ..Default::default()
+    };
+    let sweep = puppetlens::patch::sweep::sweep_report(
+        &m, &tok, clean, corrupted, answer, other, &opts, out,
+    )?;
+    println!(
+        "clean logit difference {:.3}, corrupted {:.3}",
+        sweep.clean_diff, sweep.corrupted_diff
+    );
+    let best = |map: &[Vec<f32>]| {
+        map.iter()
+            .enumerate()
+            .flat_map(|(r, row)| row.iter().enumerate().map(move |(i, &v)| (r, i, v)))
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+    };
+    for (name, map) in [
+        ("resid_pre", &sweep.resid_pre),
+        ("attn_out", &sweep.attn_out),
+        ("mlp_out", &sweep.mlp_out),
+        ("head z", &sweep.heads),
+    ] {
+        if let Some((r, i, v)) = best(map) {
+            let what = if name == "head z" { "head" } else { "position" };
+            println!("  {name:<9} best: layer {} {what} {i}: {v:.3}", sweep.layers[r]);
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn cmd_attention(ctx: &Ctx, model: &str, prompt: &str, layer: usize, out: &Path) -> Result<()> {
+    let (m, tok) = ctx.open(model)?;
+    let files = puppetlens::lens::attention_figure(
+        &m,
+        &tok,
+        &tok.encode(prompt)?,
+        layer,
+        out.join(format!("attention_L{layer}")),
+    )?;
+    for f in files {
+        println!("wrote {}", f.display());
     }
     Ok(())
 }
@@ -2248,6 +2448,42 @@ fn run(cli: Cli) -> Result<()> {
             neutral.as_deref(),
             (*plain, *text_answers),
         )?,
+        Cmd::Lens {
+            model,
+            prompt,
+            tuned,
+            target,
+            out,
+        } => cmd_lens(&ctx()?, model, prompt, tuned.as_deref(), target.as_deref(), out)?,
+        Cmd::Dla {
+            model,
+            prompt,
+            answer,
+            other,
+            out,
+        } => cmd_dla(&ctx()?, model, prompt, answer, other, out)?,
+        Cmd::PatchSweep {
+            model,
+            clean,
+            corrupted,
+            answer,
+            other,
+            layers,
+            out,
+        } => cmd_patch_sweep(
+            &ctx()?,
+            model,
+            [clean.as_str(), corrupted.as_str()],
+            [answer.as_str(), other.as_str()],
+            layers.as_deref(),
+            out,
+        )?,
+        Cmd::Attention {
+            model,
+            prompt,
+            layer,
+            out,
+        } => cmd_attention(&ctx()?, model, prompt, *layer, out)?,
         Cmd::ExportGguf {
             vector,
             out,

@@ -1031,6 +1031,63 @@ impl Model {
         }))
     }
 
+    /// Decodes residual-stream values through the final norm and the unembedding (the logit lens):
+    /// `[.., d_model]` (the model's dtype) `-> [.., vocab]` f32 logits, soft-capped when the model
+    /// caps them. Decoding the last block's `hook_resid_post` gives the model's own logits.
+    pub fn unembed_resid(&self, resid: &Tensor) -> Result<Tensor> {
+        let normed = self.final_norm.forward(resid, false)?; // [.., d_model]
+        self.logits_of(&normed)
+    }
+
+    /// The final norm's weight, `[d_model]` (any `1 + w` offset folded in).
+    pub(crate) fn final_norm_weight(&self) -> &Tensor {
+        &self.final_norm.w
+    }
+
+    /// Rows of the unembedding, `[k, d_model]` in the model's dtype; an error for a quantized or
+    /// adapted head.
+    pub(crate) fn unembed_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::TokenOutOfRange {
+                index: 0,
+                id,
+                vocab: self.cfg.vocab_size,
+            });
+        }
+        match (&self.unembed.w, &self.unembed.b, &self.unembed.lora) {
+            (Weight::Dense(w) | Weight::Frozen(w), None, None) => {
+                let idx = Tensor::from_vec(ids.to_vec(), ids.len(), &self.device)?; // [k]
+                Ok(w.index_select(&idx, 0)?) // [k, d_model]
+            }
+            _ => Err(Error::InvalidArgument {
+                name: "unembedding".into(),
+                msg: "direct logit attribution reads rows of a dense unembedding; load the model \
+                      without keep_quantized and merge any adapter"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Per-head attention outputs `[.., head, d_model]` (`attn.hook_result`) carried into the
+    /// residual stream's units: unchanged, or through block `layer`'s post-attention norm (Gemma 3)
+    /// with its scale frozen at the heads' sum (so the heads' parts sum to `hook_attn_out`).
+    pub(crate) fn heads_in_resid(&self, layer: usize, heads: &Tensor) -> Result<Tensor> {
+        let block = self.blocks.get(layer).ok_or(Error::LayerOutOfRange {
+            layer,
+            n_layers: self.cfg.n_layers,
+        })?;
+        let Some(norm) = &block.post_attn_norm else {
+            return Ok(heads.clone());
+        };
+        let axis = heads.rank().saturating_sub(2);
+        let mut total = heads.sum_keepdim(axis)?; // [.., 1, d_model]
+        if let Some(b) = &block.attn.o.b {
+            total = total.broadcast_add(b)?;
+        }
+        let scale = norm.scale(&total)?; // [.., 1, 1]
+        norm.with_scale(heads, &scale) // [.., head, d_model]
+    }
+
     /// Logits (f32, or f64 for an f64 model; soft-capped when the model caps them) of final-normed hidden states
     /// `[.., d_model] -> [.., vocab]`.
     pub(crate) fn logits_of(&self, h: &Tensor) -> Result<Tensor> {

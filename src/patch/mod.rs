@@ -41,6 +41,8 @@
 //! # Ok::<(), puppetlens::Error>(())
 //! ```
 
+pub mod sweep;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -1741,6 +1743,7 @@ pub fn write_figures(
                     .iter()
                     .map(|row| cols.iter().map(|&j| row[j]).collect())
                     .collect(),
+                cell_text: Vec::new(),
             }
         })
         .collect();
@@ -1749,6 +1752,7 @@ pub fn write_figures(
         x_label: "token (items aligned at their end)".into(),
         y_label: "layer".into(),
         panels,
+        columns: 0,
         width: 520 * pairs.len().max(1) as u32 + 120,
         height: 700,
     };
