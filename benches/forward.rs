@@ -1,8 +1,9 @@
 //! Prompt-processing throughput on the real checkpoints, side by side with candle-transformers'
 //! own models on the same weights, in one run: `cargo bench --bench forward`.
 //!
-//! Rows: puppetlens with no hooks, with every `hook_resid_post` cached, with one add-intervention,
-//! and cache-only (no logits); candle-transformers' `quantized_llama` / `gemma3` with weights
+//! Rows: puppetlens with no hooks, with every `hook_resid_post` cached, with every
+//! `attn.hook_pattern`, every `attn.hook_z` and every hook point cached, with one
+//! add-intervention, and cache-only (no logits); candle-transformers' `quantized_llama` / `gemma3` with weights
 //! dequantized to f32 (the same arithmetic as puppetlens's default), and with candle's quantized
 //! kernels. Achieved GFLOP/s are set against this machine's measured f32 matmul rate.
 //! Set `PUPPETLENS_BENCH_QUICK=1` for a short run.
@@ -124,6 +125,33 @@ fn main() -> anyhow::Result<()> {
                 let mut cache = puppetlens::ActivationCache::new();
                 let mut hooks = Hooks::new();
                 hooks.add_where(|p| matches!(p, HookPoint::ResidPost(_)), &mut cache);
+                model.forward_last(&batch, &mut hooks).unwrap();
+            }),
+        ));
+        rows.push((
+            "puppetlens, every attn.hook_pattern cached".into(),
+            time(reps, || {
+                let mut cache = puppetlens::ActivationCache::new();
+                let mut hooks = Hooks::new();
+                hooks.add_where(|p| matches!(p, HookPoint::AttnPattern(_)), &mut cache);
+                model.forward_last(&batch, &mut hooks).unwrap();
+            }),
+        ));
+        rows.push((
+            "puppetlens, every attn.hook_z cached".into(),
+            time(reps, || {
+                let mut cache = puppetlens::ActivationCache::new();
+                let mut hooks = Hooks::new();
+                hooks.add_where(|p| matches!(p, HookPoint::AttnZ(_)), &mut cache);
+                model.forward_last(&batch, &mut hooks).unwrap();
+            }),
+        ));
+        rows.push((
+            "puppetlens, every hook point cached".into(),
+            time(reps, || {
+                let mut cache = puppetlens::ActivationCache::new();
+                let mut hooks = Hooks::new();
+                hooks.add_where(|_| true, &mut cache);
                 model.forward_last(&batch, &mut hooks).unwrap();
             }),
         ));
