@@ -90,6 +90,17 @@ impl Batch {
         (0..self.len()).map(|i| self.row(i))
     }
 
+    /// 1.0 on real tokens and 0.0 on padding, `[batch, seq_len]` in `dtype` on `device` (the
+    /// padding mask hooks see, [`HookCtx::mask`](crate::HookCtx::mask)).
+    pub fn real_mask(&self, device: &Device, dtype: candle_core::DType) -> Result<Tensor> {
+        let s = self.seq_len;
+        let mut m = vec![0f32; self.len() * s];
+        for (row, &pad) in m.chunks_mut(s).zip(&self.pads) {
+            row[pad..].iter_mut().for_each(|v| *v = 1.0);
+        }
+        Ok(Tensor::from_vec(m, (self.len(), s), device)?.to_dtype(dtype)?)
+    }
+
     /// The padded ids as a `[batch, seq_len]` u32 tensor on `device`.
     pub fn tokens(&self, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_slice(

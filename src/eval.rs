@@ -259,18 +259,14 @@ pub(crate) fn add_sweep(
     for idx in batches {
         let ids: Vec<&[u32]> = idx.iter().map(|&i| cases[i].ids.as_slice()).collect();
         let batch = Batch::new(&ids)?;
-        let (b, s) = (batch.len(), batch.seq_len());
+        let b = batch.len();
         let cache = model.cache(
             &batch,
             |p| matches!(p, HookPoint::ResidPost(l) if layers.contains(&l)),
         )?;
         // Real tokens, as the hooks' padding mask: [b, s, 1].
-        let mut m = vec![0f32; b * s];
-        for (row, &pad) in m.chunks_mut(s).zip(batch.pads()) {
-            row[pad..].iter_mut().for_each(|v| *v = 1.0);
-        }
-        let sel = Tensor::from_vec(m, (b, s), model.device())?
-            .to_dtype(model.dtype())?
+        let sel = batch
+            .real_mask(model.device(), model.dtype())?
             .unsqueeze(D::Minus1)?; // [b, s, 1]
         let per = (SWEEP_ROWS / b).max(1);
         for (li, &l) in layers.iter().enumerate() {

@@ -823,18 +823,14 @@ impl Ablate {
                 got: format!("{:?}", acts.dims()),
             });
         }
-        let mut m = vec![0f32; b * s];
-        for (row, &pad) in m.chunks_mut(s).zip(batch.pads()) {
-            row.iter_mut().skip(pad).for_each(|v| *v = 1.0);
-        }
-        let n: f32 = m.iter().sum();
+        let n: usize = batch.lengths().iter().sum();
         let mut shape = vec![1usize; acts.rank()];
         (shape[0], shape[1]) = (b, s);
-        let mask = Tensor::from_vec(m, (b, s), acts.device())?
-            .to_dtype(acts.dtype())?
+        let mask = batch
+            .real_mask(acts.device(), acts.dtype())?
             .reshape(shape)?; // [batch, pos, 1, ..]
         let sum = acts.broadcast_mul(&mask)?.sum(1)?.sum(0)?; // [..]
-        Ok((sum / n.max(1.0) as f64)?)
+        Ok((sum / n.max(1) as f64)?)
     }
 }
 

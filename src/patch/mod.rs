@@ -733,13 +733,8 @@ impl Engine<'_> {
 
 /// 1 on a batch's real tokens, 0 on its padding: `[b, s, 1]` in the model's dtype.
 fn real_tokens(batch: &Batch, model: &Model) -> Result<Tensor> {
-    let (b, s) = (batch.len(), batch.seq_len());
-    let mut m = vec![0f32; b * s];
-    for (row, &pad) in m.chunks_mut(s).zip(batch.pads()) {
-        row[pad..].iter_mut().for_each(|v| *v = 1.0);
-    }
-    Ok(Tensor::from_vec(m, (b, s), model.device())?
-        .to_dtype(model.dtype())?
+    Ok(batch
+        .real_mask(model.device(), model.dtype())?
         .unsqueeze(D::Minus1)?) // [b, s, 1]
 }
 
