@@ -234,6 +234,32 @@ fn crosscoder_recovers_planted_features_and_labels_model_only_ones() {
     // Measured 40/40.
     assert!(shared_ok >= 36, "{shared_ok}/40");
 
+    // Complete Shrinkage, simulated: zero the base decoder of shared feature 0's latent. Its
+    // relative norm becomes 1 (tuned-only by norm), but the base model's error now holds the
+    // direction, so Latent Scaling calls it an artefact. Measured ν^ε 0.991, ν^r 0.083 (the
+    // signature of Complete Shrinkage: the base's error, not its reconstruction, holds it).
+    let j = best[0][0].1;
+    let mut w = cc.w_dec().to_vec3::<f32>().unwrap();
+    w[0][j].iter_mut().for_each(|v| *v = 0.0);
+    let shrunk = Dictionary::new(
+        cc.w_enc().clone(),
+        cc.b_enc().clone(),
+        Tensor::new(w, &Device::Cpu).unwrap(),
+        cc.b_dec().clone(),
+        cc.activation().clone(),
+    )
+    .unwrap()
+    .with_scale(cc.scale().to_vec())
+    .unwrap();
+    let s = &dict::latents(&shrunk, &acts, &LabelOptions::default()).unwrap()[j];
+    let ls = s.scaling.as_ref().unwrap();
+    eprintln!(
+        "shrunk latent {j}: rel {:.3}, nu_error {:.3}, nu_recon {:.3}, {:?}",
+        s.rel_norm, ls.nu_error, ls.nu_recon, s.label
+    );
+    assert_eq!(s.rel_norm, 1.0);
+    assert_eq!(s.label, LatentLabel::Artefact, "{s:?}");
+
     // puppetlens's format: f32 round trip is exact; bf16 halves the file.
     let dir = tmp("dict-roundtrip");
     cc.save(dir.join("f32")).unwrap();
@@ -606,4 +632,38 @@ fn bad_input_gets_typed_errors() {
         Dictionary::load(root.join("absent"), &dev),
         Err(Error::Io { .. })
     ));
+}
+
+/// Training is a function of (data, options): the same seed gives the same dictionary, another
+/// seed another one.
+#[test]
+fn training_is_seeded() {
+    let (_, acts) = synthetic(1024, 8, 1, 1, 0.2, 6);
+    let opts = DictOptions {
+        n_latents: 16,
+        k: 2,
+        steps: 30,
+        batch_size: 64,
+        progress: false,
+        seed: 11,
+        ..Default::default()
+    };
+    let w = |o: &DictOptions| {
+        dict::train(&acts, o)
+            .unwrap()
+            .0
+            .w_dec()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(w(&opts), w(&opts));
+    assert_ne!(
+        w(&opts),
+        w(&DictOptions {
+            seed: 12,
+            ..opts.clone()
+        })
+    );
 }
