@@ -348,8 +348,9 @@ impl Dictionary {
             .broadcast_add(&self.b_dec.reshape(m * d)?)?)
     }
 
-    /// Latent activations of `x`: `[.., n_models, d]` (an SAE also takes `[.., d]`) ->
-    /// `[.., n_latents]`, f32 on the dictionary's device. Any float dtype is accepted; `x`
+    /// Latent activations of `x`: a crosscoder takes `[.., n_models, d]`, an SAE `[.., d]`
+    /// (e.g. a hook's `[batch, pos, d_model]`); the result is `[.., n_latents]`, f32 on the
+    /// dictionary's device. Any float dtype is accepted; `x`
     /// must be on the dictionary's device. With [`Activation::BatchTopK`] and no threshold the
     /// selection runs over all of `x`'s tokens together.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {

@@ -32,6 +32,13 @@ pub(crate) fn check_acts(dict: &Dictionary, acts: &Tensor) -> Result<usize> {
             got: format!("{dims:?}"),
         });
     }
+    if !acts.device().same_device(dict.device()) {
+        return Err(Error::DtypeOrDevice {
+            what: "activations".into(),
+            expected: format!("the dictionary's device, {:?}", dict.device()),
+            got: format!("{:?}", acts.device()),
+        });
+    }
     if dims[0] == 0 {
         return Err(Error::InvalidArgument {
             name: "activations".into(),

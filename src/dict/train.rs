@@ -38,7 +38,7 @@ pub struct DictOptions {
     /// Tokens per batch (256).
     pub batch_size: usize,
     /// Rate of the exponential moving average that estimates the inference threshold from each
-    /// batch's smallest kept score (0.01, as SAELens).
+    /// batch's smallest kept score, from the end of warm-up on (0.01, as SAELens).
     pub threshold_lr: f64,
     /// Divide each model's activations by a scalar so that their mean squared norm is `d`
     /// (true); the scale is stored in the dictionary.
@@ -350,7 +350,9 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
         w_enc.set(&w_enc.as_tensor().broadcast_mul(&c.unsqueeze(0)?)?)?;
         b_enc.set(&(b_enc.as_tensor() * &c)?)?;
 
-        if let Some(t) = min_kept {
+        // The threshold averages the batches after warm-up (all of them in a run that short).
+        let estimate = step > opts.warmup_steps || opts.steps <= opts.warmup_steps;
+        if let (true, Some(t)) = (estimate, min_kept) {
             let t = t as f64;
             threshold = Some(match threshold {
                 None => t,
