@@ -44,6 +44,7 @@ pub mod array;
 pub mod batch;
 pub mod cache;
 pub mod data;
+pub mod dict;
 pub mod diff;
 pub mod error;
 pub mod eval;

@@ -1,0 +1,414 @@
+//! Training a BatchTopK dictionary (SAE or crosscoder) with candle's autograd and AdamW.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use serde::{Deserialize, Serialize};
+
+use super::dictionary::{Activation, Dictionary};
+use super::select;
+use crate::data::SplitMix64;
+use crate::util::Progress;
+use crate::{Error, Result};
+
+/// Options of [`train`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DictOptions {
+    /// Number of latents (256).
+    pub n_latents: usize,
+    /// Active latents per token, on average over a batch (BatchTopK's k; 8).
+    pub k: usize,
+    /// Dead latents that the auxiliary loss may use per token; `None`: `d / 2` (the heuristic
+    /// of Gao et al. 2024 as `dictionary_learning` applies it).
+    pub aux_k: Option<usize>,
+    /// Weight of the auxiliary (AuxK) loss (1/32, Gao et al. 2024).
+    pub aux_coeff: f64,
+    /// A latent that has not been active for this many training tokens is dead (20,000).
+    pub dead_after_tokens: usize,
+    /// AdamW learning rate after warm-up (2e-3).
+    pub lr: f64,
+    /// Linear warm-up steps (50).
+    pub warmup_steps: usize,
+    /// Fraction of the steps at the end over which the learning rate decays linearly to 0 (0.2).
+    pub decay_frac: f64,
+    /// Optimisation steps (2000); batches are drawn by a seeded shuffle, epoch after epoch.
+    pub steps: usize,
+    /// Tokens per batch (256).
+    pub batch_size: usize,
+    /// Rate of the exponential moving average that estimates the inference threshold from each
+    /// batch's smallest kept score, from the end of warm-up on (0.01, as SAELens).
+    pub threshold_lr: f64,
+    /// Divide each model's activations by a scalar so that their mean squared norm is `d`
+    /// (true); the scale is stored in the dictionary.
+    pub normalise: bool,
+    /// Seed of the initialisation and the batch order (0).
+    pub seed: u64,
+    /// Draw a progress bar on a terminal (true).
+    pub progress: bool,
+    /// Print a line every this many steps (0: never).
+    pub log_every: usize,
+}
+
+impl Default for DictOptions {
+    fn default() -> Self {
+        DictOptions {
+            n_latents: 256,
+            k: 8,
+            aux_k: None,
+            aux_coeff: 1.0 / 32.0,
+            dead_after_tokens: 20_000,
+            lr: 2e-3,
+            warmup_steps: 50,
+            decay_frac: 0.2,
+            steps: 2000,
+            batch_size: 256,
+            threshold_lr: 0.01,
+            normalise: true,
+            seed: 0,
+            progress: true,
+            log_every: 0,
+        }
+    }
+}
+
+/// One training step's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DictStep {
+    /// Step number, from 1.
+    pub step: usize,
+    /// Total loss: `mse + aux_coeff * aux`.
+    pub loss: f64,
+    /// Reconstruction error: squared error summed over models and dimensions, mean over tokens
+    /// (internal units).
+    pub mse: f64,
+    /// The auxiliary loss (0 while no latent is dead).
+    pub aux: f64,
+    /// Fraction of variance unexplained on this batch, all models together.
+    pub fvu: f64,
+    /// Fraction of latents dead at this step.
+    pub dead_fraction: f64,
+    /// The inference threshold estimate after this step.
+    pub threshold: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// The record of a [`train`] run: the loss curve and throughput.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DictLog {
+    /// Every step, in order.
+    pub steps: Vec<DictStep>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Training tokens seen (steps x batch size).
+    pub tokens: usize,
+    /// `tokens / seconds`.
+    pub tokens_per_s: f64,
+    /// The options used.
+    pub options: DictOptions,
+}
+
+fn invalid(name: &str, msg: String) -> Error {
+    Error::InvalidArgument {
+        name: name.into(),
+        msg,
+    }
+}
+
+fn check(acts: &Tensor, opts: &DictOptions) -> Result<(usize, usize, usize)> {
+    let (n, m, d) = acts.dims3().map_err(|_| Error::Shape {
+        what: "dictionary training activations".into(),
+        expected: "[n_tokens, n_models, d]".into(),
+        got: format!("{:?}", acts.dims()),
+    })?;
+    if n == 0 || m == 0 || d == 0 {
+        return Err(invalid(
+            "activations",
+            format!(
+                "no data: shape {:?} (need tokens, models and width > 0)",
+                acts.dims()
+            ),
+        ));
+    }
+    if !acts.dtype().is_float() {
+        return Err(Error::DtypeOrDevice {
+            what: "dictionary training activations".into(),
+            expected: "a float dtype".into(),
+            got: format!("{:?}", acts.dtype()),
+        });
+    }
+    if opts.n_latents == 0 {
+        return Err(invalid("n_latents", "must be positive".into()));
+    }
+    if opts.k == 0 || opts.k > opts.n_latents {
+        return Err(invalid(
+            "k",
+            format!(
+                "must be in 1..={} (n_latents), got {}",
+                opts.n_latents, opts.k
+            ),
+        ));
+    }
+    if opts.batch_size == 0 || opts.steps == 0 {
+        return Err(invalid("batch_size/steps", "must be positive".into()));
+    }
+    if !(opts.lr.is_finite() && opts.lr > 0.0) {
+        return Err(invalid("lr", format!("must be positive, got {}", opts.lr)));
+    }
+    if !(0.0..=1.0).contains(&opts.decay_frac) || !(0.0..=1.0).contains(&opts.threshold_lr) {
+        return Err(invalid(
+            "decay_frac/threshold_lr",
+            "must lie in [0, 1]".into(),
+        ));
+    }
+    Ok((n, m, d))
+}
+
+/// Standard normal samples (Box–Muller) from a seeded generator.
+fn gaussians(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let u2 = ((rng.next_u64() >> 11) as f64) / (1u64 << 53) as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        out.push((r * t.cos()) as f32);
+        out.push((r * t.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Trains a BatchTopK dictionary on `acts`, `[n_tokens, n_models, d]` (any float dtype, on the
+/// device to train on): an SAE when `n_models` is 1, a crosscoder when it is 2 or more (model 0
+/// the base). Returns the dictionary (with [`Activation::BatchTopK`] and the estimated threshold)
+/// and the loss curve.
+///
+/// The loss of a batch is the squared reconstruction error summed over models and dimensions,
+/// averaged over tokens, plus `aux_coeff` times AuxK (Gao et al. 2024): the residual error
+/// (detached) reconstructed by each token's `aux_k` highest-scoring dead latents. Selection
+/// keeps the `k · batch` largest scores `relu(pre) · Σ_m ‖W_dec[m, latent]‖` of the batch.
+/// After each AdamW step every latent is rescaled so that `Σ_m ‖W_dec[m, latent]‖ = 1`, its
+/// encoder column and bias multiplied by the same factor: the function and the scores are
+/// unchanged, the decoder scale stays fixed (the unit-norm decoder of BatchTopK SAEs; for a
+/// crosscoder the split of the norm between models stays free, which is what the relative
+/// decoder norm reads).
+pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)> {
+    let (n, m, d) = check(acts, opts)?;
+    let l = opts.n_latents;
+    let dev = acts.device().clone();
+    let x = acts.to_dtype(DType::F32)?; // [n, m, d]
+
+    // Per-model scale: mean squared norm d after division.
+    let msq = x.sqr()?.sum(D::Minus1)?.mean(0)?.to_vec1::<f32>()?; // [m]
+    let scale: Vec<f32> = if opts.normalise {
+        msq.iter()
+            .map(|&s| {
+                let v = (s / d as f32).sqrt();
+                if v.is_finite() && v > 0.0 {
+                    v
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    } else {
+        vec![1.0; m]
+    };
+    let scale_t = Tensor::from_vec(scale.clone(), (1, m, 1), &dev)?;
+    let xn = x.broadcast_div(&scale_t)?.reshape((n, m * d))?; // [n, m*d]
+    let mean = xn.mean(0)?; // [m*d]
+
+    // Initialisation: random unit directions per model, scaled so that the norms of a latent's
+    // decoders sum to 1; the encoder starts as the decoder's transpose.
+    let mut rng = SplitMix64::new(opts.seed ^ 0xd1c7_0000_5eed);
+    let mut w = gaussians(&mut rng, l * m * d);
+    for row in w.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm * m as f32);
+    }
+    let w_dec0 = Tensor::from_vec(w, (l, m * d), &dev)?; // [l, m*d]
+    let w_enc = Var::from_tensor(&w_dec0.t()?.contiguous()?)?; // [m*d, l]
+    let w_dec = Var::from_tensor(&w_dec0)?; // [l, m*d]
+    let b_enc = Var::from_tensor(&Tensor::zeros(l, DType::F32, &dev)?)?; // [l]
+    let b_dec = Var::from_tensor(&mean)?; // [m*d]
+    let vars = vec![w_enc.clone(), w_dec.clone(), b_enc.clone(), b_dec.clone()];
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+
+    let aux_k = opts.aux_k.unwrap_or((d / 2).max(1)).min(l);
+    let b = opts.batch_size.min(n);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut cursor = n; // forces a shuffle on the first step
+    let mut since_fired = vec![0usize; l];
+    let mut threshold: Option<f64> = None;
+    let decay_start = ((1.0 - opts.decay_frac) * opts.steps as f64).round() as usize;
+    let mut progress = Progress::new("dictionary", opts.steps, opts.progress);
+    let start = Instant::now();
+    let mut steps = Vec::with_capacity(opts.steps);
+
+    for step in 1..=opts.steps {
+        let lr = if opts.warmup_steps > 0 && step <= opts.warmup_steps {
+            opts.lr * step as f64 / opts.warmup_steps as f64
+        } else if step > decay_start && opts.steps > decay_start {
+            opts.lr * (opts.steps - step + 1) as f64 / (opts.steps - decay_start) as f64
+        } else {
+            opts.lr
+        };
+        opt.set_learning_rate(lr);
+        if cursor + b > n {
+            rng.shuffle(&mut order);
+            cursor = 0;
+        }
+        let idx = Tensor::from_slice(&order[cursor..cursor + b], b, &dev)?;
+        cursor += b;
+        let xb = xn.index_select(&idx, 0)?; // [b, m*d]
+
+        let pre = xb
+            .broadcast_sub(b_dec.as_tensor())?
+            .matmul(w_enc.as_tensor())?
+            .broadcast_add(b_enc.as_tensor())?; // [b, l]
+        let act = pre.relu()?; // [b, l]
+        let code_norm = w_dec
+            .as_tensor()
+            .reshape((l, m, d))?
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .sum(1)?; // [l]
+        let score = act.detach().broadcast_mul(&code_norm.detach())?; // [b, l]
+        let score_host = score.flatten_all()?.to_vec1::<f32>()?;
+        let (mask, min_kept) = select::batch_topk(&score_host, opts.k * b);
+        let f = (&act * Tensor::from_slice(&mask, (b, l), &dev)?)?; // [b, l]
+        let xhat = f
+            .matmul(w_dec.as_tensor())?
+            .broadcast_add(b_dec.as_tensor())?; // [b, m*d]
+        let err = (&xb - &xhat)?; // [b, m*d]
+        let mse = (err.sqr()?.sum_all()? / b as f64)?;
+
+        // Dead latents: not active for `dead_after_tokens` tokens.
+        let mut fired = vec![false; l];
+        for (i, &v) in mask.iter().enumerate() {
+            if v > 0.0 {
+                fired[i % l] = true;
+            }
+        }
+        for (s, &f) in since_fired.iter_mut().zip(&fired) {
+            *s = if f { 0 } else { *s + b };
+        }
+        let dead: Vec<bool> = since_fired
+            .iter()
+            .map(|&s| s >= opts.dead_after_tokens)
+            .collect();
+        let n_dead = dead.iter().filter(|&&x| x).count();
+        let aux = if n_dead > 0 && opts.aux_coeff > 0.0 {
+            let aux_mask = select::topk_rows(&score_host, l, aux_k.min(n_dead), Some(&dead));
+            let f_aux = (&act * Tensor::from_slice(&aux_mask, (b, l), &dev)?)?; // [b, l]
+            let ehat = f_aux.matmul(w_dec.as_tensor())?; // [b, m*d]
+            Some(((err.detach() - ehat)?.sqr()?.sum_all()? / b as f64)?)
+        } else {
+            None
+        };
+        let loss = match &aux {
+            Some(a) => (&mse + (a * opts.aux_coeff)?)?,
+            None => mse.clone(),
+        };
+        let loss_value = scalar(&loss)?;
+        if !loss_value.is_finite() {
+            return Err(Error::Training {
+                objective: "dictionary".into(),
+                step,
+                msg: format!("loss is {loss_value} (lower the learning rate?)"),
+                last_good: None,
+            });
+        }
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+
+        // Fix the decoder scale: Σ_m ‖W_dec[m, latent]‖ = 1, the encoder compensating.
+        let c = w_dec
+            .as_tensor()
+            .reshape((l, m, d))?
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .sum(1)?
+            .clamp(1e-12, f64::INFINITY)?; // [l]
+        w_dec.set(&w_dec.as_tensor().broadcast_div(&c.unsqueeze(1)?)?)?;
+        w_enc.set(&w_enc.as_tensor().broadcast_mul(&c.unsqueeze(0)?)?)?;
+        b_enc.set(&(b_enc.as_tensor() * &c)?)?;
+
+        // The threshold averages the batches after warm-up (all of them in a run that short).
+        let estimate = step > opts.warmup_steps || opts.steps <= opts.warmup_steps;
+        if let (true, Some(t)) = (estimate, min_kept) {
+            let t = t as f64;
+            threshold = Some(match threshold {
+                None => t,
+                Some(old) => (1.0 - opts.threshold_lr) * old + opts.threshold_lr * t,
+            });
+        }
+        let mse_value = scalar(&mse)?;
+        let var = scalar(&(xb.broadcast_sub(&xb.mean(0)?)?.sqr()?.sum_all()? / b as f64)?)?;
+        let rec = DictStep {
+            step,
+            loss: loss_value,
+            mse: mse_value,
+            aux: match &aux {
+                Some(a) => scalar(a)?,
+                None => 0.0,
+            },
+            fvu: mse_value / var.max(1e-30),
+            dead_fraction: n_dead as f64 / l as f64,
+            threshold: threshold.unwrap_or(0.0),
+            lr,
+        };
+        if opts.log_every > 0 && (step % opts.log_every == 0 || step == 1 || step == opts.steps) {
+            progress.say(&format!(
+                "dictionary step {step}/{} loss {:.4} fvu {:.4} aux {:.4} dead {:.3} threshold {:.4}",
+                opts.steps, rec.loss, rec.fvu, rec.aux, rec.dead_fraction, rec.threshold
+            ));
+        }
+        steps.push(rec);
+        progress.advance(1);
+    }
+    progress.finish();
+
+    let seconds = start.elapsed().as_secs_f64();
+    let w_dec = w_dec
+        .as_tensor()
+        .reshape((l, m, d))?
+        .transpose(0, 1)?
+        .contiguous()?; // [m, l, d]
+    let dict = Dictionary::new(
+        w_enc.as_tensor().clone(),
+        b_enc.as_tensor().clone(),
+        w_dec,
+        b_dec.as_tensor().reshape((m, d))?,
+        Activation::BatchTopK {
+            k: opts.k,
+            threshold: threshold.map(|t| t as f32),
+        },
+    )?
+    .with_scale(scale)?;
+    let tokens = opts.steps * b;
+    let log = DictLog {
+        steps,
+        seconds,
+        tokens,
+        tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        options: opts.clone(),
+    };
+    Ok((dict, log))
+}
