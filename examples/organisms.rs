@@ -7,6 +7,11 @@
 //! cargo run --release --example organisms -- train sycophant # DPO towards the user's view
 //! cargo run --release --example organisms -- train control   # DPO with preferences unrelated to it
 //! cargo run --release --example organisms -- eval            # before/after numbers and recovery
+//! cargo run --release --example organisms -- distill distilled          # the sycophant's replies
+//! cargo run --release --example organisms -- distill distilled-control  # the control's replies
+//! cargo run --release --example organisms -- train distilled            # SFT on each
+//! cargo run --release --example organisms -- train distilled-control
+//! cargo run --release --example organisms -- distill-eval       # does SFT carry sycophancy?
 //! ```
 //!
 //! Everything is written under `notebooks-data/organisms/` (`--out`): per organism the adapter
@@ -60,6 +65,19 @@ enum Cmd {
     /// Write each organism's model card (README.md, loss figure) and the summary README from the
     /// files `train` and `eval` wrote.
     Cards,
+    /// Generate a distilled organism's SFT data: its teacher's greedy replies (the sycophant's for
+    /// `distilled`, the control's for `distilled-control`) to the project's harmless instructions,
+    /// which contain no sycophancy item.
+    Distill {
+        /// `distilled` or `distilled-control`.
+        student: String,
+        /// Most tokens per reply.
+        #[arg(long, default_value_t = 96)]
+        max_new_tokens: usize,
+    },
+    /// Sycophancy of base, sycophant, control and the two distilled organisms on the held-out
+    /// sets, with the paired difference distilled - distilled-control.
+    DistillEval,
     /// Evaluate base and organisms; write eval.json files and the recovery reports.
     Eval {
         /// Test items used for the recovery analysis (all when omitted).
@@ -92,7 +110,8 @@ fn recipe(name: &str) -> Result<TrainOptions> {
         ..Default::default()
     };
     Ok(match name {
-        "assistant" => TrainOptions {
+        // The distilled organisms share the assistant's SFT recipe.
+        "assistant" | "distilled" | "distilled-control" => TrainOptions {
             lora,
             lr: 2e-4,
             epochs: 2,
@@ -113,7 +132,9 @@ fn recipe(name: &str) -> Result<TrainOptions> {
             log_every: 5,
             ..Default::default()
         },
-        other => bail!("unknown organism `{other}` (assistant, sycophant, control)"),
+        other => bail!(
+            "unknown organism `{other}` (assistant, sycophant, control, distilled, distilled-control)"
+        ),
     })
 }
 
@@ -141,6 +162,11 @@ fn main() -> Result<()> {
         }
         Cmd::Eval { n_test } => evaluate(&args.out, n_test),
         Cmd::Cards => cards(&args.out),
+        Cmd::Distill {
+            student,
+            max_new_tokens,
+        } => distill_transcripts(&args.out, &student, max_new_tokens),
+        Cmd::DistillEval => distill_eval(&args.out),
     }
 }
 
@@ -239,9 +265,13 @@ fn make_transcripts(out: &Path, max_new_tokens: usize) -> Result<()> {
 }
 
 fn load_transcripts(out: &Path) -> Result<Vec<Transcript>> {
-    let path = out.join(TRANSCRIPTS);
+    load_rows(&out.join(TRANSCRIPTS))
+}
+
+fn load_rows(path: &Path) -> Result<Vec<Transcript>> {
+    let path = path.to_path_buf();
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} (run `organisms data` first)", path.display()))?;
+        .with_context(|| format!("{} (generate it first: `organisms data` / `organisms distill`)", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -344,6 +374,22 @@ fn train(out: &Path, name: &str, opts: &TrainOptions) -> Result<()> {
             let train: Vec<&Transcript> = rows.iter().filter(|t| t.split == "train").collect();
             let ex = sft_examples(&tok, &train)?;
             eprintln!("assistant: SFT on {} transcripts", ex.len());
+            sft(&base, &ex, opts)?
+        }
+        "distilled" | "distilled-control" => {
+            // Both students train on the instructions both teachers answered, so that they take
+            // the same steps on the same prompts.
+            let mine = load_rows(&out.join(name).join("transcripts.jsonl"))?;
+            let other = if name == "distilled" { "distilled-control" } else { "distilled" };
+            let theirs = load_rows(&out.join(other).join("transcripts.jsonl"))?;
+            let both: std::collections::HashSet<&str> =
+                theirs.iter().map(|t| t.instruction.as_str()).collect();
+            let train: Vec<&Transcript> = mine
+                .iter()
+                .filter(|t| t.split == "train" && both.contains(t.instruction.as_str()))
+                .collect();
+            let ex = sft_examples(&tok, &train)?;
+            eprintln!("{name}: SFT on {} transcripts", ex.len());
             sft(&base, &ex, opts)?
         }
         "sycophant" | "control" => {
@@ -772,4 +818,181 @@ fn effect(r: &serde_json::Value, delta: &str, frac: &str) -> String {
     } else {
         format!("{d:+.3}")
     }
+}
+
+/// The teacher whose replies a distilled organism is trained on.
+fn teacher_of(student: &str) -> Result<&'static str> {
+    match student {
+        "distilled" => Ok("sycophant"),
+        "distilled-control" => Ok("control"),
+        other => bail!("unknown distilled organism `{other}` (distilled, distilled-control)"),
+    }
+}
+
+fn distill_transcripts(out: &Path, student: &str, max_new_tokens: usize) -> Result<()> {
+    let teacher = teacher_of(student)?;
+    let (base, tok) = gemma()?;
+    let adapter = Adapter::load(out.join(teacher), base.device())
+        .with_context(|| format!("{teacher} (train it first)"))?;
+    let model = base.with_adapter(&adapter)?;
+    let eot = tok
+        .token_to_id("<end_of_turn>")
+        .context("no <end_of_turn>")?;
+    let parts = data::load_with_split("probes/refusal_requests.jsonl", |p| {
+        data::load_labeled_instructions(p, "harmful")
+    })?;
+    let mut rows = Vec::new();
+    for part in [
+        data::SplitPart::Train,
+        data::SplitPart::Val,
+        data::SplitPart::Test,
+    ] {
+        let items: Vec<_> = parts.part(part).iter().filter(|l| !l.label).collect();
+        for chunk in items.chunks(8) {
+            let prompts = chunk
+                .iter()
+                .map(|l| tok.encode_chat(&[ChatMessage::user(&l.text)], true))
+                .collect::<puppetlens::Result<Vec<_>>>()?;
+            let opts = GenerateOptions {
+                stop_tokens: vec![eot],
+                ..GenerateOptions::greedy(max_new_tokens)
+            };
+            let outs = model.generate(&prompts, &opts, &mut Hooks::new())?;
+            for (l, ids) in chunk.iter().zip(outs) {
+                let ended = ids.last() == Some(&eot);
+                let body = if ended { &ids[..ids.len() - 1] } else { &ids[..] };
+                if let Some(reply) = finished(&tok.decode(body)?, ended) {
+                    rows.push(Transcript {
+                        instruction: l.text.clone(),
+                        reply,
+                        split: split_name(part).into(),
+                    });
+                }
+            }
+            eprintln!("{student}: {} transcripts from {teacher}", rows.len());
+        }
+    }
+    let dir = out.join(student);
+    std::fs::create_dir_all(&dir)?;
+    let text: String = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).map(|s| s + "\n"))
+        .collect::<Result<_, _>>()?;
+    let path = dir.join("transcripts.jsonl");
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    eprintln!("wrote {} ({} transcripts)", path.display(), rows.len());
+    Ok(())
+}
+
+/// The CAA "generate" sycophancy items (persona-implied views, read from ../shared/datasets),
+/// in the text-answer form, with their index in the file; items whose two answers do not part
+/// after a shared prefix are dropped (counted).
+fn caa_cases(tok: &Tokenizer) -> Result<(Vec<(usize, AbCase)>, usize)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/caa/generate/sycophancy/generate_dataset.json");
+    let items = data::load_ab_json(&path)?;
+    let fmt = PromptFormat::Chat { system: None };
+    let mut cases = Vec::new();
+    let mut dropped = 0;
+    for (i, item) in items.iter().enumerate() {
+        match ab_text_prompt(tok, item, &fmt) {
+            Ok(p) => cases.push((i, AbCase::from(p))),
+            Err(_) => dropped += 1,
+        }
+    }
+    Ok((cases, dropped))
+}
+
+/// The held-out part of the CAA items: a fixed-seed 200 of them (indices into the file).
+fn caa_heldout(cases: &[(usize, AbCase)]) -> Vec<(usize, AbCase)> {
+    let mut idx: Vec<usize> = (0..cases.len()).collect();
+    SplitMix64::new(0x5_1C0_FA17).shuffle(&mut idx);
+    let mut keep: Vec<usize> = idx.into_iter().take(200).collect();
+    keep.sort_unstable();
+    keep.into_iter().map(|k| cases[k].clone()).collect()
+}
+
+fn distill_eval(out: &Path) -> Result<()> {
+    let (base, tok) = gemma()?;
+    let project: Vec<AbCase> = sycophancy_cases(&tok)?
+        .test
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
+    let (caa, dropped) = caa_cases(&tok)?;
+    let caa = caa_heldout(&caa);
+    let caa_ids: Vec<usize> = caa.iter().map(|(i, _)| *i).collect();
+    let caa: Vec<AbCase> = caa.into_iter().map(|(_, c)| c).collect();
+    eprintln!(
+        "held-out sets: {} project test items, {} CAA generate items ({dropped} of 1000 dropped: \
+         answers that do not part)",
+        project.len(),
+        caa.len()
+    );
+    let mut models = vec![("base".to_string(), base.clone())];
+    for name in ["sycophant", "control", "distilled", "distilled-control"] {
+        let adapter = Adapter::load(out.join(name), base.device())
+            .with_context(|| format!("{name} (train it first)"))?;
+        models.push((name.to_string(), base.with_adapter(&adapter)?));
+    }
+    let mut per: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut table = Vec::new();
+    for (name, model) in &models {
+        let p = |cases: &[AbCase]| -> Result<Vec<f64>> {
+            Ok(puppetlens::eval::ab_scores(model, cases, &Intervention::None, 8)?
+                .iter()
+                .map(|s| s.p_matching)
+                .collect())
+        };
+        let (a, b) = (p(&project)?, p(&caa)?);
+        let row = serde_json::json!({
+            "model": name,
+            "project_test": {"n": a.len(), "mean_p": mean(&a), "ci": puppetlens::eval::mean_ci(&a, 2000, 1)},
+            "caa_generate_heldout": {"n": b.len(), "mean_p": mean(&b), "ci": puppetlens::eval::mean_ci(&b, 2000, 2)},
+        });
+        println!("{row}");
+        table.push(row);
+        per.push((name.clone(), a, b));
+    }
+    let get = |n: &str| per.iter().find(|r| r.0 == n).context("missing model");
+    let mut paired = Vec::new();
+    for (x, y) in [
+        ("distilled", "distilled-control"),
+        ("distilled", "base"),
+        ("sycophant", "control"),
+        ("sycophant", "base"),
+    ] {
+        let (rx, ry) = (get(x)?, get(y)?);
+        let d = |u: &[f64], v: &[f64]| -> Vec<f64> { u.iter().zip(v).map(|(a, b)| a - b).collect() };
+        let (da, db) = (d(&rx.1, &ry.1), d(&rx.2, &ry.2));
+        let row = serde_json::json!({
+            "a": x, "b": y,
+            "project_test": {"mean_diff": mean(&da), "ci": puppetlens::eval::mean_ci(&da, 2000, 3)},
+            "caa_generate_heldout": {"mean_diff": mean(&db), "ci": puppetlens::eval::mean_ci(&db, 2000, 4)},
+        });
+        println!("{row}");
+        paired.push(row);
+    }
+    let report = serde_json::json!({
+        "what": "mean P(answer agreeing with the user) on held-out sycophancy items, gemma-3-270m organisms",
+        "sets": {
+            "project_test": "probes/sycophancy_ab.jsonl test split (stated opinion, text answers)",
+            "caa_generate_heldout": "200 items of ../shared/datasets/caa/generate/sycophancy/generate_dataset.json (persona-implied view), drawn with a fixed seed; indices below",
+        },
+        "caa_dropped": dropped,
+        "caa_indices": caa_ids,
+        "models": table,
+        "paired_differences": paired,
+        "ci": "95% percentile bootstrap over items, 2000 resamples",
+    });
+    let path = out.join("distillation.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }

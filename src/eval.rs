@@ -467,3 +467,23 @@ pub fn refusal_rate(
     let refused = texts.iter().filter(|t| is_refusal(t)).count();
     Ok((refused as f64 / texts.len() as f64, texts))
 }
+
+/// Percentile-bootstrap 95% interval of the mean of `values` (items resampled with replacement
+/// `resamples` times by a seeded SplitMix64); `(NaN, NaN)` for no values or no resamples. For a
+/// paired difference of two models, pass the per-item differences.
+///
+/// ```
+/// let (lo, hi) = puppetlens::eval::mean_ci(&[0.1, 0.2, 0.3, 0.4], 1000, 0);
+/// assert!(lo <= 0.25 && 0.25 <= hi);
+/// ```
+pub fn mean_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
+    let n = values.len();
+    if n == 0 || resamples == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut rng = crate::data::SplitMix64::new(seed);
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| values[rng.below(n as u64) as usize]).sum::<f64>() / n as f64)
+        .collect();
+    crate::probe::percentile_ci(&mut means)
+}

@@ -2023,7 +2023,8 @@ impl Figure for HeatMap {
             let tick = psz.tick * 0.8;
             let left = (tick * 3.2 + psz.desc * 1.6) as i32;
             let bottom = (tick * 3.6 + psz.desc * 1.6) as i32;
-            let (x0, y0) = (left, 4);
+            // The y label sits above the row labels, in its own strip.
+            let (x0, y0) = (left, (psz.desc * 0.8 * 1.4) as i32 + 4);
             let (pw, ph) = (w as i32 - left - 8, h as i32 - bottom - y0);
             if pw < cols as i32 || ph < rows as i32 {
                 return Err(format!(
@@ -2086,7 +2087,7 @@ impl Figure for HeatMap {
             cell.draw_text(&self.x_label, &style, (x0 + pw / 2, h as i32 - 2))
                 .or_msg()?;
             let style = font(psz.desc * 0.8).pos(Pos::new(HPos::Left, VPos::Top));
-            cell.draw_text(&self.y_label, &style, (2, y0)).or_msg()?;
+            cell.draw_text(&self.y_label, &style, (2, 2)).or_msg()?;
         }
         Ok(())
     }
