@@ -205,12 +205,28 @@ fn finished(reply: &str, ended: bool) -> Option<String> {
 
 fn make_transcripts(out: &Path, max_new_tokens: usize) -> Result<()> {
     let (model, tok) = puppetlens::load(puppetlens::fetch::fetch("smollm2-135m-instruct")?)?;
-    let parts = data::load_with_split("probes/refusal_requests.jsonl", |p| {
-        data::load_labeled_instructions(p, "harmful")
-    })?;
     let end = tok
         .token_to_id("<|im_end|>")
         .context("SmolLM2 has no <|im_end|>")?;
+    let fmt = PromptFormat::Chat { system: None };
+    let encode = |text: &str| Ok(data::text_prompt(&tok, text, &fmt)?);
+    let rows = greedy_replies(&model, &tok, encode, end, max_new_tokens, "assistant")?;
+    write_transcripts(&out.join(TRANSCRIPTS), &rows)
+}
+
+/// `model`'s greedy replies (up to `max_new_tokens`, stopping at `stop`, cut after the last full
+/// sentence) to the project's harmless instructions of every split, prompts made by `encode`.
+fn greedy_replies(
+    model: &Model,
+    tok: &Tokenizer,
+    encode: impl Fn(&str) -> Result<Vec<u32>>,
+    stop: u32,
+    max_new_tokens: usize,
+    label: &str,
+) -> Result<Vec<Transcript>> {
+    let parts = data::load_with_split("probes/refusal_requests.jsonl", |p| {
+        data::load_labeled_instructions(p, "harmful")
+    })?;
     let mut rows = Vec::new();
     for part in [
         data::SplitPart::Train,
@@ -218,28 +234,20 @@ fn make_transcripts(out: &Path, max_new_tokens: usize) -> Result<()> {
         data::SplitPart::Test,
     ] {
         let items: Vec<_> = parts.part(part).iter().filter(|l| !l.label).collect();
-        eprintln!(
-            "{}: {} harmless instructions",
-            split_name(part),
-            items.len()
-        );
-        for (k, chunk) in items.chunks(8).enumerate() {
+        eprintln!("{}: {} harmless instructions", split_name(part), items.len());
+        for chunk in items.chunks(8) {
             let prompts = chunk
                 .iter()
-                .map(|l| data::text_prompt(&tok, &l.text, &PromptFormat::Chat { system: None }))
-                .collect::<puppetlens::Result<Vec<_>>>()?;
+                .map(|l| encode(&l.text))
+                .collect::<Result<Vec<_>>>()?;
             let opts = GenerateOptions {
-                stop_tokens: vec![end],
+                stop_tokens: vec![stop],
                 ..GenerateOptions::greedy(max_new_tokens)
             };
             let outs = model.generate(&prompts, &opts, &mut Hooks::new())?;
             for (l, ids) in chunk.iter().zip(outs) {
-                let ended = ids.last() == Some(&end);
-                let body = if ended {
-                    &ids[..ids.len() - 1]
-                } else {
-                    &ids[..]
-                };
+                let ended = ids.last() == Some(&stop);
+                let body = if ended { &ids[..ids.len() - 1] } else { &ids[..] };
                 if let Some(reply) = finished(&tok.decode(body)?, ended) {
                     rows.push(Transcript {
                         instruction: l.text.clone(),
@@ -248,18 +256,22 @@ fn make_transcripts(out: &Path, max_new_tokens: usize) -> Result<()> {
                     });
                 }
             }
-            eprintln!("  batch {} done, {} transcripts so far", k + 1, rows.len());
+            eprintln!("  {label}: {} transcripts so far", rows.len());
         }
     }
-    let path = out.join(TRANSCRIPTS);
-    std::fs::create_dir_all(path.parent().unwrap())?;
+    Ok(rows)
+}
+
+/// Writes transcripts as JSON lines, atomically.
+fn write_transcripts(path: &Path, rows: &[Transcript]) -> Result<()> {
+    std::fs::create_dir_all(path.parent().context("transcripts path has no folder")?)?;
     let text: String = rows
         .iter()
         .map(|r| serde_json::to_string(r).map(|s| s + "\n"))
         .collect::<Result<_, _>>()?;
     let tmp = path.with_extension("jsonl.tmp");
     std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(&tmp, path)?;
     eprintln!("wrote {} ({} transcripts)", path.display(), rows.len());
     Ok(())
 }
@@ -838,52 +850,9 @@ fn distill_transcripts(out: &Path, student: &str, max_new_tokens: usize) -> Resu
     let eot = tok
         .token_to_id("<end_of_turn>")
         .context("no <end_of_turn>")?;
-    let parts = data::load_with_split("probes/refusal_requests.jsonl", |p| {
-        data::load_labeled_instructions(p, "harmful")
-    })?;
-    let mut rows = Vec::new();
-    for part in [
-        data::SplitPart::Train,
-        data::SplitPart::Val,
-        data::SplitPart::Test,
-    ] {
-        let items: Vec<_> = parts.part(part).iter().filter(|l| !l.label).collect();
-        for chunk in items.chunks(8) {
-            let prompts = chunk
-                .iter()
-                .map(|l| tok.encode_chat(&[ChatMessage::user(&l.text)], true))
-                .collect::<puppetlens::Result<Vec<_>>>()?;
-            let opts = GenerateOptions {
-                stop_tokens: vec![eot],
-                ..GenerateOptions::greedy(max_new_tokens)
-            };
-            let outs = model.generate(&prompts, &opts, &mut Hooks::new())?;
-            for (l, ids) in chunk.iter().zip(outs) {
-                let ended = ids.last() == Some(&eot);
-                let body = if ended { &ids[..ids.len() - 1] } else { &ids[..] };
-                if let Some(reply) = finished(&tok.decode(body)?, ended) {
-                    rows.push(Transcript {
-                        instruction: l.text.clone(),
-                        reply,
-                        split: split_name(part).into(),
-                    });
-                }
-            }
-            eprintln!("{student}: {} transcripts from {teacher}", rows.len());
-        }
-    }
-    let dir = out.join(student);
-    std::fs::create_dir_all(&dir)?;
-    let text: String = rows
-        .iter()
-        .map(|r| serde_json::to_string(r).map(|s| s + "\n"))
-        .collect::<Result<_, _>>()?;
-    let path = dir.join("transcripts.jsonl");
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
-    eprintln!("wrote {} ({} transcripts)", path.display(), rows.len());
-    Ok(())
+    let encode = |text: &str| Ok(tok.encode_chat(&[ChatMessage::user(text)], true)?);
+    let rows = greedy_replies(&model, &tok, encode, eot, max_new_tokens, student)?;
+    write_transcripts(&out.join(student).join("transcripts.jsonl"), &rows)
 }
 
 /// The CAA "generate" sycophancy items (persona-implied views, read from ../shared/datasets),

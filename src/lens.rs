@@ -33,7 +33,7 @@ use candle_core::{DType, IndexOp, Tensor, D};
 
 use crate::hook::HookPoint;
 use crate::plot::{HeatMap, HeatPanel};
-use crate::util::atomic_write_bytes;
+use crate::util::{atomic_write_bytes, csv_field};
 use crate::{Batch, Error, Model, Result, Tokenizer};
 
 /// Options of [`logit_lens`].
@@ -192,7 +192,7 @@ fn lens_cell(lp: &[f32], final_lp: &[f32], opts: &LensOptions) -> LensCell {
 
 /// A token's text for tables and figures (`\n` and tabs made visible, a whitespace-only token's
 /// spaces as `␣`, `?` for an unknown id).
-fn shown(tok: &Tokenizer, id: u32) -> String {
+pub(crate) fn shown(tok: &Tokenizer, id: u32) -> String {
     let t = tok
         .decode(&[id])
         .unwrap_or_else(|_| "?".into())
@@ -202,15 +202,6 @@ fn shown(tok: &Tokenizer, id: u32) -> String {
         t.replace(' ', "\u{2423}")
     } else {
         t
-    }
-}
-
-/// Quotes a CSV field when needed (RFC 4180).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 

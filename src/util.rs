@@ -35,6 +35,15 @@ pub(crate) fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> Result<()>)
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Quotes a CSV field when needed (RFC 4180).
+pub(crate) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// An exclusive lock on a file, held until dropped (the operating system releases it when the
 /// process ends, however it ends).
 pub(crate) struct FileLock {

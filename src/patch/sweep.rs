@@ -282,18 +282,7 @@ impl PatchSweep {
             msg: e.to_string(),
         })?;
         atomic_write_bytes(&dir.join("sweep.json"), &json)?;
-        let text = |id: u32| {
-            tok.decode(&[id])
-                .unwrap_or_else(|_| "?".into())
-                .replace('\n', "\\n")
-        };
-        let quote = |s: String| {
-            if s.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
-            } else {
-                s
-            }
-        };
+        let text = |id: u32| crate::lens::shown(tok, id);
         let mut csv = String::from("part,layer,index,token,value\n");
         for (part, map) in [
             ("resid_pre", &self.resid_pre),
@@ -306,7 +295,7 @@ impl PatchSweep {
                     let token = if part == "head" {
                         String::new()
                     } else {
-                        quote(text(self.clean[i]))
+                        crate::util::csv_field(&text(self.clean[i]))
                     };
                     csv.push_str(&format!("{part},{l},{i},{token},{v:.6}\n"));
                 }
