@@ -103,6 +103,23 @@ pub struct Context {
 ///
 /// Errors when the models differ in width or depth, the point is outside them, there is no
 /// token to keep, or an activation is not finite.
+///
+/// ```no_run
+/// use puppetlens::dict::{self, paired_corpus, CorpusOptions, DictOptions, PromptSet};
+/// use puppetlens::{HookPoint, Model};
+/// let (base, tok) = puppetlens::load(puppetlens::fetch::fetch("gemma-3-270m")?)?;
+/// let a = puppetlens::lora::Adapter::load("notebooks-data/organisms/sycophant", base.device())?;
+/// let tuned: Model = base.with_adapter(&a)?;
+/// let sets = [PromptSet::new("neutral", vec![tok.encode("The capital of France is Paris.")?])];
+/// let opts = CorpusOptions { point: HookPoint::ResidPost(8), ..CorpusOptions::default() };
+/// let corpus = paired_corpus(&base, &tuned, &sets, &opts)?;    // acts [n_tokens, 2, 640]
+/// let (cc, _log) = dict::train(&corpus.acts, &DictOptions::default())?;
+/// let f = corpus.latent_activations(&cc, 1024)?;                // [n_tokens, n_latents]
+/// for c in corpus.top_contexts(&f, 0, 5, 8)? {
+///     println!("{} {:.2}: {}", corpus.sets[c.source.set], c.activation, tok.decode(&c.window)?);
+/// }
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
 pub fn paired_corpus(
     base: &Model,
     tuned: &Model,

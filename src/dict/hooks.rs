@@ -37,6 +37,18 @@ fn check_site(dict: &Dictionary, x: &Tensor, ctx: &HookCtx, what: &str) -> Resul
 ///
 /// The hook errors with [`Error::Shape`] on an activation of another width, and with
 /// [`Error::InvalidArgument`] at a hook point other than the dictionary's `hook_name`.
+///
+/// ```no_run
+/// use puppetlens::dict::{Dictionary, SteerLatent};
+/// use puppetlens::{Batch, HookPoint, Hooks};
+/// let (base, tok) = puppetlens::load(puppetlens::fetch::fetch("gemma-3-270m")?)?;
+/// let cc = Dictionary::load("notebooks-data/crosscoder/gemma-3-270m__sycophant", base.device())?;
+/// let mut hooks = Hooks::new();
+/// // Latent 466's tuned (model 1) direction, at its typical activation.
+/// hooks.add(HookPoint::ResidPost(8), SteerLatent::new(&cc, 466, 1, 1.07)?);
+/// let logits = base.forward_last(&Batch::single(&tok.encode("In my opinion,")?)?, &mut hooks)?;
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct SteerLatent<'a> {
     dict: &'a Dictionary,
