@@ -667,3 +667,251 @@ fn training_is_seeded() {
         })
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The committed crosscoders (notebooks-data/crosscoder/, built by `cargo run --release --example
+// crosscoder`): gemma-3-270m vs the sycophant and vs the control at blocks.8.hook_resid_post.
+// Nothing is trained here; the numbers recomputed are the cheap ones.
+
+mod common;
+
+use puppetlens::data::{ab_text_prompt, PromptFormat};
+use puppetlens::dict::{
+    decoder_direction, paired_corpus, CorpusOptions, PromptSet, Splice, SteerLatent,
+};
+use puppetlens::eval::AbCase;
+use puppetlens::lora::Adapter;
+use puppetlens::{Batch, HookPoint, Hooks, Model, Tokenizer};
+
+const CC_POINT: HookPoint = HookPoint::ResidPost(8);
+// Thresholds from the measurements (the example's results.json, and the first 24 training / 30
+// test items recomputed here; see notebooks-data/crosscoder/README.md).
+// (b): the chosen latent's tuned decoder direction against the mean tuned - base difference on
+// the sycophancy tokens; measured 0.781 here (0.777 on all 220 training items in the example).
+const CC_COSINE_MIN: f64 = 0.6;
+// (c) is a null result: added to the base at its typical activation (1.07) the latent moves
+// P(agree) by +0.013 here (0.587 -> 0.600 on 30 items; +0.010 on all 74 test items in the
+// example), where the base-vs-sycophant difference at the same layer moves it by +0.072
+// (tests/organisms.rs). The bound records that the latent does not carry the behaviour.
+const CC_STEER_MAX: f64 = 0.05;
+
+fn cc_dir(tuned: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("notebooks-data/crosscoder")
+        .join(format!("gemma-3-270m__{tuned}"))
+}
+
+fn committed(tuned: &str) -> (Dictionary, serde_json::Value) {
+    let dir = cc_dir(tuned);
+    let cc = Dictionary::load(&dir, &Device::Cpu).unwrap();
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    (cc, res)
+}
+
+fn gemma_chat() -> (&'static Model, Tokenizer) {
+    let (m, t) = common::gemma();
+    let mut t = t.clone();
+    t.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.into()));
+    (m, t)
+}
+
+fn organism(name: &str) -> Model {
+    let (base, _) = common::gemma();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("notebooks-data/organisms")
+        .join(name);
+    base.with_adapter(&Adapter::load(dir, base.device()).unwrap())
+        .unwrap()
+}
+
+fn sycophancy_cases(tok: &Tokenizer) -> puppetlens::data::Split<AbCase> {
+    let parts = puppetlens::data::load_with_split(
+        "probes/sycophancy_ab.jsonl",
+        puppetlens::data::load_ab_json,
+    )
+    .unwrap();
+    let fmt = PromptFormat::Chat { system: None };
+    parts.map(|it| AbCase::from(ab_text_prompt(tok, &it, &fmt).unwrap()))
+}
+
+/// Mean P(agree) of `cases` under `hooks` (one batch; normalised over the two answers).
+fn mean_p(model: &Model, cases: &[AbCase], hooks: &mut Hooks) -> f64 {
+    let ids: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
+    let logits: Vec<Vec<f32>> = model
+        .forward_last(&Batch::new(&ids).unwrap(), hooks)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    cases
+        .iter()
+        .zip(&logits)
+        .map(|(c, r)| {
+            let (a, b) = (
+                r[c.matching as usize] as f64,
+                r[c.not_matching as usize] as f64,
+            );
+            1.0 / (1.0 + (b - a).exp())
+        })
+        .sum::<f64>()
+        / cases.len() as f64
+}
+
+/// The committed sycophant crosscoder: the chosen latent's tuned decoder direction is aligned
+/// with the mean tuned - base difference on the sycophancy tokens of 24 training items
+/// (recomputed), but steering the base along it at the scale chosen on the validation items
+/// barely moves held-out P(agree) (30 test items): the method finds an aligned, sycophancy-prompt
+/// latent, not one that carries the behaviour.
+#[test]
+fn committed_sycophant_crosscoder_latent_against_the_ground_truth() {
+    let (base, tok) = gemma_chat();
+    let cases = sycophancy_cases(&tok);
+    let syc = organism("sycophant");
+    let (cc, res) = committed("sycophant");
+    assert!(
+        std::fs::metadata(cc_dir("sycophant").join(dict::WEIGHTS_FILE))
+            .unwrap()
+            .len()
+            < 8 << 20
+    );
+    let j = res["chosen"]["latent"].as_u64().unwrap() as usize;
+    let scale = res["chosen"]["scale"].as_f64().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.train[..24].iter().map(|c| c.ids.clone()).collect();
+    let opts = CorpusOptions {
+        point: CC_POINT,
+        progress: false,
+        ..CorpusOptions::default()
+    };
+    let corpus =
+        paired_corpus(base, &syc, &[PromptSet::new("sycophancy", prompts)], &opts).unwrap();
+    let diff = corpus.mean_diff(None).unwrap();
+    let cos = puppetlens::steer::cosine(&decoder_direction(&cc, j, 1).unwrap(), &diff).unwrap();
+    let test = &cases.test[..30];
+    let p0 = mean_p(base, test, &mut Hooks::new());
+    let mut hooks = Hooks::new();
+    hooks.add(CC_POINT, SteerLatent::new(&cc, j, 1, scale).unwrap());
+    let p1 = mean_p(base, test, &mut hooks);
+    eprintln!("latent {j}: cosine with the sycophancy mean difference {cos:.3}; P(agree) on 30 test items {p0:.3} -> {p1:.3} (scale {scale:.2})");
+    assert!(cos >= CC_COSINE_MIN, "cosine {cos}");
+    assert!((p1 - p0).abs() <= CC_STEER_MAX, "steering {p0} -> {p1}");
+}
+
+/// Splicing the crosscoder into the base (its reconstruction plus the error term, the
+/// sycophant's activation as the partner) leaves the logits as they were; dropping the error term
+/// changes them; wrong width, wrong hook point and corrupt weights give typed errors.
+#[test]
+fn crosscoder_hooks_splice_and_reject_bad_input() {
+    let (base, tok) = gemma_chat();
+    let (cc, _) = committed("sycophant");
+    let syc = organism("sycophant");
+    let ids = tok
+        .encode("I think the moon is made of cheese, don't you agree?")
+        .unwrap();
+    let batch = Batch::single(&ids).unwrap();
+    let mut partner = None;
+    {
+        let mut hooks = Hooks::new();
+        hooks.add(
+            CC_POINT,
+            puppetlens::hook_fn(|x, _| {
+                partner = Some(x.clone());
+                Ok(None)
+            }),
+        );
+        syc.run_hooks(&batch, &mut hooks).unwrap();
+    }
+    let partner = partner.unwrap(); // [1, s, 640]
+    let plain = base.forward_last(&batch, &mut Hooks::new()).unwrap();
+    let mut with_err = Hooks::new();
+    with_err.add(
+        CC_POINT,
+        Splice::new(&cc, 0)
+            .unwrap()
+            .with_partner(partner.clone())
+            .with_error(true),
+    );
+    let spliced = base.forward_last(&batch, &mut with_err).unwrap();
+    let mut recon = Hooks::new();
+    recon.add(
+        CC_POINT,
+        Splice::new(&cc, 0).unwrap().with_partner(partner.clone()),
+    );
+    let recon = base.forward_last(&batch, &mut recon).unwrap();
+    let (d_err, d_rec) = (
+        common::max_abs_diff(&plain, &spliced),
+        common::max_abs_diff(&plain, &recon),
+    );
+    eprintln!("splice: max |logit change| with the error term {d_err:.2e}, reconstruction only {d_rec:.2e}");
+    assert!(d_err < 1e-3 && d_rec > 10.0 * d_err, "{d_err} {d_rec}");
+
+    // A crosscoder splice without the partner, at another layer, on a model of another width.
+    let mut h = Hooks::new();
+    h.add(CC_POINT, Splice::new(&cc, 0).unwrap());
+    assert!(matches!(
+        base.forward_last(&batch, &mut h),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let mut h = Hooks::new();
+    h.add(
+        HookPoint::ResidPost(4),
+        SteerLatent::new(&cc, 0, 1, 1.0).unwrap(),
+    );
+    let e = base.forward_last(&batch, &mut h).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("blocks.8"),
+        "{e}"
+    );
+    let (smol, stok) = common::smollm();
+    let sb = Batch::single(&stok.encode("Hello there").unwrap()).unwrap();
+    let mut h = Hooks::new();
+    h.add(CC_POINT, SteerLatent::new(&cc, 0, 1, 1.0).unwrap());
+    let e = smol.forward_last(&sb, &mut h).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("640"),
+        "{e}"
+    );
+    assert!(matches!(
+        SteerLatent::new(&cc, cc.n_latents(), 1, 1.0),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    assert!(matches!(
+        SteerLatent::new(&cc, 0, 2, 1.0),
+        Err(Error::IndexOutOfRange { .. })
+    ));
+    // A paired corpus from models of different widths, and a crosscoder read against a corpus
+    // from another point.
+    let e = paired_corpus(
+        base,
+        smol,
+        &[PromptSet::new("x", vec![ids.clone()])],
+        &CorpusOptions::default(),
+    );
+    assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+    let opts = CorpusOptions {
+        point: HookPoint::ResidPost(3),
+        progress: false,
+        ..CorpusOptions::default()
+    };
+    let corpus =
+        paired_corpus(base, &syc, &[PromptSet::new("x", vec![ids.clone()])], &opts).unwrap();
+    assert!(matches!(
+        corpus.latent_activations(&cc, 64),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let e = paired_corpus(base, &syc, &[PromptSet::new("x", vec![vec![2]])], &opts);
+    assert!(matches!(e, Err(Error::InvalidArgument { .. })), "{e:?}");
+    // A truncated copy of the committed weights.
+    let dir = tmp("crosscoder-truncated");
+    std::fs::copy(
+        cc_dir("sycophant").join(dict::CONFIG_FILE),
+        dir.join(dict::CONFIG_FILE),
+    )
+    .unwrap();
+    let w = std::fs::read(cc_dir("sycophant").join(dict::WEIGHTS_FILE)).unwrap();
+    std::fs::write(dir.join(dict::WEIGHTS_FILE), &w[..w.len() / 2]).unwrap();
+    let e = Dictionary::load(&dir, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(e, Error::Checkpoint { .. }) && e.to_string().contains(dict::WEIGHTS_FILE),
+        "{e}"
+    );
+}

@@ -42,9 +42,15 @@
 //! # Ok::<(), puppetlens::Error>(())
 //! ```
 //!
+//! [`paired_corpus`] runs a base and its tuned sibling on identical token ids and keeps every
+//! real token's activations at one hook point, `[n_tokens, 2, d]` in memory, with each token's
+//! source (for top-activating contexts). [`SteerLatent`] and [`Splice`] put a dictionary into a
+//! forward pass (steer along one latent; replace the activation with the reconstruction).
 //! Streamed activation stores are not read yet: [`train`] takes one tensor in memory.
 
+mod corpus;
 mod dictionary;
+mod hooks;
 mod io;
 mod latents;
 mod metrics;
@@ -52,7 +58,9 @@ mod saelens;
 mod select;
 mod train;
 
+pub use corpus::{paired_corpus, Context, CorpusOptions, PairedCorpus, PromptSet, TokenSource};
 pub use dictionary::{Activation, Dictionary};
+pub use hooks::{decoder_direction, Splice, SteerLatent};
 pub use io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use latents::{latents, LabelOptions, LatentLabel, LatentScaling, LatentStats};
 pub use metrics::{evaluate, Metrics};

@@ -1,0 +1,373 @@
+//! Paired activation corpus: a base model and its tuned sibling on identical token ids, every
+//! real token position at one hook point, in memory, with each token's source.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::batch::Batch;
+use crate::hook::{hook_fn, HookPoint, Hooks};
+use crate::model::Model;
+use crate::util::{length_batches, Progress};
+use crate::{Error, Result};
+
+use super::Dictionary;
+
+/// A named set of tokenised prompts (e.g. `"sycophancy"`, `"instructions"`, `"neutral"`).
+#[derive(Debug, Clone)]
+pub struct PromptSet {
+    /// The set's name, kept with each of its tokens.
+    pub name: String,
+    /// Token ids of each prompt.
+    pub prompts: Vec<Vec<u32>>,
+}
+
+impl PromptSet {
+    /// A set from its name and prompts.
+    pub fn new(name: impl Into<String>, prompts: Vec<Vec<u32>>) -> Self {
+        Self {
+            name: name.into(),
+            prompts,
+        }
+    }
+}
+
+/// Where one corpus token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSource {
+    /// Index of its prompt set in [`PairedCorpus::sets`].
+    pub set: usize,
+    /// Index of its prompt within the set.
+    pub item: usize,
+    /// Its position in the prompt (0 = the first real token).
+    pub pos: usize,
+}
+
+/// What to collect.
+#[derive(Debug, Clone)]
+pub struct CorpusOptions {
+    /// The hook point read in both models (a residual point, `[batch, pos, d_model]`).
+    pub point: HookPoint,
+    /// Prompts per forward pass.
+    pub batch_size: usize,
+    /// Positions skipped at the start of each prompt (1 skips `<bos>`, whose residual norm is
+    /// orders of magnitude above the other tokens' in Gemma and would dominate the dictionary).
+    pub skip_first: usize,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+impl Default for CorpusOptions {
+    fn default() -> Self {
+        Self {
+            point: HookPoint::ResidPost(0),
+            batch_size: 8,
+            skip_first: 1,
+            progress: true,
+        }
+    }
+}
+
+/// Paired activations `[n_tokens, 2, d_model]` (model 0 the base, model 1 the tuned; f32 on the
+/// CPU) with each token's id and source, held in memory (a few tens of thousands of tokens at
+/// `d_model` 640 is about 100 MB).
+#[derive(Debug, Clone)]
+pub struct PairedCorpus {
+    /// `[n_tokens, 2, d_model]` f32 on the CPU.
+    pub acts: Tensor,
+    /// Token id of each row.
+    pub tokens: Vec<u32>,
+    /// Source of each row.
+    pub sources: Vec<TokenSource>,
+    /// Names of the prompt sets, indexed by [`TokenSource::set`].
+    pub sets: Vec<String>,
+    /// Prompts of each set (for showing contexts).
+    pub prompts: Vec<Vec<Vec<u32>>>,
+    /// The hook point read.
+    pub point: HookPoint,
+}
+
+/// One top-activating context of a latent.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Corpus row.
+    pub row: usize,
+    /// Where it comes from.
+    pub source: TokenSource,
+    /// The latent's activation there.
+    pub activation: f32,
+    /// Token ids of the window, ending at the activating token (the last one).
+    pub window: Vec<u32>,
+}
+
+/// Runs `base` and `tuned` on every prompt of `sets` (identical ids) and keeps the activations at
+/// `opts.point` of every real token from `opts.skip_first` on.
+///
+/// Errors when the models differ in width or depth, the point is outside them, there is no
+/// token to keep, or an activation is not finite.
+///
+/// ```no_run
+/// use puppetlens::dict::{self, paired_corpus, CorpusOptions, DictOptions, PromptSet};
+/// use puppetlens::{HookPoint, Model};
+/// let (base, tok) = puppetlens::load(puppetlens::fetch::fetch("gemma-3-270m")?)?;
+/// let a = puppetlens::lora::Adapter::load("notebooks-data/organisms/sycophant", base.device())?;
+/// let tuned: Model = base.with_adapter(&a)?;
+/// let sets = [PromptSet::new("neutral", vec![tok.encode("The capital of France is Paris.")?])];
+/// let opts = CorpusOptions { point: HookPoint::ResidPost(8), ..CorpusOptions::default() };
+/// let corpus = paired_corpus(&base, &tuned, &sets, &opts)?;    // acts [n_tokens, 2, 640]
+/// let (cc, _log) = dict::train(&corpus.acts, &DictOptions::default())?;
+/// let f = corpus.latent_activations(&cc, 1024)?;                // [n_tokens, n_latents]
+/// for c in corpus.top_contexts(&f, 0, 5, 8)? {
+///     println!("{} {:.2}: {}", corpus.sets[c.source.set], c.activation, tok.decode(&c.window)?);
+/// }
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn paired_corpus(
+    base: &Model,
+    tuned: &Model,
+    sets: &[PromptSet],
+    opts: &CorpusOptions,
+) -> Result<PairedCorpus> {
+    let (cb, ct) = (base.config(), tuned.config());
+    if cb.d_model != ct.d_model || cb.n_layers != ct.n_layers {
+        return Err(Error::Shape {
+            what: "tuned model of the pair".into(),
+            expected: format!("d_model {}, {} layers (the base)", cb.d_model, cb.n_layers),
+            got: format!("d_model {}, {} layers", ct.d_model, ct.n_layers),
+        });
+    }
+    opts.point.check(cb.n_layers)?;
+    if !opts.point.is_residual() {
+        return Err(Error::InvalidArgument {
+            name: opts.point.to_string(),
+            msg: "a paired corpus reads a residual hook point ([batch, pos, d_model])".into(),
+        });
+    }
+    if opts.batch_size == 0 {
+        return Err(Error::InvalidArgument {
+            name: "batch_size".into(),
+            msg: "must be positive".into(),
+        });
+    }
+    let total: usize = sets.iter().map(|s| s.prompts.len()).sum();
+    let mut progress = Progress::new("paired corpus", total, opts.progress);
+    let (mut rows, mut tokens, mut sources) = (Vec::new(), Vec::new(), Vec::new());
+    for (si, set) in sets.iter().enumerate() {
+        let lens: Vec<usize> = set.prompts.iter().map(|p| p.len()).collect();
+        for idx in length_batches(&lens, opts.batch_size) {
+            let ids: Vec<&[u32]> = idx.iter().map(|&i| set.prompts[i].as_slice()).collect();
+            if ids.iter().all(|p| p.len() <= opts.skip_first) {
+                progress.advance(idx.len());
+                continue;
+            }
+            let batch = Batch::new(&ids)?;
+            let a = [
+                run_point(base, &batch, opts.point)?,
+                run_point(tuned, &batch, opts.point)?,
+            ]; // 2 x [b, s, d]
+            for (r, &i) in idx.iter().enumerate() {
+                let (pad, len) = (batch.pads()[r], lens[i]);
+                if len <= opts.skip_first {
+                    continue;
+                }
+                let n = len - opts.skip_first;
+                let start = pad + opts.skip_first;
+                let pair = Tensor::stack(
+                    &[
+                        a[0].get(r)?.narrow(0, start, n)?,
+                        a[1].get(r)?.narrow(0, start, n)?,
+                    ],
+                    1,
+                )?; // [n, 2, d]
+                rows.push(pair);
+                for p in opts.skip_first..len {
+                    tokens.push(set.prompts[i][p]);
+                    sources.push(TokenSource {
+                        set: si,
+                        item: i,
+                        pos: p,
+                    });
+                }
+            }
+            progress.advance(idx.len());
+        }
+    }
+    progress.finish();
+    if rows.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "sets".into(),
+            msg: format!(
+                "no token to collect (empty prompt sets, or every prompt has at most {} tokens)",
+                opts.skip_first
+            ),
+        });
+    }
+    let acts = Tensor::cat(&rows, 0)?; // [n_tokens, 2, d]
+    if acts
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .any(|v| !v.is_finite())
+    {
+        return Err(Error::InvalidArgument {
+            name: opts.point.to_string(),
+            msg: "non-finite activations (NaN or inf)".into(),
+        });
+    }
+    Ok(PairedCorpus {
+        acts,
+        tokens,
+        sources,
+        sets: sets.iter().map(|s| s.name.clone()).collect(),
+        prompts: sets.iter().map(|s| s.prompts.clone()).collect(),
+        point: opts.point,
+    })
+}
+
+/// The activation at `point` of every row of `batch`: `[b, s, d_model]` f32 on the CPU.
+fn run_point(model: &Model, batch: &Batch, point: HookPoint) -> Result<Tensor> {
+    let mut out = None;
+    {
+        let mut hooks = Hooks::new();
+        hooks.add(
+            point,
+            hook_fn(|x, _| {
+                out = Some(x.to_dtype(DType::F32)?.to_device(&Device::Cpu)?); // [b, s, d]
+                Ok(None)
+            }),
+        );
+        model.run_hooks(batch, &mut hooks)?;
+    }
+    out.ok_or_else(|| Error::InvalidArgument {
+        name: point.to_string(),
+        msg: "the hook point did not fire".into(),
+    })
+}
+
+impl PairedCorpus {
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// True when the corpus holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Index of the set named `name`.
+    pub fn set_index(&self, name: &str) -> Result<usize> {
+        self.sets
+            .iter()
+            .position(|s| s == name)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "set".into(),
+                msg: format!("no prompt set `{name}` (sets: {:?})", self.sets),
+            })
+    }
+
+    /// Number of tokens per set, in [`sets`](Self::sets) order.
+    pub fn set_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.sets.len()];
+        for s in &self.sources {
+            c[s.set] += 1;
+        }
+        c
+    }
+
+    /// Mean over the tokens of set `name` (all tokens when `None`) of tuned - base: `[d_model]` f32.
+    pub fn mean_diff(&self, name: Option<&str>) -> Result<Tensor> {
+        let diff = (self.acts.get_on_dim(1, 1)? - self.acts.get_on_dim(1, 0)?)?; // [n, d]
+        let diff = match name {
+            None => diff,
+            Some(n) => {
+                let si = self.set_index(n)?;
+                let idx: Vec<u32> = (0..self.len())
+                    .filter(|&r| self.sources[r].set == si)
+                    .map(|r| r as u32)
+                    .collect();
+                let k = idx.len();
+                diff.index_select(&Tensor::from_vec(idx, k, &Device::Cpu)?, 0)?
+            }
+        };
+        Ok(diff.mean(0)?) // [d]
+    }
+
+    /// Latent activations of every token: `[n_tokens, n_latents]` f32 on the CPU, encoded
+    /// `batch_size` tokens at a time (a BatchTopK dictionary uses its inference threshold when
+    /// it has one).
+    pub fn latent_activations(&self, dict: &Dictionary, batch_size: usize) -> Result<Tensor> {
+        self.check_dict(dict)?;
+        let n = self.len();
+        let mut out = Vec::new();
+        let mut s = 0;
+        while s < n {
+            let m = batch_size.max(1).min(n - s);
+            let x = self.acts.narrow(0, s, m)?.to_device(dict.device())?; // [m, 2, d]
+            out.push(dict.encode(&x)?.to_device(&Device::Cpu)?); // [m, n_latents]
+            s += m;
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    /// Errors unless `dict` is a crosscoder of this corpus's width (and, when its metadata names
+    /// a hook point, of this corpus's point).
+    pub fn check_dict(&self, dict: &Dictionary) -> Result<()> {
+        let d = self.acts.dim(2)?;
+        if dict.n_models() != 2 || dict.d() != d {
+            return Err(Error::Shape {
+                what: "crosscoder for this paired corpus".into(),
+                expected: format!("2 models of width {d}"),
+                got: format!("{} model(s) of width {}", dict.n_models(), dict.d()),
+            });
+        }
+        if let Some(h) = dict.meta.get("hook_name") {
+            if *h != self.point.to_string() {
+                return Err(Error::InvalidArgument {
+                    name: "hook_name".into(),
+                    msg: format!(
+                        "the crosscoder was trained at {h}, the corpus is from {}",
+                        self.point
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `n` tokens where column `latent` of `f` (`[n_tokens, n_latents]`, from
+    /// [`latent_activations`](Self::latent_activations)) is largest and positive, each with the
+    /// `window` tokens of its prompt ending at it.
+    pub fn top_contexts(
+        &self,
+        f: &Tensor,
+        latent: usize,
+        n: usize,
+        window: usize,
+    ) -> Result<Vec<Context>> {
+        let (rows, l) = f.dims2()?;
+        if rows != self.len() || latent >= l {
+            return Err(Error::Shape {
+                what: "latent activations of the corpus".into(),
+                expected: format!("[{}, > {latent}]", self.len()),
+                got: format!("{:?}", f.dims()),
+            });
+        }
+        let col = f.narrow(1, latent, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut order: Vec<usize> = (0..rows).filter(|&r| col[r] > 0.0).collect();
+        order.sort_by(|&a, &b| col[b].total_cmp(&col[a]));
+        order.truncate(n);
+        Ok(order
+            .into_iter()
+            .map(|r| {
+                let s = self.sources[r];
+                let p = &self.prompts[s.set][s.item];
+                let lo = (s.pos + 1).saturating_sub(window.max(1));
+                Context {
+                    row: r,
+                    source: s,
+                    activation: col[r],
+                    window: p[lo..=s.pos].to_vec(),
+                }
+            })
+            .collect())
+    }
+}
