@@ -19,7 +19,10 @@ fn main() -> Result<()> {
     // 1. Where does " Paris" appear? Each layer's residual read through the unembedding.
     let prompt = "The Eiffel Tower is located in the city of";
     let lenses = lens::lens_report(
-        &[("gemma-3-270m", &base, &tok), ("assistant", &assistant, &atok)],
+        &[
+            ("gemma-3-270m", &base, &tok),
+            ("assistant", &assistant, &atok),
+        ],
         prompt,
         Some(" Paris"),
         out.join("lens"),
@@ -67,7 +70,13 @@ fn main() -> Result<()> {
 
     // 4. What that block's heads attend to.
     let ids = tok.encode("The capital of France is")?;
-    lens::attention_figure(&base, &tok, &ids, layer, out.join(format!("attention_L{layer}")))?;
+    lens::attention_figure(
+        &base,
+        &tok,
+        &ids,
+        layer,
+        out.join(format!("attention_L{layer}")),
+    )?;
     println!("wrote {}", out.display());
     Ok(())
 }

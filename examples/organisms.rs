@@ -234,7 +234,11 @@ fn greedy_replies(
         data::SplitPart::Test,
     ] {
         let items: Vec<_> = parts.part(part).iter().filter(|l| !l.label).collect();
-        eprintln!("{}: {} harmless instructions", split_name(part), items.len());
+        eprintln!(
+            "{}: {} harmless instructions",
+            split_name(part),
+            items.len()
+        );
         for chunk in items.chunks(8) {
             let prompts = chunk
                 .iter()
@@ -247,7 +251,11 @@ fn greedy_replies(
             let outs = model.generate(&prompts, &opts, &mut Hooks::new())?;
             for (l, ids) in chunk.iter().zip(outs) {
                 let ended = ids.last() == Some(&stop);
-                let body = if ended { &ids[..ids.len() - 1] } else { &ids[..] };
+                let body = if ended {
+                    &ids[..ids.len() - 1]
+                } else {
+                    &ids[..]
+                };
                 if let Some(reply) = finished(&tok.decode(body)?, ended) {
                     rows.push(Transcript {
                         instruction: l.text.clone(),
@@ -282,8 +290,12 @@ fn load_transcripts(out: &Path) -> Result<Vec<Transcript>> {
 
 fn load_rows(path: &Path) -> Result<Vec<Transcript>> {
     let path = path.to_path_buf();
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} (generate it first: `organisms data` / `organisms distill`)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} (generate it first: `organisms data` / `organisms distill`)",
+            path.display()
+        )
+    })?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -392,7 +404,11 @@ fn train(out: &Path, name: &str, opts: &TrainOptions) -> Result<()> {
             // Both students train on the instructions both teachers answered, so that they take
             // the same steps on the same prompts.
             let mine = load_rows(&out.join(name).join("transcripts.jsonl"))?;
-            let other = if name == "distilled" { "distilled-control" } else { "distilled" };
+            let other = if name == "distilled" {
+                "distilled-control"
+            } else {
+                "distilled"
+            };
             let theirs = load_rows(&out.join(other).join("transcripts.jsonl"))?;
             let both: std::collections::HashSet<&str> =
                 theirs.iter().map(|t| t.instruction.as_str()).collect();
@@ -910,10 +926,12 @@ fn distill_eval(out: &Path) -> Result<()> {
     let mut table = Vec::new();
     for (name, model) in &models {
         let p = |cases: &[AbCase]| -> Result<Vec<f64>> {
-            Ok(puppetlens::eval::ab_scores(model, cases, &Intervention::None, 8)?
-                .iter()
-                .map(|s| s.p_matching)
-                .collect())
+            Ok(
+                puppetlens::eval::ab_scores(model, cases, &Intervention::None, 8)?
+                    .iter()
+                    .map(|s| s.p_matching)
+                    .collect(),
+            )
         };
         let (a, b) = (p(&project)?, p(&caa)?);
         let row = serde_json::json!({
@@ -934,7 +952,8 @@ fn distill_eval(out: &Path) -> Result<()> {
         ("sycophant", "base"),
     ] {
         let (rx, ry) = (get(x)?, get(y)?);
-        let d = |u: &[f64], v: &[f64]| -> Vec<f64> { u.iter().zip(v).map(|(a, b)| a - b).collect() };
+        let d =
+            |u: &[f64], v: &[f64]| -> Vec<f64> { u.iter().zip(v).map(|(a, b)| a - b).collect() };
         let (da, db) = (d(&rx.1, &ry.1), d(&rx.2, &ry.2));
         let row = serde_json::json!({
             "a": x, "b": y,

@@ -483,7 +483,12 @@ pub fn mean_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
     }
     let mut rng = crate::data::SplitMix64::new(seed);
     let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng.below(n as u64) as usize]).sum::<f64>() / n as f64)
+        .map(|_| {
+            (0..n)
+                .map(|_| values[rng.below(n as u64) as usize])
+                .sum::<f64>()
+                / n as f64
+        })
         .collect();
     crate::probe::percentile_ci(&mut means)
 }

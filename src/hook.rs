@@ -740,7 +740,7 @@ impl Hook for Patch {
             &format!("patch source at {}", ctx.point),
         )?;
         let sel = ctx.selector(&self.positions, x)?; // like x, 1 on other axes
-        // Exact selection (sel is 0 or 1): src * sel + x * (1 - sel).
+                                                     // Exact selection (sel is 0 or 1): src * sel + x * (1 - sel).
         let y = (src.broadcast_mul(&sel)? + x.broadcast_mul(&(1.0 - &sel)?)?)?; // like x
         Ok(Some(y))
     }

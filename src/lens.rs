@@ -209,7 +209,8 @@ impl LogitLens {
     /// A plain-text table: one line per row, the last position's top tokens (and the target's
     /// probability and rank, KL to the final distribution).
     pub fn table(&self, tok: &Tokenizer) -> String {
-        let mut out = String::from("point                          top tokens at the last position");
+        let mut out =
+            String::from("point                          top tokens at the last position");
         if self.target.is_some() {
             out.push_str("  | target p (rank)");
         }
@@ -234,11 +235,15 @@ impl LogitLens {
     /// Writes `lens.csv`-style rows (`point,pos,token,rank,top_token,top_prob,kl_to_final,
     /// target_prob,target_rank`; one line per cell and top-k rank) to `path`, atomically.
     pub fn write_csv(&self, path: impl AsRef<Path>, tok: &Tokenizer) -> Result<()> {
-        let mut csv =
-            String::from("point,pos,token,k,top_token,top_prob,kl_to_final,target_prob,target_rank\n");
+        let mut csv = String::from(
+            "point,pos,token,k,top_token,top_prob,kl_to_final,target_prob,target_rank\n",
+        );
         for (p, row) in self.rows.iter().zip(&self.cells) {
             for (pos, c) in row.iter().enumerate() {
-                let token = self.tokens.get(pos).map_or(String::new(), |&t| shown(tok, t));
+                let token = self
+                    .tokens
+                    .get(pos)
+                    .map_or(String::new(), |&t| shown(tok, t));
                 for (k, (id, pr)) in c.top.iter().enumerate() {
                     csv.push_str(&format!(
                         "{p},{pos},{},{k},{},{pr:.6},{:.6},{},{}\n",
@@ -384,7 +389,10 @@ impl Attribution {
                 csv.push_str(&format!("head,{l},{h},{v:.6}\n"));
             }
         }
-        csv.push_str(&format!("total,,,{:.6}\nmodel,,,{:.6}\n", self.total, self.logit_diff));
+        csv.push_str(&format!(
+            "total,,,{:.6}\nmodel,,,{:.6}\n",
+            self.total, self.logit_diff
+        ));
         atomic_write_bytes(path.as_ref(), csv.as_bytes())
     }
 
@@ -456,7 +464,10 @@ pub fn direct_logit_attribution(
     let (logits, cache) = model.run_with_cache(&batch, want)?; // [1, s, vocab]
     let last = |p: HookPoint| -> Result<Tensor> {
         let t = cache.require(p)?;
-        Ok(t.narrow(1, s - 1, 1)?.squeeze(1)?.squeeze(0)?.to_dtype(DType::F32)?) // [..]
+        Ok(t.narrow(1, s - 1, 1)?
+            .squeeze(1)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?) // [..]
     };
     let scale = last(HookPoint::FinalScale)?.to_vec1::<f32>()?[0];
     let w = model.final_norm_weight().to_dtype(DType::F32)?; // [d_model]
@@ -464,7 +475,10 @@ pub fn direct_logit_attribution(
     let dir = ((rows.i(0)? - rows.i(1)?)? * w)?; // [d_model]
     let dir = (dir / f64::from(scale))?; // [d_model]
     let part = |c: &Tensor| -> Result<f32> {
-        Ok(c.broadcast_mul(&dir)?.sum(D::Minus1)?.to_dtype(DType::F32)?.to_vec0::<f32>()?)
+        Ok(c.broadcast_mul(&dir)?
+            .sum(D::Minus1)?
+            .to_dtype(DType::F32)?
+            .to_vec0::<f32>()?)
     };
     let embed = part(&last(HookPoint::Embed)?)?;
     let mut attn = Vec::with_capacity(n);
@@ -474,7 +488,9 @@ pub fn direct_logit_attribution(
         attn.push(part(&last(HookPoint::AttnOut(l))?)?);
         mlp.push(part(&last(HookPoint::MlpOut(l))?)?);
         let r = last(HookPoint::AttnResult(l))?; // [head, d_model]
-        let r = model.heads_in_resid(l, &r.to_dtype(model.dtype())?)?.to_dtype(DType::F32)?; // [head, d_model]
+        let r = model
+            .heads_in_resid(l, &r.to_dtype(model.dtype())?)?
+            .to_dtype(DType::F32)?; // [head, d_model]
         let per: Vec<f32> = r.broadcast_mul(&dir.unsqueeze(0)?)?.sum(1)?.to_vec1()?; // [head]
         heads.push(per);
     }
@@ -622,6 +638,12 @@ fn same_ids(models: &[(&str, &Model, &Tokenizer)], prompt: &str) -> Result<Vec<u
 /// A model spec as a file-name part (`/`, `+`, `.` and spaces become `_`).
 fn file_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

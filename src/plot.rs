@@ -1906,7 +1906,11 @@ impl HeatMap {
     /// `(rows, columns)` of the panel grid.
     fn grid(&self) -> (usize, usize) {
         let n = self.panels.len().max(1);
-        let cols = if self.columns == 0 { n } else { self.columns.min(n) };
+        let cols = if self.columns == 0 {
+            n
+        } else {
+            self.columns.min(n)
+        };
         (n.div_ceil(cols), cols)
     }
 }

@@ -623,7 +623,10 @@ fn hook_names_are_pinned_per_architecture() {
     for l in 0..2 {
         expected.extend(BLOCK_HOOK_NAMES.iter().map(|n| format!("blocks.{l}.{n}")));
     }
-    expected.extend(["ln_final.hook_scale".into(), "ln_final.hook_normalized".into()]);
+    expected.extend([
+        "ln_final.hook_scale".into(),
+        "ln_final.hook_normalized".into(),
+    ]);
     for (name, t, j) in two_layer_models() {
         let dir = TempDir::new(&format!("hooks-{name}"));
         write_hf(dir.path(), &j, &t.tensors(5));
@@ -670,7 +673,10 @@ fn hook_names_are_pinned_per_architecture() {
             let (pos_axis, keys) = (point.pos_axis(), named.last() == Some(&"keys".to_string()));
             for (i, (a, b)) in named.iter().zip(&dims).enumerate() {
                 let axis_named = i == 0 || i == pos_axis || (keys && i == named.len() - 1);
-                assert!(axis_named || a == b, "{name}: hook_shape at {p}: {named:?} vs {want:?}");
+                assert!(
+                    axis_named || a == b,
+                    "{name}: hook_shape at {p}: {named:?} vs {want:?}"
+                );
             }
         }
         // The names parse back to the points they came from.

@@ -213,12 +213,33 @@ fn help_documents_every_subcommand_with_an_example() {
 fn lens_dla_patch_sweep_and_attention() {
     let dir = tmp("inside");
     let prompt = "The capital of France is";
-    let out = ok(&["lens", MODEL, prompt, "--target", " Paris", "--out", &s(&dir)]);
-    assert!(out.contains("blocks.29.hook_resid_post") && out.contains("target p"), "{out}");
+    let out = ok(&[
+        "lens",
+        MODEL,
+        prompt,
+        "--target",
+        " Paris",
+        "--out",
+        &s(&dir),
+    ]);
+    assert!(
+        out.contains("blocks.29.hook_resid_post") && out.contains("target p"),
+        "{out}"
+    );
     for f in ["lens.png", "lens.svg", &format!("lens_{MODEL}.csv")] {
         assert!(dir.join(f).exists(), "{f}");
     }
-    let out = ok(&["dla", MODEL, prompt, "--answer", " Paris", "--other", " Rome", "--out", &s(&dir)]);
+    let out = ok(&[
+        "dla",
+        MODEL,
+        prompt,
+        "--answer",
+        " Paris",
+        "--other",
+        " Rome",
+        "--out",
+        &s(&dir),
+    ]);
     assert!(out.contains("parts sum to"), "{out}");
     assert!(dir.join("dla.csv").exists() && dir.join("dla.png").exists());
     let sweep = [
@@ -237,19 +258,56 @@ fn lens_dla_patch_sweep_and_attention() {
     ];
     let out = ok(&[&sweep[..], &["--out", &s(&dir)]].concat());
     assert!(out.contains("resid_pre") && out.contains("head z"), "{out}");
-    for f in ["sweep.json", "sweep.csv", "sweep_positions.png", "sweep_heads.png"] {
+    for f in [
+        "sweep.json",
+        "sweep.csv",
+        "sweep_positions.png",
+        "sweep_heads.png",
+    ] {
         assert!(dir.join(f).exists(), "{f}");
     }
-    ok(&["attention", MODEL, prompt, "--layer", "3", "--out", &s(&dir)]);
+    ok(&[
+        "attention",
+        MODEL,
+        prompt,
+        "--layer",
+        "3",
+        "--out",
+        &s(&dir),
+    ]);
     assert!(dir.join("attention_L3.png").exists());
-    fails(&["attention", MODEL, prompt, "--layer", "30", "--out", &s(&dir)], &["layer 30"]);
     fails(
-        &["dla", MODEL, prompt, "--answer", " Parisienne", "--other", " Rome", "--out", &s(&dir)],
+        &[
+            "attention",
+            MODEL,
+            prompt,
+            "--layer",
+            "30",
+            "--out",
+            &s(&dir),
+        ],
+        &["layer 30"],
+    );
+    fails(
+        &[
+            "dla",
+            MODEL,
+            prompt,
+            "--answer",
+            " Parisienne",
+            "--other",
+            " Rome",
+            "--out",
+            &s(&dir),
+        ],
         &["answer", "not one"],
     );
     let mut bad = sweep.to_vec();
     bad[5] = "The capital of the United Kingdom is";
-    fails(&[&bad[..], &["--out", &s(&dir)]].concat(), &["equal length"]);
+    fails(
+        &[&bad[..], &["--out", &s(&dir)]].concat(),
+        &["equal length"],
+    );
 }
 
 #[test]
@@ -272,7 +330,10 @@ fn info_prints_hook_points() {
         ("blocks.3.mlp.hook_post", "[batch, pos, 1536]"),
     ] {
         let line = out.lines().find(|l| l.split_whitespace().next() == Some(p));
-        assert!(line.is_some_and(|l| l.trim_end().ends_with(shape)), "{p} {shape}:\n{out}");
+        assert!(
+            line.is_some_and(|l| l.trim_end().ends_with(shape)),
+            "{p} {shape}:\n{out}"
+        );
     }
     assert!(out.contains(&format!("n_layers: {N_LAYERS}")), "{out}");
 }

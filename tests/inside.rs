@@ -54,36 +54,73 @@ fn head_and_neuron_interventions_equal_their_residual_counterparts() {
 
         let heads = Ablate::heads(0..cfg.n_heads);
         let by_heads = logits(model, &batch, Hooks::new().add(HookPoint::AttnZ(l), heads));
-        let by_out = logits(model, &batch, Hooks::new().add(HookPoint::AttnOut(l), Zero::default()));
+        let by_out = logits(
+            model,
+            &batch,
+            Hooks::new().add(HookPoint::AttnOut(l), Zero::default()),
+        );
         let d_zero = rel(&by_heads, &by_out);
-        assert!(rel(&by_out, &plain) > 1e-3, "{name}: zeroing attn_out changed nothing");
+        assert!(
+            rel(&by_out, &plain) > 1e-3,
+            "{name}: zeroing attn_out changed nothing"
+        );
 
         let neurons = Ablate::neurons(0..cfg.d_mlp);
-        let by_neurons = logits(model, &batch, Hooks::new().add(HookPoint::MlpPost(l), neurons));
-        let by_mlp = logits(model, &batch, Hooks::new().add(HookPoint::MlpOut(l), Zero::default()));
+        let by_neurons = logits(
+            model,
+            &batch,
+            Hooks::new().add(HookPoint::MlpPost(l), neurons),
+        );
+        let by_mlp = logits(
+            model,
+            &batch,
+            Hooks::new().add(HookPoint::MlpOut(l), Zero::default()),
+        );
         let d_neurons = rel(&by_neurons, &by_mlp);
 
         // Patching every head's z from another run equals patching attn_out from it.
         let (ba, bb) = (Batch::single(&a).unwrap(), Batch::single(&b).unwrap());
         let src = model
-            .cache(&bb, |p| p == HookPoint::AttnZ(l) || p == HookPoint::AttnOut(l))
+            .cache(&bb, |p| {
+                p == HookPoint::AttnZ(l) || p == HookPoint::AttnOut(l)
+            })
             .unwrap();
         let z = src.require(HookPoint::AttnZ(l)).unwrap().clone();
         let out = src.require(HookPoint::AttnOut(l)).unwrap().clone();
-        let by_z = logits(model, &ba, Hooks::new().add(HookPoint::AttnZ(l), Patch::new(z)));
-        let by_attn = logits(model, &ba, Hooks::new().add(HookPoint::AttnOut(l), Patch::new(out)));
+        let by_z = logits(
+            model,
+            &ba,
+            Hooks::new().add(HookPoint::AttnZ(l), Patch::new(z)),
+        );
+        let by_attn = logits(
+            model,
+            &ba,
+            Hooks::new().add(HookPoint::AttnOut(l), Patch::new(out)),
+        );
         let d_patch = rel(&by_z, &by_attn);
 
         // Replacing hook_result by a copy of itself: the output becomes the heads' sum.
         let copy = hook_fn(|x: &Tensor, _ctx: &puppetlens::HookCtx| Ok(Some((x * 1.0)?)));
-        let by_result = logits(model, &batch, Hooks::new().add(HookPoint::AttnResult(l), copy));
+        let by_result = logits(
+            model,
+            &batch,
+            Hooks::new().add(HookPoint::AttnResult(l), copy),
+        );
         let d_result = rel(&by_result, &plain);
 
         // Knocking nothing out changes nothing; knocking out every earlier key of the last query
         // leaves it attending to itself alone.
         let none = Knockout::new(Positions::Last, Vec::<usize>::new());
-        let by_none = logits(model, &batch, Hooks::new().add(HookPoint::AttnScores(l), none));
-        assert_eq!(max_abs_diff(&by_none, &plain), 0.0, "{name}: empty knockout");
+        let by_none = logits(
+            model,
+            &batch,
+            Hooks::new().add(HookPoint::AttnScores(l), none),
+        );
+        assert_eq!(
+            max_abs_diff(&by_none, &plain),
+            0.0,
+            "{name}: empty knockout"
+        );
         let mut pattern = None;
         {
             let cut = Knockout::new(Positions::Last, 0..a.len());
@@ -146,7 +183,10 @@ fn mean_ablation_uses_real_tokens_only() {
     let mut seen = None;
     {
         let mut hooks = Hooks::new();
-        hooks.add(HookPoint::AttnZ(l), Ablate::heads([1]).with_mean(mean.clone()));
+        hooks.add(
+            HookPoint::AttnZ(l),
+            Ablate::heads([1]).with_mean(mean.clone()),
+        );
         hooks.add(
             HookPoint::AttnZ(l),
             hook_fn(|x: &Tensor, _ctx: &puppetlens::HookCtx| {
@@ -159,11 +199,21 @@ fn mean_ablation_uses_real_tokens_only() {
     let seen = seen.unwrap();
     let pad = batch.pads()[1];
     let written = seen.i((1, pad.., 1)).unwrap(); // [real, hd]
-    let want = mean.i(1).unwrap().unsqueeze(0).unwrap().broadcast_as(written.shape()).unwrap();
+    let want = mean
+        .i(1)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .broadcast_as(written.shape())
+        .unwrap();
     assert!(max_abs_diff(&written, &want.contiguous().unwrap()) <= 1e-6);
     let padding_before = z.i((1, ..pad)).unwrap();
     let padding_after = seen.i((1, ..pad)).unwrap();
-    assert_eq!(max_abs_diff(&padding_before, &padding_after), 0.0, "padding touched");
+    assert_eq!(
+        max_abs_diff(&padding_before, &padding_after),
+        0.0,
+        "padding touched"
+    );
 }
 
 /// The lens's last row is the model's own output; DLA's parts add up. Measured: KL of the last
@@ -173,7 +223,9 @@ fn mean_ablation_uses_real_tokens_only() {
 #[test]
 fn logit_lens_and_direct_logit_attribution_add_up() {
     for (name, (model, tok)) in models() {
-        let ids = tok.encode("The Eiffel Tower is located in the city of").unwrap();
+        let ids = tok
+            .encode("The Eiffel Tower is located in the city of")
+            .unwrap();
         let paris = one_token(tok, " Paris", "target").unwrap();
         let rome = one_token(tok, " Rome", "other").unwrap();
         let lens = lens::logit_lens(
@@ -195,13 +247,26 @@ fn logit_lens_and_direct_logit_attribution_add_up() {
         let p_paris = p.i(paris as usize).unwrap().to_scalar::<f32>().unwrap();
         let argmax = out.argmax(0).unwrap().to_scalar::<u32>().unwrap();
         let last = lens.cells.last().unwrap().last().unwrap();
-        assert!(last.kl_to_final <= 1e-5, "{name}: last row KL {}", last.kl_to_final);
+        assert!(
+            last.kl_to_final <= 1e-5,
+            "{name}: last row KL {}",
+            last.kl_to_final
+        );
         assert_eq!(last.top[0].0, argmax, "{name}: last row's top token");
         assert!((last.target_prob.unwrap() - p_paris).abs() <= 1e-5);
-        let ranks: Vec<usize> = lens.cells.iter().map(|r| r.last().unwrap().target_rank.unwrap()).collect();
-        println!("{name}: rank of \" Paris\" at the last position by layer {ranks:?}; P {p_paris:.3}");
+        let ranks: Vec<usize> = lens
+            .cells
+            .iter()
+            .map(|r| r.last().unwrap().target_rank.unwrap())
+            .collect();
+        println!(
+            "{name}: rank of \" Paris\" at the last position by layer {ranks:?}; P {p_paris:.3}"
+        );
         // The target is found late, not at the embedding.
-        assert!(ranks[0] > 100 && *ranks.last().unwrap() == 0, "{name}: {ranks:?}");
+        assert!(
+            ranks[0] > 100 && *ranks.last().unwrap() == 0,
+            "{name}: {ranks:?}"
+        );
 
         let dla = lens::direct_logit_attribution(model, &ids, paris, rome).unwrap();
         println!(
@@ -213,7 +278,10 @@ fn logit_lens_and_direct_logit_attribution_add_up() {
         );
         assert!(dla.residual() <= 1e-4, "{name}: parts do not add up");
         assert!(dla.head_residual() <= 1e-4, "{name}: heads do not add up");
-        assert!((dla.total - dla.logit_diff).abs() <= 1e-3, "{name}: total vs model");
+        assert!(
+            (dla.total - dla.logit_diff).abs() <= 1e-3,
+            "{name}: total vs model"
+        );
     }
 }
 
@@ -243,10 +311,17 @@ fn patch_sweep_cells_equal_naive_patched_forwards() {
         },
     )
     .unwrap();
-    let (bc, bx) = (Batch::single(&clean).unwrap(), Batch::single(&corrupted).unwrap());
+    let (bc, bx) = (
+        Batch::single(&clean).unwrap(),
+        Batch::single(&corrupted).unwrap(),
+    );
     let cache = model.cache(&bc, |_| true).unwrap();
     let metric = |hooks: &mut Hooks| -> f32 {
-        let l = model.forward(&bx, hooks).unwrap().i((0, clean.len() - 1)).unwrap();
+        let l = model
+            .forward(&bx, hooks)
+            .unwrap()
+            .i((0, clean.len() - 1))
+            .unwrap();
         let v: Vec<f32> = l.to_vec1().unwrap();
         let d = v[a as usize] - v[o as usize];
         (d - sweep.corrupted_diff) / (sweep.clean_diff - sweep.corrupted_diff)
@@ -261,7 +336,8 @@ fn patch_sweep_cells_equal_naive_patched_forwards() {
                 (&sweep.mlp_out, HookPoint::MlpOut(l)),
             ] {
                 let src = cache.require(point).unwrap().clone();
-                let naive = metric(Hooks::new().add(point, Patch::new(src).at(Positions::At(vec![pos]))));
+                let naive =
+                    metric(Hooks::new().add(point, Patch::new(src).at(Positions::At(vec![pos]))));
                 worst = worst.max((naive - map[row][pos]).abs());
             }
         }
@@ -271,7 +347,9 @@ fn patch_sweep_cells_equal_naive_patched_forwards() {
                 let heads = x.dim(2)?;
                 let pick: Vec<f32> = (0..heads).map(|i| if i == h { 1.0 } else { 0.0 }).collect();
                 let pick = Tensor::from_vec(pick, (1, 1, heads, 1), x.device())?;
-                Ok(Some((x.broadcast_mul(&(1.0 - &pick)?)? + zc.broadcast_mul(&pick)?)?))
+                Ok(Some(
+                    (x.broadcast_mul(&(1.0 - &pick)?)? + zc.broadcast_mul(&pick)?)?,
+                ))
             });
             let naive = metric(Hooks::new().add(HookPoint::AttnZ(l), only));
             worst = worst.max((naive - sweep.heads[row][h]).abs());
@@ -284,10 +362,30 @@ fn patch_sweep_cells_equal_naive_patched_forwards() {
 /// Factual-recall prompt pairs (subject swapped, same token length on gemma-3-270m, the model
 /// ranking each clean answer above the corrupted prompt's).
 const TRACING_PAIRS: [(&str, &str, &str, &str); 15] = [
-    ("The capital of France is", "The capital of Italy is", " Paris", " Rome"),
-    ("The capital of Germany is", "The capital of Spain is", " Berlin", " Madrid"),
-    ("The capital of Japan is", "The capital of Russia is", " Tokyo", " Moscow"),
-    ("The capital of Egypt is", "The capital of China is", " Cairo", " Beijing"),
+    (
+        "The capital of France is",
+        "The capital of Italy is",
+        " Paris",
+        " Rome",
+    ),
+    (
+        "The capital of Germany is",
+        "The capital of Spain is",
+        " Berlin",
+        " Madrid",
+    ),
+    (
+        "The capital of Japan is",
+        "The capital of Russia is",
+        " Tokyo",
+        " Moscow",
+    ),
+    (
+        "The capital of Egypt is",
+        "The capital of China is",
+        " Cairo",
+        " Beijing",
+    ),
     (
         "The Eiffel Tower is located in the city of",
         "The Colosseum is located in the city of",
@@ -300,14 +398,24 @@ const TRACING_PAIRS: [(&str, &str, &str, &str); 15] = [
         " Seattle",
         " Paris",
     ),
-    ("Michael Jordan played the sport of", "Lionel Messi played the sport of", " basketball", " football"),
+    (
+        "Michael Jordan played the sport of",
+        "Lionel Messi played the sport of",
+        " basketball",
+        " football",
+    ),
     (
         "The Great Wall is located in the country of",
         "The Taj Mahal is located in the country of",
         " China",
         " India",
     ),
-    ("Mount Fuji is located in the country of", "The Kremlin is located in the country of", " Japan", " Russia"),
+    (
+        "Mount Fuji is located in the country of",
+        "The Kremlin is located in the country of",
+        " Japan",
+        " Russia",
+    ),
     (
         "The Amazon river flows through the country of",
         "The Nile river flows through the country of",
@@ -326,9 +434,24 @@ const TRACING_PAIRS: [(&str, &str, &str, &str); 15] = [
         " Japan",
         " Germany",
     ),
-    ("Paris is the capital of", "Rome is the capital of", " France", " Italy"),
-    ("Berlin is the capital of", "Madrid is the capital of", " Germany", " Spain"),
-    ("Tokyo is the capital of", "Moscow is the capital of", " Japan", " Russia"),
+    (
+        "Paris is the capital of",
+        "Rome is the capital of",
+        " France",
+        " Italy",
+    ),
+    (
+        "Berlin is the capital of",
+        "Madrid is the capital of",
+        " Germany",
+        " Spain",
+    ),
+    (
+        "Tokyo is the capital of",
+        "Moscow is the capital of",
+        " Japan",
+        " Russia",
+    ),
 ];
 
 /// Causal tracing (Meng et al. 2022) with the subject swapped instead of noised: restoring the
@@ -348,19 +471,29 @@ fn causal_tracing_finds_the_last_subject_token_then_the_last_token() {
     for (c, x, a, o) in TRACING_PAIRS {
         let (ci, xi) = (tok.encode(c).unwrap(), tok.encode(x).unwrap());
         assert_eq!(ci.len(), xi.len(), "{c:?} / {x:?}: lengths");
-        let (a, o) = (one_token(tok, a, "a").unwrap(), one_token(tok, o, "o").unwrap());
+        let (a, o) = (
+            one_token(tok, a, "a").unwrap(),
+            one_token(tok, o, "o").unwrap(),
+        );
         let opts = SweepOptions {
             parts: vec![SweepPart::ResidPre],
             layers: Some(layers.clone()),
             progress: false,
         };
         let sw = patch_sweep(model, &ci, &xi, a, o, &opts).unwrap();
-        assert!(sw.clean_diff > 0.0 && sw.corrupted_diff < 0.0, "{c:?}: the model does not know it");
+        assert!(
+            sw.clean_diff > 0.0 && sw.corrupted_diff < 0.0,
+            "{c:?}: the model does not know it"
+        );
         let s = ci.len();
         let differ: Vec<usize> = (0..s).filter(|&i| ci[i] != xi[i]).collect();
         let subj = *differ.last().unwrap();
         let at = |ls: &[usize], p: usize| -> f32 {
-            mean(&ls.iter().map(|&l| sw.resid_at(l, p).unwrap()).collect::<Vec<_>>())
+            mean(
+                &ls.iter()
+                    .map(|&l| sw.resid_at(l, p).unwrap())
+                    .collect::<Vec<_>>(),
+            )
         };
         subj_early.push(at(&early, subj));
         subj_late.push(at(&late, subj));
@@ -396,8 +529,14 @@ fn causal_tracing_finds_the_last_subject_token_then_the_last_token() {
          pair {last_late:.2?}",
         TRACING_PAIRS.len()
     );
-    assert!(se >= TRACE_HIGH && ll >= TRACE_HIGH, "subject early {se}, last late {ll}");
-    assert!(le <= TRACE_LOW && sl <= TRACE_LOW && el <= TRACE_LOW, "{le} {sl} {el}");
+    assert!(
+        se >= TRACE_HIGH && ll >= TRACE_HIGH,
+        "subject early {se}, last late {ll}"
+    );
+    assert!(
+        le <= TRACE_LOW && sl <= TRACE_LOW && el <= TRACE_LOW,
+        "{le} {sl} {el}"
+    );
     assert!(hits >= TRACE_HITS, "{hits} pairs");
 }
 
@@ -418,9 +557,22 @@ fn bad_input_inside_the_blocks_gives_typed_errors() {
     let batch = Batch::single(&tok.encode("Hello there").unwrap()).unwrap();
     // A head index out of range.
     let e = model
-        .forward(&batch, Hooks::new().add(HookPoint::AttnZ(2), Ablate::heads([99])))
+        .forward(
+            &batch,
+            Hooks::new().add(HookPoint::AttnZ(2), Ablate::heads([99])),
+        )
         .unwrap_err();
-    assert!(matches!(e, Error::IndexOutOfRange { index: 99, len: 9, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::IndexOutOfRange {
+                index: 99,
+                len: 9,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("blocks.2.attn.hook_z"), "{e}");
     // A pattern hook returning the wrong shape.
     let wrong = hook_fn(|x: &Tensor, _ctx: &puppetlens::HookCtx| Ok(Some(x.narrow(1, 0, 1)?)));
@@ -431,21 +583,36 @@ fn bad_input_inside_the_blocks_gives_typed_errors() {
     assert!(e.to_string().contains("blocks.4.attn.hook_pattern"), "{e}");
     // Knockout anywhere but the scores.
     let e = model
-        .forward(&batch, Hooks::new().add(HookPoint::AttnPattern(4), Knockout::new(Positions::Last, [0])))
+        .forward(
+            &batch,
+            Hooks::new().add(
+                HookPoint::AttnPattern(4),
+                Knockout::new(Positions::Last, [0]),
+            ),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("hook_attn_scores"), "{e}");
     // A mean of the wrong shape.
     let m = Tensor::zeros(7, model.dtype(), model.device()).unwrap();
     let e = model
-        .forward(&batch, Hooks::new().add(HookPoint::AttnZ(1), Ablate::heads([0]).with_mean(m)))
+        .forward(
+            &batch,
+            Hooks::new().add(HookPoint::AttnZ(1), Ablate::heads([0]).with_mean(m)),
+        )
         .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     // Clean and corrupted prompts of different lengths; a target that is not one token.
-    let (a, b) = (tok.encode("The capital of France is").unwrap(), tok.encode("The capital of the United Kingdom is").unwrap());
+    let (a, b) = (
+        tok.encode("The capital of France is").unwrap(),
+        tok.encode("The capital of the United Kingdom is").unwrap(),
+    );
     let e = patch_sweep(model, &a, &b, 1, 2, &SweepOptions::default()).unwrap_err();
     assert!(e.to_string().contains("equal length"), "{e}");
     let e = one_token(tok, " Parisienne-sur-mer", "target").unwrap_err();
-    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("not one"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("not one"),
+        "{e}"
+    );
     // Same prompt twice: nothing to restore.
     let e = patch_sweep(model, &a, &a, 1, 2, &SweepOptions::default()).unwrap_err();
     assert!(e.to_string().contains("nothing to restore"), "{e}");

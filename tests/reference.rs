@@ -239,7 +239,11 @@ fn compare_hooks_with_pytorch(name: &str, model: &puppetlens::Model) -> (f32, St
     ];
     let points: Vec<HookPoint> = layers
         .iter()
-        .flat_map(|l| hooks.iter().map(move |h| format!("blocks.{l}.{h}").parse().unwrap()))
+        .flat_map(|l| {
+            hooks
+                .iter()
+                .map(move |h| format!("blocks.{l}.{h}").parse().unwrap())
+        })
         .collect();
     let cache = model.cache(&batch, |p| points.contains(&p)).unwrap();
     let s = batch.seq_len();

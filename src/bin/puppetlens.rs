@@ -1105,7 +1105,12 @@ fn cmd_dla(
         dla.embed
     );
     let mut parts: Vec<(String, f32)> = (0..dla.attn.len())
-        .flat_map(|l| [(format!("attn {l}"), dla.attn[l]), (format!("mlp {l}"), dla.mlp[l])])
+        .flat_map(|l| {
+            [
+                (format!("attn {l}"), dla.attn[l]),
+                (format!("mlp {l}"), dla.mlp[l]),
+            ]
+        })
         .collect();
     parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     for (name, v) in parts.iter().take(8) {
@@ -1152,7 +1157,10 @@ fn cmd_patch_sweep(
     ] {
         if let Some((r, i, v)) = best(map) {
             let what = if name == "head z" { "head" } else { "position" };
-            println!("  {name:<9} best: layer {} {what} {i}: {v:.3}", sweep.layers[r]);
+            println!(
+                "  {name:<9} best: layer {} {what} {i}: {v:.3}",
+                sweep.layers[r]
+            );
         }
     }
     println!("wrote {}", out.display());
@@ -2454,7 +2462,14 @@ fn run(cli: Cli) -> Result<()> {
             tuned,
             target,
             out,
-        } => cmd_lens(&ctx()?, model, prompt, tuned.as_deref(), target.as_deref(), out)?,
+        } => cmd_lens(
+            &ctx()?,
+            model,
+            prompt,
+            tuned.as_deref(),
+            target.as_deref(),
+            out,
+        )?,
         Cmd::Dla {
             model,
             prompt,

@@ -1154,7 +1154,8 @@ struct Taps<'a> {
 
 impl Taps<'_> {
     fn wants(&self, p: HookPoint) -> bool {
-        p.block_slot().is_some_and(|(_, i)| self.bits & (1 << i) != 0)
+        p.block_slot()
+            .is_some_and(|(_, i)| self.bits & (1 << i) != 0)
     }
 
     /// Fires `p` on `x` when wanted; otherwise returns `x` untouched.
@@ -1236,7 +1237,10 @@ impl Attention {
         };
         let mut q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
         let mut k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
-        for (p, x) in [(HookPoint::AttnRotQ(l), &mut q), (HookPoint::AttnRotK(l), &mut k)] {
+        for (p, x) in [
+            (HookPoint::AttnRotQ(l), &mut q),
+            (HookPoint::AttnRotK(l), &mut k),
+        ] {
             if taps.wants(p) {
                 let seen = x.transpose(1, 2)?; // [b, s, heads, hd]
                 let id = seen.id();

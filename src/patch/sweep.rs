@@ -187,11 +187,8 @@ pub fn patch_sweep(
             ),
         });
     }
-    let norm = |v: Vec<f32>| -> Vec<f32> {
-        v.into_iter()
-            .map(|d| (d - corrupted_diff) / gap)
-            .collect()
-    };
+    let norm =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|d| (d - corrupted_diff) / gap).collect() };
     let has = |p: SweepPart| opts.parts.contains(&p);
     let mut out = PatchSweep {
         clean: clean.to_vec(),
@@ -220,15 +217,20 @@ pub fn patch_sweep(
             if let (Some(src), HookPoint::ResidPre(l)) = (hooks_z, start) {
                 hooks.add(HookPoint::AttnZ(l), Patch::new(src.narrow(0, lo, n)?));
             }
-            let logits =
-                model.last_token_logits(&batch, &mut hooks, Some((start, &x)), None, &vec![ids.clone(); n])?; // [n, 2]
+            let logits = model.last_token_logits(
+                &batch,
+                &mut hooks,
+                Some((start, &x)),
+                None,
+                &vec![ids.clone(); n],
+            )?; // [n, 2]
             all.extend(diff_of(&logits)?);
         }
         Ok(all)
     };
     // `eye[p]` selects column p: `[s, s, 1]`.
     let eye = Tensor::eye(s, model.dtype(), model.device())?.unsqueeze(2)?; // [s, s, 1]
-    // Rows p = `base` with column p moved by `delta` (both `[1, s, d_model]`).
+                                                                            // Rows p = `base` with column p moved by `delta` (both `[1, s, d_model]`).
     let per_position = |base: &Tensor, delta: &Tensor| -> Result<Tensor> {
         Ok(base.broadcast_add(&eye.broadcast_mul(delta)?)?) // [s, s, d_model]
     };
@@ -236,21 +238,25 @@ pub fn patch_sweep(
         if has(SweepPart::ResidPre) {
             let xc = cx.require(HookPoint::ResidPre(l))?; // [1, s, d_model]
             let cl = cc.require(HookPoint::ResidPre(l))?; // [1, s, d_model]
-            // Exact selection: corrupted where eye is 0, clean where it is 1.
+                                                          // Exact selection: corrupted where eye is 0, clean where it is 1.
             let rows = (xc.broadcast_mul(&(1.0 - &eye)?)? + cl.broadcast_mul(&eye)?)?; // [s, s, d_model]
-            out.resid_pre.push(norm(resume(HookPoint::ResidPre(l), &rows, None)?));
+            out.resid_pre
+                .push(norm(resume(HookPoint::ResidPre(l), &rows, None)?));
             progress.advance(1);
         }
         if has(SweepPart::AttnOut) {
-            let delta = (cc.require(HookPoint::AttnOut(l))? - cx.require(HookPoint::AttnOut(l))?)?; // [1, s, d_model]
+            let delta =
+                (cc.require(HookPoint::AttnOut(l))? - cx.require(HookPoint::AttnOut(l))?)?; // [1, s, d_model]
             let rows = per_position(cx.require(HookPoint::ResidMid(l))?, &delta)?; // [s, s, d_model]
-            out.attn_out.push(norm(resume(HookPoint::ResidMid(l), &rows, None)?));
+            out.attn_out
+                .push(norm(resume(HookPoint::ResidMid(l), &rows, None)?));
             progress.advance(1);
         }
         if has(SweepPart::MlpOut) {
             let delta = (cc.require(HookPoint::MlpOut(l))? - cx.require(HookPoint::MlpOut(l))?)?; // [1, s, d_model]
             let rows = per_position(cx.require(HookPoint::ResidPost(l))?, &delta)?; // [s, s, d_model]
-            out.mlp_out.push(norm(resume(HookPoint::ResidPost(l), &rows, None)?));
+            out.mlp_out
+                .push(norm(resume(HookPoint::ResidPost(l), &rows, None)?));
             progress.advance(1);
         }
         if has(SweepPart::Heads) {
@@ -261,7 +267,8 @@ pub fn patch_sweep(
             let src = (zx.broadcast_mul(&(1.0 - &pick)?)? + zc.broadcast_mul(&pick)?)?; // [h, s, h, hd]
             let pre = cx.require(HookPoint::ResidPre(l))?; // [1, s, d_model]
             let rows = pre.broadcast_as((h, s, cfg.d_model))?.contiguous()?; // [h, s, d_model]
-            out.heads.push(norm(resume(HookPoint::ResidPre(l), &rows, Some(&src))?));
+            out.heads
+                .push(norm(resume(HookPoint::ResidPre(l), &rows, Some(&src))?));
             progress.advance(1);
         }
     }
@@ -407,7 +414,14 @@ pub fn sweep_report(
 ) -> Result<PatchSweep> {
     let a = crate::lens::one_token(tok, answer, "answer")?;
     let o = crate::lens::one_token(tok, other, "other")?;
-    let sweep = patch_sweep(model, &tok.encode(clean)?, &tok.encode(corrupted)?, a, o, opts)?;
+    let sweep = patch_sweep(
+        model,
+        &tok.encode(clean)?,
+        &tok.encode(corrupted)?,
+        a,
+        o,
+        opts,
+    )?;
     sweep.write(out, tok)?;
     Ok(sweep)
 }

@@ -271,7 +271,10 @@ fn kill_extract_then_resume() {
         );
     }
     eprintln!("extract: uninterrupted {full:.2} s; {mid} of 5 kills landed mid-store");
-    assert_eq!(mid, 5, "only {mid} of 5 kill points fell inside the extraction");
+    assert_eq!(
+        mid, 5,
+        "only {mid} of 5 kill points fell inside the extraction"
+    );
 }
 
 #[test]
