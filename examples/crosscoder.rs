@@ -168,15 +168,7 @@ fn main() -> Result<()> {
         let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
         let si = corpus.set_index("sycophancy")?;
         // The difference at the last token of each sycophancy prompt (where DPO trained it).
-        let last: Vec<u32> = (0..corpus.len())
-            .filter(|&r| {
-                let s = corpus.sources[r];
-                s.set == si && s.pos + 1 == corpus.prompts[si][s.item].len()
-            })
-            .map(|r| r as u32)
-            .collect();
-        let n_last = last.len();
-        let last = candle_core::Tensor::from_vec(last, n_last, &candle_core::Device::Cpu)?;
+        let last = corpus.last_tokens("sycophancy")?; // [n_prompts] rows
         let xl = corpus.acts.index_select(&last, 0)?; // [n_last, 2, d]
         let diff_last = (xl.get_on_dim(1, 1)? - xl.get_on_dim(1, 0)?)?.mean(0)?; // [d]
         let base_rate = counts[si] as f64 / corpus.len() as f64;
@@ -350,16 +342,7 @@ fn diff_diagnostics(
     cc: &dict::Dictionary,
     corpus: &dict::PairedCorpus,
 ) -> Result<serde_json::Value> {
-    let si = corpus.set_index("sycophancy")?;
-    let last: Vec<u32> = (0..corpus.len())
-        .filter(|&r| {
-            let s = corpus.sources[r];
-            s.set == si && s.pos + 1 == corpus.prompts[si][s.item].len()
-        })
-        .map(|r| r as u32)
-        .collect();
-    let n_last = last.len();
-    let last = candle_core::Tensor::from_vec(last, n_last, &candle_core::Device::Cpu)?;
+    let last = corpus.last_tokens("sycophancy")?; // [n_prompts] rows
     let mut out = serde_json::Map::new();
     for (name, x) in [
         ("all", corpus.acts.clone()),

@@ -461,7 +461,13 @@ pub fn direct_logit_attribution(
                 | HookPoint::FinalScale
         ) || p == HookPoint::ResidPost(n.saturating_sub(1))
     };
-    let (logits, cache) = model.run_with_cache(&batch, want)?; // [1, s, vocab]
+    // Only the two answers' logits at the last position are computed.
+    let mut cache = crate::ActivationCache::new();
+    let logits = {
+        let mut hooks = crate::Hooks::new();
+        hooks.add_where(want, &mut cache);
+        model.last_token_logits(&batch, &mut hooks, None, None, &[vec![answer, other]])?
+    }; // [1, 2]
     let last = |p: HookPoint| -> Result<Tensor> {
         let t = cache.require(p)?;
         Ok(t.narrow(1, s - 1, 1)?
@@ -495,10 +501,7 @@ pub fn direct_logit_attribution(
         heads.push(per);
     }
     let total = part(&last(HookPoint::ResidPost(n.saturating_sub(1)))?)?;
-    let lv: Vec<f32> = logits
-        .i((0, s - 1))?
-        .index_select(&Tensor::new(&[answer, other], logits.device())?, 0)?
-        .to_vec1()?;
+    let lv: Vec<f32> = logits.i(0)?.to_vec1()?; // [2]
     Ok(Attribution {
         answer,
         other,

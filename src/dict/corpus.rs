@@ -273,6 +273,21 @@ impl PairedCorpus {
         c
     }
 
+    /// Rows of the last token of each prompt of set `name` (where an A/B prompt's answer is
+    /// read): `[n_prompts]` u32 row indices into [`acts`](Self::acts), on the CPU.
+    pub fn last_tokens(&self, name: &str) -> Result<Tensor> {
+        let si = self.set_index(name)?;
+        let rows: Vec<u32> = (0..self.len())
+            .filter(|&r| {
+                let s = self.sources[r];
+                s.set == si && s.pos + 1 == self.prompts[si][s.item].len()
+            })
+            .map(|r| r as u32)
+            .collect();
+        let n = rows.len();
+        Ok(Tensor::from_vec(rows, n, &Device::Cpu)?)
+    }
+
     /// Mean over the tokens of set `name` (all tokens when `None`) of tuned - base: `[d_model]` f32.
     pub fn mean_diff(&self, name: Option<&str>) -> Result<Tensor> {
         let diff = (self.acts.get_on_dim(1, 1)? - self.acts.get_on_dim(1, 0)?)?; // [n, d]
