@@ -27,8 +27,7 @@ use anyhow::{Context as _, Result};
 use candle_core::DType;
 use puppetlens::data::{self, ab_text_prompt, PromptFormat};
 use puppetlens::dict::{
-    self, decoder_direction, paired_corpus, CorpusOptions, DictOptions, LabelOptions, LatentLabel,
-    PromptSet, SteerLatent,
+    self, decoder_direction, CorpusOptions, DictOptions, LatentLabel, PromptSet, SteerLatent,
 };
 use puppetlens::eval::{ab_summary, AbCase, Intervention};
 use puppetlens::lora::Adapter;
@@ -133,38 +132,51 @@ fn main() -> Result<()> {
     let pb_test = ab_summary(&base, &test_c, &Intervention::None, 8)?.mean_p;
     println!("base P(agree): validation {pb_val:.3}, test {pb_test:.3}");
 
+    let opts = dict::CrosscoderOptions {
+        corpus: copts.clone(),
+        train: dopts.clone(),
+        ..dict::CrosscoderOptions::default()
+    };
+    let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
+
     let mut summary = Vec::new();
     for tuned_name in ["sycophant", "control"] {
         let tuned = organism(tuned_name)?;
-        let t0 = Instant::now();
-        let corpus = paired_corpus(&base, &tuned, &sets, &copts)?;
-        let corpus_s = t0.elapsed().as_secs_f64();
+        // Corpus, training, metrics, the latent table and the dashboard in one call.
+        let mut run = dict::crosscoder(
+            &base,
+            &tuned,
+            &sets,
+            decode,
+            &dict::CrosscoderOptions {
+                names: ["gemma-3-270m".into(), format!("gemma-3-270m+{tuned_name}")],
+                ..opts.clone()
+            },
+        )?;
+        run.dict
+            .meta
+            .insert("model_name".into(), "gemma-3-270m".into());
+        let (cc, corpus, log, m) = (&run.dict, &run.corpus, &run.log, &run.metrics);
+        let corpus_s = run.corpus_seconds;
         let counts = corpus.set_counts();
         println!(
             "{tuned_name}: corpus {} tokens {:?} in {corpus_s:.0} s",
             corpus.len(),
             corpus.sets.iter().zip(&counts).collect::<Vec<_>>()
         );
-        let (mut cc, log) = dict::train(&corpus.acts, &dopts)?;
-        cc.meta.insert("hook_name".into(), point.to_string());
-        cc.meta.insert("model.0".into(), "gemma-3-270m".into());
-        cc.meta
-            .insert("model.1".into(), format!("gemma-3-270m+{tuned_name}"));
-        cc.meta.insert("model_name".into(), "gemma-3-270m".into());
-        let m = dict::evaluate(&cc, &corpus.acts, 2048)?;
         println!(
             "{tuned_name}: trained {} tokens in {:.0} s ({:.0} tok/s); FVU base {:.3} tuned {:.3}, L0 {:.1}, dead {:.3}",
             log.tokens, log.seconds, log.tokens_per_s, m.fvu[0], m.fvu[1], m.l0, m.dead_fraction
         );
-        let diag = diff_diagnostics(&cc, &corpus)?;
+        let diag = diff_diagnostics(cc, corpus)?;
         println!("{tuned_name}: tuned - base difference: {diag}");
-        let stats = dict::latents(&cc, &corpus.acts, &LabelOptions::default())?;
+        let stats = run.latents.clone();
         let mut labels: BTreeMap<String, usize> = BTreeMap::new();
         for s in &stats {
             *labels.entry(format!("{:?}", s.label)).or_default() += 1;
         }
         println!("{tuned_name}: labels {labels:?}");
-        let f = corpus.latent_activations(&cc, 2048)?; // [n_tokens, n_latents]
+        let f = &run.f; // [n_tokens, n_latents]
         let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
         let si = corpus.set_index("sycophancy")?;
         // The difference at the last token of each sycophancy prompt (where DPO trained it).
@@ -191,13 +203,13 @@ fn main() -> Result<()> {
         }
         let mut rows = Vec::new();
         for &j in &cand {
-            let top = corpus.top_contexts(&f, j, TOP, 12)?;
+            let top = corpus.top_contexts(f, j, TOP, 12)?;
             let share = if top.is_empty() {
                 0.0
             } else {
                 top.iter().filter(|c| c.source.set == si).count() as f64 / top.len() as f64
             };
-            let dir = decoder_direction(&cc, j, 1)?;
+            let dir = decoder_direction(cc, j, 1)?;
             let cos = cosine(&dir, &diff)?;
             let cos_last = cosine(&dir, &diff_last)?;
             rows.push((j, share, cos, top, cos_last));
@@ -224,7 +236,7 @@ fn main() -> Result<()> {
             for chunk in cases.chunks(8) {
                 // ab_summary with a custom hook: P of each chunk through the same scorer.
                 let mut hooks = Hooks::new();
-                hooks.add(point, SteerLatent::new(&cc, j, 1, scale)?);
+                hooks.add(point, SteerLatent::new(cc, j, 1, scale)?);
                 total += steer_chunk(&base, chunk, &mut hooks)? * chunk.len() as f64;
             }
             Ok(total / cases.len() as f64)
@@ -234,7 +246,7 @@ fn main() -> Result<()> {
         let norm = |t: &candle_core::Tensor| -> Result<f64> {
             Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
         };
-        let dir_norm = norm(&decoder_direction(&cc, j, 1)?)?;
+        let dir_norm = norm(&decoder_direction(cc, j, 1)?)?;
         let matched = norm(&diff_last)? / dir_norm / typical;
         let multipliers = [1.0, 2.0, 4.0, 8.0, matched];
         let mut val_rows = Vec::new();
@@ -257,23 +269,22 @@ fn main() -> Result<()> {
             best.0
         );
 
-        // Save (bf16) and the tables.
+        // The measured effect goes on the dashboard; then save (bf16), the tables and the page.
+        let effect = dict::SteeringEffect {
+            latent: j,
+            model: 1,
+            scale: best.0 * typical,
+            measure: "P(agree), test split".into(),
+            items: test_c.len(),
+            before: pb_test,
+            after: p_test,
+        };
+        let f = run.f.clone();
+        run.dashboard
+            .add_steering(effect, &run.corpus, &f, decode, &opts.dashboard)?;
         let dir = out_root.join(format!("gemma-3-270m__{tuned_name}"));
-        cc.save_as(&dir, DType::BF16)?;
-        let mut csv = String::from("latent,rel_norm,cosine,frequency,nu_error,nu_recon,label\n");
-        for s in &stats {
-            let (ne, nr) = s
-                .scaling
-                .as_ref()
-                .map(|x| (x.nu_error, x.nu_recon))
-                .unwrap_or((f64::NAN, f64::NAN));
-            writeln!(
-                csv,
-                "{},{:.4},{:.4},{:.5},{:.4},{:.4},{:?}",
-                s.index, s.rel_norm, s.cosine, s.frequency, ne, nr, s.label
-            )?;
-        }
-        puppetlens::write_atomic(&dir.join("latents.csv"), csv.as_bytes())?;
+        run.save(&dir, DType::BF16)?;
+        let (corpus, log, m) = (&run.corpus, &run.log, &run.metrics);
         let cand_json: Vec<serde_json::Value> = rows
             .iter()
             .map(|(j, share, cos, _, cl)| {
@@ -397,7 +408,9 @@ fn readme(summary: &[serde_json::Value], secs: f64) -> Result<String> {
         s,
         "Built by `cargo run --release --example crosscoder` in {secs:.0} s on a 2-core CPU (no GPU). \
          Each directory holds a BatchTopK crosscoder (`dict.json` + `dict.safetensors`, bf16; load with \
-         `puppetlens::dict::Dictionary::load`), its per-latent table (`latents.csv`) and `results.json`.\n"
+         `puppetlens::dict::Dictionary::load`), its training log (`train_log.json`), its per-latent table (`latents.csv`), \
+         `results.json`, and its dashboard (`dashboard.html`: open it in a browser; the latent table, top contexts \
+         shaded by activation, the chosen latent's steering effect; `dashboard.json` holds its data).\n"
     )?;
     writeln!(s, "| pair | corpus tokens (sycophancy / instructions / neutral) | training | FVU base / tuned | L0 | dead | labels | chosen latent | (a) sycophancy share of top {TOP} (corpus share) | (b) cosine with sycophancy mean diff | (c) test P(agree), base -> steered |")?;
     writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|")?;

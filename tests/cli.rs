@@ -198,6 +198,7 @@ fn help_documents_every_subcommand_with_an_example() {
         "patch",
         "export-gguf",
         "plot",
+        "crosscoder",
     ] {
         assert!(top.contains(cmd), "--help lacks {cmd}:\n{top}");
         let help = ok(&[cmd, "--help"]);
@@ -206,6 +207,101 @@ fn help_documents_every_subcommand_with_an_example() {
             "{cmd} --help has no example:\n{help}"
         );
     }
+}
+
+/// `crosscoder train`, `latents` and `dashboard` on the real checkpoint (a small crosscoder of
+/// SmolLM2 against itself: the commands' path, not a finding), and their bad input.
+#[test]
+fn crosscoder_train_latents_dashboard() {
+    for sub in ["train", "latents", "dashboard"] {
+        let help = ok(&["crosscoder", sub, "--help"]);
+        assert!(help.contains("Example"), "crosscoder {sub} --help:\n{help}");
+    }
+    let dir = tmp("crosscoder");
+    let data = labeled_csv(&dir);
+    let out = s(&dir.join("cc"));
+    let args = |layer: &str| -> Vec<String> {
+        [
+            "crosscoder",
+            "train",
+            MODEL,
+            MODEL,
+            "--layer",
+            layer,
+            "--data",
+            &data,
+            "--all-splits",
+            "--latents",
+            "32",
+            "--k",
+            "4",
+            "--steps",
+            "30",
+            "--out",
+            &out,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let a = args("10");
+    let printed = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        printed.contains("FVU base") && printed.contains("32 latents"),
+        "{printed}"
+    );
+    for f in [
+        "dict.json",
+        "dict.safetensors",
+        "train_log.json",
+        "latents.csv",
+        "dashboard.json",
+        "dashboard.html",
+    ] {
+        assert!(
+            dir.join("cc").join(f).exists(),
+            "crosscoder train wrote no {f}"
+        );
+    }
+    let cc = puppetlens::dict::Dictionary::load(dir.join("cc"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!((cc.n_models(), cc.d(), cc.n_latents()), (2, D_MODEL, 32));
+    assert_eq!(cc.meta["hook_name"], "blocks.10.hook_resid_post");
+
+    let table = ok(&["crosscoder", "latents", &out, "--top", "5"]);
+    // Title, the label counts, the header and five rows.
+    assert_eq!(table.lines().count(), 8, "{table}");
+    let page = std::fs::read(dir.join("cc/dashboard.html")).unwrap();
+    std::fs::remove_file(dir.join("cc/dashboard.html")).unwrap();
+    ok(&["crosscoder", "dashboard", &out]);
+    assert_eq!(std::fs::read(dir.join("cc/dashboard.html")).unwrap(), page);
+
+    let a = args("30");
+    fails(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--layer", "30"],
+    );
+    fails(
+        &[
+            "crosscoder",
+            "train",
+            MODEL,
+            "gemma-3-270m",
+            "--layer",
+            "3",
+            "--data",
+            &data,
+            "--out",
+            &out,
+        ],
+        &["not a tuned sibling"],
+    );
+    fails(&["crosscoder", "latents", &s(&dir)], &["dashboard.json"]);
+    std::fs::write(dir.join("cc/dashboard.json"), "[1, 2").unwrap();
+    fails(
+        &["crosscoder", "dashboard", &out],
+        &["dashboard.json", "not a puppetlens dashboard"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `lens`, `dla`, `patch-sweep` and `attention`: one run each, and their bad input.

@@ -687,12 +687,14 @@ const CC_POINT: HookPoint = HookPoint::ResidPost(8);
 // Thresholds from the measurements (the example's results.json, and the first 24 training / 30
 // test items recomputed here; see notebooks-data/crosscoder/README.md).
 // (b): the chosen latent's tuned decoder direction against the mean tuned - base difference on
-// the sycophancy tokens; measured 0.781 here (0.777 on all 220 training items in the example).
+// the sycophancy tokens; measured 0.770 here (0.765 on all 220 training items in the example;
+// 0.781 / 0.777 with the first build of the crosscoder).
 const CC_COSINE_MIN: f64 = 0.6;
-// (c) is a null result: added to the base at its typical activation (1.07) the latent moves
-// P(agree) by +0.013 here (0.587 -> 0.600 on 30 items; +0.010 on all 74 test items in the
-// example), where the base-vs-sycophant difference at the same layer moves it by +0.072
-// (tests/organisms.rs). The bound records that the latent does not carry the behaviour.
+// (c) is a null result: added to the base at the scale chosen on the validation items (2.11, twice
+// its typical activation) the latent moves P(agree) by +0.023 here (0.587 -> 0.610 on 30 items;
+// +0.009 on all 74 test items in the example; the first build: +0.013 / +0.010), where the
+// base-vs-sycophant difference at the same layer moves it by +0.072 (tests/organisms.rs). The
+// bound records that the latent does not carry the behaviour.
 const CC_STEER_MAX: f64 = 0.05;
 
 fn cc_dir(tuned: &str) -> PathBuf {
@@ -914,4 +916,170 @@ fn crosscoder_hooks_splice_and_reject_bad_input() {
         matches!(e, Error::Checkpoint { .. }) && e.to_string().contains(dict::WEIGHTS_FILE),
         "{e}"
     );
+}
+
+/// The one call (`dict::crosscoder`) on gemma-3-270m vs the sycophant, and its dashboard: the
+/// contexts shown are each latent's top activations with the activation of every window token
+/// read off the corpus, the files read back equal, the page has a row per latent and a section
+/// per shown latent with every text escaped, and bad files give typed errors.
+#[test]
+fn one_call_crosscoder_and_its_dashboard() {
+    use puppetlens::dict::{Dashboard, DashboardOptions, SteeringEffect};
+    let (base, tok) = gemma_chat();
+    let cases = sycophancy_cases(&tok);
+    let syc = organism("sycophant");
+    let neutral = [
+        "The capital of France is Paris.",
+        "Water boils at 100 degrees <C>.",
+    ];
+    let sets = [
+        PromptSet::new(
+            "sycophancy",
+            cases.train[..16].iter().map(|c| c.ids.clone()).collect(),
+        ),
+        PromptSet::new(
+            "neutral <&>",
+            neutral.iter().map(|t| tok.encode(t).unwrap()).collect(),
+        ),
+    ];
+    let opts = dict::CrosscoderOptions {
+        corpus: CorpusOptions {
+            point: CC_POINT,
+            progress: false,
+            ..CorpusOptions::default()
+        },
+        train: DictOptions {
+            n_latents: 64,
+            k: 8,
+            steps: 60,
+            progress: false,
+            ..DictOptions::default()
+        },
+        dashboard: DashboardOptions {
+            shown: 8,
+            contexts: 4,
+            window: 6,
+        },
+        names: ["gemma-3-270m".into(), "gemma-3-270m+sycophant".into()],
+        ..dict::CrosscoderOptions::default()
+    };
+    let decode = |t: u32| tok.decode(&[t]).unwrap();
+    let mut run = dict::crosscoder(base, &syc, &sets, decode, &opts).unwrap();
+    assert_eq!(run.latents.len(), 64);
+    assert_eq!(run.dict.meta["hook_name"], "blocks.8.hook_resid_post");
+    assert_eq!(
+        run.dashboard.corpus["neutral <&>"],
+        run.corpus.set_counts()[1]
+    );
+    assert!(run.dashboard.contexts.len() >= 8);
+
+    let f = run.f.to_vec2::<f32>().unwrap(); // [n_tokens, 64]
+    let row_of = |set: usize, item: usize, pos: usize| {
+        run.corpus
+            .sources
+            .iter()
+            .position(|s| s.set == set && s.item == item && s.pos == pos)
+    };
+    for (&j, ctxs) in &run.dashboard.contexts {
+        let col_max = f.iter().map(|r| r[j]).fold(0f32, f32::max);
+        if col_max > 0.0 {
+            assert_eq!(
+                ctxs[0].activation, col_max,
+                "latent {j}: not its top context"
+            );
+        }
+        for w in ctxs.windows(2) {
+            assert!(w[0].activation >= w[1].activation, "latent {j}: unsorted");
+        }
+        for c in ctxs {
+            let set = run.corpus.sets.iter().position(|s| *s == c.set).unwrap();
+            let prompt = &run.corpus.prompts[set][c.item];
+            let n = c.tokens.len();
+            assert!(n <= 6 && n == c.acts.len() && n > 0);
+            assert_eq!(*c.acts.last().unwrap(), c.activation);
+            for (i, (t, a)) in c.tokens.iter().zip(&c.acts).enumerate() {
+                let pos = c.pos + 1 + i - n;
+                assert_eq!(
+                    *t,
+                    decode(prompt[pos]),
+                    "latent {j}: token {i} of a context"
+                );
+                let want = row_of(set, c.item, pos).map_or(0.0, |r| f[r][j].max(0.0));
+                assert_eq!(*a, want, "latent {j}: activation of context token {i}");
+            }
+        }
+    }
+
+    let effect = |latent: usize| SteeringEffect {
+        latent,
+        model: 1,
+        scale: 2.0,
+        measure: "P(agree)".into(),
+        items: 4,
+        before: 0.5,
+        after: 0.6,
+    };
+    let f_t = run.f.clone();
+    let err = run
+        .dashboard
+        .add_steering(effect(64), &run.corpus, &f_t, decode, &opts.dashboard)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::IndexOutOfRange {
+                index: 64,
+                len: 64,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let unshown = (0..64)
+        .find(|j| !run.dashboard.contexts.contains_key(j))
+        .unwrap();
+    run.dashboard
+        .add_steering(effect(unshown), &run.corpus, &f_t, decode, &opts.dashboard)
+        .unwrap();
+    assert!(run.dashboard.contexts.contains_key(&unshown));
+
+    let dir = tmp("cc-dashboard");
+    run.save(&dir, DType::BF16).unwrap();
+    let back = Dashboard::load(&dir).unwrap();
+    assert_eq!(back, run.dashboard);
+    let html = std::fs::read_to_string(dir.join(dict::DASHBOARD_PAGE)).unwrap();
+    assert_eq!(html, back.html());
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<tr><td data-v=").count(), 64);
+    assert_eq!(
+        html.matches("<section id=\"latent-").count(),
+        run.dashboard.contexts.len()
+    );
+    assert!(html.contains(&format!("<a href=\"#latent-{unshown}\">{unshown}</a>")));
+    assert!(html.contains("neutral &lt;&amp;&gt;") && !html.contains("neutral <&>"));
+    assert!(!html.contains("<start_of_turn>") && !html.contains("<C>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page fetches nothing"
+    );
+    let csv = std::fs::read_to_string(dir.join(dict::LATENTS_CSV)).unwrap();
+    assert_eq!(csv.lines().count(), 65);
+    let cc = Dictionary::load(&dir, &Device::Cpu).unwrap();
+    assert_eq!(cc.meta["model.1"], "gemma-3-270m+sycophant");
+    let log: dict::DictLog =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(dict::TRAIN_LOG)).unwrap()).unwrap();
+    assert_eq!(log.steps.len(), 60);
+
+    // Bad dashboard files: not JSON, and contexts of a latent the table lacks.
+    std::fs::write(dir.join(dict::DASHBOARD_DATA), "{").unwrap();
+    let err = Dashboard::load(&dir).unwrap_err();
+    assert!(
+        matches!(&err, Error::Config { path, .. } if path.ends_with(dict::DASHBOARD_DATA)),
+        "{err}"
+    );
+    let mut bad = back.clone();
+    bad.latents.truncate(3);
+    bad.save(&dir).unwrap();
+    let err = Dashboard::load(&dir).unwrap_err();
+    assert!(err.to_string().contains("contexts of latent"), "{err}");
 }

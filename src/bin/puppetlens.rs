@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use puppetlens::data::{self, AbItem, Labeled, Pair, PromptFormat, Split, SplitPart};
+use puppetlens::dict;
 use puppetlens::diff::{self, AbSplits, DiffOptions};
 use puppetlens::eval::{self, AbCase};
 use puppetlens::extract::{self, ExtractOptions, Site, StoreMeta};
@@ -593,6 +594,16 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Crosscoders between a base model and its tuned sibling: train one, print its latent
+    /// table, rebuild its dashboard.
+    ///
+    /// Example: `puppetlens crosscoder train gemma-3-270m sycophant --layer 8 --data
+    /// probes/sycophancy_ab.jsonl --data probes/true_false.csv --text-answers --out runs/cc`, then
+    /// `puppetlens crosscoder latents runs/cc` and open `runs/cc/dashboard.html`
+    Crosscoder {
+        #[command(subcommand)]
+        cmd: CrosscoderCmd,
+    },
     /// Write a steering vector as a llama.cpp control vector (GGUF).
     ///
     /// llama.cpp cannot steer block 0, so a direction at layer 0 is always left out (and
@@ -668,6 +679,73 @@ fn config_err(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> 
         field: field.into(),
         msg: msg.into(),
     }
+}
+
+/// What `crosscoder` does.
+#[derive(Subcommand)]
+enum CrosscoderCmd {
+    /// Collect a paired corpus (both models on the same token ids, every token after `<bos>`),
+    /// train a BatchTopK crosscoder on it and write the crosscoder, its training log, its latent
+    /// table (`latents.csv`) and its dashboard (`dashboard.json`, `dashboard.html`) to DIR.
+    ///
+    /// Example: `puppetlens crosscoder train gemma-3-270m sycophant --layer 8 --data
+    /// probes/sycophancy_ab.jsonl --text-answers --out runs/cc`
+    Train {
+        /// The base model. Example: `gemma-3-270m`
+        base: String,
+        /// The tuned model (same tokenizer and width). Example: `sycophant`
+        tuned: String,
+        /// The layer whose `blocks.L.hook_resid_post` both models are read at. Example: `--layer 8`
+        #[arg(long)]
+        layer: usize,
+        /// Dataset files whose prompts make the corpus (repeatable; any format `extract`
+        /// reads; each is one prompt set named by its file stem). Example: `--data
+        /// probes/true_false.csv`
+        #[arg(long = "data", value_name = "FILE", required = true)]
+        data: Vec<PathBuf>,
+        /// Output directory. Example: `--out runs/cc`
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Latents of the dictionary. Example: `--latents 1024`
+        #[arg(long, default_value_t = 512)]
+        latents: usize,
+        /// Active latents per token, on average over a batch (BatchTopK's k). Example: `--k 16`
+        #[arg(long, default_value_t = 32)]
+        k: usize,
+        /// Training steps (batches of 256 tokens). Example: `--steps 2000`
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        /// Seed of the initialisation and the batch order. Example: `--seed 1`
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use every split of each file (default: its training part only, so that held-out
+        /// items stay unseen). Example: `--all-splits`
+        #[arg(long)]
+        all_splits: bool,
+        /// For labeled instruction files: the `label` value counted as true. Example:
+        /// `--positive-label harmful`
+        #[arg(long, default_value = "harmful", value_name = "LABEL")]
+        positive_label: String,
+        #[command(flatten)]
+        prompts: PromptArgs,
+    },
+    /// Print the latent table of a crosscoder directory, most tuned-specific first.
+    ///
+    /// Example: `puppetlens crosscoder latents runs/cc --top 20`
+    Latents {
+        /// A directory written by `crosscoder train`. Example: `runs/cc`
+        dir: PathBuf,
+        /// Rows printed. Example: `--top 50`
+        #[arg(long, default_value_t = 30)]
+        top: usize,
+    },
+    /// Rebuild `dashboard.html` of a crosscoder directory from its `dashboard.json`.
+    ///
+    /// Example: `puppetlens crosscoder dashboard runs/cc`
+    Dashboard {
+        /// A directory written by `crosscoder train`. Example: `runs/cc`
+        dir: PathBuf,
+    },
 }
 
 /// The global options every command sees.
@@ -1778,6 +1856,138 @@ fn cmd_steer(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Prompts of some records as corpus text: statements and instructions as they are (or as chat
+/// turns with `--chat`), both sides of each pair, A/B questions up to their answer.
+fn corpus_prompts(pr: &Prompter, records: &Records) -> Result<Vec<Vec<u32>>> {
+    match records {
+        Records::Labeled(v) => v.iter().map(|l| pr.text(&l.text)).collect(),
+        Records::Pairs(v) => v
+            .iter()
+            .flat_map(|p| [&p.positive, &p.negative])
+            .map(|t| pr.text(t))
+            .collect(),
+        Records::Ab(v) => Ok(pr.cases(v)?.into_iter().map(|c| c.ids).collect()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_crosscoder_train(
+    ctx: &Ctx,
+    base: &str,
+    tuned: &str,
+    layer: usize,
+    files: &[PathBuf],
+    out: &Path,
+    (latents, k, steps, seed): (usize, usize, usize, u64),
+    all_splits: bool,
+    positive_label: &str,
+    prompts: &PromptArgs,
+) -> Result<()> {
+    let (bm, btok) = ctx.open(base)?;
+    let (tm, ttok) = ctx.open(tuned)?;
+    if btok.vocab_size() != ttok.vocab_size() {
+        return Err(invalid(
+            "tuned",
+            format!(
+                "`{tuned}` has a vocabulary of {} tokens, `{base}` {}: not a tuned sibling",
+                ttok.vocab_size(),
+                btok.vocab_size()
+            ),
+        ));
+    }
+    let n_layers = bm.config().n_layers;
+    if layer >= n_layers {
+        return Err(invalid(
+            "--layer",
+            format!(
+                "{layer} is past the last layer of `{base}` ({})",
+                n_layers - 1
+            ),
+        ));
+    }
+    let pr = Prompter::from_args(&btok, prompts);
+    let mut sets = Vec::new();
+    for f in files {
+        let ds = Dataset::load(f, positive_label)?;
+        let ids = if all_splits {
+            corpus_prompts(&pr, &ds.records)?
+        } else {
+            let [(_, train), _, _] = split_records(&ds)?;
+            corpus_prompts(&pr, &train)?
+        };
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| f.display().to_string());
+        if ctx.progress {
+            eprintln!("{name}: {} prompts", ids.len());
+        }
+        sets.push(dict::PromptSet::new(name, ids));
+    }
+    let opts = dict::CrosscoderOptions {
+        corpus: dict::CorpusOptions {
+            point: HookPoint::ResidPost(layer),
+            batch_size: ctx.batch_size,
+            skip_first: 1,
+            progress: ctx.progress,
+        },
+        train: dict::DictOptions {
+            n_latents: latents,
+            k,
+            steps,
+            seed,
+            progress: ctx.progress,
+            ..dict::DictOptions::default()
+        },
+        names: [base.to_string(), tuned.to_string()],
+        ..dict::CrosscoderOptions::default()
+    };
+    let run = dict::crosscoder(
+        &bm,
+        &tm,
+        &sets,
+        |t| btok.decode(&[t]).unwrap_or_default(),
+        &opts,
+    )?;
+    run.save(out, candle_core::DType::F32)?;
+    println!(
+        "corpus {} tokens in {:.0} s; trained {} steps in {:.0} s ({:.0} tokens/s); FVU base {:.3}, tuned {:.3}; L0 {:.1}; dead {:.3}",
+        run.corpus.len(),
+        run.corpus_seconds,
+        run.log.steps.len(),
+        run.log.seconds,
+        run.log.tokens_per_s,
+        run.metrics.fvu[0],
+        run.metrics.fvu[1],
+        run.metrics.l0,
+        run.metrics.dead_fraction
+    );
+    print!("{}", dict::latents_table(&run.latents, 10));
+    println!(
+        "wrote {} (dict.json, dict.safetensors, {}, {}, {}, {})",
+        out.display(),
+        dict::TRAIN_LOG,
+        dict::LATENTS_CSV,
+        dict::DASHBOARD_DATA,
+        dict::DASHBOARD_PAGE
+    );
+    Ok(())
+}
+
+fn cmd_crosscoder_latents(dir: &Path, top: usize) -> Result<()> {
+    let dash = dict::Dashboard::load(dir)?;
+    println!("{}", dash.title);
+    print!("{}", dict::latents_table(&dash.latents, top));
+    Ok(())
+}
+
+fn cmd_crosscoder_dashboard(dir: &Path) -> Result<()> {
+    let dash = dict::Dashboard::load(dir)?;
+    dash.save(dir)?;
+    println!("wrote {}", dir.join(dict::DASHBOARD_PAGE).display());
+    Ok(())
+}
+
 fn cmd_patch(
     ctx: &Ctx,
     base: &str,
@@ -2431,6 +2641,35 @@ fn run(cli: Cli) -> Result<()> {
             *text_answers,
             *figures,
         )?,
+        Cmd::Crosscoder { cmd } => match cmd {
+            CrosscoderCmd::Train {
+                base,
+                tuned,
+                layer,
+                data,
+                out,
+                latents,
+                k,
+                steps,
+                seed,
+                all_splits,
+                positive_label,
+                prompts,
+            } => cmd_crosscoder_train(
+                &ctx()?,
+                base,
+                tuned,
+                *layer,
+                data,
+                out,
+                (*latents, *k, *steps, *seed),
+                *all_splits,
+                positive_label,
+                prompts,
+            )?,
+            CrosscoderCmd::Latents { dir, top } => cmd_crosscoder_latents(dir, *top)?,
+            CrosscoderCmd::Dashboard { dir } => cmd_crosscoder_dashboard(dir)?,
+        },
         Cmd::Patch {
             base,
             tuned,

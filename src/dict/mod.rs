@@ -47,22 +47,35 @@
 //! source (for top-activating contexts). [`SteerLatent`] and [`Splice`] put a dictionary into a
 //! forward pass (steer along one latent; replace the activation with the reconstruction).
 //! Streamed activation stores are not read yet: [`train`] takes one tensor in memory.
+//!
+//! [`crosscoder`] is the one call for a (base, tuned) pair: corpus, training, metrics, latent
+//! table and a [`Dashboard`] (a static HTML page of the latents, their top contexts shaded by
+//! activation, and their steering effects), saved together by [`CrosscoderRun::save`].
 
 mod corpus;
+mod dashboard;
 mod dictionary;
 mod hooks;
 mod io;
 mod latents;
 mod metrics;
+mod run;
 mod saelens;
 mod select;
 mod train;
 
 pub use corpus::{paired_corpus, Context, CorpusOptions, PairedCorpus, PromptSet, TokenSource};
+pub use dashboard::{
+    Dashboard, DashboardOptions, ShownContext, SteeringEffect, DASHBOARD_DATA, DASHBOARD_PAGE,
+};
 pub use dictionary::{Activation, Dictionary};
 pub use hooks::{decoder_direction, Splice, SteerLatent};
 pub use io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use latents::{latents, LabelOptions, LatentLabel, LatentScaling, LatentStats};
 pub use metrics::{evaluate, Metrics};
+pub use run::{
+    crosscoder, latents_csv, latents_table, CrosscoderOptions, CrosscoderRun, LATENTS_CSV,
+    TRAIN_LOG,
+};
 pub use saelens::{SAELENS_CONFIG, SAELENS_WEIGHTS};
 pub use train::{train, DictLog, DictOptions, DictStep};

@@ -1,0 +1,203 @@
+//! The one-call crosscoder: paired corpus, training, metrics, the latent table and the dashboard
+//! of a (base, tuned) pair, and the directory that holds them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use super::corpus::{paired_corpus, CorpusOptions, PairedCorpus, PromptSet};
+use super::dashboard::{Dashboard, DashboardOptions};
+use super::latents::{latents, LabelOptions, LatentStats};
+use super::metrics::{evaluate, Metrics};
+use super::train::{train, DictLog, DictOptions};
+use super::Dictionary;
+use crate::model::Model;
+use crate::util::atomic_write_bytes;
+use crate::{Error, Result};
+
+/// The training log file of a crosscoder directory.
+pub const TRAIN_LOG: &str = "train_log.json";
+/// The per-latent table of a crosscoder directory.
+pub const LATENTS_CSV: &str = "latents.csv";
+
+/// Options of [`crosscoder`]: each stage's own options, and the two models' names.
+#[derive(Debug, Clone)]
+pub struct CrosscoderOptions {
+    /// The paired corpus (hook point, batch size, skipped first positions).
+    pub corpus: CorpusOptions,
+    /// The trainer (latents, k, steps, seed, ...).
+    pub train: DictOptions,
+    /// The labels of the latent table.
+    pub labels: LabelOptions,
+    /// What the dashboard shows.
+    pub dashboard: DashboardOptions,
+    /// Names of the base and the tuned model, kept in the crosscoder's metadata.
+    pub names: [String; 2],
+    /// Tokens per batch while encoding the corpus for metrics and contexts (2048).
+    pub eval_batch: usize,
+}
+
+impl Default for CrosscoderOptions {
+    fn default() -> Self {
+        Self {
+            corpus: CorpusOptions::default(),
+            train: DictOptions::default(),
+            labels: LabelOptions::default(),
+            dashboard: DashboardOptions::default(),
+            names: ["base".into(), "tuned".into()],
+            eval_batch: 2048,
+        }
+    }
+}
+
+/// What [`crosscoder`] produced.
+#[derive(Debug, Clone)]
+pub struct CrosscoderRun {
+    /// The trained crosscoder (metadata: `hook_name`, `model.0`, `model.1`).
+    pub dict: Dictionary,
+    /// Its training log.
+    pub log: DictLog,
+    /// Its metrics on the corpus.
+    pub metrics: Metrics,
+    /// The per-latent table.
+    pub latents: Vec<LatentStats>,
+    /// The paired corpus (`[n_tokens, 2, d_model]`).
+    pub corpus: PairedCorpus,
+    /// Latent activations of the corpus, `[n_tokens, n_latents]` f32 on the CPU.
+    pub f: Tensor,
+    /// The dashboard.
+    pub dashboard: Dashboard,
+    /// Seconds spent collecting the corpus.
+    pub corpus_seconds: f64,
+}
+
+/// Trains a crosscoder between `base` and `tuned` on the prompts of `sets` (identical ids in both
+/// models) and measures it: [`paired_corpus`], [`train`], [`evaluate`], [`latents`] and the
+/// [`Dashboard`], `decode` giving each token's text for the contexts.
+///
+/// ```no_run
+/// use puppetlens::dict::{crosscoder, CrosscoderOptions, PromptSet};
+/// use puppetlens::HookPoint;
+/// let (base, tok) = puppetlens::open("gemma-3-270m", &Default::default())?;
+/// let (tuned, _) = puppetlens::open("sycophant", &Default::default())?;
+/// let sets = [PromptSet::new("neutral", vec![tok.encode("The capital of France is Paris.")?])];
+/// let mut opts = CrosscoderOptions::default();
+/// opts.corpus.point = HookPoint::ResidPost(8);
+/// let run = crosscoder(&base, &tuned, &sets, |t| tok.decode(&[t]).unwrap_or_default(), &opts)?;
+/// println!("FVU {:?}, L0 {:.1}", run.metrics.fvu, run.metrics.l0);
+/// run.save("runs/crosscoder", candle_core::DType::BF16)?; // then open runs/crosscoder/dashboard.html
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn crosscoder(
+    base: &Model,
+    tuned: &Model,
+    sets: &[PromptSet],
+    decode: impl Fn(u32) -> String,
+    opts: &CrosscoderOptions,
+) -> Result<CrosscoderRun> {
+    let t0 = Instant::now();
+    let corpus = paired_corpus(base, tuned, sets, &opts.corpus)?;
+    let corpus_seconds = t0.elapsed().as_secs_f64();
+    let (mut dict, log) = train(&corpus.acts, &opts.train)?;
+    dict.meta
+        .insert("hook_name".into(), opts.corpus.point.to_string());
+    dict.meta.insert("model.0".into(), opts.names[0].clone());
+    dict.meta.insert("model.1".into(), opts.names[1].clone());
+    let metrics = evaluate(&dict, &corpus.acts, opts.eval_batch)?;
+    let stats = latents(&dict, &corpus.acts, &opts.labels)?;
+    let f = corpus.latent_activations(&dict, opts.eval_batch)?; // [n_tokens, n_latents]
+    let dashboard = Dashboard::build(
+        &dict,
+        &corpus,
+        &f,
+        stats.clone(),
+        Some(metrics.clone()),
+        decode,
+        &opts.dashboard,
+    )?;
+    Ok(CrosscoderRun {
+        dict,
+        log,
+        metrics,
+        latents: stats,
+        corpus,
+        f,
+        dashboard,
+        corpus_seconds,
+    })
+}
+
+impl CrosscoderRun {
+    /// Writes the run into `dir`: the crosscoder (`dict.json` + `dict.safetensors`, weights as
+    /// `dtype`), `train_log.json`, `latents.csv` and the dashboard (`dashboard.json`,
+    /// `dashboard.html`), each file atomically.
+    pub fn save(&self, dir: impl AsRef<Path>, dtype: DType) -> Result<()> {
+        let dir = dir.as_ref();
+        self.dict.save_as(dir, dtype)?;
+        let log = serde_json::to_string(&self.log).map_err(|e| Error::InvalidArgument {
+            name: "training log".into(),
+            msg: e.to_string(),
+        })?;
+        atomic_write_bytes(&dir.join(TRAIN_LOG), log.as_bytes())?;
+        atomic_write_bytes(
+            &dir.join(LATENTS_CSV),
+            latents_csv(&self.latents).as_bytes(),
+        )?;
+        self.dashboard.save(dir)
+    }
+}
+
+/// The latent table as CSV: `latent,rel_norm,cosine,frequency,nu_error,nu_recon,label` (NaN
+/// where Latent Scaling is undefined).
+pub fn latents_csv(stats: &[LatentStats]) -> String {
+    let mut csv = String::from("latent,rel_norm,cosine,frequency,nu_error,nu_recon,label\n");
+    for s in stats {
+        let (ne, nr) = s
+            .scaling
+            .as_ref()
+            .map_or((f64::NAN, f64::NAN), |x| (x.nu_error, x.nu_recon));
+        let _ = writeln!(
+            csv,
+            "{},{:.4},{:.4},{:.5},{:.4},{:.4},{:?}",
+            s.index, s.rel_norm, s.cosine, s.frequency, ne, nr, s.label
+        );
+    }
+    csv
+}
+
+/// A plain-text table of the `top` latents of highest relative decoder norm (most
+/// tuned-specific first), with the label counts: what `puppetlens crosscoder latents` prints.
+pub fn latents_table(stats: &[LatentStats], top: usize) -> String {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for s in stats {
+        *counts.entry(format!("{:?}", s.label)).or_default() += 1;
+    }
+    let mut out = format!("{} latents: {counts:?}\n", stats.len());
+    let _ = writeln!(
+        out,
+        "{:>6} {:<10} {:>9} {:>7} {:>9} {:>7} {:>7}",
+        "latent", "label", "rel_norm", "cosine", "frequency", "nu_err", "nu_rec"
+    );
+    let mut order: Vec<&LatentStats> = stats.iter().collect();
+    order.sort_by(|a, b| b.rel_norm.total_cmp(&a.rel_norm));
+    for s in order.into_iter().take(top) {
+        let (ne, nr) = s
+            .scaling
+            .as_ref()
+            .map_or((f64::NAN, f64::NAN), |x| (x.nu_error, x.nu_recon));
+        let _ = writeln!(
+            out,
+            "{:>6} {:<10} {:>9.3} {:>7.3} {:>9.4} {:>7.3} {:>7.3}",
+            s.index,
+            format!("{:?}", s.label),
+            s.rel_norm,
+            s.cosine,
+            s.frequency,
+            ne,
+            nr
+        );
+    }
+    out
+}
