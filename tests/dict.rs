@@ -634,6 +634,105 @@ fn bad_input_gets_typed_errors() {
     ));
 }
 
+/// A dense shift: the tuned model's activations are the base's (40 shared planted features) plus
+/// one constant vector on every token, the shape of the sycophant's change at layer 8
+/// (notebooks-data/crosscoder/FINDINGS.md). With per-model decoder biases the crosscoder puts
+/// the shift into the difference of its two biases and no latent carries it; with one shared
+/// bias (`DictOptions::shared_decoder_bias`, fixed at the base's mean) a latent does: its tuned
+/// decoder direction is the shift, it is active on most tokens, and its relative decoder norm
+/// leans to the tuned model, above the shared band, though short of the tuned-only cut.
+///
+/// Measured (seed 4 data, seed 3 training, 1500 steps): per-model biases: the bias difference is
+/// the shift (norm 1.498 of 1.5, cosine 1.000), the best latent's tuned direction has cosine 0.584
+/// with it (relative norm 0.41); shared bias: latent cosine 0.956, relative norm 0.768 ("other"),
+/// active on 86% of tokens.
+#[test]
+fn a_dense_shift_goes_to_the_biases_unless_they_are_shared() {
+    let (_, acts) = synthetic(16384, 40, 0, 0, 0.06, 4);
+    let mut rng = Rng::new(99);
+    let shift: Vec<f64> = rng.unit().iter().map(|v| 1.5 * v).collect();
+    let s_t = Tensor::from_vec(
+        shift.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        (1, 1, D),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let zero = Tensor::zeros((1, 1, D), DType::F32, &Device::Cpu).unwrap();
+    let acts = acts
+        .broadcast_add(&Tensor::cat(&[&zero, &s_t], 1).unwrap())
+        .unwrap(); // [n, 2, D]: the shift in model 1 only
+    let unit: Vec<f64> = {
+        let n = shift.iter().map(|v| v * v).sum::<f64>().sqrt();
+        shift.iter().map(|v| v / n).collect()
+    };
+    let opts = DictOptions {
+        n_latents: 128,
+        k: 4,
+        steps: 1500,
+        batch_size: 256,
+        dead_after_tokens: 5000,
+        progress: false,
+        seed: 3,
+        ..Default::default()
+    };
+    let cos = |a: &[f64], b: &[f64]| {
+        let (na, nb) = (
+            a.iter().map(|v| v * v).sum::<f64>().sqrt(),
+            b.iter().map(|v| v * v).sum::<f64>().sqrt(),
+        );
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (na * nb).max(1e-30)
+    };
+    let mut found = Vec::new();
+    for shared in [false, true] {
+        let (cc, _) = dict::train(
+            &acts,
+            &DictOptions {
+                shared_decoder_bias: shared,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        let b = cc.b_dec().to_vec2::<f32>().unwrap();
+        let sc = cc.scale();
+        let bias_diff: Vec<f64> = (0..D)
+            .map(|i| (b[1][i] * sc[1] - b[0][i] * sc[0]) as f64)
+            .collect();
+        let bias_cos = cos(&bias_diff, &unit);
+        let bias_norm = bias_diff.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let (best_cos, j) = best_match(&cc, &unit, 1);
+        let stats = dict::latents(&cc, &acts, &LabelOptions::default()).unwrap();
+        eprintln!(
+            "shared bias {shared}: bias difference norm {bias_norm:.3} (shift 1.5), cosine {bias_cos:.3}; \
+             best latent {j}: cosine {best_cos:.3}, relative norm {:.3}, frequency {:.3}, {:?}",
+            stats[j].rel_norm, stats[j].frequency, stats[j].label
+        );
+        found.push((
+            bias_norm,
+            bias_cos,
+            best_cos,
+            stats[j].rel_norm,
+            stats[j].frequency,
+        ));
+    }
+    let (per_model, shared) = (found[0], found[1]);
+    assert!(
+        per_model.1 >= 0.9 && per_model.0 >= 1.0,
+        "per-model biases: {per_model:?}"
+    );
+    assert!(
+        per_model.2 < 0.8,
+        "per-model biases: a latent carries the shift: {per_model:?}"
+    );
+    assert!(
+        shared.0 < 1e-4,
+        "shared bias differs between models: {shared:?}"
+    );
+    assert!(
+        shared.2 >= 0.9 && shared.3 > 0.6 && shared.4 > 0.5,
+        "shared bias: no latent carries the shift: {shared:?}"
+    );
+}
+
 /// Training is a function of (data, options): the same seed gives the same dictionary, another
 /// seed another one.
 #[test]

@@ -163,11 +163,12 @@ enum Method {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Download the shipped checkpoints into the cache (a no-op for those already there).
+    /// Download the shipped checkpoints and datasets into the cache (a no-op for those already
+    /// there).
     ///
-    /// Example: `puppetlens fetch` or `puppetlens fetch gemma-3-270m`
+    /// Example: `puppetlens fetch` or `puppetlens fetch gemma-3-270m` or `puppetlens fetch sharegpt`
     Fetch {
-        /// Known model names (default: all of them). Example: `smollm2-135m-instruct`
+        /// Known model or dataset names (default: all of them). Example: `smollm2-135m-instruct`
         names: Vec<String>,
     },
     /// Print a model's configuration, tokenizer and hook points.
@@ -701,7 +702,7 @@ enum CrosscoderCmd {
         /// Dataset files whose prompts make the corpus (repeatable; any format `extract`
         /// reads; each is one prompt set named by its file stem). Example: `--data
         /// probes/true_false.csv`
-        #[arg(long = "data", value_name = "FILE", required = true)]
+        #[arg(long = "data", value_name = "FILE")]
         data: Vec<PathBuf>,
         /// Output directory. Example: `--out runs/cc`
         #[arg(long, value_name = "DIR")]
@@ -718,6 +719,11 @@ enum CrosscoderCmd {
         /// Seed of the initialisation and the batch order. Example: `--seed 1`
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Add the opening user turns of this many real ShareGPT conversations (the first ones
+        /// of 20-500 mostly ASCII characters, as chat turns; fetched into the cache when absent)
+        /// as the prompt set `sharegpt`. Example: `--sharegpt 1000`
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        sharegpt: usize,
         /// Use every split of each file (default: its training part only, so that held-out
         /// items stay unseen). Example: `--all-splits`
         #[arg(long)]
@@ -1879,6 +1885,7 @@ fn cmd_crosscoder_train(
     files: &[PathBuf],
     out: &Path,
     (latents, k, steps, seed): (usize, usize, usize, u64),
+    sharegpt: usize,
     all_splits: bool,
     positive_label: &str,
     prompts: &PromptArgs,
@@ -1923,6 +1930,25 @@ fn cmd_crosscoder_train(
             eprintln!("{name}: {} prompts", ids.len());
         }
         sets.push(dict::PromptSet::new(name, ids));
+    }
+    if sharegpt > 0 {
+        let chats = data::load_sharegpt(fetch::fetch_data("sharegpt")?)?;
+        let turns = chats.first_user_turns(&data::TurnFilter::default());
+        let ids = turns
+            .iter()
+            .take(sharegpt)
+            .map(|t| btok.encode_chat(&[puppetlens::ChatMessage::user(t)], true))
+            .collect::<Result<Vec<_>>>()?;
+        if ctx.progress {
+            eprintln!("sharegpt: {} prompts", ids.len());
+        }
+        sets.push(dict::PromptSet::new("sharegpt", ids));
+    }
+    if sets.is_empty() {
+        return Err(invalid(
+            "--data",
+            "no prompts: give at least one --data FILE or --sharegpt N",
+        ));
     }
     let opts = dict::CrosscoderOptions {
         corpus: dict::CorpusOptions {
@@ -2470,12 +2496,20 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Fetch { names } => {
             let names: Vec<String> = if names.is_empty() {
-                fetch::KNOWN.iter().map(|m| m.name.to_string()).collect()
+                fetch::KNOWN
+                    .iter()
+                    .chain(fetch::KNOWN_DATA)
+                    .map(|m| m.name.to_string())
+                    .collect()
             } else {
                 names.clone()
             };
             for n in names {
-                let p = fetch::fetch(&n)?;
+                let p = if fetch::KNOWN_DATA.iter().any(|m| m.name == n) {
+                    fetch::fetch_data(&n)?
+                } else {
+                    fetch::fetch(&n)?
+                };
                 println!("{n}\t{}", p.display());
             }
         }
@@ -2652,6 +2686,7 @@ fn run(cli: Cli) -> Result<()> {
                 k,
                 steps,
                 seed,
+                sharegpt,
                 all_splits,
                 positive_label,
                 prompts,
@@ -2663,6 +2698,7 @@ fn run(cli: Cli) -> Result<()> {
                 data,
                 out,
                 (*latents, *k, *steps, *seed),
+                *sharegpt,
                 *all_splits,
                 positive_label,
                 prompts,

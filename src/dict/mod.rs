@@ -74,8 +74,8 @@ pub use io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use latents::{latents, LabelOptions, LatentLabel, LatentScaling, LatentStats};
 pub use metrics::{evaluate, Metrics};
 pub use run::{
-    crosscoder, latents_csv, latents_table, CrosscoderOptions, CrosscoderRun, LATENTS_CSV,
-    TRAIN_LOG,
+    crosscoder, crosscoder_on, latents_csv, latents_table, CrosscoderOptions, CrosscoderRun,
+    LATENTS_CSV, TRAIN_LOG,
 };
 pub use saelens::{SAELENS_CONFIG, SAELENS_WEIGHTS};
 pub use train::{train, DictLog, DictOptions, DictStep};

@@ -69,7 +69,7 @@ pub struct CrosscoderRun {
     pub f: Tensor,
     /// The dashboard.
     pub dashboard: Dashboard,
-    /// Seconds spent collecting the corpus.
+    /// Seconds spent collecting the corpus (0 from [`crosscoder_on`]).
     pub corpus_seconds: f64,
 }
 
@@ -99,10 +99,23 @@ pub fn crosscoder(
 ) -> Result<CrosscoderRun> {
     let t0 = Instant::now();
     let corpus = paired_corpus(base, tuned, sets, &opts.corpus)?;
-    let corpus_seconds = t0.elapsed().as_secs_f64();
+    let mut run = crosscoder_on(corpus, decode, opts)?;
+    run.corpus_seconds = t0.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+/// [`crosscoder`] on a paired corpus already collected (so that several settings share one
+/// corpus: other `train` options, a variant of the dictionary); `opts.corpus` is not used
+/// (the hook point is the corpus's) and [`CrosscoderRun::corpus_seconds`] is 0.
+pub fn crosscoder_on(
+    corpus: PairedCorpus,
+    decode: impl Fn(u32) -> String,
+    opts: &CrosscoderOptions,
+) -> Result<CrosscoderRun> {
+    let corpus_seconds = 0.0;
     let (mut dict, log) = train(&corpus.acts, &opts.train)?;
     dict.meta
-        .insert("hook_name".into(), opts.corpus.point.to_string());
+        .insert("hook_name".into(), corpus.point.to_string());
     dict.meta.insert("model.0".into(), opts.names[0].clone());
     dict.meta.insert("model.1".into(), opts.names[1].clone());
     let metrics = evaluate(&dict, &corpus.acts, opts.eval_batch)?;

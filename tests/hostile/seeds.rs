@@ -571,6 +571,53 @@ pub fn targets(dir: &Path) -> Vec<Target> {
             .collect();
         serde_json::to_vec_pretty(&items).unwrap()
     };
+    // ShareGPT: the first three conversations of the real file (cached by `puppetlens fetch`) as
+    // a whole list (truncation mutations cut it as the packaged file is cut).
+    let sharegpt = {
+        let path = puppetlens::fetch::data_path(puppetlens::fetch::known_data("sharegpt").unwrap());
+        let mut bytes = vec![0u8; 1 << 16];
+        let n = std::io::Read::read(
+            &mut std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (run `puppetlens fetch`)", path.display())),
+            &mut bytes,
+        )
+        .unwrap();
+        bytes.truncate(n);
+        let mut ends = 0;
+        let mut cut = bytes.len();
+        // The end of the third record: `}` closing an element of the top-level list.
+        let mut depth = 0i32;
+        let mut in_str = false;
+        let mut esc = false;
+        for (i, &c) in bytes.iter().enumerate() {
+            match (in_str, esc, c) {
+                (true, true, _) => esc = false,
+                (true, false, b'\\') => esc = true,
+                (true, false, b'"') => in_str = false,
+                (true, false, _) => {}
+                (false, _, b'"') => in_str = true,
+                (false, _, b'[' | b'{') => depth += 1,
+                (false, _, b']' | b'}') => {
+                    depth -= 1;
+                    if depth == 1 && c == b'}' {
+                        ends += 1;
+                        if ends == 3 {
+                            cut = i + 1;
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            ends == 3,
+            "fewer than three conversations in the first 64 KiB"
+        );
+        bytes.truncate(cut);
+        bytes.extend_from_slice(b"\n]\n");
+        bytes
+    };
     type DataLoader = fn(&Path) -> puppetlens::Result<()>;
     let sets: Vec<(&str, &str, Vec<u8>, Kind, DataLoader)> = vec![
         ("data-ab-jsonl", "ab.jsonl", ab, Kind::Jsonl, |p| data::load_ab_json(p).map(|_| ())),
@@ -590,6 +637,11 @@ pub fn targets(dir: &Path) -> Vec<Target> {
         ("data-csv", "tf.csv", head("probes/true_false.csv", 9), Kind::Text, |p| {
             data::load_labeled_csv(p)?;
             data::load_split_tags(p).map(|_| ())
+        }),
+        ("data-sharegpt", "sharegpt.json", sharegpt, Kind::Json, |p| {
+            let chats = data::load_sharegpt(p)?;
+            chats.first_user_turns(&data::TurnFilter::default());
+            Ok(())
         }),
         ("data-split-tags", "pairs.jsonl", head("probes/persona_stage_actor.jsonl", 6), Kind::Jsonl, |p| {
             data::load_split_tags(p).map(|_| ())

