@@ -131,6 +131,7 @@ fn main() -> Result<()> {
         batch_size: 8,
         skip_first: 1,
         progress: true,
+        ..CorpusOptions::default()
     };
     let dopts = DictOptions {
         n_latents: if quick { 256 } else { 512 },
@@ -149,6 +150,12 @@ fn main() -> Result<()> {
     let opts = dict::CrosscoderOptions {
         corpus: copts.clone(),
         train: dopts.clone(),
+        // The committed dashboards do not store ShareGPT's text (third-party data stays out of
+        // the repository); its contexts keep their sources and activations.
+        dashboard: dict::DashboardOptions {
+            withheld: vec!["sharegpt".into()],
+            ..dict::DashboardOptions::default()
+        },
         ..dict::CrosscoderOptions::default()
     };
     let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
@@ -240,9 +247,11 @@ fn examine(
     let corpus_s = run.corpus_seconds;
     let counts = corpus.set_counts();
     println!(
-        "{tag}: corpus {} tokens {:?} in {corpus_s:.0} s",
+        "{tag}: corpus {} tokens {:?} in {corpus_s:.0} s ({} outlier tokens dropped: {:?})",
         corpus.len(),
-        corpus.sets.iter().zip(&counts).collect::<Vec<_>>()
+        corpus.sets.iter().zip(&counts).collect::<Vec<_>>(),
+        corpus.dropped.len(),
+        corpus.dropped
     );
     println!(
         "{tag}: trained {} tokens in {:.0} s ({:.0} tok/s); FVU base {:.3} tuned {:.3}, L0 {:.1}, dead {:.3}",
@@ -395,6 +404,12 @@ fn examine(
         .iter()
         .take(12)
         .map(|c| {
+            if ev.dashboard.withheld.contains(&corpus.sets[c.source.set]) {
+                return format!(
+                    "{} #{} pos {}: {:.2}: (text not stored)",
+                    corpus.sets[c.source.set], c.source.item, c.source.pos, c.activation
+                );
+            }
             let w = tok
                 .decode(&c.window[..c.window.len() - 1])
                 .unwrap_or_default();
@@ -414,7 +429,7 @@ fn examine(
         "decoder_bias_difference": bias,
         "hook_name": point.to_string(),
         "corpus": {"tokens": corpus.len(), "sets": corpus.sets, "counts": counts, "seconds": corpus_s,
-                    "skip_first": ev.skip_first},
+                    "skip_first": ev.skip_first, "dropped_outliers": corpus.dropped.len()},
         "train": {"n_latents": log.options.n_latents, "k": log.options.k, "steps": log.options.steps, "batch_size": log.options.batch_size,
                    "shared_decoder_bias": log.options.shared_decoder_bias,
                    "seconds": log.seconds, "tokens": log.tokens, "tokens_per_s": log.tokens_per_s,

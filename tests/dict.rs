@@ -786,14 +786,14 @@ const CC_POINT: HookPoint = HookPoint::ResidPost(8);
 // Thresholds from the measurements (the example's results.json, and the first 24 training / 30
 // test items recomputed here; see notebooks-data/crosscoder/README.md).
 // (b): the chosen latent's tuned decoder direction against the mean tuned - base difference on
-// the sycophancy tokens; measured 0.770 here (0.765 on all 220 training items in the example;
-// 0.781 / 0.777 with the first build of the crosscoder).
+// the sycophancy tokens; measured 0.827 here (0.825 on all 220 training items in the example; the
+// earlier builds without ShareGPT in the corpus: 0.770-0.781).
 const CC_COSINE_MIN: f64 = 0.6;
-// (c) is a null result: added to the base at the scale chosen on the validation items (2.11, twice
-// its typical activation) the latent moves P(agree) by +0.023 here (0.587 -> 0.610 on 30 items;
-// +0.009 on all 74 test items in the example; the first build: +0.013 / +0.010), where the
-// base-vs-sycophant difference at the same layer moves it by +0.072 (tests/organisms.rs). The
-// bound records that the latent does not carry the behaviour.
+// (c) is a null result: added to the base at the scale chosen on the validation items (4.62, four
+// times its typical activation) the latent moves P(agree) by +0.024 here (0.587 -> 0.611 on 30
+// items; +0.025 on all 74 test items in the example, where the control crosscoder's chosen latent
+// moves it by +0.028), while the base-vs-sycophant difference at the same layer moves it by +0.072
+// (tests/organisms.rs). The bound records that the latent does not carry the behaviour.
 const CC_STEER_MAX: f64 = 0.05;
 
 fn cc_dir(tuned: &str) -> PathBuf {
@@ -1058,6 +1058,7 @@ fn one_call_crosscoder_and_its_dashboard() {
             shown: 8,
             contexts: 4,
             window: 6,
+            ..DashboardOptions::default()
         },
         names: ["gemma-3-270m".into(), "gemma-3-270m+sycophant".into()],
         ..dict::CrosscoderOptions::default()
@@ -1096,6 +1097,7 @@ fn one_call_crosscoder_and_its_dashboard() {
             let n = c.tokens.len();
             assert!(n <= 6 && n == c.acts.len() && n > 0);
             assert_eq!(*c.acts.last().unwrap(), c.activation);
+            assert!(!c.withheld);
             for (i, (t, a)) in c.tokens.iter().zip(&c.acts).enumerate() {
                 let pos = c.pos + 1 + i - n;
                 assert_eq!(
@@ -1157,9 +1159,40 @@ fn one_call_crosscoder_and_its_dashboard() {
     assert!(html.contains(&format!("<a href=\"#latent-{unshown}\">{unshown}</a>")));
     assert!(html.contains("neutral &lt;&amp;&gt;") && !html.contains("neutral <&>"));
     assert!(!html.contains("<start_of_turn>") && !html.contains("<C>"));
+    // A set's text withheld: the same contexts and activations, the tokens stored nowhere.
+    let hidden = Dashboard::build(
+        &run.dict,
+        &run.corpus,
+        &run.f,
+        run.latents.clone(),
+        None,
+        decode,
+        &DashboardOptions {
+            withheld: vec!["sycophancy".into()],
+            ..opts.dashboard.clone()
+        },
+    )
+    .unwrap();
+    let mut n_hidden = 0;
+    for (j, ctxs) in &hidden.contexts {
+        for (c, shown) in ctxs.iter().zip(&run.dashboard.contexts[j]) {
+            assert_eq!(
+                (c.item, c.pos, &c.acts),
+                (shown.item, shown.pos, &shown.acts)
+            );
+            assert_eq!(c.withheld, c.set == "sycophancy");
+            if c.withheld {
+                n_hidden += 1;
+                assert!(c.tokens.iter().all(|t| t == "\u{b7}"));
+            }
+        }
+    }
+    let page = hidden.html();
+    assert!(n_hidden > 0 && page.contains("(text not stored)"));
+    let turn = "&lt;start_of_turn&gt;"; // only the sycophancy prompts are chat turns
     assert!(
-        !html.contains("http://") && !html.contains("https://"),
-        "the page fetches nothing"
+        html.contains(turn) && !page.contains(turn),
+        "withheld text shown"
     );
     let csv = std::fs::read_to_string(dir.join(dict::LATENTS_CSV)).unwrap();
     assert_eq!(csv.lines().count(), 65);
@@ -1181,4 +1214,73 @@ fn one_call_crosscoder_and_its_dashboard() {
     bad.save(&dir).unwrap();
     let err = Dashboard::load(&dir).unwrap_err();
     assert!(err.to_string().contains("contexts of latent"), "{err}");
+}
+
+/// Tokens of outlying norm ("massive activations") are left out of a paired corpus: ShareGPT
+/// user turns 40-49 (the first turns `TurnFilter::default()` keeps) hold turn 48, one of whose
+/// tokens has a residual norm near 53,700 at layer 8 of gemma-3-270m, ten times the median
+/// (measured on the first 400 turns: median 5,587, 99.9th percentile 8,635, then two tokens at
+/// 53,159 and 53,724). With the default ratio (5x the median) exactly such tokens go, listed in
+/// `dropped`; without it every token stays.
+#[test]
+fn outlier_tokens_are_dropped_from_a_paired_corpus() {
+    let (base, tok) = gemma_chat();
+    let chats = puppetlens::data::load_sharegpt(puppetlens::fetch::fetch_data("sharegpt").unwrap())
+        .unwrap();
+    let turns = chats.first_user_turns(&puppetlens::data::TurnFilter::default());
+    let prompts: Vec<Vec<u32>> = turns[40..50]
+        .iter()
+        .map(|t| {
+            tok.encode_chat(&[puppetlens::ChatMessage::user(t)], true)
+                .unwrap()
+        })
+        .collect();
+    let sets = [PromptSet::new("sharegpt", prompts)];
+    let opts = CorpusOptions {
+        point: CC_POINT,
+        progress: false,
+        ..CorpusOptions::default()
+    };
+    let kept = paired_corpus(base, base, &sets, &opts).unwrap();
+    let all = paired_corpus(
+        base,
+        base,
+        &sets,
+        &CorpusOptions {
+            max_norm_ratio: None,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert!(all.dropped.is_empty());
+    eprintln!("dropped {:?} of {} tokens", kept.dropped, all.len());
+    assert!(!kept.dropped.is_empty() && kept.dropped.iter().all(|s| s.item == 8));
+    assert_eq!(kept.len() + kept.dropped.len(), all.len());
+    let norms: Vec<f32> = all
+        .acts
+        .get_on_dim(1, 0)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut sorted = norms.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = sorted[sorted.len() / 2];
+    for (r, s) in all.sources.iter().enumerate() {
+        let gone = kept.dropped.contains(s);
+        assert_eq!(
+            gone,
+            norms[r] > 5.0 * median,
+            "{s:?}: norm {} (median {median})",
+            norms[r]
+        );
+        if gone {
+            assert!(norms[r] > 40_000.0, "{s:?}: norm {}", norms[r]);
+        }
+    }
 }

@@ -1956,6 +1956,7 @@ fn cmd_crosscoder_train(
             batch_size: ctx.batch_size,
             skip_first: 1,
             progress: ctx.progress,
+            ..dict::CorpusOptions::default()
         },
         train: dict::DictOptions {
             n_latents: latents,

@@ -39,6 +39,10 @@ pub struct DashboardOptions {
     pub contexts: usize,
     /// Tokens per context, ending at the activating one (16).
     pub window: usize,
+    /// Prompt sets whose text the dashboard does not store (third-party data that must not be
+    /// copied into a repository, say): their contexts keep their source, position and
+    /// activations, the tokens become `·` (empty: none withheld).
+    pub withheld: Vec<String>,
 }
 
 impl Default for DashboardOptions {
@@ -47,6 +51,7 @@ impl Default for DashboardOptions {
             shown: 64,
             contexts: 8,
             window: 16,
+            withheld: Vec::new(),
         }
     }
 }
@@ -68,6 +73,9 @@ pub struct ShownContext {
     pub tokens: Vec<String>,
     /// The latent's activation on each token of the window.
     pub acts: Vec<f32>,
+    /// The text was not stored ([`DashboardOptions::withheld`]).
+    #[serde(default)]
+    pub withheld: bool,
 }
 
 /// A measured steering effect of one latent: behaviour with and without the latent's decoder
@@ -441,11 +449,12 @@ impl Dashboard {
             for c in ctxs {
                 let _ = write!(
                     h,
-                    "<div class=\"ctx\"><span class=\"src\">{} #{} pos {} &middot; {:.2}</span> ",
+                    "<div class=\"ctx\"><span class=\"src\">{} #{} pos {} &middot; {:.2}{}</span> ",
                     esc(&c.set),
                     c.item,
                     c.pos,
-                    c.activation
+                    c.activation,
+                    if c.withheld { " (text not stored)" } else { "" }
                 );
                 let n = c.tokens.len();
                 for (i, (t, a)) in c.tokens.iter().zip(&c.acts).enumerate() {
@@ -500,13 +509,20 @@ fn shown_contexts(
                         .map_or(0.0, |r| col[r].max(0.0))
                 })
                 .collect();
+            let set = corpus.sets[c.source.set].clone();
+            let withheld = opts.withheld.contains(&set);
             ShownContext {
-                set: corpus.sets[c.source.set].clone(),
                 item: c.source.item,
                 pos: c.source.pos,
                 activation: c.activation,
-                tokens: c.window.iter().map(|&t| decode(t)).collect(),
+                tokens: if withheld {
+                    vec!["\u{b7}".to_string(); n]
+                } else {
+                    c.window.iter().map(|&t| decode(t)).collect()
+                },
                 acts,
+                withheld,
+                set,
             }
         })
         .collect())

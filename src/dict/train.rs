@@ -207,6 +207,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// crosscoder the split of the norm between models stays free, which is what the relative
 /// decoder norm reads).
 pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)> {
+    crate::util::tune_malloc();
     let (n, m, d) = check(acts, opts)?;
     let l = opts.n_latents;
     let dev = acts.device().clone();

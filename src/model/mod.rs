@@ -386,6 +386,7 @@ impl Model {
     }
 
     fn build(mut cfg: Config, ws: &Weights, opts: &LoadOptions) -> Result<Model> {
+        crate::util::tune_malloc();
         let dev = &opts.device;
         let embed_name = "model.embed_tokens.weight";
         let embed = ws.tensor(embed_name, &[], opts.dtype, dev)?;
