@@ -771,6 +771,28 @@ impl Ctx {
         puppetlens::open(spec, &opts)
     }
 
+    /// A base model and its tuned sibling; errors unless their vocabularies match.
+    fn open_pair(
+        &self,
+        base: &str,
+        tuned: &str,
+    ) -> Result<((Model, Tokenizer), (Model, Tokenizer))> {
+        let (bm, btok) = self.open(base)?;
+        let (tm, ttok) = self.open(tuned)?;
+        if btok.vocab_size() != ttok.vocab_size() {
+            return Err(invalid(
+                "tuned",
+                format!(
+                    "`{tuned}` has a vocabulary of {} tokens but `{base}` has {}: not a tuned \
+                     sibling (the two models must share a tokenizer)",
+                    ttok.vocab_size(),
+                    btok.vocab_size()
+                ),
+            ));
+        }
+        Ok(((bm, btok), (tm, ttok)))
+    }
+
     /// `hook_resid_post` of `layers` at `site`.
     fn extract_opts(&self, model: &Model, site: Site, layers: Option<&[usize]>) -> ExtractOptions {
         let mut opts = ExtractOptions::resid_post(model, site);
@@ -1890,18 +1912,7 @@ fn cmd_crosscoder_train(
     positive_label: &str,
     prompts: &PromptArgs,
 ) -> Result<()> {
-    let (bm, btok) = ctx.open(base)?;
-    let (tm, ttok) = ctx.open(tuned)?;
-    if btok.vocab_size() != ttok.vocab_size() {
-        return Err(invalid(
-            "tuned",
-            format!(
-                "`{tuned}` has a vocabulary of {} tokens, `{base}` {}: not a tuned sibling",
-                ttok.vocab_size(),
-                btok.vocab_size()
-            ),
-        ));
-    }
+    let ((bm, btok), (tm, _)) = ctx.open_pair(base, tuned)?;
     let n_layers = bm.config().n_layers;
     if layer >= n_layers {
         return Err(invalid(
@@ -2142,19 +2153,7 @@ fn cmd_diff(
     let (ds, items) = Dataset::load_ab(dataset, "diff")?;
     let parts = ds.split(&items, |it| it.matching.clone())?;
     let neutral_texts = neutral.map(data::load_instructions).transpose()?;
-    let (bm, btok) = ctx.open(base)?;
-    let (tm, ttok) = ctx.open(tuned)?;
-    if btok.vocab_size() != ttok.vocab_size() {
-        return Err(invalid(
-            "tuned",
-            format!(
-                "`{tuned}` has a vocabulary of {} tokens but `{base}` has {}: the two models must \
-                 share a tokenizer",
-                ttok.vocab_size(),
-                btok.vocab_size()
-            ),
-        ));
-    }
+    let ((bm, btok), (tm, _)) = ctx.open_pair(base, tuned)?;
     let layers = layers
         .map(|s| parse_layers(s, bm.config().n_layers, base, "--layers"))
         .transpose()?;

@@ -357,10 +357,7 @@ impl Dashboard {
         };
         for s in order {
             let j = s.index;
-            let (ne, nr) = s
-                .scaling
-                .as_ref()
-                .map_or((f64::NAN, f64::NAN), |x| (x.nu_error, x.nu_recon));
+            let (ne, nr) = s.nu();
             let steer = self
                 .steering
                 .iter()

@@ -112,6 +112,15 @@ pub struct LatentStats {
     pub label: LatentLabel,
 }
 
+impl LatentStats {
+    /// The Latent Scaling ratios `(ν^ε, ν^r)`, NaN when the latent was never active.
+    pub fn nu(&self) -> (f64, f64) {
+        self.scaling
+            .as_ref()
+            .map_or((f64::NAN, f64::NAN), |x| (x.nu_error, x.nu_recon))
+    }
+}
+
 /// Sums over tokens from which the betas follow.
 pub(crate) struct ScalingSums {
     /// `Σ_n f_nj²`, `[l]`.

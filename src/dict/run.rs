@@ -167,10 +167,7 @@ impl CrosscoderRun {
 pub fn latents_csv(stats: &[LatentStats]) -> String {
     let mut csv = String::from("latent,rel_norm,cosine,frequency,nu_error,nu_recon,label\n");
     for s in stats {
-        let (ne, nr) = s
-            .scaling
-            .as_ref()
-            .map_or((f64::NAN, f64::NAN), |x| (x.nu_error, x.nu_recon));
+        let (ne, nr) = s.nu();
         let _ = writeln!(
             csv,
             "{},{:.4},{:.4},{:.5},{:.4},{:.4},{:?}",
@@ -196,10 +193,7 @@ pub fn latents_table(stats: &[LatentStats], top: usize) -> String {
     let mut order: Vec<&LatentStats> = stats.iter().collect();
     order.sort_by(|a, b| b.rel_norm.total_cmp(&a.rel_norm));
     for s in order.into_iter().take(top) {
-        let (ne, nr) = s
-            .scaling
-            .as_ref()
-            .map_or((f64::NAN, f64::NAN), |x| (x.nu_error, x.nu_recon));
+        let (ne, nr) = s.nu();
         let _ = writeln!(
             out,
             "{:>6} {:<10} {:>9.3} {:>7.3} {:>9.4} {:>7.3} {:>7.3}",

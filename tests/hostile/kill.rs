@@ -156,8 +156,13 @@ fn run_ok(args: &[&str]) -> f64 {
 /// Spawns `args` and kills it with SIGKILL as soon as `reached()` holds (polled every
 /// millisecond), so that a kill point is a point of the work (a shard count, a training step)
 /// rather than a time, which a loaded machine would shift; true when it was still running then.
-fn kill_when(args: &[&str], mut reached: impl FnMut() -> bool) -> bool {
-    let mut child = cli(args).spawn().unwrap();
+fn kill_when(args: &[&str], reached: impl FnMut() -> bool) -> bool {
+    kill_command_when(cli(args), reached)
+}
+
+/// [`kill_when`] for any command.
+fn kill_command_when(mut cmd: Command, mut reached: impl FnMut() -> bool) -> bool {
+    let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
     while !reached() {
         if child.try_wait().unwrap().is_some() {
@@ -165,7 +170,7 @@ fn kill_when(args: &[&str], mut reached: impl FnMut() -> bool) -> bool {
         }
         assert!(
             start.elapsed() < Duration::from_secs(300),
-            "puppetlens {args:?}: the kill point was not reached in 300 s"
+            "{cmd:?}: the kill point was not reached in 300 s"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -704,18 +709,7 @@ fn kill_main_job_then_rerun() {
     let mut mid = 0;
     for _ in 0..5 {
         let target = 1 + rng.below(total - 1);
-        let mut child = run(&out).spawn().unwrap();
-        let start = Instant::now();
-        while files_under(&out).len() < target && child.try_wait().unwrap().is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(300),
-                "kill point not reached"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let alive = child.try_wait().unwrap().is_none();
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let alive = kill_command_when(run(&out), || files_under(&out).len() >= target);
         if alive {
             mid += 1;
         }
@@ -748,12 +742,7 @@ fn kill_main_job_then_rerun() {
 
     // A finished directory killed during a rerun loses its summary first, so that old numbers
     // are never read as the new run's.
-    let mut child = run(&out).spawn().unwrap();
-    while out.join("summary.json").exists() && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_command_when(run(&out), || !out.join("summary.json").exists());
     assert!(
         !out.join("summary.json").exists(),
         "summary.json outlived the start of a rerun"
