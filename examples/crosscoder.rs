@@ -189,7 +189,7 @@ fn main() -> Result<()> {
         run.dict
             .meta
             .insert("model_name".into(), "gemma-3-270m".into());
-        let variant = dict::crosscoder_on(
+        let mut variant = dict::crosscoder_on(
             run.corpus.clone(),
             decode,
             &dict::CrosscoderOptions {
@@ -201,7 +201,6 @@ fn main() -> Result<()> {
                 ..opts.clone()
             },
         )?;
-        let mut variant = variant;
         variant.corpus_seconds = run.corpus_seconds;
         summary.push(examine(&mut run, tuned_name, "", &ev)?);
         summary.push(examine(&mut variant, tuned_name, "shared-bias", &ev)?);
