@@ -14,7 +14,11 @@
 //!
 //! `PUPPETLENS_PEER_PYTHON` names the Python to use (default: the venv the script makes);
 //! `PUPPETLENS_BENCH_QUICK=1` makes a short run (fewer repetitions, 200 prompts);
-//! `PUPPETLENS_PEER_MODELS=gemma-3-270m` runs one model.
+//! `PUPPETLENS_PEER_MODELS=gemma-3-270m` runs one model; `PUPPETLENS_PEER_ROWS=sweeps` runs the
+//! sweep rows alone: a steering dose-response (layers x multipliers x A/B items) and, on
+//! gemma-3-270m, cross-model activation patching into its committed sycophant organism, each
+//! against the same sweep written with PyTorch forward hooks, one full forward per cell (the two
+//! stacks' per-item P(matching) are compared cell by cell).
 //!
 //! On a GPU (`PUPPETLENS_BENCH_DEVICE=cuda:0`, a build with `--features cuda`; `scripts/gpu_check.sh`
 //! runs it on a GPU machine) both stacks run there, and after its timed rows the bench checks the
@@ -30,9 +34,13 @@ use std::process::Command;
 mod util;
 
 use candle_core::{DType, Device, Tensor};
+use puppetlens::data::{self, PromptFormat};
+use puppetlens::eval::{add_sweep_scores, AbCase, AbScore};
 use puppetlens::extract::{extract_to_dir, ExtractOptions, Site, StoreMeta};
+use puppetlens::patch::{patch_layers, Family};
 use puppetlens::{
-    data, AddVector, Batch, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Tokenizer,
+    AddVector, Batch, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, SteeringVector,
+    Tokenizer,
 };
 use serde_json::{json, Value};
 use util::{bench_device, flops, matmul_rate_on, peak_mib, repo_root, time};
@@ -118,6 +126,7 @@ fn main() -> anyhow::Result<()> {
     let mut table = Vec::new();
     let mut notes = Vec::new();
     let only = std::env::var("PUPPETLENS_PEER_MODELS").ok();
+    let sweeps_only = std::env::var("PUPPETLENS_PEER_ROWS").is_ok_and(|r| r == "sweeps");
     for name in ["smollm2-135m-instruct", "gemma-3-270m"] {
         if only
             .as_deref()
@@ -136,6 +145,27 @@ fn main() -> anyhow::Result<()> {
             std::env::temp_dir().join(format!("puppetlens-peers-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
 
+        // `PUPPETLENS_PEER_ROWS=sweeps`: the sweep rows alone (see `sweeps`).
+        if sweeps_only {
+            let export = scratch.join("hf");
+            model.export_safetensors(&export)?;
+            sweeps(
+                &SweepRun {
+                    name,
+                    model: &model,
+                    tok: &tok,
+                    export: &export,
+                    scratch: &scratch,
+                    py: &py,
+                    torch_device: &torch_device,
+                    quick,
+                },
+                &mut table,
+                &mut notes,
+            )?;
+            std::fs::remove_dir_all(&scratch).ok();
+            continue;
+        }
         // Extraction first, so that the peak memory it adds is read right after loading.
         let statements = data::load_labeled_csv(repo_root().join("probes/true_false.csv"))?;
         let frames = ["", "Claim: ", "Is it true? ", "Fact check: "];
@@ -337,6 +367,20 @@ fn main() -> anyhow::Result<()> {
             secs(&ext, "peak_after_load_mib"),
             secs(&ext, "peak_after_mib")
         ));
+        sweeps(
+            &SweepRun {
+                name,
+                model: &model,
+                tok: &tok,
+                export: &export,
+                scratch: &scratch,
+                py: &py,
+                torch_device: td,
+                quick,
+            },
+            &mut table,
+            &mut notes,
+        )?;
         // Last, so that the CPU copy it loads weighs on no measurement above.
         if gpu || std::env::var_os("PUPPETLENS_BENCH_CHECK").is_some() {
             let (cpu, _) = puppetlens::load(&path)?;
@@ -347,7 +391,7 @@ fn main() -> anyhow::Result<()> {
         }
         std::fs::remove_dir_all(&scratch).ok();
     }
-    println!("| model | work | puppetlens tokens/s | PyTorch tokens/s | puppetlens speed-up | puppetlens % of matmul rate |");
+    println!("| model | work | puppetlens tokens/s (sweeps: item-cells/s) | PyTorch tokens/s (sweeps: item-cells/s) | puppetlens speed-up | puppetlens % of matmul rate |");
     println!("|---|---|---:|---:|---:|---:|");
     for r in table {
         println!("{r}");
@@ -357,6 +401,212 @@ fn main() -> anyhow::Result<()> {
         println!("- {n}");
     }
     println!("\nBest of {reps} runs after a warm-up; prompt rows compute last-position logits only (PyTorch: logits_to_keep=1).");
+    Ok(())
+}
+
+/// One checkpoint's context for the sweep rows.
+struct SweepRun<'a> {
+    name: &'a str,
+    model: &'a Model,
+    tok: &'a Tokenizer,
+    export: &'a Path,
+    scratch: &'a Path,
+    py: &'a Path,
+    torch_device: &'a str,
+    quick: bool,
+}
+
+/// Steering multipliers of the dose-response row (the main job's).
+const MULTIPLIERS: [f64; 5] = [-2.0, -1.0, 0.0, 1.0, 2.0];
+/// Positions from the end in the single-position patching row.
+const PATCH_POSITIONS: usize = 4;
+
+/// The sycophancy test items in the chat format (text answers), as the main job asks them.
+fn sycophancy_cases(tok: &Tokenizer, gemma: bool, n: usize) -> anyhow::Result<Vec<AbCase>> {
+    let mut tok = tok.clone();
+    if gemma {
+        tok.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.into()));
+    }
+    let parts = data::load_with_split(
+        repo_root().join("probes/sycophancy_ab.jsonl"),
+        data::load_ab_json,
+    )?;
+    let fmt = PromptFormat::Chat { system: None };
+    parts
+        .test
+        .iter()
+        .take(n)
+        .map(|it| {
+            let p = data::ab_text_prompt(&tok, it, &fmt)?;
+            Ok(AbCase {
+                ids: p.ids.clone(),
+                matching: p.matching_id(),
+                not_matching: p.not_matching_id(),
+            })
+        })
+        .collect()
+}
+
+/// Largest |dP| between puppetlens's and PyTorch's per-item scores of the same cells.
+fn max_dp<'a>(ours: impl Iterator<Item = &'a AbScore>, theirs: &Value) -> f64 {
+    let theirs: Vec<f64> = theirs
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let mut n = 0;
+    let worst = ours
+        .zip(&theirs)
+        .inspect(|_| n += 1)
+        .map(|(a, b)| (a.p_matching - b).abs())
+        .fold(0.0, f64::max);
+    if n == 0 || n != theirs.len() {
+        return f64::NAN; // the two sides scored different numbers of cells
+    }
+    worst
+}
+
+/// The sweep rows: a steering dose-response (layers x multipliers x items, one vector) and, where
+/// a tuned sibling is committed (gemma-3-270m's sycophant), cross-model activation patching at
+/// `resid_pre` of every layer and the layer x position map; puppetlens's branched sweeps against
+/// the same sweeps written with PyTorch forward hooks, one full forward per cell.
+fn sweeps(r: &SweepRun, table: &mut Vec<String>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    let gemma = r.name == "gemma-3-270m";
+    let n_items = if r.quick { 16 } else { 32 };
+    let cases = sycophancy_cases(r.tok, gemma, n_items)?;
+    let n_layers = r.model.config().n_layers;
+    let d = r.model.config().d_model;
+    // Every other layer (as the main job's committed run), multipliers of the main job.
+    let layers: Vec<usize> = (0..n_layers).step_by(2).collect();
+    let scale = 4.0 / (d as f32).sqrt(); // a vector of norm 4 at every layer
+    let v = Tensor::full(scale, d, r.model.device())?;
+    let vector = SteeringVector::new(layers.iter().map(|&l| (l, v.clone())).collect(), "bench")?;
+    // One timed run each (a sweep is long enough; the model has run the rows above).
+    let t = std::time::Instant::now();
+    let ours = add_sweep_scores(r.model, &cases, &vector, &layers, &MULTIPLIERS, 8)?;
+    let ours_s = t.elapsed().as_secs_f64();
+    let items: Vec<Value> = cases
+        .iter()
+        .map(|c| json!({"ids": c.ids, "matching": c.matching, "not_matching": c.not_matching}))
+        .collect();
+    let pad_id = r.tok.eos_id().unwrap_or(0);
+    let work = r.scratch.join("sweep-work.json");
+    std::fs::write(
+        &work,
+        serde_json::to_vec(&json!({
+            "items": items, "pad_id": pad_id, "batch_size": 8,
+            "layers": layers, "multipliers": MULTIPLIERS, "vector": vec![scale; d],
+        }))?,
+    )?;
+    let theirs = peer(r.py, r.torch_device, "sweep", r.export, &work, r.scratch)?;
+    let cells = layers.len() * MULTIPLIERS.len() * cases.len();
+    let flat_ours = ours.iter().flatten().flatten();
+    let dp = max_dp(flat_ours, &theirs["p"]);
+    let row = |what: String, ours: f64, theirs: f64, cells: usize| {
+        format!(
+            "| {} | {what} | {:.1} | {:.1} | {:.2}x | - |",
+            r.name,
+            cells as f64 / ours,
+            cells as f64 / theirs,
+            theirs / ours
+        )
+    };
+    table.push(row(
+        format!(
+            "steering dose-response, {} layers x {} multipliers x {} items (item-cells/s)",
+            layers.len(),
+            MULTIPLIERS.len(),
+            cases.len()
+        ),
+        ours_s,
+        secs(&theirs, "seconds"),
+        cells,
+    ));
+    notes.push(format!(
+        "{}: dose-response, the two stacks' P(matching) agree within {dp:.1e} over all {cells} item-cells",
+        r.name
+    ));
+    if !gemma {
+        return Ok(());
+    }
+
+    // Cross-model patching: gemma-3-270m into its committed sycophant organism.
+    let (tuned, _) = puppetlens::open(
+        "sycophant",
+        &LoadOptions {
+            device: r.model.device().clone(),
+            ..LoadOptions::default()
+        },
+    )?;
+    let tuned_export = r.scratch.join("hf-tuned");
+    tuned.export_safetensors(&tuned_export)?;
+    let all: Vec<usize> = (0..n_layers).collect();
+    let t = std::time::Instant::now();
+    let full = patch_layers(r.model, &tuned, &cases, Family::ResidPre, &all, 0, 8)?;
+    let full_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let pos = patch_layers(
+        r.model,
+        &tuned,
+        &cases,
+        Family::ResidPre,
+        &all,
+        PATCH_POSITIONS,
+        8,
+    )?;
+    let pos_s = t.elapsed().as_secs_f64();
+    std::fs::write(
+        &work,
+        serde_json::to_vec(&json!({
+            "items": items, "pad_id": pad_id, "batch_size": 8, "layers": all,
+            "positions": PATCH_POSITIONS, "tuned_dir": tuned_export,
+        }))?,
+    )?;
+    let theirs = peer(r.py, r.torch_device, "patch", r.export, &work, r.scratch)?;
+    let cells = all.len() * cases.len();
+    let dp_full = max_dp(full.full.iter().flatten(), &theirs["p_full"]);
+    let dp_pos = max_dp(
+        pos.positions.iter().flatten().flatten(),
+        &theirs["p_positions"],
+    );
+    let dp_ends = max_dp(
+        full.base.iter().chain(&full.tuned),
+        &Value::Array(
+            theirs["p_base"]
+                .as_array()
+                .into_iter()
+                .chain(theirs["p_tuned"].as_array())
+                .flatten()
+                .cloned()
+                .collect(),
+        ),
+    );
+    table.push(row(
+        format!(
+            "patching into the sycophant, resid_pre, every position, {} layers x {} items (item-cells/s)",
+            all.len(),
+            cases.len()
+        ),
+        full_s,
+        secs(&theirs, "full_seconds"),
+        cells,
+    ));
+    // Both sides: the every-position patches and each of the last positions alone, in one run.
+    table.push(row(
+        format!(
+            "patching, every position and each of the last {PATCH_POSITIONS} alone, {} layers x {} items (item-cells/s)",
+            all.len(),
+            cases.len()
+        ),
+        pos_s,
+        secs(&theirs, "full_seconds") + secs(&theirs, "positions_seconds"),
+        cells * (1 + PATCH_POSITIONS),
+    ));
+    notes.push(format!(
+        "{}: patching, the two stacks' P(matching) agree within {dp_ends:.1e} unpatched (base and sycophant), {dp_full:.1e} on every-position patches, {dp_pos:.1e} on single-position patches; mean P base {:.3}, sycophant {:.3}",
+        r.name,
+        full.base.iter().map(|s| s.p_matching).sum::<f64>() / cases.len() as f64,
+        full.tuned.iter().map(|s| s.p_matching).sum::<f64>() / cases.len() as f64,
+    ));
     Ok(())
 }
 

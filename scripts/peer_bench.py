@@ -12,6 +12,13 @@ Tasks (``--task``):
             with TransformerLens keys; wall time and the process's peak RSS before and after
   generate  greedy generation with an additive hook on one layer's output (KV cache)
   tl        the prefill rows with TransformerLens (its TransformerBridge), when it is installed
+  sweep     a steering dose-response: for each layer and multiplier, a forward hook adding
+            multiplier x vector to that layer's output (real tokens), one forward per cell and
+            batch of A/B items, P(matching) from the two answers' last-position logits
+  patch     cross-model activation patching: the tuned model's inputs of every decoder layer
+            (resid_pre) cached, then for each layer the base run with a forward pre-hook that
+            replaces its input by the tuned model's (every position; then each of the last N
+            positions alone)
 
 Usage: peer_bench.py --task T --model-dir DIR --work work.json --out result.json [--threads 2]
        [--device cuda]   (a GPU: timings synchronise the device; peak memory is the GPU's)
@@ -241,9 +248,145 @@ def task_tl(model_dir, work):
     return res
 
 
+def ab_batches(work):
+    """The A/B items in batches of similar length (as puppetlens forms them), left-padded."""
+    import torch
+
+    items, bs, pad = work["items"], work["batch_size"], work["pad_id"]
+    order = sorted(range(len(items)), key=lambda i: len(items[i]["ids"]))
+    out = []
+    for s in range(0, len(order), bs):
+        idx = order[s:s + bs]
+        width = max(len(items[i]["ids"]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            p = items[i]["ids"]
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        ans = torch.tensor([[items[i]["matching"], items[i]["not_matching"]] for i in idx])
+        out.append((idx, ids.to(DEVICE), mask.to(DEVICE), pos.to(DEVICE), ans.to(DEVICE)))
+    return out
+
+
+def p_matching(model, ids, mask, pos, ans):
+    """P(matching) of each row from the two answers' last-position logits."""
+    import torch
+
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+    two = torch.gather(logits, 1, ans)  # [b, 2]
+    return torch.sigmoid(two[:, 0] - two[:, 1]).tolist()
+
+
+def task_sweep(model_dir, work):
+    import torch
+
+    model = load(model_dir)
+    batches = ab_batches(work)
+    layers, mults = work["layers"], work["multipliers"]
+    vec = tensor(work["vector"], torch.float32)
+    n = len(work["items"])
+    p = [[[None] * n for _ in mults] for _ in layers]
+    state = {}
+
+    def add(_m, _inp, out):
+        h = layer_output(out)
+        h = h + state["mult"] * vec * state["mask"].unsqueeze(-1).to(h.dtype)
+        return (h,) + tuple(out[1:]) if isinstance(out, (tuple, list)) else h
+
+    with torch.inference_mode():
+        p_matching(model, *batches[0][1:])  # warm-up
+        sync()
+        t = time.perf_counter()
+        for li, l in enumerate(layers):
+            h = model.model.layers[l].register_forward_hook(add)
+            for mi, m in enumerate(mults):
+                state["mult"] = m
+                for idx, ids, mask, pos, ans in batches:
+                    state["mask"] = mask
+                    for i, v in zip(idx, p_matching(model, ids, mask, pos, ans)):
+                        p[li][mi][i] = v
+            h.remove()
+        sync()
+        secs = time.perf_counter() - t
+    return {"seconds": secs, "p": [v for per_l in p for per_m in per_l for v in per_m]}
+
+
+def pre_hook(fn):
+    """A forward pre-hook on a decoder layer that maps its input hidden states with `fn`."""
+    def hook(_m, args, kwargs):
+        if args:
+            return (fn(args[0]),) + tuple(args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = fn(kwargs["hidden_states"])
+        return args, kwargs
+    return hook
+
+
+def task_patch(model_dir, work):
+    import torch
+
+    base, tuned = load(model_dir), load(work["tuned_dir"])
+    batches = ab_batches(work)
+    layers, n_pos = work["layers"], work["positions"]
+    n = len(work["items"])
+    p_base, p_tuned = [None] * n, [None] * n
+    p_full = [[None] * n for _ in layers]
+    p_pos = [[[None] * n for _ in range(n_pos)] for _ in layers]
+    res = {}
+    with torch.inference_mode():
+        p_matching(base, *batches[0][1:])  # warm-up
+        p_matching(tuned, *batches[0][1:])
+        sync()
+        t = time.perf_counter()
+        cached = []  # per batch: layer -> the tuned model's input of that layer
+        for idx, ids, mask, pos, ans in batches:
+            store = {}
+            hs = [tuned.model.layers[l].register_forward_pre_hook(
+                pre_hook(lambda x, l=l: store.__setitem__(l, x) or x), with_kwargs=True)
+                for l in layers]
+            for i, v in zip(idx, p_matching(tuned, ids, mask, pos, ans)):
+                p_tuned[i] = v
+            for h in hs:
+                h.remove()
+            cached.append(store)
+            for i, v in zip(idx, p_matching(base, ids, mask, pos, ans)):
+                p_base[i] = v
+            for li, l in enumerate(layers):
+                h = base.model.layers[l].register_forward_pre_hook(
+                    pre_hook(lambda x, l=l: store[l]), with_kwargs=True)
+                for i, v in zip(idx, p_matching(base, ids, mask, pos, ans)):
+                    p_full[li][i] = v
+                h.remove()
+        sync()
+        res["full_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for (idx, ids, mask, pos, ans), store in zip(batches, cached):
+            for li, l in enumerate(layers):
+                for o in range(n_pos):
+                    def one(x, l=l, o=o):
+                        x = x.clone()
+                        c = x.shape[1] - 1 - o
+                        x[:, c] = store[l][:, c]
+                        return x
+                    h = base.model.layers[l].register_forward_pre_hook(pre_hook(one), with_kwargs=True)
+                    for i, v in zip(idx, p_matching(base, ids, mask, pos, ans)):
+                        p_pos[li][o][i] = v
+                    h.remove()
+        sync()
+        res["positions_seconds"] = time.perf_counter() - t
+    res.update({
+        "p_base": p_base, "p_tuned": p_tuned,
+        "p_full": [v for row in p_full for v in row],
+        "p_positions": [v for per_l in p_pos for per_o in per_l for v in per_o],
+    })
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, choices=["prefill", "extract", "generate", "tl"])
+    ap.add_argument("--task", required=True, choices=["prefill", "extract", "generate", "tl", "sweep", "patch"])
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
@@ -265,6 +408,10 @@ def main():
         res = task_extract(a.model_dir, work, a.store or a.out + ".store")
     elif a.task == "generate":
         res = task_generate(a.model_dir, work)
+    elif a.task == "sweep":
+        res = task_sweep(a.model_dir, work)
+    elif a.task == "patch":
+        res = task_patch(a.model_dir, work)
     else:
         res = task_tl(a.model_dir, work)
     res["torch"] = torch.__version__

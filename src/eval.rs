@@ -197,7 +197,8 @@ pub(crate) const SWEEP_ROWS: usize = 64;
 /// Branch-at-layer execution: per batch of items, the forward below the highest swept layer runs
 /// once and keeps each swept layer's residual ([`Model::cache`]); for each layer only the blocks
 /// above it run (the forward resumed there, as [`Model::run_from`] does), for all its multipliers
-/// at once, stacked as rows of one batch, and only the two answers' logits are computed. The residuals handed on are computed as [`Intervention::Add`] computes them, so each cell
+/// at once, stacked as rows of one batch, and only the two answers' logits are computed. A zero
+/// multiplier's cells are the unsteered run's, computed once per batch for all layers. The residuals handed on are computed as [`Intervention::Add`] computes them, so each cell
 /// equals scoring it on its own within float rounding of the larger batch (tests hold P and the
 /// logit difference to 1e-5 on the shipped checkpoints).
 ///
@@ -269,14 +270,32 @@ pub(crate) fn add_sweep(
             .real_mask(model.device(), model.dtype())?
             .unsqueeze(D::Minus1)?; // [b, s, 1]
         let per = (SWEEP_ROWS / b).max(1);
+        let answers_b = answer_ids(cases, &idx);
+        // A zero multiplier leaves the residual as it is (x + 0 = x bit for bit), so its scores are
+        // the unsteered run's at every layer: resumed once, from the highest swept layer (the
+        // fewest blocks), and shared by every layer's zero cells.
+        let (zero, steered_muls): (Vec<usize>, Vec<usize>) =
+            (0..multipliers.len()).partition(|&m| multipliers[m] == 0.0);
+        if !zero.is_empty() {
+            let top = layers.iter().copied().max().unwrap_or(0);
+            let p = HookPoint::ResidPost(top);
+            let start = Some((p, cache.require(p)?)); // [b, s, d_model]
+            let logits =
+                model.last_token_logits(&batch, &mut Hooks::new(), start, None, &answers_b)?; // [b, 2]
+            for per_layer in out.iter_mut() {
+                for &m in &zero {
+                    score_rows(&logits, &idx, &mut per_layer[m])?;
+                }
+            }
+        }
         for (li, &l) in layers.iter().enumerate() {
             let p = HookPoint::ResidPost(l);
             let x = cache.require(p)?; // [b, s, d_model]
-            for (ci, group) in multipliers.chunks(per).enumerate() {
+            for group in steered_muls.chunks(per) {
                 let steered = group
                     .iter()
-                    .map(|&mul| {
-                        let v = (&dirs[li] * mul)?.reshape((1, 1, ()))?; // [1, 1, d_model]
+                    .map(|&m| {
+                        let v = (&dirs[li] * multipliers[m])?.reshape((1, 1, ()))?; // [1, 1, d_model]
                         Ok(x.broadcast_add(&sel.broadcast_mul(&v)?)?) // [b, s, d_model]
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -284,15 +303,15 @@ pub(crate) fn add_sweep(
                 let rows: Vec<&[u32]> =
                     (0..group.len()).flat_map(|_| ids.iter().copied()).collect();
                 let answers: Vec<Vec<u32>> = (0..group.len())
-                    .flat_map(|_| answer_ids(cases, &idx))
+                    .flat_map(|_| answers_b.iter().cloned())
                     .collect();
                 let start = Some((p, &stacked));
                 let batch = Batch::new(&rows)?;
                 let logits =
                     model.last_token_logits(&batch, &mut Hooks::new(), start, None, &answers)?; // [group * b, 2]
-                for k in 0..group.len() {
+                for (k, &m) in group.iter().enumerate() {
                     let part = logits.narrow(0, k * b, b)?; // [b, 2]
-                    score_rows(&part, &idx, &mut out[li][ci * per + k])?;
+                    score_rows(&part, &idx, &mut out[li][m])?;
                 }
             }
             bar.advance(1);

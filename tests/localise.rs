@@ -446,6 +446,48 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
         of(curve, 1)
     );
     assert_eq!(r1.verdict.kind, VerdictKind::Puppeteer);
+    // The plain layer sweep runs the same engine: its cells are the report's (the report stacks
+    // four subspace patches as rows of one batch, the plain sweep one: float rounding apart).
+    let plain = puppetlens::patch::patch_layers(
+        base,
+        &t1,
+        &splits.test,
+        Family::AttnOut,
+        &[L - 2, L],
+        3,
+        8,
+    )
+    .unwrap();
+    let mean_p = |s: &[puppetlens::eval::AbScore]| {
+        s.iter().map(|x| x.p_matching).sum::<f64>() / s.len() as f64
+    };
+    assert_eq!(mean_p(&plain.base), r1.p_base);
+    assert_eq!(mean_p(&plain.tuned), r1.p_tuned);
+    for (i, l) in [L - 2, L].into_iter().enumerate() {
+        assert!((mean_p(&plain.full[i]) - row(&r1, l).full.p).abs() < 1e-5);
+        assert_eq!(plain.positions[i].len(), 3);
+        assert!((mean_p(&plain.positions[i][0]) - row(&r1, l).last.p).abs() < 1e-5);
+        for (o, cells) in plain.positions[i].iter().enumerate() {
+            let dp = mean_p(cells) - r1.p_base;
+            assert!(
+                (dp - r1.positions.delta_p[i][o]).abs() < 1e-5,
+                "layer {l}, offset {o}"
+            );
+        }
+    }
+    let too_many = splits.test.iter().map(|c| c.ids.len()).min().unwrap() + 1;
+    let e = puppetlens::patch::patch_layers(
+        base,
+        &t1,
+        &splits.test,
+        Family::AttnOut,
+        &[L],
+        too_many,
+        8,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("positions"), "{e}");
 
     // Rank 3, at the last block (L3), where nothing but the final norm and the unembedding reads
     // the residual: a value bias adds c3 along the final norm's view of W_U[B] - W_U[A] (the
@@ -579,7 +621,7 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
         &PatchOptions {
             layers: Some(vec![l3]),
             rank_layers: Some(vec![l3]),
-            positions: 1,
+            positions: 3,
             ..opts.clone()
         },
     )
@@ -588,6 +630,23 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
     let curve = &r3.ranks[0];
     assert!(r3.p_tuned - r3.p_base > 0.15, "no gap");
     assert!(row(&r3, l3).full.fraction.unwrap() > 0.95);
+    // The position maps: at the last block only the last position is read (its attention output
+    // at earlier positions feeds nothing the answer depends on), so patching the last position
+    // restores (denoising) and removes (noising) the whole gap, and any earlier position nothing.
+    let m = &r3.positions;
+    println!(
+        "  positions at layer {l3}: denoising {:?}, noising {:?}",
+        m.fraction, m.noise_fraction
+    );
+    for (map, what) in [(&m.fraction, "denoising"), (&m.noise_fraction, "noising")] {
+        let row = &map.as_ref().expect("gap large enough")[0];
+        assert!(row[0] > 0.95, "{what}, last position: {row:?}");
+        assert!(
+            row[1..].iter().all(|x| x.abs() < 0.05),
+            "{what}, earlier positions: {row:?}"
+        );
+    }
+    assert_eq!(m.noise_delta_p[0][0], row(&r3, l3).noise_last.delta_p);
     for k in [1, 2] {
         assert!(
             of(curve, k).of_full.abs() < 0.2,
@@ -624,6 +683,10 @@ fn patching_finds_injected_puppeteers_and_their_rank() {
     }
     for e in [&r.last, &r.noise_last] {
         assert!(e.delta_p.abs() < 1e-6, "{e:?}");
+    }
+    let m = &own.positions;
+    for x in m.delta_p.iter().chain(&m.noise_delta_p).flatten() {
+        assert!(x.abs() < 1e-6, "own activations at one position: {x}");
     }
     // Batched equals one by one.
     let one = PatchOptions {

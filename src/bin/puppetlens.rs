@@ -488,7 +488,8 @@ enum Cmd {
         /// Subspace dimensions of the rank curve. Example: `--ranks 1,2,4,8`
         #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16,32,64")]
         ranks: String,
-        /// Positions from the end in the layer x position map. Example: `--positions 6`
+        /// Positions from the end in the layer x position maps (denoising and noising). Example:
+        /// `--positions 6`
         #[arg(long, default_value_t = 10)]
         positions: usize,
         /// Neutral texts (instructions file) for the best patch's KL. Example:

@@ -154,8 +154,8 @@ pub struct PatchOptions {
     pub rank_layers: Option<Vec<usize>>,
     /// Random subspaces per dimension in the control (default 3).
     pub random_seeds: usize,
-    /// Positions from the end in the layer x position map (default 10; at least the last position
-    /// is always patched alone).
+    /// Positions from the end in the layer x position maps, denoising and noising (default 10; at
+    /// least the last position is always patched alone).
     pub positions: usize,
     /// Items per forward pass (default 8).
     pub batch_size: usize,
@@ -273,7 +273,9 @@ pub struct RankCurve {
     pub rank80: Option<usize>,
 }
 
-/// Denoising one position at a time: layers x positions (items aligned at their end).
+/// Patching one position at a time: layers x positions (items aligned at their end), denoising
+/// (the base receives the tuned model's activation there) and noising (the tuned model receives
+/// the base's).
 #[derive(Debug, Clone, Serialize)]
 pub struct PositionMap {
     /// Rows.
@@ -282,10 +284,14 @@ pub struct PositionMap {
     pub offsets: Vec<usize>,
     /// The first held-out item's tokens at those positions (for the axis).
     pub tokens: Vec<u32>,
-    /// Mean change of P(matching), `[layer][offset]`.
+    /// Denoising: mean change of P(matching), `[layer][offset]`.
     pub delta_p: Vec<Vec<f64>>,
-    /// Fraction of the gap restored, `[layer][offset]`, when the gap is large enough.
+    /// Denoising: fraction of the gap restored, `[layer][offset]`, when the gap is large enough.
     pub fraction: Option<Vec<Vec<f64>>>,
+    /// Noising: mean change of P(matching) of the tuned model, `[layer][offset]`.
+    pub noise_delta_p: Vec<Vec<f64>>,
+    /// Noising: fraction of the gap removed, `[layer][offset]`, when the gap is large enough.
+    pub noise_fraction: Option<Vec<Vec<f64>>>,
 }
 
 /// How specific the best patch is.
@@ -445,14 +451,17 @@ impl Patching {
         }
         put("rank.csv", csv.into_bytes())?;
         let m = &self.positions;
-        let mut csv = String::from("layer,offset,token,delta_p,fraction\n");
+        let mut csv =
+            String::from("layer,offset,token,delta_p,fraction,noise_delta_p,noise_fraction\n");
         for (i, l) in m.layers.iter().enumerate() {
             for (j, o) in m.offsets.iter().enumerate() {
                 csv.push_str(&format!(
-                    "{l},{o},{},{:.6},{}\n",
+                    "{l},{o},{},{:.6},{},{:.6},{}\n",
                     m.tokens.get(j).copied().unwrap_or(0),
                     m.delta_p[i][j],
-                    f(m.fraction.as_ref().map(|fr| fr[i][j]))
+                    f(m.fraction.as_ref().map(|fr| fr[i][j])),
+                    m.noise_delta_p[i][j],
+                    f(m.noise_fraction.as_ref().map(|fr| fr[i][j]))
                 ));
             }
         }
@@ -1091,17 +1100,8 @@ pub fn patching(
     data: &AbSplits,
     opts: &PatchOptions,
 ) -> Result<Patching> {
-    check_pair(base, tuned)?;
-    let (cb, ct) = (base.config(), tuned.config());
-    if cb.vocab_size != ct.vocab_size {
-        return Err(Error::Shape {
-            what: "vocabularies of the base and tuned models (they must read the same token ids)"
-                .into(),
-            expected: format!("{} tokens", cb.vocab_size),
-            got: format!("{} tokens", ct.vocab_size),
-        });
-    }
-    let (n_layers, d) = (cb.n_layers, cb.d_model);
+    check_same_ids(base, tuned)?;
+    let (n_layers, d) = (base.config().n_layers, base.config().d_model);
     if data.test.len() < MIN_TEST_ITEMS {
         return Err(Error::InvalidArgument {
             name: "test items".into(),
@@ -1190,11 +1190,13 @@ pub fn patching(
                 offset,
             });
         }
-        pos.push(PosJob {
-            layer: l,
-            dir: Dir::Noise,
-            offset: 0,
-        });
+        for offset in 0..n_pos {
+            pos.push(PosJob {
+                layer: l,
+                dir: Dir::Noise,
+                offset,
+            });
+        }
     }
     let runs = eng.run(&data.test, &jobs, &pos, "patching: layers", opts.progress)?;
     let gap = mean_p(&runs.tuned) - mean_p(&runs.base);
@@ -1218,13 +1220,19 @@ pub fn patching(
     let mut rows = Vec::new();
     let mut map = vec![vec![0.0; n_pos]; layers.len()];
     let mut map_fr = vec![vec![0.0; n_pos]; layers.len()];
+    let mut noise_map = vec![vec![0.0; n_pos]; layers.len()];
+    let mut noise_fr = vec![vec![0.0; n_pos]; layers.len()];
     for (li, &l) in layers.iter().enumerate() {
         let e = |i: usize, dir| r.effect(&runs.jobs[li * 5 + i], dir);
-        let pe = |i: usize, dir| r.effect(&runs.pos[li * (n_pos + 1) + i], dir);
-        for (o, cell) in map[li].iter_mut().enumerate() {
+        // Per layer: n_pos denoising jobs, then n_pos noising jobs.
+        let pe = |i: usize, dir| r.effect(&runs.pos[li * 2 * n_pos + i], dir);
+        for o in 0..n_pos {
             let eff = pe(o, Dir::Denoise);
-            *cell = eff.delta_p;
+            map[li][o] = eff.delta_p;
             map_fr[li][o] = eff.fraction.unwrap_or(f64::NAN);
+            let eff = pe(n_pos + o, Dir::Noise);
+            noise_map[li][o] = eff.delta_p;
+            noise_fr[li][o] = eff.fraction.unwrap_or(f64::NAN);
         }
         rows.push(LayerPatch {
             layer: l,
@@ -1247,6 +1255,8 @@ pub fn patching(
             .collect(),
         delta_p: map,
         fraction: r.gap_ok.then_some(map_fr),
+        noise_delta_p: noise_map,
+        noise_fraction: r.gap_ok.then_some(noise_fr),
     };
     let best = best_layer(&rows);
 
@@ -1373,6 +1383,117 @@ pub fn patching(
         ranks,
         positions,
         verdict,
+    })
+}
+
+/// Both models must read the same token ids at the same width.
+fn check_same_ids(base: &Model, tuned: &Model) -> Result<()> {
+    check_pair(base, tuned)?;
+    let (cb, ct) = (base.config(), tuned.config());
+    if cb.vocab_size != ct.vocab_size {
+        return Err(Error::Shape {
+            what: "vocabularies of the base and tuned models (they must read the same token ids)"
+                .into(),
+            expected: format!("{} tokens", cb.vocab_size),
+            got: format!("{} tokens", ct.vocab_size),
+        });
+    }
+    Ok(())
+}
+
+/// Per-item A/B scores of a plain layer sweep of denoising patches: what [`patch_layers`] returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerScores {
+    /// Layers patched, in the order given.
+    pub layers: Vec<usize>,
+    /// The base model unpatched, per item.
+    pub base: Vec<AbScore>,
+    /// The tuned model unpatched, per item.
+    pub tuned: Vec<AbScore>,
+    /// The base with the tuned model's activation at every position of layer `layers[i]`:
+    /// `full[i][item]`.
+    pub full: Vec<Vec<AbScore>>,
+    /// The base with the tuned model's activation at one position only, `offset` from the end:
+    /// `positions[i][offset][item]` (empty when no positions were asked for).
+    pub positions: Vec<Vec<Vec<AbScore>>>,
+}
+
+/// The engine of [`patching`] without its subspaces, statistics or verdict: per-item scores of the
+/// base with the tuned model's `family` activation patched in at each of `layers` (every
+/// position), and, for `positions > 0`, at each of the last `positions` positions alone (items
+/// aligned at their end). Every patched forward resumes at its layer from the cached residual, and
+/// single-position patches reuse the base's keys and values before the patched column.
+///
+/// ```no_run
+/// use puppetlens::eval::AbCase;
+/// use puppetlens::patch::{patch_layers, Family};
+/// use puppetlens::{LoadOptions, Model};
+/// let base = Model::load("base.gguf", &LoadOptions::default())?;
+/// let tuned = Model::load("tuned", &LoadOptions::default())?;
+/// let cases = vec![AbCase { ids: vec![1, 2, 3], matching: 330, not_matching: 331 }];
+/// let s = patch_layers(&base, &tuned, &cases, Family::ResidPre, &[4, 8], 0, 8)?;
+/// println!("layer 8: P = {:.3}", s.full[1][0].p_matching);
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn patch_layers(
+    base: &Model,
+    tuned: &Model,
+    cases: &[AbCase],
+    family: Family,
+    layers: &[usize],
+    positions: usize,
+    batch_size: usize,
+) -> Result<LayerScores> {
+    check_same_ids(base, tuned)?;
+    let n_layers = base.config().n_layers;
+    if let Some(&l) = layers.iter().find(|&&l| l >= n_layers) {
+        return Err(Error::LayerOutOfRange { layer: l, n_layers });
+    }
+    check_cases(base, cases)?;
+    let min_len = cases.iter().map(|c| c.ids.len()).min().unwrap_or(1);
+    if positions > min_len {
+        return Err(Error::InvalidArgument {
+            name: "positions".into(),
+            msg: format!(
+                "{positions} positions from the end, but the shortest item has {min_len} tokens"
+            ),
+        });
+    }
+    let eng = Engine {
+        base,
+        tuned,
+        family,
+        batch_size: batch_size.max(1),
+    };
+    let jobs: Vec<Job> = layers
+        .iter()
+        .map(|&layer| Job {
+            layer,
+            dir: Dir::Denoise,
+            sub: Sub::Full,
+        })
+        .collect();
+    let pos: Vec<PosJob> = layers
+        .iter()
+        .flat_map(|&layer| {
+            (0..positions).map(move |offset| PosJob {
+                layer,
+                dir: Dir::Denoise,
+                offset,
+            })
+        })
+        .collect();
+    let runs = eng.run(cases, &jobs, &pos, "patching: layers", false)?;
+    let positions = match positions {
+        0 => Vec::new(),
+        n => runs.pos.chunks(n).map(<[_]>::to_vec).collect(), // per layer, n offsets
+    };
+    Ok(LayerScores {
+        layers: layers.to_vec(),
+        base: runs.base,
+        tuned: runs.tuned,
+        full: runs.jobs,
+        positions,
     })
 }
 
@@ -1713,43 +1834,53 @@ pub fn write_figures(
         );
     }
 
-    let panels: Vec<HeatPanel> = pairs
+    // Top row: denoising (tuned into base) per pair; bottom row: noising (base into tuned).
+    let panel = |name: &str, p: &Patching, noise: bool| {
+        let m = &p.positions;
+        let (fraction, delta) = if noise {
+            (&m.noise_fraction, &m.noise_delta_p)
+        } else {
+            (&m.fraction, &m.delta_p)
+        };
+        let vals = fraction.clone().unwrap_or_else(|| delta.clone());
+        // Columns left to right in reading order: the earliest position first.
+        let cols: Vec<usize> = (0..m.offsets.len()).rev().collect();
+        HeatPanel {
+            title: format!(
+                "{name}, {}: {}",
+                if noise { "noising" } else { "denoising" },
+                match (fraction.is_some(), noise) {
+                    (true, false) => "fraction restored",
+                    (true, true) => "fraction removed",
+                    (false, _) => "change of P",
+                }
+            ),
+            x_labels: cols
+                .iter()
+                .map(|&j| token(m.tokens[j]).replace('\n', "\\n"))
+                .collect(),
+            y_labels: m.layers.iter().map(|l| l.to_string()).collect(),
+            values: vals
+                .iter()
+                .map(|row| cols.iter().map(|&j| row[j]).collect())
+                .collect(),
+            cell_text: Vec::new(),
+        }
+    };
+    let panels: Vec<HeatPanel> = [false, true]
         .iter()
-        .map(|(name, p)| {
-            let m = &p.positions;
-            let vals = m.fraction.clone().unwrap_or_else(|| m.delta_p.clone());
-            // Columns left to right in reading order: the earliest position first.
-            let cols: Vec<usize> = (0..m.offsets.len()).rev().collect();
-            HeatPanel {
-                title: format!(
-                    "{name}: {}",
-                    if m.fraction.is_some() {
-                        "fraction restored"
-                    } else {
-                        "change of P"
-                    }
-                ),
-                x_labels: cols
-                    .iter()
-                    .map(|&j| token(m.tokens[j]).replace('\n', "\\n"))
-                    .collect(),
-                y_labels: m.layers.iter().map(|l| l.to_string()).collect(),
-                values: vals
-                    .iter()
-                    .map(|row| cols.iter().map(|&j| row[j]).collect())
-                    .collect(),
-                cell_text: Vec::new(),
-            }
-        })
+        .flat_map(|&noise| pairs.iter().map(move |(name, p)| (name, p, noise)))
+        .map(|(name, p, noise)| panel(name, p, noise))
         .collect();
     let heat = HeatMap {
-        title: "Patching one position (tuned into base): layer x position".into(),
+        title: "Patching one position: layer x position (top: tuned into base; bottom: base into tuned)"
+            .into(),
         x_label: "token (items aligned at their end)".into(),
         y_label: "layer".into(),
         panels,
-        columns: 0,
+        columns: pairs.len().max(1),
         width: 520 * pairs.len().max(1) as u32 + 120,
-        height: 700,
+        height: 1300,
     };
     files.extend(heat.save(dir.join("patching_positions"))?);
     Ok(files)
