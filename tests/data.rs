@@ -861,3 +861,107 @@ fn sharegpt_matches_pythons_json_reading() {
         .count();
     assert!(alternating * 2 > chats.conversations.len(), "{alternating}");
 }
+
+/// `data::load_any` tells each of the project's dataset formats from the file and keeps the
+/// recorded splits; a file of no known format is an error naming the record and its keys.
+#[test]
+fn load_any_tells_every_format() {
+    use puppetlens::data::{load_any, sniff, DatasetFormat, Records};
+    let cases = [
+        (
+            "sycophancy_ab.jsonl",
+            DatasetFormat::Ab,
+            "A/B questions",
+            true,
+        ),
+        (
+            "persona_stage_actor.jsonl",
+            DatasetFormat::Pairs,
+            "contrast pairs",
+            true,
+        ),
+        (
+            "true_false.csv",
+            DatasetFormat::Csv,
+            "labeled statements",
+            true,
+        ),
+        (
+            "refusal_requests.jsonl",
+            DatasetFormat::Instructions,
+            "labeled statements",
+            true,
+        ),
+    ];
+    for (name, format, kind, split) in cases {
+        let path = probes(name);
+        assert_eq!(sniff(&path).unwrap(), (format, split), "{name}");
+        let ds = load_any(&path, "harmful").unwrap();
+        assert_eq!(ds.records.kind(), kind, "{name}");
+        // The same records as the format's own loader, and the recorded split.
+        let n = match (&ds.records, format) {
+            (Records::Ab(v), _) => {
+                assert_eq!(v, &data::load_ab_json(&path).unwrap());
+                v.len()
+            }
+            (Records::Pairs(v), _) => {
+                assert_eq!(v, &data::load_pairs_jsonl(&path).unwrap());
+                v.len()
+            }
+            (Records::Labeled(v), DatasetFormat::Csv) => {
+                assert_eq!(v, &data::load_labeled_csv(&path).unwrap());
+                v.len()
+            }
+            (Records::Labeled(v), _) => {
+                assert_eq!(
+                    v,
+                    &data::load_labeled_instructions(&path, "harmful").unwrap()
+                );
+                v.len()
+            }
+        };
+        assert_eq!(
+            ds.tags.as_ref().unwrap(),
+            &data::load_split_tags(&path).unwrap()
+        );
+        let parts = ds.split_records().unwrap();
+        let sizes: Vec<usize> = parts.iter().map(|(_, r)| r.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), n, "{name}");
+        let recorded = |p: SplitPart| {
+            ds.tags
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|&&t| t == p)
+                .count()
+        };
+        assert_eq!(
+            sizes,
+            vec![
+                recorded(SplitPart::Train),
+                recorded(SplitPart::Val),
+                recorded(SplitPart::Test)
+            ],
+            "{name}"
+        );
+    }
+    // No recorded split: 60/20/20.
+    let p = tmp_file(
+        "pairs_nosplit.jsonl",
+        &"{\"positive\": \"a\", \"negative\": \"b\"}\n".repeat(10),
+    );
+    let ds = load_any(&p, "harmful").unwrap();
+    assert!(ds.tags.is_none());
+    let sizes: Vec<usize> = ds
+        .split_records()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.len())
+        .collect();
+    assert_eq!(sizes, vec![6, 2, 2]);
+    // Unknown keys: the record and its keys are named.
+    let p = tmp_file("unknown.jsonl", "\n{\"text\": \"hello\", \"score\": 1}\n");
+    expect_config(load_any(&p, "harmful"), &p, &["line 2"]);
+    let msg = load_any(&p, "harmful").unwrap_err().to_string();
+    assert!(msg.contains("`text`") && msg.contains("`score`"), "{msg}");
+}

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use puppetlens::data::{self, AbItem, Labeled, Pair, PromptFormat, Split, SplitPart};
+use puppetlens::data::{self, AbItem, Dataset, PromptFormat, Records, Split, SplitPart};
 use puppetlens::dict;
 use puppetlens::diff::{self, AbSplits, DiffOptions};
 use puppetlens::eval::{self, AbCase};
@@ -40,7 +40,7 @@ use puppetlens::{
     fetch, Error, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Positions, Result,
     SteeringVector, Tokenizer,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Mechanistic interpretability on candle: hooked transformers, probes and steering.
 ///
@@ -675,14 +675,6 @@ fn invalid(name: impl Into<String>, msg: impl Into<String>) -> Error {
     }
 }
 
-fn config_err(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_path_buf(),
-        field: field.into(),
-        msg: msg.into(),
-    }
-}
-
 /// What `crosscoder` does.
 #[derive(Subcommand)]
 enum CrosscoderCmd {
@@ -845,185 +837,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 // Datasets
 // ---------------------------------------------------------------------------------------------
 
-/// A dataset's records, in file order.
-#[derive(Clone)]
-enum Records {
-    Labeled(Vec<Labeled>),
-    Pairs(Vec<Pair>),
-    Ab(Vec<AbItem>),
-}
-
-/// A dataset file: its records and, when the file records one, each record's split.
-struct Dataset {
-    path: PathBuf,
-    records: Records,
-    tags: Option<Vec<SplitPart>>,
-}
-
-/// The format of a dataset file, told from its extension and its first record.
-enum Format {
-    Csv,
-    Ab,
-    Pairs,
-    Instructions,
-}
-
-/// Tells the format of `path` and whether its records carry a `split`.
-fn sniff(path: &Path) -> Result<(Format, bool)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.trim_start_matches('\u{feff}');
-    let is_csv = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    if is_csv {
-        let header = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        let has_split = header
-            .split(',')
-            .any(|h| h.trim().trim_matches('"').eq_ignore_ascii_case("split"));
-        return Ok((Format::Csv, has_split));
-    }
-    let (first, field) = if text.trim_start().starts_with('[') {
-        let first = serde_json::from_str::<Vec<Value>>(text)
-            .ok()
-            .and_then(|v| v.into_iter().next());
-        (first, "[0]".to_string())
-    } else {
-        match text.lines().enumerate().find(|(_, l)| !l.trim().is_empty()) {
-            Some((i, l)) => (
-                serde_json::from_str::<Value>(l).ok(),
-                format!("line {}", i + 1),
-            ),
-            None => (None, "(whole file)".to_string()),
-        }
-    };
-    let Some(Value::Object(obj)) = first else {
-        // Not JSON records (or an empty file): the loader says what is wrong, naming the record.
-        data::load_ab_json(path)?;
-        return Err(config_err(path, field, "cannot tell the dataset's format"));
-    };
-    let has = |k: &str| obj.contains_key(k);
-    let format = if has("question") || has("answer_matching_behavior") {
-        Format::Ab
-    } else if has("positive") || has("negative") {
-        Format::Pairs
-    } else if has("instruction") {
-        Format::Instructions
-    } else {
-        return Err(config_err(
-            path,
-            field,
-            format!(
-                "cannot tell the dataset's format from the keys {}: expected `question`, \
-                 `answer_matching_behavior`, `answer_not_matching_behavior` (A/B questions), \
-                 `positive`, `negative` (contrast pairs) or `instruction`, `label` (labeled \
-                 instructions); labeled statements are a .csv file with `statement,label`",
-                obj.keys()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    };
-    Ok((format, has("split")))
-}
-
-impl Dataset {
-    /// Loads a dataset file of any of the project's formats (see the module docs).
-    fn load(path: &Path, positive_label: &str) -> Result<Dataset> {
-        let (format, has_split) = sniff(path)?;
-        let records = match format {
-            Format::Csv => Records::Labeled(data::load_labeled_csv(path)?),
-            Format::Ab => Records::Ab(data::load_ab_json(path)?),
-            Format::Pairs => Records::Pairs(data::load_pairs_jsonl(path)?),
-            Format::Instructions => {
-                Records::Labeled(data::load_labeled_instructions(path, positive_label)?)
-            }
-        };
-        let tags = if has_split {
-            let tags = data::load_split_tags(path)?;
-            if tags.len() != records.len() {
-                return Err(config_err(
-                    path,
-                    "split",
-                    format!("{} split tags for {} records", tags.len(), records.len()),
-                ));
-            }
-            Some(tags)
-        } else {
-            None
-        };
-        Ok(Dataset {
-            path: path.to_path_buf(),
-            records,
-            tags,
-        })
-    }
-
-    /// Loads an A/B question file, or says that the file holds something else.
-    fn load_ab(path: &Path, command: &str) -> Result<(Dataset, Vec<AbItem>)> {
-        let ds = Dataset::load(path, "harmful")?;
-        match &ds.records {
-            Records::Ab(items) => {
-                let items = items.clone();
-                Ok((ds, items))
-            }
-            other => Err(config_err(
-                path,
-                "(whole file)",
-                format!(
-                    "holds {}; `{command}` needs A/B questions (`question`, \
-                     `answer_matching_behavior`, `answer_not_matching_behavior`)",
-                    other.kind()
-                ),
-            )),
-        }
-    }
-
-    fn name(&self) -> String {
-        self.path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.path.display().to_string())
-    }
-
-    /// `items` split as the file records, or 60/20/20 stratified by `class` with seed 0.
-    fn split<T: Clone, K: Ord>(&self, items: &[T], class: impl Fn(&T) -> K) -> Result<Split<T>> {
-        match &self.tags {
-            Some(tags) => Split::from_tags(items.to_vec(), tags),
-            None => data::split_stratified(items, (0.6, 0.2, 0.2), 0, class),
-        }
-    }
-
-    /// How the split was made, for reports.
-    fn split_note(&self) -> &'static str {
-        if self.tags.is_some() {
-            "split as recorded in the file"
-        } else {
-            "split 60/20/20 stratified, seed 0"
-        }
-    }
-}
-
-impl Records {
-    fn len(&self) -> usize {
-        match self {
-            Records::Labeled(v) => v.len(),
-            Records::Pairs(v) => v.len(),
-            Records::Ab(v) => v.len(),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Records::Labeled(_) => "labeled statements",
-            Records::Pairs(_) => "contrast pairs",
-            Records::Ab(_) => "A/B questions",
-        }
-    }
-}
-
 /// The two sides of a contrast, as prompts: (true / positive / matching, false / negative / other).
 type Sides = (Vec<Vec<u32>>, Vec<Vec<u32>>);
 
@@ -1132,22 +945,6 @@ impl<'a> Prompter<'a> {
             Records::Ab(v) => Ok(diff::caa_prompts(&self.cases(v)?)),
         }
     }
-}
-
-/// The records of `ds` split into its train, val and test parts, in that order.
-fn split_records(ds: &Dataset) -> Result<[(SplitPart, Records); 3]> {
-    fn parts<T>(s: Split<T>, wrap: impl Fn(Vec<T>) -> Records) -> [(SplitPart, Records); 3] {
-        [
-            (SplitPart::Train, wrap(s.train)),
-            (SplitPart::Val, wrap(s.val)),
-            (SplitPart::Test, wrap(s.test)),
-        ]
-    }
-    Ok(match &ds.records {
-        Records::Labeled(v) => parts(ds.split(v, |l| l.label)?, Records::Labeled),
-        Records::Pairs(v) => parts(ds.split(v, |_| 0u8)?, Records::Pairs),
-        Records::Ab(v) => parts(ds.split(v, |it| it.matching.clone())?, Records::Ab),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1443,7 +1240,7 @@ fn cmd_probe(
         ));
     }
     let ds = Dataset::load(&args.dataset, &args.positive_label)?;
-    let parts = split_records(&ds)?;
+    let parts = ds.split_records()?;
     let (m, tok) = ctx.open(model)?;
     let n_layers = m.config().n_layers;
     let pr = Prompter::from_args(&tok, &args.prompts);
@@ -1453,7 +1250,7 @@ fn cmd_probe(
     for (part, records) in &parts {
         let rows = pr.labeled(records)?;
         if rows.is_empty() {
-            return Err(config_err(
+            return Err(Error::config(
                 &ds.path,
                 "split",
                 format!(
@@ -1618,7 +1415,7 @@ fn cmd_probe_regression(
         ("test", &parts.test),
     ] {
         if part.len() < 2 {
-            return Err(config_err(
+            return Err(Error::config(
                 path,
                 "split",
                 format!(
@@ -1740,7 +1537,7 @@ fn best_by_val(reports: &[LayerReport]) -> Option<usize> {
 fn cmd_vector(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path, method: Method) -> Result<()> {
     let ds = Dataset::load(&args.dataset, &args.positive_label)?;
     let (records, which) = if ds.tags.is_some() {
-        let [(_, train), _, _] = split_records(&ds)?;
+        let [(_, train), _, _] = ds.split_records()?;
         (train, "train split")
     } else {
         (ds.records.clone(), "all records")
@@ -1751,7 +1548,7 @@ fn cmd_vector(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path, method: Metho
     let (pos, neg) = pr.contrast(&records)?;
     for (side, v) in [("positive (true)", &pos), ("negative (false)", &neg)] {
         if v.is_empty() {
-            return Err(config_err(
+            return Err(Error::config(
                 &ds.path,
                 "(whole file)",
                 format!("no {side} examples in the {which}: a vector needs both sides"),
@@ -1821,7 +1618,7 @@ fn cmd_steer(
         (items, "all items")
     };
     if items.is_empty() {
-        return Err(config_err(
+        return Err(Error::config(
             dataset,
             "split",
             "the test part is empty: no items to evaluate",
@@ -1931,7 +1728,7 @@ fn cmd_crosscoder_train(
         let ids = if all_splits {
             corpus_prompts(&pr, &ds.records)?
         } else {
-            let [(_, train), _, _] = split_records(&ds)?;
+            let [(_, train), _, _] = ds.split_records()?;
             corpus_prompts(&pr, &train)?
         };
         let name = f
@@ -2295,66 +2092,6 @@ fn cmd_export_gguf(vector: &Path, out: &Path, arch: &str, layers: Option<&str>) 
     Ok(())
 }
 
-/// Parses RFC 4180 CSV (quoted fields may hold commas, line breaks and `""`); returns each
-/// non-blank record with the (1-based) line it starts on.
-fn parse_csv(path: &Path, text: &str) -> Result<Vec<(usize, Vec<String>)>> {
-    let mut records = Vec::new();
-    let (mut fields, mut field) = (Vec::new(), String::new());
-    let (mut line, mut start, mut quoted, mut was_quoted) = (1usize, 1usize, false, false);
-    let mut chars = text.chars().peekable();
-    let mut end_record = |fields: &mut Vec<String>, field: &mut String, start: usize| {
-        fields.push(std::mem::take(field));
-        let rec = std::mem::take(fields);
-        if !(rec.len() == 1 && rec[0].trim().is_empty()) {
-            records.push((start, rec));
-        }
-    };
-    while let Some(c) = chars.next() {
-        if quoted {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => quoted = false,
-                '\n' => {
-                    line += 1;
-                    field.push(c);
-                }
-                _ => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' if field.is_empty() && !was_quoted => {
-                quoted = true;
-                was_quoted = true;
-            }
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                was_quoted = false;
-            }
-            '\r' => {}
-            '\n' => {
-                end_record(&mut fields, &mut field, start);
-                line += 1;
-                start = line;
-                was_quoted = false;
-            }
-            _ => field.push(c),
-        }
-    }
-    if quoted {
-        return Err(config_err(
-            path,
-            format!("line {start}"),
-            "a quote is never closed",
-        ));
-    }
-    end_record(&mut fields, &mut field, start);
-    Ok(records)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn cmd_plot(
     csv: &Path,
@@ -2368,14 +2105,14 @@ fn cmd_plot(
 ) -> Result<()> {
     let bytes = std::fs::read(csv).map_err(|e| Error::io(csv, e))?;
     let text = String::from_utf8_lossy(&bytes);
-    let mut records = parse_csv(csv, text.trim_start_matches('\u{feff}'))?.into_iter();
+    let mut records = data::parse_csv(csv, text.trim_start_matches('\u{feff}'))?.into_iter();
     let (_, header) = records
         .next()
-        .ok_or_else(|| config_err(csv, "(whole file)", "the file is empty"))?;
+        .ok_or_else(|| Error::config(csv, "(whole file)", "the file is empty"))?;
     let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
     let col = |name: &str| {
         header.iter().position(|h| h == name.trim()).ok_or_else(|| {
-            config_err(
+            Error::config(
                 csv,
                 "line 1: header",
                 format!(
@@ -2405,7 +2142,7 @@ fn cmd_plot(
             return Ok(None);
         }
         s.parse::<f64>().map(Some).map_err(|_| {
-            config_err(
+            Error::config(
                 csv,
                 format!("line {line}: {name}"),
                 format!("`{s}` is not a number"),
@@ -2414,7 +2151,7 @@ fn cmd_plot(
     };
     for (line, fields) in records {
         if fields.len() != header.len() {
-            return Err(config_err(
+            return Err(Error::config(
                 csv,
                 format!("line {line}"),
                 format!(
@@ -2440,7 +2177,7 @@ fn cmd_plot(
         }
     }
     if series.is_empty() {
-        return Err(config_err(
+        return Err(Error::config(
             csv,
             "(whole file)",
             format!("no rows with numbers in `{x}` and `{y}`"),

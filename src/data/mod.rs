@@ -101,7 +101,9 @@ use serde_json::Value;
 use crate::tokenize::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
 
+mod any;
 mod sharegpt;
+pub use any::{load_any, sniff, Dataset, DatasetFormat, Records};
 pub use sharegpt::{load_sharegpt, Conversation, ShareGpt, TurnFilter};
 
 // ---------------------------------------------------------------------------------------------
@@ -194,11 +196,7 @@ impl Loc {
 }
 
 pub(crate) fn config_err(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_path_buf(),
-        field: field.into(),
-        msg: msg.into(),
-    }
+    Error::config(path, field, msg)
 }
 
 fn empty_err(path: &Path) -> Error {
@@ -489,8 +487,15 @@ pub fn load_labeled_instructions(path: impl AsRef<Path>, positive: &str) -> Resu
 
 /// Parses RFC 4180 CSV: comma-separated fields, `"`-quoted fields (which may hold commas, line
 /// breaks and `""` for a quote), CRLF or LF line ends. Returns each record with the (1-based)
-/// line it starts on; blank lines are skipped.
-fn parse_csv(path: &Path, text: &str) -> Result<Vec<(usize, Vec<String>)>> {
+/// line it starts on; blank lines are skipped. `path` only names the file in errors (an
+/// [`Error::Config`] naming the line and field of an unclosed or misplaced quote).
+///
+/// ```
+/// let rows = puppetlens::data::parse_csv("t.csv".as_ref(), "a,b\n\"x, y\",2\n")?;
+/// assert_eq!(rows[1], (2, vec!["x, y".to_string(), "2".to_string()]));
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn parse_csv(path: &Path, text: &str) -> Result<Vec<(usize, Vec<String>)>> {
     let mut records = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1usize;
