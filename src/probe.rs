@@ -100,7 +100,8 @@ pub use fit::{
     sweep_with_scores, CvReport, LayerDataset, LogisticProbe,
 };
 pub use regress::{
-    fit_ridge, least_squares_direction, r2, r2_ci, regress, RegressionMetrics, RegressionReport,
+    best_by_val_r2, fit_ridge, least_squares_direction, r2, r2_ci, regress, regression_csv,
+    regression_table, RegressionMetrics, RegressionReport,
 };
 
 /// Options for fitting and evaluating probes. `ProbeOptions::default()` is the simple path.
@@ -195,6 +196,81 @@ pub struct LayerReport {
     pub l2: f64,
     /// ∞-norm of the objective's gradient at the returned solution (at most [`ProbeOptions::tol`]).
     pub grad_norm: f64,
+}
+
+/// The layer a sweep's validation split chooses: the highest validation accuracy, ties broken by
+/// validation AUROC (a non-finite AUROC counts as 0), then by the earlier layer. `None` for no
+/// reports.
+pub fn best_by_val(reports: &[LayerReport]) -> Option<usize> {
+    let key = |r: &LayerReport| {
+        (
+            r.val.accuracy,
+            if r.val.auroc.is_finite() {
+                r.val.auroc
+            } else {
+                0.0
+            },
+        )
+    };
+    reports
+        .iter()
+        .fold(None::<&LayerReport>, |best, r| match best {
+            Some(b) if key(b) >= key(r) => Some(b),
+            _ => Some(r),
+        })
+        .map(|r| r.layer)
+}
+
+/// A sweep's table as CSV: one row per layer with train, val and test accuracy, the test
+/// accuracy's interval, test AUROC and the chosen L2 strength.
+pub fn reports_csv(reports: &[LayerReport]) -> String {
+    let mut csv = String::from(
+        "layer,train_accuracy,val_accuracy,test_accuracy,test_accuracy_ci_low,\
+         test_accuracy_ci_high,test_auroc,l2\n",
+    );
+    for r in reports {
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}\n",
+            r.layer,
+            r.train.accuracy,
+            r.val.accuracy,
+            r.test.accuracy,
+            r.test.accuracy_ci.0,
+            r.test.accuracy_ci.1,
+            r.test.auroc,
+            r.l2
+        ));
+    }
+    csv
+}
+
+/// A sweep's table for a terminal: one row per layer (train, val and test accuracy, the test
+/// accuracy's interval, test AUROC), the `best` layer marked.
+pub fn reports_table(reports: &[LayerReport], best: Option<usize>) -> String {
+    let mut t = String::from("layer  train    val   test  test 95% CI     test AUROC\n");
+    for r in reports {
+        t.push_str(&format!(
+            "{:>5}  {:.3}  {:.3}  {:.3}  [{:.3}, {:.3}]  {:.3}{}\n",
+            r.layer,
+            r.train.accuracy,
+            r.val.accuracy,
+            r.test.accuracy,
+            r.test.accuracy_ci.0,
+            r.test.accuracy_ci.1,
+            r.test.auroc,
+            best_mark(r.layer, best)
+        ));
+    }
+    t
+}
+
+/// `  <- best` behind the best layer's row.
+fn best_mark(layer: usize, best: Option<usize>) -> &'static str {
+    if Some(layer) == best {
+        "  <- best"
+    } else {
+        ""
+    }
 }
 
 /// The raw result of [`solve_logistic_batched`]: coefficients in the coordinates it was given.

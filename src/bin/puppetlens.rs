@@ -34,7 +34,7 @@ use puppetlens::eval::{self, AbCase};
 use puppetlens::extract::{self, ExtractOptions, Site, StoreMeta};
 use puppetlens::patch;
 use puppetlens::plot::{LineChart, Series};
-use puppetlens::probe::{self, LayerReport, ProbeOptions};
+use puppetlens::probe::{self, ProbeOptions};
 use puppetlens::report::{self, PairOptions};
 use puppetlens::{
     fetch, Error, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Positions, Result,
@@ -1278,7 +1278,7 @@ fn cmd_probe(
         &ys[2],
         &opts,
     )?;
-    let best = best_by_val(&reports);
+    let best = probe::best_by_val(&reports);
     let cv = match folds {
         Some(k) => {
             let x: Vec<candle_core::Tensor> = xs[0]
@@ -1293,24 +1293,7 @@ fn cmd_probe(
     };
 
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut csv = String::from(
-        "layer,train_accuracy,val_accuracy,test_accuracy,test_accuracy_ci_low,\
-         test_accuracy_ci_high,test_auroc,l2\n",
-    );
-    for r in &reports {
-        let _ = writeln!(
-            csv,
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}",
-            r.layer,
-            r.train.accuracy,
-            r.val.accuracy,
-            r.test.accuracy,
-            r.test.accuracy_ci.0,
-            r.test.accuracy_ci.1,
-            r.test.auroc,
-            r.l2
-        );
-    }
+    let csv = probe::reports_csv(&reports);
     write_text(&out.join("probe.csv"), &csv)?;
     let report = json!({
         "model": model,
@@ -1335,24 +1318,7 @@ fn cmd_probe(
         ys[1].len(),
         ys[2].len()
     );
-    println!("layer  train    val   test  test 95% CI     test AUROC");
-    for r in &reports {
-        println!(
-            "{:>5}  {:.3}  {:.3}  {:.3}  [{:.3}, {:.3}]  {:.3}{}",
-            r.layer,
-            r.train.accuracy,
-            r.val.accuracy,
-            r.test.accuracy,
-            r.test.accuracy_ci.0,
-            r.test.accuracy_ci.1,
-            r.test.auroc,
-            if Some(r.layer) == best {
-                "  <- best"
-            } else {
-                ""
-            }
-        );
-    }
+    print!("{}", probe::reports_table(&reports, best));
     if let Some(b) = best.and_then(|b| reports.get(b)) {
         println!(
             "best layer by validation accuracy: {} (val {:.3}, test {:.3} [{:.3}, {:.3}])",
@@ -1441,31 +1407,9 @@ fn cmd_probe_regression(
         &ts[2],
         &ProbeOptions::default(),
     )?;
-    let best = reports
-        .iter()
-        .filter(|r| r.val.r2.is_finite())
-        .fold(None::<&probe::RegressionReport>, |b, r| match b {
-            Some(b) if b.val.r2 >= r.val.r2 => Some(b),
-            _ => Some(r),
-        })
-        .map(|r| r.layer);
+    let best = probe::best_by_val_r2(&reports);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut csv =
-        String::from("layer,train_r2,val_r2,test_r2,test_r2_ci_low,test_r2_ci_high,test_rmse,l2\n");
-    for r in &reports {
-        let _ = writeln!(
-            csv,
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}",
-            r.layer,
-            r.train.r2,
-            r.val.r2,
-            r.test.r2,
-            r.test.r2_ci.0,
-            r.test.r2_ci.1,
-            r.test.rmse,
-            r.l2
-        );
-    }
+    let csv = probe::regression_csv(&reports);
     write_text(&out.join("probe.csv"), &csv)?;
     let report = json!({
         "model": model,
@@ -1486,52 +1430,13 @@ fn cmd_probe_regression(
         ts[1].len(),
         ts[2].len()
     );
-    println!("layer  train R²  val R²  test R²  test 95% CI        test RMSE");
-    for r in &reports {
-        println!(
-            "{:>5}  {:>8.3}  {:>6.3}  {:>7.3}  [{:.3}, {:.3}]  {:>9.3}{}",
-            r.layer,
-            r.train.r2,
-            r.val.r2,
-            r.test.r2,
-            r.test.r2_ci.0,
-            r.test.r2_ci.1,
-            r.test.rmse,
-            if Some(r.layer) == best {
-                "  <- best"
-            } else {
-                ""
-            }
-        );
-    }
+    print!("{}", probe::regression_table(&reports, best));
     println!(
         "wrote {} and {}",
         out.join("probe.json").display(),
         out.join("probe.csv").display()
     );
     Ok(())
-}
-
-/// The layer with the highest validation accuracy (ties: higher validation AUROC, then the
-/// earlier layer).
-fn best_by_val(reports: &[LayerReport]) -> Option<usize> {
-    let key = |r: &LayerReport| {
-        (
-            r.val.accuracy,
-            if r.val.auroc.is_finite() {
-                r.val.auroc
-            } else {
-                0.0
-            },
-        )
-    };
-    reports
-        .iter()
-        .fold(None::<&LayerReport>, |best, r| match best {
-            Some(b) if key(b) >= key(r) => Some(b),
-            _ => Some(r),
-        })
-        .map(|r| r.layer)
 }
 
 fn cmd_vector(ctx: &Ctx, model: &str, args: &DataArgs, out: &Path, method: Method) -> Result<()> {

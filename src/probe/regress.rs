@@ -39,6 +39,59 @@ pub struct RegressionReport {
     pub l2: f64,
 }
 
+/// The layer a ridge sweep's validation split chooses: the highest finite validation `R²` (ties:
+/// the earlier layer). `None` when no layer has one.
+pub fn best_by_val_r2(reports: &[RegressionReport]) -> Option<usize> {
+    reports
+        .iter()
+        .filter(|r| r.val.r2.is_finite())
+        .fold(None::<&RegressionReport>, |b, r| match b {
+            Some(b) if b.val.r2 >= r.val.r2 => Some(b),
+            _ => Some(r),
+        })
+        .map(|r| r.layer)
+}
+
+/// A ridge sweep's table as CSV: one row per layer with train, val and test `R²`, the test
+/// `R²`'s interval, test RMSE and the chosen L2 strength.
+pub fn regression_csv(reports: &[RegressionReport]) -> String {
+    let mut csv =
+        String::from("layer,train_r2,val_r2,test_r2,test_r2_ci_low,test_r2_ci_high,test_rmse,l2\n");
+    for r in reports {
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}\n",
+            r.layer,
+            r.train.r2,
+            r.val.r2,
+            r.test.r2,
+            r.test.r2_ci.0,
+            r.test.r2_ci.1,
+            r.test.rmse,
+            r.l2
+        ));
+    }
+    csv
+}
+
+/// A ridge sweep's table for a terminal, the `best` layer marked.
+pub fn regression_table(reports: &[RegressionReport], best: Option<usize>) -> String {
+    let mut t = String::from("layer  train R²  val R²  test R²  test 95% CI        test RMSE\n");
+    for r in reports {
+        t.push_str(&format!(
+            "{:>5}  {:>8.3}  {:>6.3}  {:>7.3}  [{:.3}, {:.3}]  {:>9.3}{}\n",
+            r.layer,
+            r.train.r2,
+            r.val.r2,
+            r.test.r2,
+            r.test.r2_ci.0,
+            r.test.r2_ci.1,
+            r.test.rmse,
+            super::best_mark(r.layer, best)
+        ));
+    }
+    t
+}
+
 /// `R²` of predictions `pred` for targets `t` (scikit-learn's `r2_score`). `NaN` for fewer than
 /// two items or a constant target.
 pub fn r2(pred: &[f64], t: &[f64]) -> f64 {
