@@ -33,7 +33,7 @@ use puppetlens::diff::{self, AbSplits, DiffOptions};
 use puppetlens::eval::{self, AbCase};
 use puppetlens::extract::{self, ExtractOptions, Site, StoreMeta};
 use puppetlens::patch;
-use puppetlens::plot::{LineChart, Series};
+use puppetlens::plot::LineChart;
 use puppetlens::probe::{self, ProbeOptions};
 use puppetlens::report::{self, PairOptions};
 use puppetlens::{
@@ -2008,112 +2008,20 @@ fn cmd_plot(
     x_label: Option<String>,
     y_label: Option<String>,
 ) -> Result<()> {
-    let bytes = std::fs::read(csv).map_err(|e| Error::io(csv, e))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let mut records = data::parse_csv(csv, text.trim_start_matches('\u{feff}'))?.into_iter();
-    let (_, header) = records
-        .next()
-        .ok_or_else(|| Error::config(csv, "(whole file)", "the file is empty"))?;
-    let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
-    let col = |name: &str| {
-        header.iter().position(|h| h == name.trim()).ok_or_else(|| {
-            Error::config(
-                csv,
-                "line 1: header",
-                format!(
-                    "no column `{}` (columns: {})",
-                    name.trim(),
-                    header.join(", ")
-                ),
-            )
-        })
-    };
-    let xc = col(x)?;
-    let ycols: Vec<(String, usize)> = y
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| Ok((s.trim().to_string(), col(s)?)))
-        .collect::<Result<_>>()?;
-    if ycols.is_empty() {
+    let ys: Vec<&str> = y.split(',').filter(|s| !s.trim().is_empty()).collect();
+    if ys.is_empty() {
         return Err(invalid("--y", "no y column given"));
     }
-    let gc = group.map(col).transpose()?;
-    // (y column, group value) -> points, in first-seen order.
-    type Key = (String, Option<String>);
-    let mut series: Vec<(Key, Vec<(f64, f64)>)> = Vec::new();
-    let number = |line: usize, name: &str, s: &str| -> Result<Option<f64>> {
-        let s = s.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("nan") {
-            return Ok(None);
-        }
-        s.parse::<f64>().map(Some).map_err(|_| {
-            Error::config(
-                csv,
-                format!("line {line}: {name}"),
-                format!("`{s}` is not a number"),
-            )
-        })
-    };
-    for (line, fields) in records {
-        if fields.len() != header.len() {
-            return Err(Error::config(
-                csv,
-                format!("line {line}"),
-                format!(
-                    "has {} fields but the header has {}",
-                    fields.len(),
-                    header.len()
-                ),
-            ));
-        }
-        let Some(xv) = number(line, &header[xc], &fields[xc])? else {
-            continue;
-        };
-        let g = gc.map(|c| fields[c].trim().to_string());
-        for (name, c) in &ycols {
-            let Some(yv) = number(line, name, &fields[*c])? else {
-                continue;
-            };
-            let key = (name.clone(), g.clone());
-            match series.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, pts)) => pts.push((xv, yv)),
-                None => series.push((key, vec![(xv, yv)])),
-            }
-        }
+    let mut chart = LineChart::from_csv(csv, x, &ys, group)?;
+    if let Some(t) = title {
+        chart.title = t;
     }
-    if series.is_empty() {
-        return Err(Error::config(
-            csv,
-            "(whole file)",
-            format!("no rows with numbers in `{x}` and `{y}`"),
-        ));
+    if let Some(l) = x_label {
+        chart.x_label = l;
     }
-    let group_name = group.unwrap_or("").trim();
-    let series: Vec<Series> = series
-        .into_iter()
-        .map(|((name, g), pts)| {
-            let label = match g {
-                Some(g) if ycols.len() == 1 => format!("{group_name} {g}"),
-                Some(g) => format!("{name}, {group_name} {g}"),
-                None => name,
-            };
-            Series::new(label, pts)
-        })
-        .collect();
-    let y_names: Vec<&str> = ycols.iter().map(|(n, _)| n.as_str()).collect();
-    let chart = LineChart {
-        title: title.unwrap_or_else(|| format!("{} vs {}", y_names.join(", "), x.trim())),
-        x_label: x_label.unwrap_or_else(|| x.trim().to_string()),
-        y_label: y_label.unwrap_or_else(|| {
-            if y_names.len() == 1 {
-                y_names[0].to_string()
-            } else {
-                "value".to_string()
-            }
-        }),
-        series,
-        ..LineChart::default()
-    };
+    if let Some(l) = y_label {
+        chart.y_label = l;
+    }
     make_parent(out)?;
     for p in chart.save(out)? {
         println!("wrote {}", p.display());
