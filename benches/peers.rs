@@ -145,24 +145,24 @@ fn main() -> anyhow::Result<()> {
             std::env::temp_dir().join(format!("puppetlens-peers-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
 
+        let sweep_run = |export: &Path, table: &mut Vec<String>, notes: &mut Vec<String>| {
+            let run = SweepRun {
+                name,
+                model: &model,
+                tok: &tok,
+                export,
+                scratch: &scratch,
+                py: &py,
+                torch_device: &torch_device,
+                quick,
+            };
+            sweeps(&run, table, notes)
+        };
         // `PUPPETLENS_PEER_ROWS=sweeps`: the sweep rows alone (see `sweeps`).
         if sweeps_only {
             let export = scratch.join("hf");
             model.export_safetensors(&export)?;
-            sweeps(
-                &SweepRun {
-                    name,
-                    model: &model,
-                    tok: &tok,
-                    export: &export,
-                    scratch: &scratch,
-                    py: &py,
-                    torch_device: &torch_device,
-                    quick,
-                },
-                &mut table,
-                &mut notes,
-            )?;
+            sweep_run(&export, &mut table, &mut notes)?;
             std::fs::remove_dir_all(&scratch).ok();
             continue;
         }
@@ -367,20 +367,7 @@ fn main() -> anyhow::Result<()> {
             secs(&ext, "peak_after_load_mib"),
             secs(&ext, "peak_after_mib")
         ));
-        sweeps(
-            &SweepRun {
-                name,
-                model: &model,
-                tok: &tok,
-                export: &export,
-                scratch: &scratch,
-                py: &py,
-                torch_device: td,
-                quick,
-            },
-            &mut table,
-            &mut notes,
-        )?;
+        sweep_run(&export, &mut table, &mut notes)?;
         // Last, so that the CPU copy it loads weighs on no measurement above.
         if gpu || std::env::var_os("PUPPETLENS_BENCH_CHECK").is_some() {
             let (cpu, _) = puppetlens::load(&path)?;

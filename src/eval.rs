@@ -487,27 +487,11 @@ pub fn refusal_rate(
     Ok((refused as f64 / texts.len() as f64, texts))
 }
 
-/// Percentile-bootstrap 95% interval of the mean of `values` (items resampled with replacement
-/// `resamples` times by a seeded SplitMix64); `(NaN, NaN)` for no values or no resamples. For a
-/// paired difference of two models, pass the per-item differences.
+/// Percentile-bootstrap 95% interval of a mean (for a paired difference of two models, of the
+/// per-item differences): [`crate::probe::mean_ci`], here beside the behaviour metrics it serves.
 ///
 /// ```
 /// let (lo, hi) = puppetlens::eval::mean_ci(&[0.1, 0.2, 0.3, 0.4], 1000, 0);
 /// assert!(lo <= 0.25 && 0.25 <= hi);
 /// ```
-pub fn mean_ci(values: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
-    let n = values.len();
-    if n == 0 || resamples == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let mut rng = crate::data::SplitMix64::new(seed);
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| {
-            (0..n)
-                .map(|_| values[rng.below(n as u64) as usize])
-                .sum::<f64>()
-                / n as f64
-        })
-        .collect();
-    crate::probe::percentile_ci(&mut means)
-}
+pub use crate::probe::mean_ci;
