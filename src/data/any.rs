@@ -247,11 +247,6 @@ impl Dataset {
     /// The records split into train, val and test parts, in that order: as the file records, or
     /// 60/20/20 with seed 0, stratified by label (labeled records) or matching answer (A/B).
     pub fn split_records(&self) -> Result<[(SplitPart, Records); 3]> {
-        self.split_parts()
-    }
-
-    fn split_parts(&self) -> Result<[(SplitPart, Records); 3]> {
-        let ds = self;
         fn parts<T>(s: Split<T>, wrap: impl Fn(Vec<T>) -> Records) -> [(SplitPart, Records); 3] {
             [
                 (SplitPart::Train, wrap(s.train)),
@@ -259,10 +254,10 @@ impl Dataset {
                 (SplitPart::Test, wrap(s.test)),
             ]
         }
-        Ok(match &ds.records {
-            Records::Labeled(v) => parts(ds.split(v, |l| l.label)?, Records::Labeled),
-            Records::Pairs(v) => parts(ds.split(v, |_| 0u8)?, Records::Pairs),
-            Records::Ab(v) => parts(ds.split(v, |it| it.matching.clone())?, Records::Ab),
+        Ok(match &self.records {
+            Records::Labeled(v) => parts(self.split(v, |l| l.label)?, Records::Labeled),
+            Records::Pairs(v) => parts(self.split(v, |_| 0u8)?, Records::Pairs),
+            Records::Ab(v) => parts(self.split(v, |it| it.matching.clone())?, Records::Ab),
         })
     }
 }
