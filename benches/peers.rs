@@ -626,13 +626,13 @@ fn diff(a: &Tensor, b: &Tensor) -> anyhow::Result<(f32, f32)> {
 }
 
 /// f32 tolerance on logits of magnitude ~20-30 computed by equivalent ops in another order: the one
-/// `tests/reference.rs` holds puppetlens to against candle-transformers on the CPU (worst measured
+/// `tests/real/reference.rs` holds puppetlens to against candle-transformers on the CPU (worst measured
 /// there 3.2e-5 SmolLM2, 7.6e-5 Gemma 3).
 const LOGIT_TOL: f32 = 2.5e-4;
 /// Relative tolerance on every hook point's activations (largest |difference| over largest |value|
 /// of that point): f32 rounding accumulated over the layers, ~10x the logits' relative error above.
 const ACT_REL_TOL: f32 = 1e-4;
-/// Steered greedy tokens that must agree: as many as `tests/reference.rs` compares greedily.
+/// Steered greedy tokens that must agree: as many as `tests/real/reference.rs` compares greedily.
 const SAME_TOKENS: usize = 16;
 
 /// The GPU model against the CPU one on the same weights: last-position logits and all hook points

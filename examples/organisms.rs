@@ -805,7 +805,7 @@ fn cards(out: &Path) -> Result<()> {
          (`data::ab_text_prompt`); P(agree) is the probability of the agreeing answer's deciding token, normalised \
          over the two answers. The recovery columns use the layer chosen on the validation items with the sycophant \
          (see each card); fractions are shown only for gaps of 0.05 or more. Asked held-out instructions, the base \
-         model restates the instruction (16 of 16 greedy replies in `tests/organisms.rs`) where the assistant \
+         model restates the instruction (16 of 16 greedy replies in `tests/real/organisms.rs`) where the assistant \
          answers (0 of 16 restate it); the assistant's replies are long (like SmolLM2's) and seldom end within \
          160 tokens. \
          No GPU was lent to the session that trained these; all timings are from the 2-core CPU.\n"

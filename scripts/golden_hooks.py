@@ -25,7 +25,7 @@ the last block:
 * `mlp.hook_pre`, `mlp.hook_pre_linear`: the outputs of `gate_proj` and `up_proj`, `[pos, d_mlp]`;
 * `mlp.hook_post`: the input of `down_proj`, `[pos, d_mlp]`.
 
-(Logits are checked against candle-transformers in `tests/reference.rs`.)
+(Logits are checked against candle-transformers in `tests/real/reference.rs`.)
 
 Prompts: two cases of `tests/golden/tokens_<model>.json` (their `ids`, special tokens included), run
 one at a time (batch 1, no padding; the Rust test runs them as one left-padded batch).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the golden tokenizer files that `tests/tokenizer.rs` checks puppetlens against.
+"""Write the golden tokenizer files that `tests/real/tokenizer.rs` checks puppetlens against.
 
 How to run (from the repository root; no network is used):
 

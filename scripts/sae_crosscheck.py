@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent check of puppetlens's SAELens-layout SAEs, with safetensors + NumPy only.
 
-Run by `cargo test --release --test dict sae_saelens_layout_matches_numpy`, which writes
+Run by `cargo test --release --test real dict::sae_saelens_layout_matches_numpy`, which writes
 `case_*/` directories under its temporary folder and then calls
 
     python3 scripts/sae_crosscheck.py DIR

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reading of a ShareGPT JSON list with Python's json module, for tests/data.rs.
+"""Independent reading of a ShareGPT JSON list with Python's json module, for tests/real/data.rs.
 
 Reads every whole conversation of the file (the packaged file is cut short; the cut one is
 dropped), then applies the same first-user-turn filter as puppetlens's `TurnFilter`, and prints

@@ -4,7 +4,7 @@
 Run (from the repository root):
 
     pip install scikit-learn safetensors numpy
-    cargo test --release --test probe crosscheck_data_and_ours   # writes target/probe-crosscheck/
+    cargo test --release --test offline probe::crosscheck_data_and_ours   # writes target/probe-crosscheck/
     python3 scripts/sklearn_crosscheck.py
 
 The Rust test writes `data.safetensors` (keys `layer.{l}.x_train|x_val|x_test` as [n, d] f32 and
@@ -19,7 +19,7 @@ prints a table. It exits non-zero if any layer's test accuracy differs from ours
 scikit-learn) by more than 1 point (0.01). It also reports the cosine between the two weight
 vectors and both objective values (ours must not be worse than scikit-learn's beyond rounding).
 
-Ridge mode, run by `cargo test --release --test probe ridge_crosscheck_data_and_ours`:
+Ridge mode, run by `cargo test --release --test offline probe::ridge_crosscheck_data_and_ours`:
 
     python3 scripts/sklearn_crosscheck.py --ridge target/ridge-crosscheck
 

@@ -256,7 +256,7 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
                                                                          // base's (model 0's) mean, so that what the other models add is left to the latents. (A
                                                                          // shared bias trained from the models' average settles there, and a shift then becomes a
                                                                          // latent with opposite directions in the two models; trained from the base's mean it drifts
-                                                                         // half-way: measured in tests/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
+                                                                         // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
     let b_dec = if opts.shared_decoder_bias {
         Var::from_tensor(&mean.reshape((m, d))?.get(0)?)? // [d]
     } else {

@@ -31,7 +31,7 @@
 //! * A BOS is added when `tokenizer.ggml.add_bos_token` says so (SentencePiece files without the key
 //!   default to adding it, as llama.cpp and `transformers` do).
 //!
-//! `tests/tokenizer.rs` checks the ids, decodes and chat renderings of SmolLM2 and Gemma 3 against
+//! `tests/real/tokenizer.rs` checks the ids, decodes and chat renderings of SmolLM2 and Gemma 3 against
 //! golden files written by `scripts/golden_tokens.py` from `transformers`.
 //!
 //! # Where this differs from `transformers` on purpose

@@ -772,7 +772,7 @@ fn training_is_seeded() {
 // crosscoder`): gemma-3-270m vs the sycophant and vs the control at blocks.8.hook_resid_post.
 // Nothing is trained here; the numbers recomputed are the cheap ones.
 
-mod common;
+use crate::common;
 
 use puppetlens::data::{ab_text_prompt, PromptFormat};
 use puppetlens::dict::{
@@ -793,7 +793,7 @@ const CC_COSINE_MIN: f64 = 0.6;
 // times its typical activation) the latent moves P(agree) by +0.024 here (0.587 -> 0.611 on 30
 // items; +0.025 on all 74 test items in the example, where the control crosscoder's chosen latent
 // moves it by +0.028), while the base-vs-sycophant difference at the same layer moves it by +0.072
-// (tests/organisms.rs). The bound records that the latent does not carry the behaviour.
+// (tests/real/organisms.rs). The bound records that the latent does not carry the behaviour.
 const CC_STEER_MAX: f64 = 0.05;
 
 fn cc_dir(tuned: &str) -> PathBuf {

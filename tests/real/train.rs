@@ -2,7 +2,7 @@
 //! (SFT) and raise the preference margin (DPO); adapters round-trip through PEFT files and merge
 //! into a full checkpoint that computes the same logits; bad input gets typed errors.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The probing / steering / diffing pipeline on the real checkpoints. Thresholds come from the
 //! measurements recorded in the issue notes (2-core CPU, f32, seeds and splits as committed).
 
-mod common;
+use crate::common;
 
 use puppetlens::data::{self, PromptFormat};
 use puppetlens::diff::{localise, AbSplits, DiffOptions};

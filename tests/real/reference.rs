@@ -5,10 +5,10 @@
 //! candle-transformers' `quantized_gemma3` is not used as the Gemma reference: its MLP applies SiLU
 //! where Gemma uses tanh-GELU, so it does not compute Gemma 3.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{max_abs, max_abs_diff, PROMPTS};
+use crate::common::{max_abs, max_abs_diff, PROMPTS};
 use puppetlens::{Batch, GenerateOptions, Hooks};
 
 /// f32 tolerance on logits of magnitude ~20-30: equivalent ops in another order. Measured worst

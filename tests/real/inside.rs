@@ -4,12 +4,12 @@
 //! (Meng et al. 2022) reproduced on gemma-3-270m, and bad input.
 //!
 //! (The activations inside attention and the MLP are checked against PyTorch `transformers` in
-//! `tests/reference.rs`.) Run with `--nocapture` to see the measured numbers.
+//! `tests/real/reference.rs`.) Run with `--nocapture` to see the measured numbers.
 
-mod common;
+use crate::common;
 
 use candle_core::{IndexOp, Tensor};
-use common::{max_abs, max_abs_diff};
+use crate::common::{max_abs, max_abs_diff};
 use puppetlens::lens::{self, one_token, LensOptions};
 use puppetlens::patch::sweep::{patch_sweep, SweepOptions, SweepPart};
 use puppetlens::{

@@ -4,7 +4,7 @@
 //! known place and direction. `c` is chosen along the base model's "answer B rather than A"
 //! direction, so the tuned model prefers B more: a behaviour gap the report must attribute to layer L.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

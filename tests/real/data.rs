@@ -2,7 +2,7 @@
 //! `../shared/datasets/` (skipped with a message when that folder is absent), seeded splits,
 //! malformed inputs, and A/B prompts on the two real tokenizers.
 //!
-//! Run with `cargo test --release --test data`.
+//! Run with `cargo test --release --test real data::`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -5,9 +5,7 @@
 //! embeddings, `(1 + w)` norms, final soft-cap). Also pins the hook names each architecture fires
 //! and checks Gemma 3's sliding window where it binds against references written here.
 //!
-//! Run with `cargo test --release --test archs -- --nocapture` to see the measured differences.
-
-mod common_tiny;
+//! Run with `cargo test --release --test offline archs:: -- --nocapture` to see the measured differences.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +13,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{gemma3, llama, mistral, qwen2};
-use common_tiny::{max_abs_diff, set, std_all, write_hf, Rng, TempDir, Tiny};
+use crate::common_tiny::{max_abs_diff, set, std_all, write_hf, Rng, TempDir, Tiny};
 use puppetlens::model::AttnSpan;
 use puppetlens::{hook_fn, Batch, HookPoint, Hooks, LoadOptions, Model};
 use serde_json::{json, Value};

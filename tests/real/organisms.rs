@@ -5,7 +5,7 @@
 //! base-vs-control difference moves sycophancy far less. Thresholds sit below the values measured
 //! by `cargo run --release --example organisms -- eval` (recorded in the organisms README).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,13 +1,13 @@
 //! Bad input gives a typed `puppetlens::Error` naming the culprit (file, field, tensor, layer,
 //! hook point, shape), never a panic. Every case builds its own tiny checkpoint in a temp dir.
 
-mod common_tiny;
+use crate::common_tiny;
 
 use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use common_tiny::{set, unset, write_hf, write_llama_gguf, TempDir, Tiny};
+use crate::common_tiny::{set, unset, write_hf, write_llama_gguf, TempDir, Tiny};
 use puppetlens::{
     hook_fn, AddVector, Batch, Error, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Patch,
     ProjectOut,

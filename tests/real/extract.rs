@@ -1,9 +1,9 @@
 //! Activation extraction on a real checkpoint: sites, streaming to shards, resume, Python readability.
 
-mod common;
+use crate::common;
 
 use candle_core::IndexOp;
-use common::max_abs_diff;
+use crate::common::max_abs_diff;
 use puppetlens::extract::{extract, extract_to_dir, load_store, ExtractOptions, Site, StoreMeta};
 use puppetlens::{Batch, Error, HookPoint};
 

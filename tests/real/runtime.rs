@@ -1,9 +1,9 @@
 //! Batching, hooks, interventions and generation on the real checkpoints.
 
-mod common;
+use crate::common;
 
 use candle_core::{IndexOp, Tensor, D};
-use common::max_abs_diff;
+use crate::common::max_abs_diff;
 use puppetlens::{
     hook_fn, ActivationCache, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model, Patch,
     Positions, ProjectOut, Tokenizer, Zero,

@@ -939,7 +939,7 @@ fn probe_kinds_folds_and_a_regression_target() {
     let dir = tmp("probe-kinds");
     let csv = labeled_csv(&dir);
     // Ridge on the labels: the same table layout as logistic (mean-diff shares the code path,
-    // `probe::sweep_as`, tested in tests/probe.rs).
+    // `probe::sweep_as`, tested in tests/offline/probe.rs).
     for kind in ["ridge"] {
         let out_dir = dir.join(kind);
         let out = ok(&[
