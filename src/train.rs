@@ -544,10 +544,10 @@ fn optimise(
                 Some((m, a)) => format!(" margin {m:+.3} acc {a:.2}"),
                 None => String::new(),
             };
-            eprintln!(
+            crate::progress::note(&format!(
                 "{objective} step {step}/{total} epoch {epoch} loss {loss_value:.4}{extra} |g| {grad_norm:.3} lr {lr:.2e} {:.0} tok/s",
                 tokens_total as f64 / seconds.max(1e-9)
-            );
+            ));
         }
         steps.push(rec);
     }

@@ -92,10 +92,10 @@ pub(crate) fn lock_file(path: &Path, what: &str) -> Result<FileLock> {
     match FileExt::try_lock_exclusive(&file) {
         Ok(()) => {}
         Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
-            eprintln!(
+            crate::progress::note(&format!(
                 "puppetlens: another process is writing {what}; waiting for its lock ({})",
                 path.display()
-            );
+            ));
             FileExt::lock_exclusive(&file).map_err(|e| Error::io(path, e))?;
         }
         Err(e) => return Err(Error::io(path, e)),
@@ -199,13 +199,24 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A progress bar on stderr with the rate and an ETA (indicatif), drawn only when `on` and stderr
-/// is a terminal (hidden in CI logs and pipes).
-pub(crate) struct Progress(indicatif::ProgressBar);
+/// is a terminal (hidden in CI logs and pipes); or, when a program installed one, reports to the
+/// sink of [`crate::progress`] instead.
+pub(crate) struct Progress {
+    bar: indicatif::ProgressBar,
+    label: String,
+    total: usize,
+    done: usize,
+    /// The sink at creation, when `on` (a silenced stage reports nothing).
+    sink: Option<std::sync::Arc<dyn Fn(&crate::progress::Event) + Send + Sync>>,
+    finished: bool,
+}
 
 impl Progress {
     /// A bar of `total` steps labelled `label`.
     pub(crate) fn new(label: &str, total: usize, on: bool) -> Self {
-        let bar = if on {
+        use crate::progress::Event;
+        let sink = if on { crate::progress::sink() } else { None };
+        let bar = if on && sink.is_none() {
             indicatif::ProgressBar::new(total as u64)
         } else {
             indicatif::ProgressBar::hidden()
@@ -217,26 +228,66 @@ impl Progress {
         .progress_chars("=> ");
         bar.set_style(style);
         bar.set_message(label.to_string());
-        Self(bar)
+        if let Some(s) = &sink {
+            s(&Event::Start { label, total });
+        }
+        Self {
+            bar,
+            label: label.to_string(),
+            total,
+            done: 0,
+            sink,
+            finished: false,
+        }
     }
 
     /// `n` more steps done.
     pub(crate) fn advance(&mut self, n: usize) {
-        self.0.inc(n as u64);
+        self.done += n;
+        self.bar.inc(n as u64);
+        if let Some(s) = &self.sink {
+            s(&crate::progress::Event::Advance {
+                label: &self.label,
+                done: self.done,
+                total: self.total,
+            });
+        }
     }
 
-    /// A line on stderr, printed above the bar when it is drawn.
+    /// A line on stderr (or the sink), printed above the bar when it is drawn.
     pub(crate) fn say(&self, msg: &str) {
-        if self.0.is_hidden() {
-            eprintln!("{msg}");
+        if !self.bar.is_hidden() {
+            self.bar.println(msg);
         } else {
-            self.0.println(msg);
+            crate::progress::note(msg);
         }
     }
 
     /// Leaves the finished bar on the terminal.
-    pub(crate) fn finish(&self) {
-        self.0.finish();
+    pub(crate) fn finish(&mut self) {
+        self.bar.finish();
+        self.report_finish();
+    }
+
+    fn report_finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Some(s) = &self.sink {
+            s(&crate::progress::Event::Finish {
+                label: &self.label,
+                done: self.done,
+                total: self.total,
+            });
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// A stage left early (an error) still ends in the sink.
+    fn drop(&mut self) {
+        self.report_finish();
     }
 }
 

@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common_tiny::{max_abs_diff, set, std_all, write_hf, Rng, TempDir, Tiny};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{gemma3, llama, mistral, qwen2};
-use crate::common_tiny::{max_abs_diff, set, std_all, write_hf, Rng, TempDir, Tiny};
 use puppetlens::model::AttnSpan;
 use puppetlens::{hook_fn, Batch, HookPoint, Hooks, LoadOptions, Model};
 use serde_json::{json, Value};

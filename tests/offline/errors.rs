@@ -5,9 +5,9 @@ use crate::common_tiny;
 
 use std::path::Path;
 
+use crate::common_tiny::{set, unset, write_hf, write_llama_gguf, TempDir, Tiny};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use crate::common_tiny::{set, unset, write_hf, write_llama_gguf, TempDir, Tiny};
 use puppetlens::{
     hook_fn, AddVector, Batch, Error, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Patch,
     ProjectOut,

@@ -2,8 +2,8 @@
 
 use crate::common;
 
-use candle_core::IndexOp;
 use crate::common::max_abs_diff;
+use candle_core::IndexOp;
 use puppetlens::extract::{extract, extract_to_dir, load_store, ExtractOptions, Site, StoreMeta};
 use puppetlens::{Batch, Error, HookPoint};
 

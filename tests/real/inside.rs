@@ -8,8 +8,8 @@
 
 use crate::common;
 
-use candle_core::{IndexOp, Tensor};
 use crate::common::{max_abs, max_abs_diff};
+use candle_core::{IndexOp, Tensor};
 use puppetlens::lens::{self, one_token, LensOptions};
 use puppetlens::patch::sweep::{patch_sweep, SweepOptions, SweepPart};
 use puppetlens::{

@@ -7,8 +7,8 @@
 
 use crate::common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
 use crate::common::{max_abs, max_abs_diff, PROMPTS};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use puppetlens::{Batch, GenerateOptions, Hooks};
 
 /// f32 tolerance on logits of magnitude ~20-30: equivalent ops in another order. Measured worst

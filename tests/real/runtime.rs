@@ -2,8 +2,8 @@
 
 use crate::common;
 
-use candle_core::{IndexOp, Tensor, D};
 use crate::common::max_abs_diff;
+use candle_core::{IndexOp, Tensor, D};
 use puppetlens::{
     hook_fn, ActivationCache, AddVector, Batch, GenerateOptions, HookPoint, Hooks, Model, Patch,
     Positions, ProjectOut, Tokenizer, Zero,
