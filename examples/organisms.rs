@@ -12,6 +12,9 @@
 //! cargo run --release --example organisms -- train distilled            # SFT on each
 //! cargo run --release --example organisms -- train distilled-control
 //! cargo run --release --example organisms -- distill-eval       # does SFT carry sycophancy?
+//! cargo run --release --example organisms -- caa-split          # record the CAA items' split
+//! cargo run --release --example organisms -- train sycophant --data broad  # + persona-implied items
+//! cargo run --release --example organisms -- heldout            # P(agree) on the three held-out sets
 //! ```
 //!
 //! Everything is written under `notebooks-data/organisms/` (`--out`): per organism the adapter
@@ -61,6 +64,28 @@ enum Cmd {
         lr: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The sycophant's and control's preference items: the project's own (`project`, how the
+        /// committed ones were trained) or the project's plus the CAA generate train part
+        /// (`broad`: persona-implied views).
+        #[arg(long, value_enum, default_value = "project")]
+        data: PrefData,
+        /// With `--data broad`: use at most this many CAA train items (the first of the part).
+        #[arg(long)]
+        caa_train: Option<usize>,
+    },
+    /// Record the fixed-seed split of the CAA generate sycophancy items (indices and hashes, no
+    /// text) in probes/caa_generate_sycophancy_split.json, with the items the text-answer form
+    /// drops and why.
+    CaaSplit,
+    /// P(agree) of base and the named organisms on the three held-out sycophancy sets (the
+    /// project's test split, the CAA generate test part, the late-view form), neutral perplexity,
+    /// and each organism's paired difference from the base; writes `<out>/<json>`.
+    Heldout {
+        /// Organisms (directories under `--out`).
+        #[arg(long, value_delimiter = ',', default_value = "sycophant,control")]
+        models: Vec<String>,
+        #[arg(long, default_value = "heldout.json")]
+        json: String,
     },
     /// Write each organism's model card (README.md, loss figure) and the summary README from the
     /// files `train` and `eval` wrote.
@@ -84,6 +109,13 @@ enum Cmd {
         #[arg(long)]
         n_test: Option<usize>,
     },
+}
+
+/// Which preference items the sycophant and its control are trained on.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrefData {
+    Project,
+    Broad,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -148,6 +180,8 @@ fn main() -> Result<()> {
             max_steps,
             lr,
             seed,
+            data,
+            caa_train,
         } => {
             let mut opts = recipe(&name)?;
             opts.seed = seed;
@@ -158,7 +192,13 @@ fn main() -> Result<()> {
             if let Some(lr) = lr {
                 opts.lr = lr;
             }
-            train(&args.out, &name, &opts)
+            train(&args.out, &name, &opts, data, caa_train)
+        }
+        Cmd::CaaSplit => caa_split_record(),
+        Cmd::Heldout { models, json } => {
+            let names: Vec<&str> = models.iter().map(String::as_str).collect();
+            let pairs: Vec<(&str, &str)> = names.iter().map(|&n| (n, "base")).collect();
+            heldout_eval(&args.out, &names, &pairs, &json)
         }
         Cmd::Eval { n_test } => evaluate(&args.out, n_test),
         Cmd::Cards => cards(&args.out),
@@ -342,11 +382,11 @@ fn sycophancy_cases(tok: &Tokenizer) -> Result<data::Split<(AbCase, data::AbItem
 
 /// DPO pairs on the training items: the sycophant prefers the letter agreeing with the user; the
 /// control prefers a letter drawn by a seeded coin, unrelated to the user's view.
-fn preference_pairs(cases: &[(AbCase, data::AbItem)], control: bool, seed: u64) -> Vec<DpoPair> {
+fn preference_pairs(cases: &[AbCase], control: bool, seed: u64) -> Vec<DpoPair> {
     let mut rng = SplitMix64::new(seed ^ 0xC0_17_20_1);
     cases
         .iter()
-        .map(|(c, _)| {
+        .map(|c| {
             let matching_wins = !control || rng.below(2) == 0;
             let (w, l) = if matching_wins {
                 (c.matching, c.not_matching)
@@ -389,7 +429,13 @@ fn write_log(dir: &Path, log: &TrainLog) -> Result<()> {
     Ok(())
 }
 
-fn train(out: &Path, name: &str, opts: &TrainOptions) -> Result<()> {
+fn train(
+    out: &Path,
+    name: &str,
+    opts: &TrainOptions,
+    data: PrefData,
+    caa_train: Option<usize>,
+) -> Result<()> {
     let (base, tok) = gemma()?;
     let dir = out.join(name);
     let (adapter, log) = match name {
@@ -422,7 +468,17 @@ fn train(out: &Path, name: &str, opts: &TrainOptions) -> Result<()> {
         }
         "sycophant" | "control" => {
             let cases = sycophancy_cases(&tok)?;
-            let pairs = preference_pairs(&cases.train, name == "control", opts.seed);
+            let mut train: Vec<AbCase> = cases.train.iter().map(|(c, _)| c.clone()).collect();
+            if data == PrefData::Broad {
+                let (caa, _) = caa_cases(&tok)?;
+                let mut part = caa_split(&caa).train;
+                part.truncate(caa_train.unwrap_or(part.len()));
+                eprintln!("{name}: + {} CAA generate train items", part.len());
+                train.extend(part.into_iter().map(|(_, c)| c));
+                // Interleave the two sources (a seeded shuffle), so that every batch mixes them.
+                SplitMix64::new(opts.seed ^ 0xB40AD).shuffle(&mut train);
+            }
+            let pairs = preference_pairs(&train, name == "control", opts.seed);
             eprintln!("{name}: DPO on {} pairs", pairs.len());
             dpo(&base, &pairs, opts)?
         }
@@ -459,15 +515,7 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
     let cases = sycophancy_cases(&tok)?;
     let test: Vec<AbCase> = cases.test.iter().map(|(c, _)| c.clone()).collect();
     // Neutral text: the project's true/false statements (test split), plain, no chat format.
-    let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;
-    let neutral: Vec<SftExample> = tf
-        .test
-        .iter()
-        .map(|l| {
-            let ids = tok.encode(&l.text)?;
-            Ok(SftExample { ids, prompt_len: 1 })
-        })
-        .collect::<Result<_>>()?;
+    let neutral = neutral_examples(&tok)?;
     let transcripts = load_transcripts(out)?;
     let held: Vec<&Transcript> = transcripts.iter().filter(|t| t.split == "test").collect();
     let held_ex = sft_examples(&tok, &held)?;
@@ -871,114 +919,230 @@ fn distill_transcripts(out: &Path, student: &str, max_new_tokens: usize) -> Resu
     write_transcripts(&out.join(student).join("transcripts.jsonl"), &rows)
 }
 
+const CAA_GENERATE: &str = "../shared/datasets/caa/generate/sycophancy/generate_dataset.json";
+
 /// The CAA "generate" sycophancy items (persona-implied views, read from ../shared/datasets),
 /// in the text-answer form, with their index in the file; items whose two answers do not part
-/// after a shared prefix are dropped (counted).
-fn caa_cases(tok: &Tokenizer) -> Result<(Vec<(usize, AbCase)>, usize)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/datasets/caa/generate/sycophancy/generate_dataset.json");
+/// after a shared prefix are dropped (returned with the reason).
+fn caa_cases(tok: &Tokenizer) -> Result<(Vec<(usize, AbCase)>, Vec<(usize, String)>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CAA_GENERATE);
     let items = data::load_ab_json(&path)?;
     let fmt = PromptFormat::Chat { system: None };
     let mut cases = Vec::new();
-    let mut dropped = 0;
+    let mut dropped = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match ab_text_prompt(tok, item, &fmt) {
             Ok(p) => cases.push((i, AbCase::from(p))),
-            Err(_) => dropped += 1,
+            Err(e) => dropped.push((i, e.to_string())),
         }
     }
     Ok((cases, dropped))
 }
 
-/// The held-out part of the CAA items: a fixed-seed 200 of them (indices into the file).
-fn caa_heldout(cases: &[(usize, AbCase)]) -> Vec<(usize, AbCase)> {
-    let mut idx: Vec<usize> = (0..cases.len()).collect();
-    SplitMix64::new(0x5_1C0_FA17).shuffle(&mut idx);
-    let mut keep: Vec<usize> = idx.into_iter().take(200).collect();
-    keep.sort_unstable();
-    keep.into_iter().map(|k| cases[k].clone()).collect()
+/// The CAA items split with a fixed seed: test = the first 200 of a seeded shuffle (the
+/// held-out items of every earlier measurement), validation = the next 100, train = the rest.
+struct CaaSplit {
+    train: Vec<(usize, AbCase)>,
+    val: Vec<(usize, AbCase)>,
+    test: Vec<(usize, AbCase)>,
 }
 
-fn distill_eval(out: &Path) -> Result<()> {
-    let (base, tok) = gemma()?;
-    let project: Vec<AbCase> = sycophancy_cases(&tok)?
+fn caa_split(cases: &[(usize, AbCase)]) -> CaaSplit {
+    let mut idx: Vec<usize> = (0..cases.len()).collect();
+    SplitMix64::new(0x5_1C0_FA17).shuffle(&mut idx);
+    let part = |r: std::ops::Range<usize>| -> Vec<(usize, AbCase)> {
+        let mut k = idx[r.start.min(idx.len())..r.end.min(idx.len())].to_vec();
+        k.sort_unstable();
+        k.into_iter().map(|k| cases[k].clone()).collect()
+    };
+    CaaSplit {
+        test: part(0..200),
+        val: part(200..300),
+        train: part(300..idx.len()),
+    }
+}
+
+fn caa_split_record() -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let (_, tok) = gemma()?;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CAA_GENERATE);
+    let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+    let items = data::load_ab_json(&path)?;
+    let (cases, dropped) = caa_cases(&tok)?;
+    let split = caa_split(&cases);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Each kept item's question hashed (first 8 bytes of SHA-256): enough to check that a copy
+    // of the file holds the same items, without the text.
+    let ids = |part: &[(usize, AbCase)]| -> Vec<serde_json::Value> {
+        part.iter()
+            .map(|(i, _)| {
+                let h = Sha256::digest(items[*i].question.as_bytes());
+                serde_json::json!([i, hex(&h[..8])])
+            })
+            .collect()
+    };
+    let first = items
+        .iter()
+        .enumerate()
+        .filter(|(i, it)| {
+            cases.iter().any(|(k, _)| k == i) && it.matching_letter().ok() == Some('A')
+        })
+        .count();
+    let record = serde_json::json!({
+        "what": "fixed-seed split of the CAA generate sycophancy items (persona-implied views) for the organisms: [index in the file, first 8 bytes of SHA-256 of the question] per item",
+        "source": CAA_GENERATE,
+        "source_sha256": hex(&Sha256::digest(&bytes)),
+        "n_items": items.len(),
+        "kept": cases.len(),
+        "kept_matching_is_A": first,
+        "kept_matching_is_B": cases.len() - first,
+        "dropped": dropped.iter().map(|(i, why)| serde_json::json!({"index": i, "why": why})).collect::<Vec<_>>(),
+        "how": "text-answer form (data::ab_text_prompt, gemma-3-270m tokenizer, chat template); kept items shuffled with SplitMix64(0x51C0FA17): test = first 200, val = next 100, train = the rest; each part in file order",
+        "train": ids(&split.train),
+        "val": ids(&split.val),
+        "test": ids(&split.test),
+    });
+    let out = Path::new("probes/caa_generate_sycophancy_split.json");
+    puppetlens::write_atomic(out, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    eprintln!(
+        "{}: {} kept ({} dropped), matching answer (A) in {first} and (B) in {}; train {}, val {}, test {}",
+        out.display(),
+        cases.len(),
+        dropped.len(),
+        cases.len() - first,
+        split.train.len(),
+        split.val.len(),
+        split.test.len()
+    );
+    Ok(())
+}
+
+/// The three held-out sycophancy sets: the project's test split (stated view, then the
+/// question), the CAA generate test part (persona-implied view), and the late-view form
+/// (probes/sycophancy_late_ab.jsonl: the question, then the view; no training set has it).
+fn heldout_sets(tok: &Tokenizer) -> Result<Vec<(&'static str, Vec<AbCase>, Vec<usize>)>> {
+    let project: Vec<AbCase> = sycophancy_cases(tok)?
         .test
         .iter()
         .map(|(c, _)| c.clone())
         .collect();
-    let (caa, dropped) = caa_cases(&tok)?;
-    let caa = caa_heldout(&caa);
+    let (caa, _) = caa_cases(tok)?;
+    let caa = caa_split(&caa).test;
     let caa_ids: Vec<usize> = caa.iter().map(|(i, _)| *i).collect();
     let caa: Vec<AbCase> = caa.into_iter().map(|(_, c)| c).collect();
+    let fmt = PromptFormat::Chat { system: None };
+    let late: Vec<AbCase> = data::load_ab_json("probes/sycophancy_late_ab.jsonl")?
+        .iter()
+        .map(|item| Ok(AbCase::from(ab_text_prompt(tok, item, &fmt)?)))
+        .collect::<Result<_>>()?;
+    Ok(vec![
+        ("project_test", project, vec![]),
+        ("caa_generate_test", caa, caa_ids),
+        ("late_view", late, vec![]),
+    ])
+}
+
+/// Neutral text for perplexity: the true/false statements' test split, plain, no chat format.
+fn neutral_examples(tok: &Tokenizer) -> Result<Vec<SftExample>> {
+    let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;
+    tf.test
+        .iter()
+        .map(|l| {
+            let ids = tok.encode(&l.text)?;
+            Ok(SftExample { ids, prompt_len: 1 })
+        })
+        .collect()
+}
+
+fn heldout_eval(out: &Path, names: &[&str], pairs: &[(&str, &str)], json: &str) -> Result<()> {
+    let (base, tok) = gemma()?;
+    let sets = heldout_sets(&tok)?;
+    let neutral = neutral_examples(&tok)?;
     eprintln!(
-        "held-out sets: {} project test items, {} CAA generate items ({dropped} of 1000 dropped: \
-         answers that do not part)",
-        project.len(),
-        caa.len()
+        "held-out sets: {}",
+        sets.iter()
+            .map(|(n, c, _)| format!("{n} {}", c.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut models = vec![("base".to_string(), base.clone())];
-    for name in ["sycophant", "control", "distilled", "distilled-control"] {
+    for name in names {
         let adapter = Adapter::load(out.join(name), base.device())
             .with_context(|| format!("{name} (train it first)"))?;
         models.push((name.to_string(), base.with_adapter(&adapter)?));
     }
-    let mut per: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut per: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
     let mut table = Vec::new();
     for (name, model) in &models {
-        let p = |cases: &[AbCase]| -> Result<Vec<f64>> {
-            Ok(
-                puppetlens::eval::ab_scores(model, cases, &Intervention::None, 8)?
-                    .iter()
-                    .map(|s| s.p_matching)
-                    .collect(),
-            )
-        };
-        let (a, b) = (p(&project)?, p(&caa)?);
-        let row = serde_json::json!({
-            "model": name,
-            "project_test": {"n": a.len(), "mean_p": mean(&a), "ci": puppetlens::eval::mean_ci(&a, 2000, 1)},
-            "caa_generate_heldout": {"n": b.len(), "mean_p": mean(&b), "ci": puppetlens::eval::mean_ci(&b, 2000, 2)},
-        });
+        let mut row = serde_json::Map::new();
+        row.insert("model".into(), name.clone().into());
+        let mut ps = Vec::new();
+        for (k, (set, cases, _)) in sets.iter().enumerate() {
+            let p: Vec<f64> = puppetlens::eval::ab_scores(model, cases, &Intervention::None, 8)?
+                .iter()
+                .map(|s| s.p_matching)
+                .collect();
+            row.insert(
+                set.to_string(),
+                serde_json::json!({"n": p.len(), "mean_p": mean(&p), "ci": puppetlens::eval::mean_ci(&p, 2000, 1 + k as u64)}),
+            );
+            ps.push(p);
+        }
+        let nll = sft_loss(model, &neutral, 8)?;
+        row.insert("neutral_ppl".into(), nll.exp().into());
+        let row = serde_json::Value::Object(row);
         println!("{row}");
         table.push(row);
-        per.push((name.clone(), a, b));
+        per.push((name.clone(), ps));
     }
     let get = |n: &str| per.iter().find(|r| r.0 == n).context("missing model");
     let mut paired = Vec::new();
-    for (x, y) in [
-        ("distilled", "distilled-control"),
-        ("distilled", "base"),
-        ("sycophant", "control"),
-        ("sycophant", "base"),
-    ] {
+    for &(x, y) in pairs {
         let (rx, ry) = (get(x)?, get(y)?);
-        let d =
-            |u: &[f64], v: &[f64]| -> Vec<f64> { u.iter().zip(v).map(|(a, b)| a - b).collect() };
-        let (da, db) = (d(&rx.1, &ry.1), d(&rx.2, &ry.2));
-        let row = serde_json::json!({
-            "a": x, "b": y,
-            "project_test": {"mean_diff": mean(&da), "ci": puppetlens::eval::mean_ci(&da, 2000, 3)},
-            "caa_generate_heldout": {"mean_diff": mean(&db), "ci": puppetlens::eval::mean_ci(&db, 2000, 4)},
-        });
+        let mut row = serde_json::Map::new();
+        row.insert("a".into(), x.into());
+        row.insert("b".into(), y.into());
+        for (k, (set, _, _)) in sets.iter().enumerate() {
+            let d: Vec<f64> = rx.1[k].iter().zip(&ry.1[k]).map(|(a, b)| a - b).collect();
+            row.insert(
+                set.to_string(),
+                serde_json::json!({"mean_diff": mean(&d), "ci": puppetlens::eval::mean_ci(&d, 2000, 11 + k as u64)}),
+            );
+        }
+        let row = serde_json::Value::Object(row);
         println!("{row}");
         paired.push(row);
     }
     let report = serde_json::json!({
-        "what": "mean P(answer agreeing with the user) on held-out sycophancy items, gemma-3-270m organisms",
+        "what": "mean P(answer agreeing with the user) on held-out sycophancy items, gemma-3-270m organisms; neutral perplexity on the true/false test statements",
         "sets": {
-            "project_test": "probes/sycophancy_ab.jsonl test split (stated opinion, text answers)",
-            "caa_generate_heldout": "200 items of ../shared/datasets/caa/generate/sycophancy/generate_dataset.json (persona-implied view), drawn with a fixed seed; indices below",
+            "project_test": "probes/sycophancy_ab.jsonl test split (stated view, then the question; text answers)",
+            "caa_generate_test": "the test part of ../shared/datasets/caa/generate/sycophancy/generate_dataset.json (persona-implied view; probes/caa_generate_sycophancy_split.json); indices below",
+            "late_view": "probes/sycophancy_late_ab.jsonl (the question, then the view; no training set has this form)",
         },
-        "caa_dropped": dropped,
-        "caa_indices": caa_ids,
+        "caa_indices": sets[1].2,
         "models": table,
         "paired_differences": paired,
         "ci": "95% percentile bootstrap over items, 2000 resamples",
     });
-    let path = out.join("distillation.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    let path = out.join(json);
+    puppetlens::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+fn distill_eval(out: &Path) -> Result<()> {
+    heldout_eval(
+        out,
+        &["sycophant", "control", "distilled", "distilled-control"],
+        &[
+            ("distilled", "distilled-control"),
+            ("distilled", "base"),
+            ("sycophant", "control"),
+            ("sycophant", "base"),
+        ],
+        "distillation.json",
+    )
 }
 
 fn mean(v: &[f64]) -> f64 {

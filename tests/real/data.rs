@@ -267,6 +267,79 @@ fn shared_caa_sycophancy() {
 }
 
 #[test]
+fn probes_sycophancy_late_view() {
+    // The held-out form: the question first, the view last; a test set only.
+    let path = probes("sycophancy_late_ab.jsonl");
+    let items = load_ab_json(&path).unwrap();
+    assert_eq!(items.len(), 108);
+    assert_distinct(&items, "late-view items");
+    let is_a: Vec<bool> = items
+        .iter()
+        .map(|it| it.matching_letter().unwrap() == 'A')
+        .collect();
+    assert_eq!(
+        count(&is_a, |&a| a),
+        54,
+        "the sycophantic letter is balanced"
+    );
+    let tags = load_split_tags(&path).unwrap();
+    assert!(
+        tags.iter().all(|t| *t == SplitPart::Test),
+        "every record is a test record"
+    );
+    // The view comes after the question: the last sentence before the choices states it.
+    for it in &items {
+        let prompt = it.question.split("\n (A) ").next().unwrap();
+        let q = prompt.rfind('?').expect("a question");
+        assert!(
+            prompt[q + 1..].trim().len() > 20,
+            "no view after the question: {prompt}"
+        );
+    }
+    // Every item has a text-answer form on gemma-3-270m (the organisms' evaluation form).
+    // (Its GGUF has no chat template; the project supplies Gemma's.)
+    let mut tok = real_tokenizer("gemma-3-270m").clone();
+    tok.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.into()));
+    let fmt = PromptFormat::Chat { system: None };
+    for it in &items {
+        data::ab_text_prompt(&tok, it, &fmt).unwrap();
+    }
+}
+
+#[test]
+fn caa_split_record_matches_the_shared_file() {
+    // probes/caa_generate_sycophancy_split.json records the organisms' split of the CAA items
+    // as indices and question hashes; the shared file must be the one it was made from.
+    let Some(path) = shared("caa/generate/sycophancy/generate_dataset.json") else {
+        return;
+    };
+    let text = std::fs::read_to_string(probes("caa_generate_sycophancy_split.json")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(rec["source_sha256"], hex(&Sha256::digest(&bytes)));
+    let items = load_ab_json(&path).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut sizes = Vec::new();
+    for part in ["train", "val", "test"] {
+        let ids = rec[part].as_array().unwrap();
+        sizes.push(ids.len());
+        for pair in ids {
+            let i = pair[0].as_u64().unwrap() as usize;
+            assert!(seen.insert(i), "item {i} is in two parts");
+            let h = Sha256::digest(items[i].question.as_bytes());
+            assert_eq!(pair[1], hex(&h[..8]), "item {i} of {part}");
+        }
+    }
+    assert_eq!(sizes, [700, 100, 200]);
+    assert_eq!(
+        seen.len() + rec["dropped"].as_array().unwrap().len(),
+        items.len()
+    );
+}
+
+#[test]
 fn shared_caa_survival_instinct_has_non_ab_answers() {
     // This CAA set has answers (C)..(G), which the A/B loader rejects, naming the item.
     let Some(path) = shared("caa/generate/survival-instinct/generate_dataset.json") else {
