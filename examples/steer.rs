@@ -142,7 +142,7 @@ fn probe_set(
     let xs = |p: &[Vec<u32>]| -> Result<Vec<Tensor>> {
         let a = extract(model, p, &opts)?;
         Ok((0..n_layers)
-            .map(|l| a.get(HookPoint::ResidPost(l)).cloned())
+            .map(|l| a.require(HookPoint::ResidPost(l)).cloned())
             .collect::<puppetlens::Result<_>>()?)
     };
     let (tr, va, te) = (xs(prompts[0])?, xs(prompts[1])?, xs(prompts[2])?);

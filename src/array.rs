@@ -246,7 +246,7 @@ pub fn array3_to_layers(a: &Array3<f32>) -> Result<Vec<Tensor>> {
 impl Activations {
     /// The activations at `p` as `[item, d_model]` (one copy; see [`crate::array`]).
     pub fn to_array2(&self, p: HookPoint) -> Result<Array2<f32>> {
-        to_array2(self.get(p)?)
+        to_array2(self.require(p)?)
     }
 
     /// The `hook_resid_post` activations of layers `0..n_layers` as one
@@ -265,7 +265,7 @@ pub fn load_store_arrays(
     let (manifest, acts) = extract::load_store(dir.as_ref())?;
     let mut out = BTreeMap::new();
     for p in acts.points() {
-        let t = acts.get(p)?;
+        let t = acts.require(p)?;
         if t.rank() != 2 {
             return Err(Error::Shape {
                 what: format!("{}: store point {p}", dir.as_ref().display()),

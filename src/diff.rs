@@ -191,7 +191,7 @@ pub fn base_tuned_vectors(
             let mut d = BTreeMap::new();
             for &l in &layers {
                 let p = HookPoint::ResidPost(l);
-                let diff = (b.get(p)? - a.get(p)?)?; // [n, d_model] or [n, k, d_model]
+                let diff = (b.require(p)? - a.require(p)?)?; // [n, d_model] or [n, k, d_model]
                 let diff = if diff.rank() == 3 {
                     diff.flatten(0, 1)?
                 } else {
@@ -335,7 +335,7 @@ fn labelled(
     let mut xs = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let p = HookPoint::ResidPost(l);
-        xs.push(Tensor::cat(&[pos.get(p)?, neg.get(p)?], 0)?); // [2n, d_model]
+        xs.push(Tensor::cat(&[pos.require(p)?, neg.require(p)?], 0)?); // [2n, d_model]
     }
     let n = pos.len();
     let y = (0..2 * n).map(|i| i < n).collect();
@@ -495,8 +495,8 @@ fn localise_one(
         let p = HookPoint::ResidPost(l);
         let diff = Tensor::cat(
             &[
-                (t_tr.0.get(p)? - b_tr.0.get(p)?)?,
-                (t_tr.1.get(p)? - b_tr.1.get(p)?)?,
+                (t_tr.0.require(p)? - b_tr.0.require(p)?)?,
+                (t_tr.1.require(p)? - b_tr.1.require(p)?)?,
             ],
             0,
         )?; // [2n, d_model]

@@ -26,6 +26,9 @@ use crate::util::Progress;
 use crate::{Error, Result};
 
 /// One A/B item ready for scoring: the prompt ends right before the answer letter.
+///
+/// Only what the metrics read (ids, the behaviour's answer token and the other's), built from a
+/// rendered [`crate::data::AbPrompt`] (`AbCase::from`) or directly from token ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AbCase {
     /// Prompt token ids.

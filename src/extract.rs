@@ -13,7 +13,7 @@
 //! let model = Model::load("model.gguf", &LoadOptions::default())?;
 //! let prompts = vec![vec![1u32, 2, 3], vec![4u32, 5]];
 //! let acts = extract(&model, &prompts, &ExtractOptions::resid_post(&model, Site::Last))?;
-//! let x = acts.get(HookPoint::ResidPost(3))?; // [2, d_model] f32
+//! let x = acts.require(HookPoint::ResidPost(3))?; // [2, d_model] f32
 //! # Ok::<(), puppetlens::Error>(())
 //! ```
 
@@ -24,9 +24,11 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
+pub(crate) use crate::cache::write_safetensors;
+use crate::cache::ActivationCache;
 use crate::hook::{Hook, HookCtx, HookPoint, Hooks};
 use crate::model::Model;
-use crate::util::{atomic_write, atomic_write_bytes, Progress};
+use crate::util::{atomic_write_bytes, Progress};
 use crate::{Error, Result};
 
 /// Which token(s) of each prompt to keep. Positions count from each prompt's first real token.
@@ -87,78 +89,10 @@ impl Default for ExtractOptions {
     }
 }
 
-/// Extracted activations: per hook point, `[n, d_model]` (or `[n, k, d_model]` for [`Site::FirstK`]), f32 on the CPU.
-#[derive(Debug, Clone, Default)]
-pub struct Activations {
-    map: BTreeMap<HookPoint, Tensor>,
-}
-
-impl Activations {
-    /// The activations at `p`.
-    pub fn get(&self, p: HookPoint) -> Result<&Tensor> {
-        self.map.get(&p).ok_or_else(|| Error::InvalidArgument {
-            name: p.to_string(),
-            msg: "not extracted".into(),
-        })
-    }
-
-    /// Points held, in firing order.
-    pub fn points(&self) -> Vec<HookPoint> {
-        self.map.keys().copied().collect()
-    }
-
-    /// Number of prompts.
-    pub fn len(&self) -> usize {
-        self.map
-            .values()
-            .next()
-            .and_then(|t| t.dim(0).ok())
-            .unwrap_or(0)
-    }
-
-    /// True when nothing was extracted.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The `hook_resid_post` activations of layers `0..n_layers`, in layer order (for probes).
-    pub fn layers(&self, n_layers: usize) -> Result<Vec<Tensor>> {
-        (0..n_layers)
-            .map(|l| self.get(HookPoint::ResidPost(l)).cloned())
-            .collect()
-    }
-
-    /// Rows `idx` of every point.
-    pub fn select(&self, idx: &[usize]) -> Result<Activations> {
-        let ids = Tensor::from_vec(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            idx.len(),
-            &Device::Cpu,
-        )?;
-        let map = self
-            .map
-            .iter()
-            .map(|(p, t)| Ok((*p, t.index_select(&ids, 0)?)))
-            .collect::<Result<BTreeMap<_, _>>>()?;
-        Ok(Activations { map })
-    }
-
-    /// Builds from a map.
-    pub fn from_map(map: BTreeMap<HookPoint, Tensor>) -> Self {
-        Self { map }
-    }
-
-    fn append(&mut self, other: Activations) -> Result<()> {
-        for (p, t) in other.map {
-            let v = match self.map.remove(&p) {
-                Some(prev) => Tensor::cat(&[&prev, &t], 0)?,
-                None => t,
-            };
-            self.map.insert(p, v);
-        }
-        Ok(())
-    }
-}
+/// Extracted activations: per hook point, `[n, d_model]` (or `[n, k, d_model]` for
+/// [`Site::FirstK`]), f32 on the CPU: the one activation map, [`ActivationCache`] (`get` answers
+/// an `Option`, `require` an error naming a missing point, `len` the number of prompts).
+pub type Activations = ActivationCache;
 
 /// A hook that keeps only the site's vectors of each row, as f32 on the CPU.
 struct SiteRecorder<'a> {
@@ -260,7 +194,7 @@ fn extract_batch(
     for (p, t) in &rec.out {
         check_finite(t, *p)?;
     }
-    Ok(Activations { map: rec.out })
+    Ok(Activations::from_map(rec.out))
 }
 
 fn check_opts(model: &Model, prompts: &[Vec<u32>], opts: &ExtractOptions) -> Result<()> {
@@ -429,15 +363,7 @@ pub fn extract_to_dir(
         header.insert("site".to_string(), format!("{:?}", opts.site));
         header.insert("points".to_string(), manifest.points.join(","));
         header.insert("rows".to_string(), format!("{start}..{end}"));
-        write_safetensors(
-            &dir.join(&name),
-            &acts
-                .map
-                .iter()
-                .map(|(p, t)| (p.to_string(), t.clone()))
-                .collect::<Vec<_>>(),
-            header,
-        )?;
+        acts.save_with_metadata(&dir.join(&name), header)?;
         manifest.shards.push(name);
         let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::InvalidArgument {
             name: "manifest".into(),
@@ -461,30 +387,6 @@ fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
             field: "(file)".into(),
             msg: format!("not a store manifest: {e}"),
         })
-}
-
-/// Writes tensors with header metadata to a safetensors file, atomically.
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: BTreeMap<String, String>,
-) -> Result<()> {
-    let contiguous: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
-        .collect::<Result<_>>()?;
-    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
-    atomic_write(path, |tmp| {
-        safetensors::serialize_to_file(
-            contiguous.iter().map(|(k, t)| (k.as_str(), t)),
-            Some(meta),
-            tmp,
-        )
-        .map_err(|e| Error::Checkpoint {
-            path: tmp.to_path_buf(),
-            msg: e.to_string(),
-        })
-    })
 }
 
 /// Reads a finished (or partial) store: per point, all shards concatenated.
@@ -523,14 +425,9 @@ pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
             ));
         }
         let p: PathBuf = dir.join(shard);
-        let tensors =
-            candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| Error::Checkpoint {
-                path: p.clone(),
-                msg: crate::error::candle_msg(&e),
-            })?;
+        let shard_acts = Activations::load(&p, &Device::Cpu)?;
         let rows = (manifest.n_prompts - s * manifest.shard_size).min(manifest.shard_size);
-        let mut map = BTreeMap::new();
-        for (k, v) in tensors {
+        for (k, v) in shard_acts.iter() {
             if v.dims().first() != Some(&rows) {
                 return Err(Error::Checkpoint {
                     path: p.clone(),
@@ -540,9 +437,8 @@ pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
                     ),
                 });
             }
-            map.insert(k.parse::<HookPoint>()?, v);
         }
-        let names: Vec<String> = map.keys().map(|p| p.to_string()).collect();
+        let names: Vec<String> = shard_acts.points().map(|p| p.to_string()).collect();
         let mut want = manifest.points.clone();
         want.sort();
         let mut got = names.clone();
@@ -553,7 +449,7 @@ pub fn load_store(dir: impl AsRef<Path>) -> Result<(Manifest, Activations)> {
                 msg: format!("holds {names:?}, the manifest lists {:?}", manifest.points),
             });
         }
-        acts.append(Activations { map })?;
+        acts.append(shard_acts)?;
     }
     Ok((manifest, acts))
 }

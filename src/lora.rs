@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::SplitMix64;
-use crate::model::{LoraPath, Model, LINEAR_MODULES};
+use crate::model::{LoraPath, Model, Proj, LINEARS};
 use crate::util::{atomic_write, atomic_write_bytes};
 use crate::{Error, Result};
 
@@ -48,10 +48,7 @@ impl Default for LoraConfig {
         Self {
             rank: 8,
             alpha: 16.0,
-            targets: LINEAR_MODULES
-                .iter()
-                .map(|m| short(m).to_string())
-                .collect(),
+            targets: LINEARS.iter().map(|n| short(n.hf).to_string()).collect(),
             layers: None,
         }
     }
@@ -63,15 +60,15 @@ fn short(module: &str) -> &str {
 
 /// The long module name (`self_attn.q_proj`) of a short or long target name.
 fn long(target: &str) -> Result<&'static str> {
-    LINEAR_MODULES
+    LINEARS
         .iter()
-        .find(|m| **m == target || short(m) == target)
-        .copied()
+        .find(|n| n.hf == target || short(n.hf) == target)
+        .map(|n| n.hf)
         .ok_or_else(|| Error::InvalidArgument {
             name: "LoRA target".into(),
             msg: format!(
                 "unknown module `{target}` (known: {})",
-                LINEAR_MODULES.map(short).join(", ")
+                LINEARS.map(|n| short(n.hf)).join(", ")
             ),
         })
 }
@@ -398,11 +395,7 @@ pub(crate) fn rotary_heads(model: &Model, module: &str) -> Option<usize> {
     if !cfg.rope_interleaved {
         return None;
     }
-    match module {
-        "self_attn.q_proj" => Some(cfg.n_heads),
-        "self_attn.k_proj" => Some(cfg.n_kv_heads),
-        _ => None,
-    }
+    Proj::from_hf(module)?.rotary_heads(cfg)
 }
 
 impl Model {

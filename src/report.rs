@@ -183,7 +183,7 @@ type Points = Vec<(f64, f64)>;
 /// CAA activations `(positives, negatives)` at `layer` on their top two principal components.
 fn projected(acts: &(Activations, Activations), layer: usize) -> Result<(Points, Points)> {
     let hp = HookPoint::ResidPost(layer);
-    let (p, n) = (acts.0.get(hp)?, acts.1.get(hp)?);
+    let (p, n) = (acts.0.require(hp)?, acts.1.require(hp)?);
     let m = p.dim(0)?;
     let x = Tensor::cat(&[p, n], 0)?.to_dtype(DType::F64)?; // [2m, d]
     let x = x.broadcast_sub(&x.mean_keepdim(0)?)?; // centred

@@ -487,8 +487,8 @@ pub fn cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 fn layer_pair(pos: &Activations, neg: &Activations, l: usize) -> Result<(Tensor, Tensor)> {
-    let p = pos.get(HookPoint::ResidPost(l))?.clone();
-    let n = neg.get(HookPoint::ResidPost(l))?.clone();
+    let p = pos.require(HookPoint::ResidPost(l))?.clone();
+    let n = neg.require(HookPoint::ResidPost(l))?.clone();
     for (t, which) in [(&p, "positive"), (&n, "negative")] {
         if t.rank() != 2 || t.dim(0)? == 0 {
             return Err(Error::Shape {

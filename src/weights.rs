@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::candle_msg;
 use crate::model::config::Arch;
+use crate::model::LINEARS;
 use crate::{Error, Result};
 
 /// Where weights come from.
@@ -51,20 +52,16 @@ fn gguf_name(hf: &str, arch: Arch) -> String {
             Some((l, rest)) => {
                 let part = match rest {
                     "input_layernorm" => "attn_norm",
-                    "self_attn.q_proj" => "attn_q",
-                    "self_attn.k_proj" => "attn_k",
-                    "self_attn.v_proj" => "attn_v",
-                    "self_attn.o_proj" => "attn_output",
                     "self_attn.q_norm" => "attn_q_norm",
                     "self_attn.k_norm" => "attn_k_norm",
                     "post_attention_layernorm" if arch == Arch::Gemma3 => "post_attention_norm",
                     "post_attention_layernorm" => "ffn_norm",
                     "pre_feedforward_layernorm" => "ffn_norm",
                     "post_feedforward_layernorm" => "post_ffw_norm",
-                    "mlp.gate_proj" => "ffn_gate",
-                    "mlp.up_proj" => "ffn_up",
-                    "mlp.down_proj" => "ffn_down",
-                    other => other,
+                    other => LINEARS
+                        .iter()
+                        .find(|n| n.hf == other)
+                        .map_or(other, |n| n.gguf),
                 };
                 format!("blk.{l}.{part}")
             }

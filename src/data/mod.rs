@@ -118,6 +118,9 @@ pub use split::*;
 
 /// A CAA-style A/B question: `question` holds the question and both choices (`(A) ...`,
 /// `(B) ...`), and the answers are `"(A)"` or `"(B)"`.
+///
+/// The dataset record (text, as read from a file; split and deduplicated as text). [`ab_prompt`]
+/// and [`ab_text_prompt`] render it for one tokenizer and format into an [`AbPrompt`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AbItem {
     /// The question, choices included.

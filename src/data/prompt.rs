@@ -19,6 +19,9 @@ pub enum PromptFormat {
 
 /// An A/B question ready for the model: its ids end with the answer's `(`, so the next token is
 /// the answer letter.
+///
+/// What rendering an [`AbItem`] gave (the text as encoded, the tokens of `A` and `B`, which
+/// letter shows the behaviour); [`crate::eval::AbCase::from`] keeps what scoring reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbPrompt {
     /// The prompt's token ids (BOS included when the model wants one), ending with `(`.

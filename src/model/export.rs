@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Tensor};
 
+use super::layers::{Linear, RmsNorm, Weight};
+use super::names::{Proj, LINEARS};
 use super::{Arch, Model};
 use crate::util::{atomic_write, atomic_write_bytes};
 use crate::{Error, Result};
@@ -19,14 +22,14 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
+/// Writes `model` as a Hugging Face safetensors directory (see [`Model::export_safetensors`]).
 pub(super) fn export(model: &Model, dir: &Path) -> Result<()> {
     let cfg = model.config().clone();
     let mut tensors = model.named_tensors()?;
     for (name, t) in tensors.iter_mut() {
-        if cfg.rope_interleaved && name.ends_with("self_attn.q_proj.weight") {
-            *t = unpermute(t, cfg.n_heads)?;
-        } else if cfg.rope_interleaved && name.ends_with("self_attn.k_proj.weight") {
-            *t = unpermute(t, cfg.n_kv_heads)?;
+        let rotary = Proj::of_weight(name).and_then(|p| p.rotary_heads(&cfg));
+        if let (true, Some(heads)) = (cfg.rope_interleaved, rotary) {
+            *t = unpermute(t, heads)?;
         } else if cfg.arch == Arch::Gemma3 && name.ends_with("norm.weight") {
             *t = (&*t - 1.0)?; // Hugging Face Gemma stores w for (1 + w)
         }
@@ -44,4 +47,79 @@ pub(super) fn export(model: &Model, dir: &Path) -> Result<()> {
         candle_core::safetensors::save(&map, tmp).map_err(Error::from)
     })?;
     atomic_write_bytes(&dir.join("config.json"), json.as_bytes())
+}
+
+impl Model {
+    /// Writes this model as a Hugging Face safetensors directory (config.json + model.safetensors),
+    /// in Hugging Face's weight layout (rotary rows un-permuted, Gemma norms stored as `w` for `1 + w`).
+    pub fn export_safetensors(&self, dir: impl AsRef<Path>) -> Result<()> {
+        export(self, dir.as_ref())
+    }
+
+    /// Every weight as (Hugging Face name, dense f32 tensor in puppetlens's layout).
+    pub(crate) fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let m = self;
+        let dense = |l: &Linear| -> Result<Tensor> {
+            let w = match &l.w {
+                Weight::Dense(w) | Weight::Frozen(w) => w.to_dtype(DType::F32)?,
+                Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(&m.device)?,
+                Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                    t.to_dtype(DType::F32)?
+                }
+            }; // [out, in]
+            match &l.lora {
+                // merged: W + scale * B A
+                Some(lo) => Ok((w
+                    + (lo
+                        .b
+                        .to_dtype(DType::F32)?
+                        .matmul(&lo.a.to_dtype(DType::F32)?)?
+                        * lo.scale)?)?),
+                None => Ok(w),
+            }
+        };
+        let bias = |l: &Linear| l.b.clone();
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            m.embed.to_dtype(DType::F32)?,
+        )];
+        if !m.cfg.tie_embeddings {
+            out.push(("lm_head.weight".into(), dense(&m.unembed)?));
+        }
+        out.push((
+            "model.norm.weight".into(),
+            m.final_norm.w.to_dtype(DType::F32)?,
+        ));
+        for (l, blk) in m.blocks.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let mut lin = |n: &str, x: &Linear| -> Result<()> {
+                out.push((format!("{p}.{n}.weight"), dense(x)?));
+                if let Some(b) = bias(x) {
+                    out.push((format!("{p}.{n}.bias"), b.to_dtype(DType::F32)?));
+                }
+                Ok(())
+            };
+            for n in LINEARS {
+                lin(n.hf, blk.linear(n.proj))?;
+            }
+            let mut norm = |n: &str, x: &RmsNorm| -> Result<()> {
+                out.push((format!("{p}.{n}.weight"), x.w.to_dtype(DType::F32)?));
+                Ok(())
+            };
+            norm("input_layernorm", &blk.attn_norm)?;
+            if let (Some(qn), Some(kn)) = (&blk.attn.q_norm, &blk.attn.k_norm) {
+                norm("self_attn.q_norm", qn)?;
+                norm("self_attn.k_norm", kn)?;
+            }
+            match (&blk.post_attn_norm, &blk.post_mlp_norm) {
+                (Some(pa), Some(pm)) => {
+                    norm("post_attention_layernorm", pa)?;
+                    norm("pre_feedforward_layernorm", &blk.mlp_norm)?;
+                    norm("post_feedforward_layernorm", pm)?;
+                }
+                _ => norm("post_attention_layernorm", &blk.mlp_norm)?,
+            }
+        }
+        Ok(out)
+    }
 }

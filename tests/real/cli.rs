@@ -626,7 +626,7 @@ fn extract_writes_a_store_with_labels() {
         ]
     );
     let x = acts
-        .get(puppetlens::HookPoint::ResidPost(7))
+        .require(puppetlens::HookPoint::ResidPost(7))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(x.dims(), &[12, D_MODEL]);
     let labels: serde_json::Value = serde_json::from_str(
