@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use puppetlens::data::PromptOptions;
+use puppetlens::extract::Site;
 use puppetlens::probe;
-
+use puppetlens::steer::VectorMethod;
 
 /// Mechanistic interpretability on candle: hooked transformers, probes and steering.
 ///
@@ -100,16 +102,6 @@ pub(crate) enum KindArg {
     MeanDiff,
     /// Ridge regression (on +1/-1 labels, or on the `--target` field), L2 chosen on validation R².
     Ridge,
-}
-
-impl From<KindArg> for probe::ProbeKind {
-    fn from(k: KindArg) -> Self {
-        match k {
-            KindArg::Logistic => probe::ProbeKind::Logistic,
-            KindArg::MeanDiff => probe::ProbeKind::DiffOfMeans,
-            KindArg::Ridge => probe::ProbeKind::Ridge,
-        }
-    }
 }
 
 /// How `vector` builds the direction of each layer.
@@ -698,4 +690,51 @@ pub(crate) enum CrosscoderCmd {
         /// A directory written by `crosscoder train`. Example: `runs/cc`
         dir: PathBuf,
     },
+}
+
+// ---------------------------------------------------------------------------------------------
+// From flags to the library's options
+// ---------------------------------------------------------------------------------------------
+
+impl PromptArgs {
+    /// The library's prompt options.
+    pub(crate) fn options(&self) -> PromptOptions {
+        PromptOptions {
+            chat: self.chat,
+            plain: self.plain,
+            text_answers: self.text_answers,
+        }
+    }
+}
+
+impl From<KindArg> for probe::ProbeKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Logistic => probe::ProbeKind::Logistic,
+            KindArg::MeanDiff => probe::ProbeKind::DiffOfMeans,
+            KindArg::Ridge => probe::ProbeKind::Ridge,
+        }
+    }
+}
+
+impl From<SiteArg> for Site {
+    fn from(s: SiteArg) -> Self {
+        match s {
+            SiteArg::Last => Site::Last,
+            SiteArg::Mean => Site::Mean {
+                start: 0,
+                end: None,
+            },
+        }
+    }
+}
+
+impl From<Method> for VectorMethod {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::MeanDiff => VectorMethod::MeanDiff,
+            Method::PcaDiff => VectorMethod::PcaDiff,
+            Method::PcaCenter => VectorMethod::PcaCenter,
+        }
+    }
 }
