@@ -1,12 +1,14 @@
-//! The command line's arguments: clap definitions and their help texts.
+//! The command line's arguments: clap definitions and their help texts, and what the flags
+//! mean to the library (options built from them, errors naming them).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use puppetlens::data::PromptOptions;
 use puppetlens::extract::Site;
 use puppetlens::probe;
 use puppetlens::steer::VectorMethod;
+use puppetlens::{Error, Model, Result, SteeringVector};
 
 /// Mechanistic interpretability on candle: hooked transformers, probes and steering.
 ///
@@ -736,5 +738,86 @@ impl From<Method> for VectorMethod {
             Method::PcaDiff => VectorMethod::PcaDiff,
             Method::PcaCenter => VectorMethod::PcaCenter,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags: errors name the flag
+// ---------------------------------------------------------------------------------------------
+
+/// An `invalid argument` error naming `name` (a flag).
+pub(crate) fn invalid(name: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        name: name.into(),
+        msg: msg.into(),
+    }
+}
+
+/// A library argument error renamed after the flag that gave the argument.
+pub(crate) fn flag(flag: &str) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::InvalidArgument { msg, .. } => invalid(flag, msg),
+        e => e,
+    }
+}
+
+/// The library's layer list (`puppetlens::spec::parse_layers`), its errors naming `flag`.
+pub(crate) fn parse_layers(
+    spec: &str,
+    n_layers: usize,
+    owner: &str,
+    flag: &str,
+) -> Result<Vec<usize>> {
+    puppetlens::spec::parse_layers(spec, n_layers).map_err(|e| match e {
+        Error::InvalidArgument { msg, .. } => invalid(flag, format!("{msg} ({owner})")),
+        e => e,
+    })
+}
+
+/// `--layers` of `model` (all when not given).
+pub(crate) fn layers_of(
+    spec: Option<&str>,
+    model: &Model,
+    name: &str,
+) -> Result<Option<Vec<usize>>> {
+    spec.map(|s| parse_layers(s, model.config().n_layers, name, "--layers"))
+        .transpose()
+}
+
+/// The layer a steering vector is added at in `generate`: `--layer`, or the vector's only one.
+pub(crate) fn steer_layer(
+    v: &SteeringVector,
+    path: &Path,
+    layer: Option<usize>,
+    m: &Model,
+    model: &str,
+) -> Result<usize> {
+    match layer {
+        Some(l) => {
+            parse_layers(&l.to_string(), m.config().n_layers, model, "--layer")?;
+            Ok(l)
+        }
+        None => match v.layers().as_slice() {
+            [only] => Ok(*only),
+            many => Err(invalid(
+                "--layer",
+                format!(
+                    "{} has directions at {} layers ({}-{}); choose one with --layer",
+                    path.display(),
+                    many.len(),
+                    many.first().copied().unwrap_or(0),
+                    many.last().copied().unwrap_or(0)
+                ),
+            )),
+        },
+    }
+}
+
+/// A/B prompt options of `--plain` and `--text-answers`.
+pub(crate) fn ab_prompts(plain: bool, text_answers: bool) -> PromptOptions {
+    PromptOptions {
+        plain,
+        text_answers,
+        ..PromptOptions::default()
     }
 }

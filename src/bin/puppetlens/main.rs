@@ -25,7 +25,7 @@ use std::process::ExitCode;
 
 use candle_core::{DType, Device};
 use clap::Parser;
-use puppetlens::data::{self, Dataset, NumericDataset, PromptOptions};
+use puppetlens::data::{self, Dataset, NumericDataset};
 use puppetlens::dict::{self, CorpusOptions, CrosscoderOptions, DatasetCorpus, DictOptions};
 use puppetlens::diff::DiffOptions;
 use puppetlens::eval::{self, DoseOptions};
@@ -38,74 +38,16 @@ use puppetlens::report::{self, DiffReportOptions};
 use puppetlens::steer::{self, ControlVectorOptions, VectorOptions};
 use puppetlens::train::{self, TrainOptions};
 use puppetlens::{
-    fetch, lens, lora, Error, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Opened,
-    Positions, Result, SteeringVector, Tokenizer,
+    fetch, lens, lora, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Opened, Positions,
+    Result, SteeringVector, Tokenizer,
 };
 
 mod args;
 use args::*;
 
 // ---------------------------------------------------------------------------------------------
-// Flags: errors name the flag
+// Small helpers
 // ---------------------------------------------------------------------------------------------
-
-fn invalid(name: impl Into<String>, msg: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        name: name.into(),
-        msg: msg.into(),
-    }
-}
-
-/// A library argument error renamed after the flag that gave the argument.
-fn flag(flag: &str) -> impl Fn(Error) -> Error + '_ {
-    move |e| match e {
-        Error::InvalidArgument { msg, .. } => invalid(flag, msg),
-        e => e,
-    }
-}
-
-/// The library's layer list (`puppetlens::spec::parse_layers`), its errors naming `flag`.
-fn parse_layers(spec: &str, n_layers: usize, owner: &str, flag: &str) -> Result<Vec<usize>> {
-    puppetlens::spec::parse_layers(spec, n_layers).map_err(|e| match e {
-        Error::InvalidArgument { msg, .. } => invalid(flag, format!("{msg} ({owner})")),
-        e => e,
-    })
-}
-
-/// `--layers` of `model` (all when not given).
-fn layers_of(spec: Option<&str>, model: &Model, name: &str) -> Result<Option<Vec<usize>>> {
-    spec.map(|s| parse_layers(s, model.config().n_layers, name, "--layers"))
-        .transpose()
-}
-
-/// The layer a steering vector is added at in `generate`: `--layer`, or the vector's only one.
-fn steer_layer(
-    v: &SteeringVector,
-    path: &Path,
-    layer: Option<usize>,
-    m: &Model,
-    model: &str,
-) -> Result<usize> {
-    match layer {
-        Some(l) => {
-            parse_layers(&l.to_string(), m.config().n_layers, model, "--layer")?;
-            Ok(l)
-        }
-        None => match v.layers().as_slice() {
-            [only] => Ok(*only),
-            many => Err(invalid(
-                "--layer",
-                format!(
-                    "{} has directions at {} layers ({}-{}); choose one with --layer",
-                    path.display(),
-                    many.len(),
-                    many.first().copied().unwrap_or(0),
-                    many.last().copied().unwrap_or(0)
-                ),
-            )),
-        },
-    }
-}
 
 /// An A/B question file, or an error naming `command`.
 fn load_ab(path: &Path, command: &str) -> Result<Dataset> {
@@ -118,15 +60,6 @@ fn neutral_texts(path: Option<&Path>) -> Result<Vec<String>> {
         .map(data::load_instructions)
         .transpose()?
         .unwrap_or_default())
-}
-
-/// A/B prompt options of `--plain` and `--text-answers`.
-fn ab_prompts(plain: bool, text_answers: bool) -> PromptOptions {
-    PromptOptions {
-        plain,
-        text_answers,
-        ..PromptOptions::default()
-    }
 }
 
 /// `wrote A` per path.
