@@ -298,6 +298,37 @@ impl Localisation {
     }
 }
 
+impl Localisation {
+    /// The per-layer numbers for a terminal, then the best layer.
+    pub fn table(&self) -> String {
+        let opt = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+        let mut t = String::from(
+            "layer      |diff|  cos(diff,beh)  probe base  probe tuned  transfer  P steered base  P \
+             ablated tuned  gap closed  gap removed\n",
+        );
+        for r in &self.rows {
+            t.push_str(&format!(
+                "{:>5}  {:>10.3}  {:>13.3}  {:>10.3}  {:>11.3}  {:>8.3}  {:>14}  {:>15}  {:>10}  {:>11}\n",
+                r.layer,
+                r.diff_norm,
+                r.cos_diff_behaviour,
+                r.probe_acc_base,
+                r.probe_acc_tuned,
+                r.probe_transfer,
+                opt(r.p_steered_base),
+                opt(r.p_ablated_tuned),
+                opt(r.gap_closed),
+                opt(r.gap_removed)
+            ));
+        }
+        match self.best_layer {
+            Some(l) => t.push_str(&format!("best layer (largest gap closed): {l}\n")),
+            None => t.push_str("best layer: none (the behaviour gap is too small to divide by)\n"),
+        }
+        t
+    }
+}
+
 /// CAA prompts: each item with its matching and its other answer letter appended.
 pub fn caa_prompts(cases: &[AbCase]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let with = |c: &AbCase, t: u32| {

@@ -3,6 +3,8 @@
 //!
 //! An [`Intervention`] says what to do to the model (nothing, add a steering vector, ablate a
 //! direction); every metric takes one, so the same call measures base, steered and ablated models.
+//! [`dose_response_dataset`] is the one call from an A/B question file and a steering vector to a
+//! layer x multiplier table ([`DoseReport`]).
 //!
 //! ```no_run
 //! use puppetlens::eval::{ab_summary, AbCase, Intervention};
@@ -14,15 +16,20 @@
 //! # Ok::<(), puppetlens::Error>(())
 //! ```
 
+use std::fmt::Write as _;
+use std::path::Path;
+
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
 
 use crate::batch::Batch;
+use crate::data::{Dataset, PromptOptions, Prompter};
 use crate::generate::GenerateOptions;
 use crate::hook::{HookPoint, Hooks, Positions};
 use crate::model::Model;
 use crate::steer::SteeringVector;
-use crate::util::Progress;
+use crate::tokenize::Tokenizer;
+use crate::util::{atomic_write_bytes, Progress};
 use crate::{Error, Result};
 
 /// One A/B item ready for scoring: the prompt ends right before the answer letter.
@@ -383,6 +390,166 @@ pub fn dose_response(
         }
     }
     Ok(rows)
+}
+
+/// Options of [`dose_response_dataset`].
+#[derive(Debug, Clone)]
+pub struct DoseOptions {
+    /// Layers steered, one at a time (default: every layer of the vector).
+    pub layers: Option<Vec<usize>>,
+    /// Multipliers of the direction (`-2, -1, 0, 1, 2`).
+    pub multipliers: Vec<f64>,
+    /// How the A/B questions become prompts (`chat` is not used).
+    pub prompts: PromptOptions,
+    /// Prompts per forward pass (8).
+    pub batch_size: usize,
+    /// A line on stderr before the sweep (true).
+    pub progress: bool,
+}
+
+impl Default for DoseOptions {
+    fn default() -> Self {
+        Self {
+            layers: None,
+            multipliers: vec![-2.0, -1.0, 0.0, 1.0, 2.0],
+            prompts: PromptOptions::default(),
+            batch_size: 8,
+            progress: true,
+        }
+    }
+}
+
+/// What [`dose_response_dataset`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DoseReport {
+    /// One row per layer x multiplier, layer-major.
+    pub rows: Vec<DoseRow>,
+    /// The layers steered.
+    pub layers: Vec<usize>,
+    /// The multipliers.
+    pub multipliers: Vec<f64>,
+    /// Items scored.
+    pub n_items: usize,
+    /// Which items: `test split` (when the file records a split) or `all items`.
+    pub items: &'static str,
+    /// How the questions were written as prompts.
+    pub prompts: String,
+}
+
+impl DoseReport {
+    /// Mean P(matching) as a layer x multiplier table for a terminal.
+    pub fn table(&self) -> String {
+        let mut t = String::from("layer");
+        for x in &self.multipliers {
+            let _ = write!(t, " {:>8}", format!("x{x}"));
+        }
+        t.push('\n');
+        for &l in &self.layers {
+            let _ = write!(t, "{l:>5}");
+            for &x in &self.multipliers {
+                let p = self
+                    .rows
+                    .iter()
+                    .find(|r| r.layer == l && r.multiplier == x)
+                    .map(|r| r.summary.mean_p)
+                    .unwrap_or(f64::NAN);
+                let _ = write!(t, " {p:>8.3}");
+            }
+            t.push('\n');
+        }
+        t
+    }
+
+    /// The rows as CSV: `layer,multiplier,n,mean_p,mean_logit_diff,rate`.
+    pub fn csv(&self) -> String {
+        let mut csv = String::from("layer,multiplier,n,mean_p,mean_logit_diff,rate\n");
+        for r in &self.rows {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{:.6},{:.6},{:.6}",
+                r.layer,
+                r.multiplier,
+                r.summary.n,
+                r.summary.mean_p,
+                r.summary.mean_logit_diff,
+                r.summary.rate
+            );
+        }
+        csv
+    }
+
+    /// Writes [`csv`](Self::csv) to `path` (atomically, creating its directory).
+    pub fn write_csv(&self, path: impl AsRef<Path>) -> Result<()> {
+        atomic_write_bytes(path.as_ref(), self.csv().as_bytes())
+    }
+}
+
+/// The one call from an A/B question file and a steering vector to a dose-response: mean
+/// P(matching answer) with `multiplier x vector[layer]` added at one layer at a time
+/// ([`dose_response`]), on the test split when the file records one, else on every item.
+/// Errors when `ds` holds no A/B questions, when the vector does not fit the model, or when no
+/// item is left to score.
+///
+/// ```no_run
+/// use puppetlens::data::Dataset;
+/// use puppetlens::eval::{dose_response_dataset, DoseOptions};
+/// use puppetlens::SteeringVector;
+/// let (model, tok) = puppetlens::open("smollm2-135m-instruct", &Default::default())?;
+/// let ds = Dataset::load("probes/sycophancy_ab.jsonl", "harmful")?;
+/// let v = SteeringVector::load("syco.safetensors")?;
+/// let opts = DoseOptions { layers: Some(vec![8, 12]), ..Default::default() };
+/// let dose = dose_response_dataset(&model, &tok, &ds, &v, &opts)?;
+/// print!("{}", dose.table());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn dose_response_dataset(
+    model: &Model,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    vector: &SteeringVector,
+    opts: &DoseOptions,
+) -> Result<DoseReport> {
+    let all = ds.ab_items("dose_response_dataset")?;
+    vector.check(model)?;
+    let layers = opts.layers.clone().unwrap_or_else(|| vector.layers());
+    let (items, which) = if ds.tags.is_some() {
+        (ds.split(all, |it| it.matching.clone())?.test, "test split")
+    } else {
+        (all.to_vec(), "all items")
+    };
+    if items.is_empty() {
+        return Err(Error::config(
+            &ds.path,
+            "split",
+            "the test part is empty: no items to evaluate",
+        ));
+    }
+    let pr = Prompter::new(tok, &opts.prompts);
+    let cases = pr.cases(&items)?;
+    if opts.progress {
+        eprintln!(
+            "steer: {} layers x {} multipliers on {} items",
+            layers.len(),
+            opts.multipliers.len(),
+            cases.len()
+        );
+    }
+    let rows = dose_response(
+        model,
+        &cases,
+        vector,
+        &layers,
+        &opts.multipliers,
+        opts.batch_size,
+    )?;
+    Ok(DoseReport {
+        rows,
+        layers,
+        multipliers: opts.multipliers.clone(),
+        n_items: cases.len(),
+        items: which,
+        prompts: pr.note(&ds.records),
+    })
 }
 
 /// Mean per-token KL(unsteered || steered), in nats, over every real token of `prompts`: the side

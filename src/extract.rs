@@ -6,6 +6,7 @@
 //! the same to safetensors shards (TransformerLens keys such as `blocks.3.hook_resid_post`, metadata in
 //! each header and in `store.json`), so memory does not grow with the dataset; an interrupted run
 //! resumes from the last complete shard. Shards open in Python with `safetensors.safe_open`.
+//! [`extract_dataset`] is the one call from a dataset file to such a store, with each row's label.
 //!
 //! ```no_run
 //! use puppetlens::extract::{extract, ExtractOptions, Site};
@@ -26,8 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::batch::Batch;
 pub(crate) use crate::cache::write_safetensors;
 use crate::cache::ActivationCache;
+use crate::data::{Dataset, PromptOptions, Prompter, Records, SplitPart};
 use crate::hook::{Hook, HookCtx, HookPoint, Hooks};
 use crate::model::Model;
+use crate::tokenize::Tokenizer;
 use crate::util::{atomic_write_bytes, Progress};
 use crate::{Error, Result};
 
@@ -387,6 +390,86 @@ fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
             field: "(file)".into(),
             msg: format!("not a store manifest: {e}"),
         })
+}
+
+/// Options of [`extract_dataset`].
+#[derive(Debug, Clone, Default)]
+pub struct DatasetStoreOptions {
+    /// Points, site, batch and shard sizes, progress; no points means every `hook_resid_post`
+    /// of the model.
+    pub extract: ExtractOptions,
+    /// How the records become prompts.
+    pub prompts: PromptOptions,
+    /// The model's name, recorded in `store.json`.
+    pub model: String,
+}
+
+/// The one call from a dataset file to an activation store: every record of `ds` written as
+/// prompts ([`Prompter::labeled`]: statements in file order; pairs: all positives, then all
+/// negatives; A/B questions: all CAA prompts with the matching letter, then all with the other),
+/// streamed into `dir` by [`extract_to_dir`] (an interrupted run resumes), with `labels.json`
+/// holding the row layout, each row's label and, when the file records one, each row's split.
+/// Returns the store's manifest.
+///
+/// ```no_run
+/// use puppetlens::data::Dataset;
+/// use puppetlens::extract::{extract_dataset, DatasetStoreOptions};
+/// let (model, tok) = puppetlens::open("smollm2-135m-instruct", &Default::default())?;
+/// let ds = Dataset::load("probes/true_false.csv", "harmful")?;
+/// let manifest = extract_dataset(&model, &tok, &ds, &DatasetStoreOptions::default(), "acts/true_false")?;
+/// println!("{} prompts, {} shards", manifest.n_prompts, manifest.shards.len());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn extract_dataset(
+    model: &Model,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    opts: &DatasetStoreOptions,
+    dir: impl AsRef<Path>,
+) -> Result<Manifest> {
+    let dir = dir.as_ref();
+    let pr = Prompter::new(tok, &opts.prompts);
+    let rows = pr.labeled(&ds.records)?;
+    // The split of each row (pairs and A/B questions give two rows per record, in two halves).
+    let tags: Option<Vec<SplitPart>> = ds.tags.as_ref().map(|t| match ds.records {
+        Records::Labeled(_) => t.clone(),
+        _ => t.iter().chain(t.iter()).copied().collect(),
+    });
+    let mut eopts = opts.extract.clone();
+    if eopts.points.is_empty() {
+        eopts.points = ExtractOptions::resid_post(model, eopts.site.clone()).points;
+    }
+    let n = ds.records.len();
+    let layout = match ds.records {
+        Records::Labeled(_) => "rows in file order".to_string(),
+        Records::Pairs(_) => format!(
+            "rows 0..{n}: positives, rows {n}..{}: negatives, in file order",
+            2 * n
+        ),
+        Records::Ab(_) => format!(
+            "rows 0..{n}: CAA prompts with the matching letter, rows {n}..{}: with the other \
+             letter, in file order",
+            2 * n
+        ),
+    };
+    let meta = StoreMeta {
+        model: opts.model.clone(),
+        dataset: ds.path.display().to_string(),
+        notes: format!("{}; {layout}; labels in labels.json", pr.note(&ds.records)),
+    };
+    let prompts: Vec<Vec<u32>> = rows.iter().map(|(p, _)| p.clone()).collect();
+    let manifest = extract_to_dir(model, &prompts, &eopts, dir, &meta)?;
+    let labels = serde_json::json!({
+        "layout": layout,
+        "labels": rows.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+        "split": tags,
+    });
+    let text = serde_json::to_string_pretty(&labels).map_err(|e| Error::InvalidArgument {
+        name: "labels".into(),
+        msg: e.to_string(),
+    })?;
+    atomic_write_bytes(&dir.join("labels.json"), text.as_bytes())?;
+    Ok(manifest)
 }
 
 /// Reads a finished (or partial) store: per point, all shards concatenated.

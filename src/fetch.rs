@@ -160,6 +160,28 @@ pub fn fetch(name: &str) -> Result<PathBuf> {
     fetch_model(known(name)?)
 }
 
+/// The names of every known model, then of every known dataset ([`KNOWN`], [`KNOWN_DATA`]).
+pub fn known_names() -> Vec<&'static str> {
+    KNOWN.iter().chain(KNOWN_DATA).map(|m| m.name).collect()
+}
+
+/// Fetches `name`, a known dataset ([`fetch_data`]) or else a known model ([`fetch`]), unless it
+/// is already cached; returns its path.
+///
+/// ```no_run
+/// for name in puppetlens::fetch::known_names() {
+///     println!("{name}\t{}", puppetlens::fetch::fetch_any(name)?.display());
+/// }
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn fetch_any(name: &str) -> Result<PathBuf> {
+    if KNOWN_DATA.iter().any(|m| m.name == name) {
+        fetch_data(name)
+    } else {
+        fetch(name)
+    }
+}
+
 /// Fetches `m` unless it is already cached; returns its path.
 pub fn fetch_model(m: &KnownModel) -> Result<PathBuf> {
     fetch_to(m, model_path(m))

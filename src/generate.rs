@@ -3,7 +3,8 @@
 //! Hooks see the prompt at prefill (`offset == 0`) and then one new column per step; an
 //! [`AddVector`](crate::AddVector) with [`Positions::From`](crate::Positions::From)`(prompt_len)` steers
 //! only generated tokens. Without the cache (`kv_cache: false`) every step recomputes the whole
-//! sequence; both give the same tokens.
+//! sequence; both give the same tokens. [`Model::generate_text`] goes from a prompt's text to its
+//! continuation's text.
 //!
 //! ```no_run
 //! use puppetlens::{GenerateOptions, Hooks, LoadOptions, Model};
@@ -17,8 +18,10 @@ use candle_core::DType;
 use rand::{Rng, SeedableRng};
 
 use crate::batch::Batch;
+use crate::data::{text_prompt, PromptFormat};
 use crate::hook::Hooks;
 use crate::model::{KvCache, Model, Output};
+use crate::tokenize::Tokenizer;
 use crate::{Error, Result};
 
 /// How to generate.
@@ -74,7 +77,52 @@ impl GenerateOptions {
     }
 }
 
+/// Options of [`Model::generate_text`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TextOptions {
+    /// Write the prompt as the user turn of the chat template (assistant turn opened) rather
+    /// than as it is.
+    pub chat: bool,
+    /// Length, sampling and seed; the tokenizer's EOS is added to `stop_tokens`.
+    pub generate: GenerateOptions,
+}
+
 impl Model {
+    /// The one call from a prompt's text to its continuation's text: the prompt written as it is
+    /// or as a chat turn ([`text_prompt`]), [`generate`](Self::generate) with `hooks` (steering,
+    /// say) until a stop token or the EOS, the text decoded without the stop tokens at its end.
+    ///
+    /// ```no_run
+    /// use puppetlens::generate::TextOptions;
+    /// use puppetlens::{GenerateOptions, Hooks};
+    /// let (model, tok) = puppetlens::open("smollm2-135m-instruct", &Default::default())?;
+    /// let opts = TextOptions { chat: true, generate: GenerateOptions::greedy(48) };
+    /// println!("{}", model.generate_text(&tok, "What is the capital of France?", &opts, &mut Hooks::new())?);
+    /// # Ok::<(), puppetlens::Error>(())
+    /// ```
+    pub fn generate_text(
+        &self,
+        tok: &Tokenizer,
+        prompt: &str,
+        opts: &TextOptions,
+        hooks: &mut Hooks,
+    ) -> Result<String> {
+        let format = if opts.chat {
+            PromptFormat::Chat { system: None }
+        } else {
+            PromptFormat::Plain
+        };
+        let ids = text_prompt(tok, prompt, &format)?;
+        let mut gopts = opts.generate.clone();
+        gopts.stop_tokens.extend(tok.eos_id());
+        let out = self.generate(&[ids], &gopts, hooks)?;
+        let mut new = out.into_iter().next().unwrap_or_default();
+        while new.last().is_some_and(|t| gopts.stop_tokens.contains(t)) {
+            new.pop();
+        }
+        tok.decode(&new)
+    }
+
     /// Generates a continuation of each prompt; returns only the new tokens of each row.
     pub fn generate<P: AsRef<[u32]>>(
         &self,

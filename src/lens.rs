@@ -376,6 +376,24 @@ impl Attribution {
             .fold(0.0, f32::max)
     }
 
+    /// The `n` block parts (`attn {l}`, `mlp {l}`) of largest magnitude, largest first.
+    pub fn largest_parts(&self, n: usize) -> Vec<(String, f32)> {
+        let mut parts: Vec<(String, f32)> = (0..self.attn.len())
+            .flat_map(|l| {
+                [
+                    (format!("attn {l}"), self.attn[l]),
+                    (
+                        format!("mlp {l}"),
+                        self.mlp.get(l).copied().unwrap_or(f32::NAN),
+                    ),
+                ]
+            })
+            .collect();
+        parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        parts.truncate(n);
+        parts
+    }
+
     /// Writes `component,layer,head,logit_diff` rows (embed, attn, mlp, head, total) to `path`,
     /// atomically.
     pub fn write_csv(&self, path: impl AsRef<Path>) -> Result<()> {

@@ -79,7 +79,7 @@ pub use hook::{
     ProjectOut, Zero,
 };
 pub use model::{Config, KvCache, LoadOptions, Model};
-pub use open::{open, organism_dir, ORGANISMS};
+pub use open::{describe, open, open_pair, organism_dir, Opened, ORGANISMS};
 pub use spec::parse_device;
 pub use steer::SteeringVector;
 pub use tokenize::{ChatMessage, Tokenizer};

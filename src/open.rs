@@ -1,4 +1,5 @@
-//! Opening a model by name: registry checkpoints, organisms, adapters and paths.
+//! Opening a model by name: registry checkpoints, organisms, adapters and paths; a base model
+//! with its tuned sibling ([`open_pair`]); a model described for a terminal ([`describe`]).
 
 use std::path::{Path, PathBuf};
 
@@ -152,6 +153,64 @@ pub fn open(spec: &str, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
         None => model,
     };
     Ok((model, tok))
+}
+
+/// A model and its tokenizer, as [`open`] and [`open_pair`] return them.
+pub type Opened = (Model, Tokenizer);
+
+/// Opens a base model and its tuned sibling ([`open`] each, in that order); errors (argument
+/// `tuned`) unless their vocabularies have the same size, the sign that they share a tokenizer.
+///
+/// ```no_run
+/// let ((base, tok), (tuned, _)) = puppetlens::open_pair("gemma-3-270m", "sycophant", &Default::default())?;
+/// assert_eq!(base.config().d_model, tuned.config().d_model);
+/// # let _ = tok;
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn open_pair(base: &str, tuned: &str, opts: &LoadOptions) -> Result<(Opened, Opened)> {
+    let (bm, btok) = open(base, opts)?;
+    let (tm, ttok) = open(tuned, opts)?;
+    if btok.vocab_size() != ttok.vocab_size() {
+        return Err(Error::InvalidArgument {
+            name: "tuned".into(),
+            msg: format!(
+                "`{tuned}` has a vocabulary of {} tokens but `{base}` has {}: not a tuned \
+                 sibling (the two models must share a tokenizer)",
+                ttok.vocab_size(),
+                btok.vocab_size()
+            ),
+        });
+    }
+    Ok(((bm, btok), (tm, ttok)))
+}
+
+/// A model described for a terminal: its configuration, its tokenizer (vocabulary, BOS, EOS,
+/// chat template) and every hook point with its shape, one per line.
+///
+/// ```no_run
+/// let (model, tok) = puppetlens::open("smollm2-135m-instruct", &Default::default())?;
+/// print!("{}", puppetlens::describe(&model, &tok));
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn describe(model: &Model, tok: &Tokenizer) -> String {
+    let mut s = format!("{:#?}\n", model.config());
+    s.push_str(&format!(
+        "tokenizer: vocab {}, bos {:?}, eos {:?}, adds bos {}, chat template {}\n",
+        tok.vocab_size(),
+        tok.bos_token(),
+        tok.eos_token(),
+        tok.adds_bos(),
+        tok.chat_template().is_some()
+    ));
+    s.push_str(&format!("hook points ({}):\n", model.hook_points().len()));
+    for p in model.hook_points() {
+        s.push_str(&format!(
+            "  {:<36} [{}]\n",
+            p.to_string(),
+            model.hook_shape(p).join(", ")
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! projection of both models' activations on their top two principal components at the best layer.
 //! [`write_figures`] draws the five figures of a set of pairs (PNG and SVG each):
 //! `probe_accuracy`, `diff_by_layer`, `steering_dose_response`, `gap_closed`, `pca_best_layer`.
+//! [`diff_report`] is the one call from an A/B question file to a pair's localisation (and, when
+//! asked, its pair report), written to a directory.
 //!
 //! ```no_run
 //! use puppetlens::diff::AbSplits;
@@ -26,12 +28,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-use crate::diff::{localise_many, AbSplits, DiffOptions, Localisation};
+use crate::data::{Dataset, PromptOptions, Prompter};
+use crate::diff::{localise, localise_many, AbSplits, DiffOptions, Localisation};
 use crate::eval::{dose_response, DoseRow};
 use crate::extract::Activations;
 use crate::hook::HookPoint;
 use crate::model::Model;
 use crate::plot::{LineChart, LineGrid, ScatterChart, ScatterPanel, Series};
+use crate::tokenize::Tokenizer;
+use crate::util::atomic_write_bytes;
 use crate::{Error, Result};
 
 /// Options of [`pair_report`].
@@ -84,6 +89,138 @@ pub struct PairReport {
     pub dose: Vec<DoseRow>,
     /// Activations at the best layer on the top two components.
     pub pca: Option<PcaView>,
+}
+
+/// Options of [`diff_report`].
+#[derive(Debug, Clone)]
+pub struct DiffReportOptions {
+    /// Localisation options (layers steered and ablated, scale, batch size, probes, progress).
+    pub diff: DiffOptions,
+    /// How the A/B questions and the neutral texts become prompts (built with the base model's
+    /// tokenizer; both models read the same ids).
+    pub prompts: PromptOptions,
+    /// Also run the dose-response and the PCA view ([`pair_report`]) and write
+    /// `pair_report.json`; [`DiffReport::write_figures`] then draws the report's figures.
+    pub pair_report: bool,
+    /// The base and the tuned model's names, for the report.
+    pub names: [String; 2],
+}
+
+impl Default for DiffReportOptions {
+    fn default() -> Self {
+        Self {
+            diff: DiffOptions::default(),
+            prompts: PromptOptions::default(),
+            pair_report: false,
+            names: ["base".into(), "tuned".into()],
+        }
+    }
+}
+
+/// What [`diff_report`] measured and wrote.
+#[derive(Debug, Clone)]
+pub struct DiffReport {
+    /// The per-layer localisation, with its provenance in `meta`.
+    pub localisation: Localisation,
+    /// The whole pair report, when asked for.
+    pub pair: Option<PairReport>,
+    /// The files written: `localisation.json`, `localisation.csv` (and `pair_report.json`).
+    pub files: Vec<PathBuf>,
+}
+
+impl DiffReport {
+    /// Draws the pair report's figures into `dir` ([`write_figures`]); none without a pair
+    /// report.
+    pub fn write_figures(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+        match &self.pair {
+            Some(p) => write_figures(std::slice::from_ref(p), dir),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The one call from an A/B question file to a (base, tuned) pair's localisation: the items
+/// split as the file records or 60/20/20 stratified, written as prompts with `tok` (the base
+/// model's tokenizer; both models read the same ids), `neutral` texts as prompts for the
+/// off-task difference, then [`crate::diff::localise`] (or, with `opts.pair_report`,
+/// [`pair_report`]). Writes `localisation.json` and `localisation.csv` (and `pair_report.json`)
+/// into `dir`.
+///
+/// ```no_run
+/// use puppetlens::data::Dataset;
+/// use puppetlens::report::{diff_report, DiffReportOptions};
+/// let ((base, tok), (tuned, _)) = puppetlens::open_pair("gemma-3-270m", "sycophant", &Default::default())?;
+/// let ds = Dataset::load("probes/sycophancy_ab.jsonl", "harmful")?;
+/// let rep = diff_report(&base, &tuned, &tok, &ds, &[], &DiffReportOptions::default(), "runs/diff")?;
+/// print!("{}", rep.localisation.table());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn diff_report(
+    base: &Model,
+    tuned: &Model,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    neutral: &[String],
+    opts: &DiffReportOptions,
+    dir: impl AsRef<Path>,
+) -> Result<DiffReport> {
+    let dir = dir.as_ref();
+    let items = ds.ab_items("diff_report")?;
+    let parts = ds.split(items, |it| it.matching.clone())?;
+    let pr = Prompter::new(tok, &opts.prompts);
+    let data = AbSplits {
+        train: pr.cases(&parts.train)?,
+        val: pr.cases(&parts.val)?,
+        test: pr.cases(&parts.test)?,
+    };
+    let neutral: Vec<Vec<u32>> = neutral.iter().map(|t| pr.text(t)).collect::<Result<_>>()?;
+    let [base_name, tuned_name] = &opts.names;
+    let mut pair = if opts.pair_report {
+        Some(pair_report(
+            base,
+            tuned,
+            (base_name, tuned_name),
+            &ds.name(),
+            &data,
+            &neutral,
+            &PairOptions {
+                diff: opts.diff.clone(),
+                ..PairOptions::default()
+            },
+        )?)
+    } else {
+        None
+    };
+    let mut loc = match &pair {
+        Some(p) => p.localisation.clone(),
+        None => localise(base, tuned, &data, &neutral, &opts.diff)?,
+    };
+    for (k, v) in [
+        ("base", base_name.clone()),
+        ("tuned", tuned_name.clone()),
+        ("dataset", ds.path.display().to_string()),
+        ("prompts", pr.note(&ds.records)),
+        ("split", ds.split_note().to_string()),
+    ] {
+        loc.meta.insert(k.into(), v);
+    }
+    loc.write(dir)?;
+    let mut files = vec![dir.join("localisation.json"), dir.join("localisation.csv")];
+    if let Some(p) = &mut pair {
+        p.localisation.meta = loc.meta.clone();
+        let path = dir.join("pair_report.json");
+        let json = serde_json::to_string_pretty(p).map_err(|e| Error::InvalidArgument {
+            name: "json".into(),
+            msg: e.to_string(),
+        })?;
+        atomic_write_bytes(&path, json.as_bytes())?;
+        files.push(path);
+    }
+    Ok(DiffReport {
+        localisation: loc,
+        pair,
+        files,
+    })
 }
 
 /// Runs the search on one pair (see the [module docs](self)).

@@ -1,4 +1,5 @@
-//! Text forms of what a command line names: a device, a list of layers, a list of multipliers.
+//! Text forms of what a command line names: a device, a list of layers, a list of multipliers, a
+//! list of subspace ranks.
 //! The CLI and the examples parse their flags with these, so a crate user's own tool reads the
 //! same forms and gets the same errors.
 //!
@@ -118,6 +119,26 @@ pub fn parse_multipliers(spec: &str) -> Result<Vec<f64>> {
                         ),
                     )
                 })
+        })
+        .collect()
+}
+
+/// Comma-separated subspace dimensions (`1,2,4,8`). Errors (argument `ranks`) name the item.
+///
+/// ```
+/// assert_eq!(puppetlens::spec::parse_ranks("1, 2,8")?, vec![1, 2, 8]);
+/// assert!(puppetlens::spec::parse_ranks("1,x").is_err());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn parse_ranks(spec: &str) -> Result<Vec<usize>> {
+    spec.split(',')
+        .map(|k| {
+            k.trim().parse::<usize>().map_err(|_| {
+                invalid(
+                    "ranks",
+                    format!("`{k}` is not a subspace dimension (1, 2, ...)"),
+                )
+            })
         })
         .collect()
 }

@@ -7,7 +7,9 @@
 //!
 //! Methods: [`SteeringVector::mean_diff`] (CAA: difference of class means),
 //! [`SteeringVector::pca_diff`] and [`SteeringVector::pca_center`] (repeng's top principal component of
-//! paired differences / of pair-centred activations).
+//! paired differences / of pair-centred activations). [`train_vector`] is the one call from a
+//! contrast dataset file to a vector; [`SteeringVector::export_control_vector`] writes one for
+//! llama.cpp.
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -28,9 +30,11 @@ use std::path::Path;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::extract::{write_safetensors, Activations};
+use crate::data::{Dataset, PromptOptions, Prompter};
+use crate::extract::{extract, write_safetensors, Activations, ExtractOptions, Site};
 use crate::hook::{AddVector, HookPoint, Hooks, Positions, ProjectOut};
 use crate::model::Model;
+use crate::tokenize::Tokenizer;
 use crate::{Error, Result};
 
 /// Per-layer directions (`[d_model]` f32 on the CPU) with provenance.
@@ -459,6 +463,244 @@ impl SteeringVector {
             directions: d,
             ..self.clone()
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// From a dataset file, and to llama.cpp
+
+/// How [`train_vector`] builds the direction of each layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VectorMethod {
+    /// Difference of class means (CAA): [`SteeringVector::mean_diff`].
+    #[default]
+    MeanDiff,
+    /// Top principal component of the paired differences: [`SteeringVector::pca_diff`] (needs
+    /// pairs of equal counts).
+    PcaDiff,
+    /// Top principal component of pair-centred activations: [`SteeringVector::pca_center`]
+    /// (needs pairs of equal counts).
+    PcaCenter,
+}
+
+/// Options of [`train_vector`].
+#[derive(Debug, Clone)]
+pub struct VectorOptions {
+    /// How each layer's direction is built (difference of means).
+    pub method: VectorMethod,
+    /// How the records become prompts.
+    pub prompts: PromptOptions,
+    /// Prompts per forward pass (8).
+    pub batch_size: usize,
+    /// Progress on stderr (true).
+    pub progress: bool,
+    /// The model's name, kept in the vector's provenance.
+    pub model: String,
+}
+
+impl Default for VectorOptions {
+    fn default() -> Self {
+        Self {
+            method: VectorMethod::MeanDiff,
+            prompts: PromptOptions::default(),
+            batch_size: 8,
+            progress: true,
+            model: String::new(),
+        }
+    }
+}
+
+/// A steering vector built by [`train_vector`], with what it was built from.
+#[derive(Debug, Clone)]
+pub struct TrainedVector {
+    /// The vector (provenance in its `meta`).
+    pub vector: SteeringVector,
+    /// Prompts on the positive (true) side.
+    pub n_positive: usize,
+    /// Prompts on the negative (false) side.
+    pub n_negative: usize,
+    /// Which records: `train split` (when the file records a split) or `all records`.
+    pub records: &'static str,
+}
+
+impl TrainedVector {
+    /// One line for a terminal: method, prompts, layers, width and the range of the norms.
+    pub fn summary(&self) -> Result<String> {
+        let v = &self.vector;
+        let (lo, hi) = v
+            .norms()?
+            .values()
+            .fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        Ok(format!(
+            "{} ({} vs {} prompts; {}), {} layers of width {}, norms {lo:.3}..{hi:.3}",
+            v.method,
+            self.n_positive,
+            self.n_negative,
+            self.records,
+            v.layers().len(),
+            v.d_model()
+        ))
+    }
+}
+
+/// The one call from a contrast dataset to a steering vector (repeng's `ControlVector.train`):
+/// one direction per layer from the last token's `hook_resid_post` of each prompt, positives
+/// against negatives ([`Prompter::contrast`]: pairs: positive vs negative; A/B questions: CAA
+/// prompts with the matching vs the other letter; labeled statements: true vs false), on the
+/// training split when the file records one, else on every record. Errors when a side is empty.
+///
+/// ```no_run
+/// use puppetlens::data::Dataset;
+/// use puppetlens::steer::{train_vector, VectorOptions};
+/// let (model, tok) = puppetlens::open("smollm2-135m-instruct", &Default::default())?;
+/// let ds = Dataset::load("probes/persona_stage_actor.jsonl", "harmful")?;
+/// let trained = train_vector(&model, &tok, &ds, &VectorOptions::default())?;
+/// trained.vector.save("persona.safetensors")?;
+/// println!("{}", trained.summary()?);
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn train_vector(
+    model: &Model,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    opts: &VectorOptions,
+) -> Result<TrainedVector> {
+    let train;
+    let (records, which) = if ds.tags.is_some() {
+        [(_, train), _, _] = ds.split_records()?;
+        (&train, "train split")
+    } else {
+        (&ds.records, "all records")
+    };
+    let n_layers = model.config().n_layers;
+    let pr = Prompter::new(tok, &opts.prompts);
+    let (pos, neg) = pr.contrast(records)?;
+    for (side, v) in [("positive (true)", &pos), ("negative (false)", &neg)] {
+        if v.is_empty() {
+            return Err(Error::config(
+                &ds.path,
+                "(whole file)",
+                format!("no {side} examples in the {which}: a vector needs both sides"),
+            ));
+        }
+    }
+    let eopts = ExtractOptions {
+        batch_size: opts.batch_size,
+        progress: opts.progress,
+        ..ExtractOptions::resid_post(model, Site::Last)
+    };
+    let p = extract(model, &pos, &eopts)?;
+    let n = extract(model, &neg, &eopts)?;
+    let vector = match opts.method {
+        VectorMethod::MeanDiff => SteeringVector::mean_diff(&p, &n, n_layers)?,
+        VectorMethod::PcaDiff => SteeringVector::pca_diff(&p, &n, n_layers)?,
+        VectorMethod::PcaCenter => SteeringVector::pca_center(&p, &n, n_layers)?,
+    }
+    .with_meta("model", opts.model.as_str())
+    .with_meta("dataset", ds.path.display().to_string())
+    .with_meta("records", format!("{} ({which})", ds.records.kind()))
+    .with_meta("prompts", pr.note(&ds.records))
+    .with_meta("site", "last token, blocks.L.hook_resid_post")
+    .with_meta("n_positive", pos.len().to_string())
+    .with_meta("n_negative", neg.len().to_string());
+    Ok(TrainedVector {
+        vector,
+        n_positive: pos.len(),
+        n_negative: neg.len(),
+        records: which,
+    })
+}
+
+/// Options of [`SteeringVector::export_control_vector`].
+#[derive(Debug, Clone)]
+pub struct ControlVectorOptions {
+    /// The architecture hint stored in the file (`controlvector.model_hint`; `llama`).
+    pub model_hint: String,
+    /// Only these layers of the vector (default: all).
+    pub layers: Option<Vec<usize>>,
+    /// How messages name the vector (its file, say; `the vector`).
+    pub source: String,
+}
+
+impl Default for ControlVectorOptions {
+    fn default() -> Self {
+        Self {
+            model_hint: "llama".into(),
+            layers: None,
+            source: "the vector".into(),
+        }
+    }
+}
+
+/// What [`SteeringVector::export_control_vector`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlVectorExport {
+    /// The layers written (`direction.N`), in order.
+    pub layers: Vec<usize>,
+    /// Whether a direction at layer 0 was left out (llama.cpp cannot steer block 0).
+    pub dropped_layer0: bool,
+    /// The architecture hint stored.
+    pub model_hint: String,
+}
+
+impl ControlVectorExport {
+    /// One line for a terminal: the hint, the directions written and the one left out.
+    pub fn summary(&self) -> String {
+        format!(
+            "control vector for `{}`, {} directions (layers {}-{}){}",
+            self.model_hint,
+            self.layers.len(),
+            self.layers.first().copied().unwrap_or(0),
+            self.layers.last().copied().unwrap_or(0),
+            if self.dropped_layer0 {
+                "; left out direction.0 (llama.cpp cannot steer block 0)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+impl SteeringVector {
+    /// Writes the layers `opts.layers` names as a llama.cpp control vector
+    /// ([`to_control_vector_gguf`](Self::to_control_vector_gguf)), less a direction at layer 0,
+    /// which llama.cpp cannot steer: it is left out and reported. A vector with only that one is
+    /// an error (argument `vector`, naming `opts.source`).
+    ///
+    /// ```no_run
+    /// use puppetlens::steer::ControlVectorOptions;
+    /// let v = puppetlens::SteeringVector::load("persona.safetensors")?;
+    /// let opts = ControlVectorOptions { layers: Some((8..=16).collect()), ..Default::default() };
+    /// println!("{}", v.export_control_vector("persona.gguf", &opts)?.summary());
+    /// # Ok::<(), puppetlens::Error>(())
+    /// ```
+    pub fn export_control_vector(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &ControlVectorOptions,
+    ) -> Result<ControlVectorExport> {
+        let v = match &opts.layers {
+            Some(layers) => self.only(layers)?,
+            None => self.clone(),
+        };
+        let keep: Vec<usize> = v.layers().into_iter().filter(|&l| l != 0).collect();
+        if keep.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: "vector".into(),
+                msg: format!(
+                    "{} has a direction at layer 0 only, which llama.cpp control vectors cannot steer",
+                    opts.source
+                ),
+            });
+        }
+        let dropped = v.get(0).is_some();
+        let v = if dropped { v.only(&keep)? } else { v };
+        v.to_control_vector_gguf(path, &opts.model_hint)?;
+        Ok(ControlVectorExport {
+            layers: keep,
+            dropped_layer0: dropped,
+            model_hint: opts.model_hint.clone(),
+        })
     }
 }
 

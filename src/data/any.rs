@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{
-    config_err, load_ab_json, load_labeled_csv, load_labeled_instructions, load_pairs_jsonl,
-    load_split_tags, split_stratified, AbItem, Labeled, Pair, Split, SplitPart,
+    config_err, load_ab_json, load_labeled_csv, load_labeled_instructions, load_numeric,
+    load_pairs_jsonl, load_split_tags, split, split_stratified, AbItem, Labeled, Pair, Scored,
+    Split, SplitPart,
 };
 use crate::{Error, Result};
 
@@ -169,15 +170,18 @@ impl Dataset {
     /// Loads an A/B question file, or says (naming `command`, what needs them) that the file
     /// holds something else.
     pub fn load_ab(path: impl AsRef<Path>, command: &str) -> Result<(Dataset, Vec<AbItem>)> {
-        let path = path.as_ref();
         let ds = Dataset::load(path, "harmful")?;
-        match &ds.records {
-            Records::Ab(items) => {
-                let items = items.clone();
-                Ok((ds, items))
-            }
+        let items = ds.ab_items(command)?.to_vec();
+        Ok((ds, items))
+    }
+
+    /// The A/B questions of the file, or says (naming `command`, what needs them) that it holds
+    /// something else.
+    pub fn ab_items(&self, command: &str) -> Result<&[AbItem]> {
+        match &self.records {
+            Records::Ab(items) => Ok(items),
             other => Err(config_err(
-                path,
+                &self.path,
                 "(whole file)",
                 format!(
                     "holds {}; `{command}` needs A/B questions (`question`, \
@@ -258,6 +262,53 @@ impl Dataset {
             Records::Labeled(v) => parts(self.split(v, |l| l.label)?, Records::Labeled),
             Records::Pairs(v) => parts(self.split(v, |_| 0u8)?, Records::Pairs),
             Records::Ab(v) => parts(self.split(v, |it| it.matching.clone())?, Records::Ab),
+        })
+    }
+}
+
+/// A file of texts with a numeric target ([`load_numeric`]), split into train, val and test.
+#[derive(Debug, Clone)]
+pub struct NumericDataset {
+    /// The file read.
+    pub path: PathBuf,
+    /// The target's field (JSON) or column (CSV).
+    pub field: String,
+    /// The items, split as the file records (a `split` field or column) or 60/20/20 with seed 0.
+    pub parts: Split<Scored>,
+    /// How the split was made, for reports.
+    pub split_note: &'static str,
+}
+
+impl NumericDataset {
+    /// Loads the texts and `field` of `path` ([`load_numeric`]) and splits them: as recorded when
+    /// the first record (or the CSV header) has a `split`, else 60/20/20 with seed 0 ([`split`]).
+    ///
+    /// ```no_run
+    /// let ds = puppetlens::data::NumericDataset::load("probes/numbers.jsonl", "value")?;
+    /// println!("{} training items ({})", ds.parts.train.len(), ds.split_note);
+    /// # Ok::<(), puppetlens::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>, field: &str) -> Result<NumericDataset> {
+        let path = path.as_ref();
+        let items = load_numeric(path, field)?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let has_split =
+            first.contains("\"split\"") || first.split(',').any(|h| h.trim() == "split");
+        let (parts, split_note) = if has_split {
+            let tags = load_split_tags(path)?;
+            (
+                Split::from_tags(items, &tags)?,
+                "split as recorded in the file",
+            )
+        } else {
+            (split(&items, (0.6, 0.2, 0.2), 0)?, "split 60/20/20, seed 0")
+        };
+        Ok(NumericDataset {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            parts,
+            split_note,
         })
     }
 }

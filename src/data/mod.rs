@@ -36,7 +36,9 @@
 //! template for the question as the user turn with the assistant turn opened, then appends `"("` as
 //! the start of the assistant's reply. [`text_prompt`] does the same for a statement or an
 //! instruction. Either way the BOS token is put in front when the model wants one and the text
-//! does not already start with it, and no EOS is ever appended.
+//! does not already start with it, and no EOS is ever appended. [`Prompter`] writes a whole
+//! dataset's records this way for one tokenizer ([`PromptOptions`]: texts as they are or as chat
+//! turns, A/B questions answered by letter or in words), as the command line does.
 //!
 //! To feed two models (a base model and its tuned sibling, say) identical tokens, build the ids
 //! once with one tokenizer and pass the same ids to both models; this only makes sense when the two
@@ -104,11 +106,13 @@ use crate::{Error, Result};
 mod any;
 mod csv;
 mod prompt;
+mod prompter;
 mod sharegpt;
 mod split;
-pub use any::{load_any, sniff, Dataset, DatasetFormat, Records};
+pub use any::{load_any, sniff, Dataset, DatasetFormat, NumericDataset, Records};
 pub use csv::*;
 pub use prompt::*;
+pub use prompter::{PromptOptions, Prompter, Sides};
 pub use sharegpt::{load_sharegpt, Conversation, ShareGpt, TurnFilter};
 pub use split::*;
 

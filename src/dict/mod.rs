@@ -50,7 +50,8 @@
 //!
 //! [`crosscoder`] is the one call for a (base, tuned) pair: corpus, training, metrics, latent
 //! table and a [`Dashboard`] (a static HTML page of the latents, their top contexts shaded by
-//! activation, and their steering effects), saved together by [`CrosscoderRun::save`].
+//! activation, and their steering effects), saved together by [`CrosscoderRun::save`];
+//! [`crosscoder_datasets`] builds its prompt sets from dataset files ([`DatasetCorpus`]).
 
 mod corpus;
 mod dashboard;
@@ -74,8 +75,8 @@ pub use io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use latents::{latents, LabelOptions, LatentLabel, LatentScaling, LatentStats};
 pub use metrics::{evaluate, Metrics};
 pub use run::{
-    crosscoder, crosscoder_on, latents_csv, latents_table, CrosscoderOptions, CrosscoderRun,
-    LATENTS_CSV, TRAIN_LOG,
+    crosscoder, crosscoder_datasets, crosscoder_on, latents_csv, latents_table, CrosscoderOptions,
+    CrosscoderRun, DatasetCorpus, LATENTS_CSV, TRAIN_LOG,
 };
 pub use saelens::{SAELENS_CONFIG, SAELENS_WEIGHTS};
 pub use train::{train, DictLog, DictOptions, DictStep};

@@ -1,8 +1,8 @@
 //! The one-call crosscoder: paired corpus, training, metrics, the latent table and the dashboard
-//! of a (base, tuned) pair, and the directory that holds them.
+//! of a (base, tuned) pair, and the directory that holds them; the corpus from dataset files.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -13,7 +13,10 @@ use super::latents::{latents, LabelOptions, LatentStats};
 use super::metrics::{evaluate, Metrics};
 use super::train::{train, DictLog, DictOptions};
 use super::Dictionary;
+use crate::data::{load_sharegpt, Dataset, PromptOptions, Prompter, TurnFilter};
+use crate::fetch::fetch_data;
 use crate::model::Model;
+use crate::tokenize::{ChatMessage, Tokenizer};
 use crate::util::atomic_write_bytes;
 use crate::{Error, Result};
 
@@ -142,7 +145,134 @@ pub fn crosscoder_on(
     })
 }
 
+/// The prompts of a crosscoder's corpus, from dataset files (the options of
+/// [`crosscoder_datasets`]).
+#[derive(Debug, Clone)]
+pub struct DatasetCorpus {
+    /// Dataset files of any of the project's formats ([`Dataset::load`]); each is one prompt
+    /// set, named by its file stem.
+    pub files: Vec<PathBuf>,
+    /// Add the opening user turns of this many real ShareGPT conversations (the first ones of
+    /// 20-500 mostly ASCII characters, as chat turns; fetched into the cache when absent) as the
+    /// prompt set `sharegpt` (0: none).
+    pub sharegpt: usize,
+    /// Use every split of each file (default: its training part only, so that held-out items
+    /// stay unseen).
+    pub all_splits: bool,
+    /// For labeled instruction files: the `label` value counted as true (`harmful`).
+    pub positive_label: String,
+    /// How the records become prompts ([`Prompter::corpus`]: texts, both sides of each pair, A/B
+    /// questions up to their answer).
+    pub prompts: PromptOptions,
+}
+
+impl Default for DatasetCorpus {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            sharegpt: 0,
+            all_splits: false,
+            positive_label: "harmful".into(),
+            prompts: PromptOptions::default(),
+        }
+    }
+}
+
+impl DatasetCorpus {
+    /// The prompt sets, in order (each file, then `sharegpt`), written with `tok`; a line per
+    /// set on stderr when `progress`.
+    pub fn prompt_sets(&self, tok: &Tokenizer, progress: bool) -> Result<Vec<PromptSet>> {
+        let pr = Prompter::new(tok, &self.prompts);
+        let mut sets = Vec::new();
+        for f in &self.files {
+            let ds = Dataset::load(f, &self.positive_label)?;
+            let ids = if self.all_splits {
+                pr.corpus(&ds.records)?
+            } else {
+                let [(_, train), _, _] = ds.split_records()?;
+                pr.corpus(&train)?
+            };
+            let name = ds.name();
+            if progress {
+                eprintln!("{name}: {} prompts", ids.len());
+            }
+            sets.push(PromptSet::new(name, ids));
+        }
+        if self.sharegpt > 0 {
+            let chats = load_sharegpt(fetch_data("sharegpt")?)?;
+            let turns = chats.first_user_turns(&TurnFilter::default());
+            let ids = turns
+                .iter()
+                .take(self.sharegpt)
+                .map(|t| tok.encode_chat(&[ChatMessage::user(t)], true))
+                .collect::<Result<Vec<_>>>()?;
+            if progress {
+                eprintln!("sharegpt: {} prompts", ids.len());
+            }
+            sets.push(PromptSet::new("sharegpt", ids));
+        }
+        Ok(sets)
+    }
+}
+
+/// The one call from dataset files to a crosscoder of a (base, tuned) pair: the prompt sets of
+/// `corpus` ([`DatasetCorpus::prompt_sets`], written with `tok`, which both models share), then
+/// [`crosscoder`], tokens spelled with `tok` for the dashboard. Errors when `corpus` names no
+/// prompts (no file and no ShareGPT conversations).
+///
+/// ```no_run
+/// use puppetlens::dict::{crosscoder_datasets, CrosscoderOptions, DatasetCorpus};
+/// use puppetlens::HookPoint;
+/// let ((base, tok), (tuned, _)) = puppetlens::open_pair("gemma-3-270m", "sycophant", &Default::default())?;
+/// let corpus = DatasetCorpus { files: vec!["probes/true_false.csv".into()], ..Default::default() };
+/// let mut opts = CrosscoderOptions::default();
+/// opts.corpus.point = HookPoint::ResidPost(8);
+/// let run = crosscoder_datasets(&base, &tuned, &tok, &corpus, &opts)?;
+/// run.save("runs/cc", candle_core::DType::F32)?;
+/// println!("{}", run.summary());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn crosscoder_datasets(
+    base: &Model,
+    tuned: &Model,
+    tok: &Tokenizer,
+    corpus: &DatasetCorpus,
+    opts: &CrosscoderOptions,
+) -> Result<CrosscoderRun> {
+    let sets = corpus.prompt_sets(tok, opts.corpus.progress)?;
+    if sets.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "files".into(),
+            msg: "no prompts: give at least one dataset file or ShareGPT conversations".into(),
+        });
+    }
+    crosscoder(
+        base,
+        tuned,
+        &sets,
+        |t| tok.decode(&[t]).unwrap_or_default(),
+        opts,
+    )
+}
+
 impl CrosscoderRun {
+    /// One line for a terminal: corpus and training sizes and times, FVU per model, L0 and the
+    /// dead fraction.
+    pub fn summary(&self) -> String {
+        format!(
+            "corpus {} tokens in {:.0} s; trained {} steps in {:.0} s ({:.0} tokens/s); FVU base {:.3}, tuned {:.3}; L0 {:.1}; dead {:.3}",
+            self.corpus.len(),
+            self.corpus_seconds,
+            self.log.steps.len(),
+            self.log.seconds,
+            self.log.tokens_per_s,
+            self.metrics.fvu[0],
+            self.metrics.fvu[1],
+            self.metrics.l0,
+            self.metrics.dead_fraction
+        )
+    }
+
     /// Writes the run into `dir`: the crosscoder (`dict.json` + `dict.safetensors`, weights as
     /// `dtype`), `train_log.json`, `latents.csv` and the dashboard (`dashboard.json`,
     /// `dashboard.html`), each file atomically.

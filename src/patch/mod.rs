@@ -23,6 +23,9 @@
 //! mean-difference direction, the random control, and the patch's specificity (KL on neutral text,
 //! effect on an unrelated behaviour).
 //!
+//! [`patch_report`] is the one call from an A/B question file: prompts for both models (checked to
+//! be the same ids), [`patching`], its files and its figures.
+//!
 //! Cost: patched forwards resume at the patched layer from the cached residual
 //! ([`Model::run_from`]), the subspaces of one layer run as rows of one batch, and single-position
 //! patches reuse the recipient's keys and values for the columns before the patched one, so only
@@ -41,12 +44,14 @@
 //! # Ok::<(), puppetlens::Error>(())
 //! ```
 
+mod dataset;
 mod engine;
 mod figures;
 mod subspace;
 pub mod sweep;
 mod verdict;
 
+pub use dataset::{patch_report, PatchReportOptions};
 use engine::*;
 pub use figures::write_figures;
 pub(crate) use subspace::top_eigen;

@@ -396,6 +396,37 @@ impl PatchSweep {
         let row = self.layers.iter().position(|&l| l == layer)?;
         self.resid_pre.get(row)?.get(position).copied()
     }
+
+    /// The sweep for a terminal: the clean and corrupted logit differences, then the best cell
+    /// of each map (`resid_pre`, `attn_out`, `mlp_out`: layer and position; head z: layer and
+    /// head).
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "clean logit difference {:.3}, corrupted {:.3}\n",
+            self.clean_diff, self.corrupted_diff
+        );
+        let best = |map: &[Vec<f32>]| {
+            map.iter()
+                .enumerate()
+                .flat_map(|(r, row)| row.iter().enumerate().map(move |(i, &v)| (r, i, v)))
+                .max_by(|a, b| a.2.total_cmp(&b.2))
+        };
+        for (name, map) in [
+            ("resid_pre", &self.resid_pre),
+            ("attn_out", &self.attn_out),
+            ("mlp_out", &self.mlp_out),
+            ("head z", &self.heads),
+        ] {
+            if let Some((r, i, v)) = best(map) {
+                let what = if name == "head z" { "head" } else { "position" };
+                let layer = self.layers.get(r).copied().unwrap_or(r);
+                s.push_str(&format!(
+                    "  {name:<9} best: layer {layer} {what} {i}: {v:.3}\n"
+                ));
+            }
+        }
+        s
+    }
 }
 
 /// One call for the CLI and notebooks: [`patch_sweep`] of `clean` against `corrupted` (prompts as

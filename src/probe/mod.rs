@@ -17,6 +17,12 @@
 //! accuracies; [`least_squares_direction`] is the ridge direction between two classes (see
 //! [`crate::SteeringVector::least_squares`] for how it compares with the difference of means).
 //!
+//! ## From a dataset file
+//! [`probe_report`] is the one call from a labeled dataset ([`crate::data::Dataset`]) to the
+//! per-layer table: prompts, the last token's activations at every layer, [`sweep_as`] (and
+//! [`cross_validate`]), `probe.json` and `probe.csv`; [`regression_report`] does the same for
+//! texts with a numeric target ([`crate::data::NumericDataset`]) with [`regress`].
+//!
 //! ## linfa
 //! [`layer_datasets`] turns per-layer activations into one `linfa::Dataset` per layer (feature
 //! names are the hook point's, `blocks.{l}.hook_resid_post[j]`). [`LogisticProbe`] is this
@@ -95,6 +101,7 @@ use crate::{Error, Result};
 mod fit;
 mod metrics;
 mod regress;
+mod run;
 mod solver;
 mod validate;
 
@@ -110,6 +117,9 @@ pub use fit::{
 pub use regress::{
     best_by_val_r2, fit_ridge, least_squares_direction, r2, r2_ci, regress, regression_csv,
     regression_table, RegressionMetrics, RegressionReport,
+};
+pub use run::{
+    probe_report, regression_report, DatasetProbe, DatasetProbeOptions, DatasetRegression,
 };
 
 /// Options for fitting and evaluating probes. `ProbeOptions::default()` is the simple path.

@@ -1,0 +1,667 @@
+//! The `puppetlens` command line: each subcommand parses its flags (`args.rs`), opens its models,
+//! calls one library function and prints what it returns; the logic lives in the library.
+//!
+//! Models are named as [`puppetlens::open`] resolves them: a known checkpoint
+//! (`smollm2-135m-instruct`, `gemma-3-270m`, fetched on first use), an organism (`assistant`,
+//! `sycophant`, `control`), `BASE+ADAPTER_DIR`, or a path (GGUF file, Hugging Face directory, PEFT
+//! adapter directory).
+//!
+//! Datasets are any of the project's formats, told apart by their content:
+//! - a `.csv` file with a `statement,label` (or `text,label`) header: labeled statements;
+//! - JSON(L) records with `positive`/`negative`: contrast pairs (positive = label true);
+//! - JSON(L) records with `question`/`answer_matching_behavior`/`answer_not_matching_behavior`:
+//!   CAA A/B questions (the prompt with the matching letter appended = label true, with the other
+//!   letter = false);
+//! - JSON(L) records with `instruction`/`label`: labeled instructions (`--positive-label` names
+//!   the label counted as true).
+//!
+//! A file whose records carry a `split` field (column) is split as recorded; any other file is split
+//! 60/20/20 (train/val/test), stratified by class, with seed 0 (`data::split_stratified`).
+//!
+//! Every failure prints one line `error: ...` on stderr and exits with status 1.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use candle_core::{DType, Device};
+use clap::Parser;
+use puppetlens::data::{self, Dataset, NumericDataset};
+use puppetlens::dict::{self, CorpusOptions, CrosscoderOptions, DatasetCorpus, DictOptions};
+use puppetlens::diff::DiffOptions;
+use puppetlens::eval::{self, DoseOptions};
+use puppetlens::extract::{self, DatasetStoreOptions, ExtractOptions};
+use puppetlens::generate::TextOptions;
+use puppetlens::patch::{self, sweep::SweepOptions, PatchOptions, PatchReportOptions};
+use puppetlens::plot::LineChart;
+use puppetlens::probe::{self, DatasetProbeOptions};
+use puppetlens::report::{self, DiffReportOptions};
+use puppetlens::steer::{self, ControlVectorOptions, VectorOptions};
+use puppetlens::train::{self, TrainOptions};
+use puppetlens::{
+    fetch, lens, lora, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Opened, Positions,
+    Result, SteeringVector, Tokenizer,
+};
+
+mod args;
+use args::*;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+/// An A/B question file, or an error naming `command`.
+fn load_ab(path: &Path, command: &str) -> Result<Dataset> {
+    Dataset::load_ab(path, command).map(|(ds, _)| ds)
+}
+
+/// Neutral texts (`--neutral FILE`), none when not given.
+fn neutral_texts(path: Option<&Path>) -> Result<Vec<String>> {
+    Ok(path
+        .map(data::load_instructions)
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// `wrote A` per path.
+fn wrote<P: AsRef<Path>>(files: impl IntoIterator<Item = P>) {
+    for f in files {
+        println!("wrote {}", f.as_ref().display());
+    }
+}
+
+/// The global options every command sees.
+struct Ctx {
+    device: Device,
+    batch_size: usize,
+    progress: bool,
+}
+
+impl Ctx {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            device: self.device.clone(),
+            ..LoadOptions::default()
+        }
+    }
+
+    /// Opens a model by name or path (see [`puppetlens::open`]) on the chosen device.
+    fn open(&self, spec: &str) -> Result<(Model, Tokenizer)> {
+        puppetlens::open(spec, &self.load_options())
+    }
+
+    /// A base model and its tuned sibling (see [`puppetlens::open_pair`]).
+    fn open_pair(&self, base: &str, tuned: &str) -> Result<(Opened, Opened)> {
+        puppetlens::open_pair(base, tuned, &self.load_options())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands: parse the flags, call the library, print
+// ---------------------------------------------------------------------------------------------
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.batch_size == 0 {
+        return Err(invalid("--batch-size", "must be at least 1"));
+    }
+    let ctx = || -> Result<Ctx> {
+        Ok(Ctx {
+            device: puppetlens::parse_device(&cli.device).map_err(flag("--device"))?,
+            batch_size: cli.batch_size,
+            progress: !cli.quiet,
+        })
+    };
+    match &cli.cmd {
+        Cmd::Fetch { names } => {
+            let names: Vec<&str> = if names.is_empty() {
+                fetch::known_names()
+            } else {
+                names.iter().map(String::as_str).collect()
+            };
+            for n in names {
+                println!("{n}\t{}", fetch::fetch_any(n)?.display());
+            }
+        }
+        Cmd::Info { model } => {
+            let (m, tok) = ctx()?.open(model)?;
+            print!("{}", puppetlens::describe(&m, &tok));
+        }
+        Cmd::Generate {
+            model,
+            prompt,
+            chat,
+            max_new_tokens,
+            temperature,
+            seed,
+            vector,
+            layer,
+            scale,
+        } => {
+            let (m, tok) = ctx()?.open(model)?;
+            let mut hooks = Hooks::new();
+            if let Some(path) = vector {
+                let v = SteeringVector::load(path)?;
+                let l = steer_layer(&v, path, *layer, &m, model)?;
+                v.only(&[l])?
+                    .add_to(&m, &mut hooks, *scale, Positions::All)?;
+            }
+            let opts = TextOptions {
+                chat: *chat,
+                generate: GenerateOptions::sampled(*max_new_tokens, *temperature, *seed),
+            };
+            println!("{}", m.generate_text(&tok, prompt, &opts, &mut hooks)?);
+        }
+        Cmd::Export {
+            model,
+            out_flag,
+            out,
+        } => {
+            let out = out_flag
+                .as_ref()
+                .or(out.as_ref())
+                .ok_or_else(|| invalid("--out", "give the output directory (--out DIR)"))?;
+            let (m, tok) = ctx()?.open(model)?;
+            m.export_safetensors(out)?;
+            tok.save_hf_dir(out)?;
+            println!("{}", out.display());
+        }
+        Cmd::Extract {
+            model,
+            data,
+            out,
+            site,
+            layers,
+            shard_size,
+        } => {
+            let ctx = ctx()?;
+            let ds = Dataset::load(&data.dataset, &data.positive_label)?;
+            let (m, tok) = ctx.open(model)?;
+            let layers = layers_of(layers.as_deref(), &m, model)?.unwrap_or_default();
+            let opts = DatasetStoreOptions {
+                extract: ExtractOptions {
+                    points: layers.into_iter().map(HookPoint::ResidPost).collect(),
+                    site: (*site).into(),
+                    batch_size: ctx.batch_size,
+                    shard_size: *shard_size,
+                    progress: ctx.progress,
+                },
+                prompts: data.prompts.options(),
+                model: model.clone(),
+            };
+            let manifest = extract::extract_dataset(&m, &tok, &ds, &opts, out)?;
+            println!(
+                "{}: {} prompts x {} hook points ({:?}), {} shard(s)",
+                out.display(),
+                manifest.n_prompts,
+                manifest.points.len(),
+                manifest.site,
+                manifest.shards.len()
+            );
+        }
+        Cmd::Probe {
+            model,
+            data,
+            out,
+            kind,
+            target,
+            folds,
+        } => {
+            if target.is_some() && *kind != KindArg::Ridge {
+                return Err(invalid(
+                    "--target",
+                    "regression on a numeric field needs `--kind ridge`",
+                ));
+            }
+            let ctx = ctx()?;
+            if target.is_none() && folds.is_some() && *kind != KindArg::Logistic {
+                return Err(invalid(
+                    "--folds",
+                    "cross-validation runs the logistic probe; use it with `--kind logistic`",
+                ));
+            }
+            let opts = DatasetProbeOptions {
+                kind: (*kind).into(),
+                folds: *folds,
+                prompts: data.prompts.options(),
+                batch_size: ctx.batch_size,
+                progress: ctx.progress,
+                model: model.clone(),
+                ..DatasetProbeOptions::default()
+            };
+            match target {
+                Some(field) => {
+                    let ds = NumericDataset::load(&data.dataset, field)?;
+                    let (m, tok) = ctx.open(model)?;
+                    print!(
+                        "{}",
+                        probe::regression_report(&m, &tok, &ds, &opts, out)?.summary()
+                    );
+                }
+                None => {
+                    let ds = Dataset::load(&data.dataset, &data.positive_label)?;
+                    let (m, tok) = ctx.open(model)?;
+                    print!(
+                        "{}",
+                        probe::probe_report(&m, &tok, &ds, &opts, out)?.summary()
+                    );
+                }
+            }
+            println!(
+                "wrote {} and {}",
+                out.join("probe.json").display(),
+                out.join("probe.csv").display()
+            );
+        }
+        Cmd::Train {
+            model,
+            sft,
+            dpo,
+            out,
+            steps,
+            epochs,
+            rank,
+            lr,
+            seed,
+            checkpoint_every,
+        } => {
+            let (m, _tok) = ctx()?.open(model)?;
+            let opts = TrainOptions {
+                lora: lora::LoraConfig {
+                    rank: *rank,
+                    alpha: 2.0 * *rank as f64,
+                    ..Default::default()
+                },
+                lr: *lr,
+                epochs: *epochs,
+                max_steps: *steps,
+                batch_size: cli.batch_size,
+                seed: *seed,
+                log_every: if cli.quiet { 0 } else { 10 },
+                checkpoint_dir: Some(out.clone()),
+                checkpoint_every: *checkpoint_every,
+                ..Default::default()
+            };
+            let (_, log) = match (sft, dpo) {
+                (Some(f), _) => train::sft(&m, &train::load_sft_jsonl(f)?, &opts)?,
+                (None, Some(f)) => train::dpo(&m, &train::load_dpo_jsonl(f)?, &opts)?,
+                (None, None) => return Err(invalid("--sft", "give --sft FILE or --dpo FILE")),
+            };
+            let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);
+            println!(
+                "{} steps, final loss {last:.4}; adapter and log in {}",
+                log.steps.len(),
+                out.display()
+            );
+        }
+        Cmd::Vector {
+            model,
+            data,
+            out,
+            method,
+        } => {
+            let ctx = ctx()?;
+            let ds = Dataset::load(&data.dataset, &data.positive_label)?;
+            let (m, tok) = ctx.open(model)?;
+            let opts = VectorOptions {
+                method: (*method).into(),
+                prompts: data.prompts.options(),
+                batch_size: ctx.batch_size,
+                progress: ctx.progress,
+                model: model.clone(),
+            };
+            let trained = steer::train_vector(&m, &tok, &ds, &opts)?;
+            trained.vector.save(out)?;
+            println!("{}: {}", out.display(), trained.summary()?);
+        }
+        Cmd::Steer {
+            model,
+            vector,
+            dataset,
+            layers,
+            multipliers,
+            plain,
+            text_answers,
+            out,
+        } => {
+            let ctx = ctx()?;
+            let multipliers =
+                puppetlens::spec::parse_multipliers(multipliers).map_err(flag("--multipliers"))?;
+            let ds = load_ab(dataset, "steer")?;
+            let v = SteeringVector::load(vector)?;
+            let (m, tok) = ctx.open(model)?;
+            let opts = DoseOptions {
+                layers: layers_of(layers.as_deref(), &m, model)?,
+                multipliers,
+                prompts: ab_prompts(*plain, *text_answers),
+                batch_size: ctx.batch_size,
+                progress: ctx.progress,
+            };
+            let dose = eval::dose_response_dataset(&m, &tok, &ds, &v, &opts)?;
+            println!(
+                "{}: mean P(matching) over {} items ({}; {}), {} vector from {}",
+                dataset.display(),
+                dose.n_items,
+                dose.items,
+                dose.prompts,
+                v.method,
+                vector.display()
+            );
+            print!("{}", dose.table());
+            if let Some(out) = out {
+                dose.write_csv(out)?;
+                wrote([out]);
+            }
+        }
+        Cmd::Diff {
+            base,
+            tuned,
+            dataset,
+            out,
+            layers,
+            scale,
+            neutral,
+            plain,
+            text_answers,
+            figures,
+        } => {
+            let ctx = ctx()?;
+            let ds = load_ab(dataset, "diff")?;
+            let neutral = neutral_texts(neutral.as_deref())?;
+            let ((bm, btok), (tm, _)) = ctx.open_pair(base, tuned)?;
+            let opts = DiffReportOptions {
+                diff: DiffOptions {
+                    layers: layers_of(layers.as_deref(), &bm, base)?,
+                    scale: *scale,
+                    batch_size: ctx.batch_size,
+                    progress: ctx.progress,
+                    ..DiffOptions::default()
+                },
+                prompts: ab_prompts(*plain, *text_answers),
+                pair_report: *figures,
+                names: [base.clone(), tuned.clone()],
+            };
+            let rep = report::diff_report(&bm, &tm, &btok, &ds, &neutral, &opts, out)?;
+            let loc = &rep.localisation;
+            println!(
+                "{base} vs {tuned} on {} ({} test items): P(matching) base {:.3}, tuned {:.3}",
+                dataset.display(),
+                loc.n_test,
+                loc.p_base,
+                loc.p_tuned
+            );
+            print!("{}", loc.table());
+            wrote(&rep.files);
+            // Figures last: the numbers above are written even when a figure has nothing to draw.
+            wrote(rep.write_figures(out)?);
+        }
+        Cmd::Crosscoder { cmd } => match cmd {
+            CrosscoderCmd::Train {
+                base,
+                tuned,
+                layer,
+                data,
+                out,
+                latents,
+                k,
+                steps,
+                seed,
+                sharegpt,
+                all_splits,
+                positive_label,
+                prompts,
+            } => {
+                let ctx = ctx()?;
+                if data.is_empty() && *sharegpt == 0 {
+                    return Err(invalid(
+                        "--data",
+                        "no prompts: give at least one --data FILE or --sharegpt N",
+                    ));
+                }
+                let ((bm, btok), (tm, _)) = ctx.open_pair(base, tuned)?;
+                let n_layers = bm.config().n_layers;
+                if *layer >= n_layers {
+                    return Err(invalid(
+                        "--layer",
+                        format!(
+                            "{layer} is past the last layer of `{base}` ({})",
+                            n_layers - 1
+                        ),
+                    ));
+                }
+                let corpus = DatasetCorpus {
+                    files: data.clone(),
+                    sharegpt: *sharegpt,
+                    all_splits: *all_splits,
+                    positive_label: positive_label.clone(),
+                    prompts: prompts.options(),
+                };
+                let opts = CrosscoderOptions {
+                    corpus: CorpusOptions {
+                        point: HookPoint::ResidPost(*layer),
+                        batch_size: ctx.batch_size,
+                        skip_first: 1,
+                        progress: ctx.progress,
+                        ..CorpusOptions::default()
+                    },
+                    train: DictOptions {
+                        n_latents: *latents,
+                        k: *k,
+                        steps: *steps,
+                        seed: *seed,
+                        progress: ctx.progress,
+                        ..DictOptions::default()
+                    },
+                    names: [base.clone(), tuned.clone()],
+                    ..CrosscoderOptions::default()
+                };
+                let run = dict::crosscoder_datasets(&bm, &tm, &btok, &corpus, &opts)?;
+                run.save(out, DType::F32)?;
+                println!("{}", run.summary());
+                print!("{}", dict::latents_table(&run.latents, 10));
+                println!(
+                    "wrote {} (dict.json, dict.safetensors, {}, {}, {}, {})",
+                    out.display(),
+                    dict::TRAIN_LOG,
+                    dict::LATENTS_CSV,
+                    dict::DASHBOARD_DATA,
+                    dict::DASHBOARD_PAGE
+                );
+            }
+            CrosscoderCmd::Latents { dir, top } => {
+                let dash = dict::Dashboard::load(dir)?;
+                println!("{}", dash.title);
+                print!("{}", dict::latents_table(&dash.latents, *top));
+            }
+            CrosscoderCmd::Dashboard { dir } => {
+                dict::Dashboard::load(dir)?.save(dir)?;
+                wrote([dir.join(dict::DASHBOARD_PAGE)]);
+            }
+        },
+        Cmd::Patch {
+            base,
+            tuned,
+            dataset,
+            out,
+            layers,
+            family,
+            ranks,
+            positions,
+            neutral,
+            plain,
+            text_answers,
+        } => {
+            let ctx = ctx()?;
+            let family: patch::Family = family.parse()?;
+            let ds = load_ab(dataset, "patch")?;
+            let neutral = neutral_texts(neutral.as_deref())?;
+            let (bm, btok) = ctx.open(base)?;
+            let (tm, ttok) = ctx.open(tuned)?;
+            let opts = PatchReportOptions {
+                patch: PatchOptions {
+                    family,
+                    layers: layers_of(layers.as_deref(), &bm, base)?,
+                    ranks: puppetlens::spec::parse_ranks(ranks).map_err(flag("--ranks"))?,
+                    positions: *positions,
+                    batch_size: ctx.batch_size,
+                    progress: ctx.progress,
+                    ..PatchOptions::default()
+                },
+                prompts: ab_prompts(*plain, *text_answers),
+                names: [base.clone(), tuned.clone()],
+            };
+            let (rep, files) =
+                patch::patch_report((&bm, &btok), (&tm, &ttok), &ds, &neutral, &opts, out)?;
+            println!(
+                "{base} vs {tuned} on {} ({} test items, {family}): P(matching) base {:.3}, tuned {:.3}",
+                dataset.display(),
+                rep.n_test,
+                rep.p_base,
+                rep.p_tuned
+            );
+            print!("{}", rep.table());
+            wrote(&files);
+        }
+        Cmd::Lens {
+            model,
+            prompt,
+            tuned,
+            target,
+            out,
+        } => {
+            let ctx = ctx()?;
+            let first = ctx.open(model)?;
+            let second = tuned.as_deref().map(|t| ctx.open(t)).transpose()?;
+            let mut models = vec![(model.as_str(), &first.0, &first.1)];
+            if let (Some(name), Some((m, t))) = (tuned, &second) {
+                models.push((name.as_str(), m, t));
+            }
+            let lenses = lens::lens_report(&models, prompt, target.as_deref(), out)?;
+            for ((name, _, _), lens) in models.iter().zip(&lenses) {
+                println!("{name}:\n{}", lens.table(&first.1));
+            }
+            wrote([out.join("lens.png")]);
+        }
+        Cmd::Dla {
+            model,
+            prompt,
+            answer,
+            other,
+            out,
+        } => {
+            let (m, tok) = ctx()?.open(model)?;
+            let dla = lens::dla_report(&m, &tok, prompt, answer, other, out)?;
+            println!(
+                "logit[{answer:?}] - logit[{other:?}] = {:.3} (parts sum to {:.3}, residual {:.1e}); embed {:.3}",
+                dla.logit_diff,
+                dla.total,
+                dla.residual(),
+                dla.embed
+            );
+            for (name, v) in dla.largest_parts(8) {
+                println!("  {name:<10} {v:+.3}");
+            }
+            wrote([out.join("dla.csv")]);
+        }
+        Cmd::PatchSweep {
+            model,
+            clean,
+            corrupted,
+            answer,
+            other,
+            layers,
+            out,
+        } => {
+            let ctx = ctx()?;
+            let (m, tok) = ctx.open(model)?;
+            let opts = SweepOptions {
+                layers: layers_of(layers.as_deref(), &m, model)?,
+                progress: ctx.progress,
+                ..SweepOptions::default()
+            };
+            let sweep =
+                patch::sweep::sweep_report(&m, &tok, clean, corrupted, answer, other, &opts, out)?;
+            print!("{}", sweep.summary());
+            wrote([out]);
+        }
+        Cmd::Attention {
+            model,
+            prompt,
+            layer,
+            out,
+        } => {
+            let (m, tok) = ctx()?.open(model)?;
+            let stem = out.join(format!("attention_L{layer}"));
+            wrote(lens::attention_figure(
+                &m,
+                &tok,
+                &tok.encode(prompt)?,
+                *layer,
+                stem,
+            )?);
+        }
+        Cmd::ExportGguf {
+            vector,
+            out,
+            arch,
+            layers,
+        } => {
+            let v = SteeringVector::load(vector)?;
+            let source = vector.display().to_string();
+            let n = v.layers().last().map_or(0, |l| l + 1);
+            let opts = ControlVectorOptions {
+                model_hint: arch.clone(),
+                layers: layers
+                    .as_deref()
+                    .map(|s| parse_layers(s, n, &source, "--layers"))
+                    .transpose()?,
+                source,
+            };
+            let written = v.export_control_vector(out, &opts)?;
+            println!("{}: {}", out.display(), written.summary());
+        }
+        Cmd::Plot {
+            csv,
+            x,
+            y,
+            group,
+            out,
+            title,
+            x_label,
+            y_label,
+        } => {
+            let ys: Vec<&str> = y.split(',').filter(|s| !s.trim().is_empty()).collect();
+            if ys.is_empty() {
+                return Err(invalid("--y", "no y column given"));
+            }
+            let mut chart = LineChart::from_csv(csv, x, &ys, group.as_deref())?;
+            if let Some(t) = title {
+                chart.title = t.clone();
+            }
+            if let Some(l) = x_label {
+                chart.x_label = l.clone();
+            }
+            if let Some(l) = y_label {
+                chart.y_label = l.clone();
+            }
+            wrote(chart.save(out)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the message holds.
+            let msg = e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
