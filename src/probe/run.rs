@@ -70,7 +70,8 @@ pub struct DatasetProbe {
     pub split: String,
     /// Prompts per part (`train`, `val`, `test`).
     pub n: BTreeMap<String, usize>,
-    /// The probe fitted.
+    /// The probe fitted (written as the CLI's `--kind` names it: `Logistic`, `MeanDiff`).
+    #[serde(serialize_with = "kind_as_flag")]
     pub kind: ProbeKind,
     /// The layer with the best validation accuracy ([`best_by_val`]).
     pub best_layer_by_val: Option<usize>,
@@ -380,4 +381,17 @@ impl DatasetRegression {
             regression_table(&self.layers, self.best_layer_by_val)
         )
     }
+}
+
+/// `probe.json`'s `kind`: the name of the CLI's `--kind` value that asks for it (the file's
+/// field predates the library's names).
+fn kind_as_flag<S: serde::Serializer>(
+    kind: &ProbeKind,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(match kind {
+        ProbeKind::Logistic => "Logistic",
+        ProbeKind::DiffOfMeans => "MeanDiff",
+        ProbeKind::Ridge => "Ridge",
+    })
 }
