@@ -41,34 +41,23 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod array;
-pub mod batch;
-pub mod cache;
-pub mod data;
-pub mod dict;
-pub mod diff;
+// The folders group the modules by layer (see each folder's docs); users reach every module at
+// the crate root (`puppetlens::model`, `puppetlens::probe`, ...), as before the grouping.
+mod measure;
+mod output;
+mod runtime;
+mod tune;
+
 pub mod error;
-pub mod eval;
-pub mod extract;
-pub mod fetch;
-pub mod generate;
-mod gguf;
-pub mod hook;
-pub mod lens;
-pub mod lora;
-pub mod model;
-mod open;
-pub mod patch;
-pub mod plot;
-pub mod probe;
 pub mod progress;
-pub mod report;
 pub mod spec;
-pub mod steer;
-pub mod tokenize;
-pub mod train;
 mod util;
-mod weights;
+
+pub use measure::{array, data, dict, diff, eval, extract, lens, patch, probe, steer};
+pub use output::{plot, report};
+pub use runtime::{batch, cache, fetch, generate, hook, model, tokenize};
+pub use tune::{lora, train};
+pub(crate) use runtime::{gguf, open, weights};
 
 pub use batch::Batch;
 pub use cache::ActivationCache;

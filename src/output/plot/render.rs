@@ -8,7 +8,7 @@ use super::*;
 /// Font family the bundled font is registered under; SVGs name it as their font family.
 pub(super) const FAMILY: &str = "sans-serif";
 /// DejaVu Sans (Bitstream Vera licence, see assets/fonts/LICENSE-DejaVu.txt).
-pub(super) static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+pub(super) static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 /// The Okabe-Ito palette, yellow last: it is faint on white.
 pub(super) const PALETTE: [RGBColor; 8] = [
