@@ -171,8 +171,6 @@ pub fn paired_corpus(
     if rows.is_empty() {
         return Err(no_token(opts.skip_first));
     }
-    let mut acts = Tensor::cat(&rows, 0)?; // [n_tokens, 2, d]
-    drop(rows);
     let mut dropped = Vec::new();
     if let Some(ratio) = opts.max_norm_ratio {
         let keep = kept_rows(&norms, norm_limits(&norms, ratio));
@@ -193,10 +191,23 @@ pub fn paired_corpus(
                 .collect();
             tokens = keep.iter().map(|&r| tokens[r as usize]).collect();
             sources = keep.iter().map(|&r| sources[r as usize]).collect();
-            let k = keep.len();
-            acts = acts.index_select(&Tensor::from_vec(keep, k, &Device::Cpu)?, 0)?;
+            // Filter each batch's rows before they are joined (one copy of the corpus fewer).
+            let mut first = 0;
+            for part in rows.iter_mut() {
+                let k = part.dim(0)?;
+                let local: Vec<u32> = (0..k as u32)
+                    .filter(|&r| kept[first + r as usize])
+                    .collect();
+                if local.len() < k {
+                    let m = local.len();
+                    *part = part.index_select(&Tensor::from_vec(local, m, &Device::Cpu)?, 0)?;
+                }
+                first += k;
+            }
         }
     }
+    let acts = Tensor::cat(&rows, 0)?; // [n_tokens, 2, d]
+    drop(rows);
     Ok(PairedCorpus {
         acts,
         tokens,
