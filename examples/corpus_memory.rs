@@ -45,7 +45,10 @@ fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (base, mut tok) = puppetlens::load(puppetlens::fetch::fetch("gemma-3-270m")?)?;
     tok.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.into()));
-    let adapter = Adapter::load(root.join("notebooks-data/organisms/sycophant"), base.device())?;
+    let adapter = Adapter::load(
+        root.join("notebooks-data/organisms/sycophant"),
+        base.device(),
+    )?;
     let tuned = base.with_adapter(&adapter)?;
 
     // Opening user turns until the corpus (every token after <bos>) holds `target` tokens.

@@ -8,6 +8,7 @@
 //! and `dashboard.html` (the page) atomically; [`Dashboard::load`] reads the data back, so that
 //! the page can be rebuilt (`puppetlens crosscoder dashboard DIR`) without the models.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,10 +16,10 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::corpus::{Context, PairedCorpus};
-use super::store::CorpusStore;
+use super::corpus::PairedCorpus;
 use super::latents::{LatentLabel, LatentStats};
 use super::metrics::Metrics;
+use super::store::{CorpusStore, Windows};
 use super::Dictionary;
 use crate::hook::HookPoint;
 use crate::util::atomic_write_bytes;
@@ -136,7 +137,12 @@ impl Dashboard {
         opts: &DashboardOptions,
     ) -> Result<Self> {
         corpus.check_dict(dict)?;
-        let counts = corpus.sets.iter().cloned().zip(corpus.set_counts()).collect();
+        let counts = corpus
+            .sets
+            .iter()
+            .cloned()
+            .zip(corpus.set_counts())
+            .collect();
         let mut dash = Self::empty(dict, corpus.point, counts, latents, metrics)?;
         for j in dash.shown(opts.shown) {
             let c = window_acts(corpus, f, j, opts)?;
@@ -222,10 +228,9 @@ impl Dashboard {
         opts: &DashboardOptions,
     ) -> Result<()> {
         self.check_effect(&effect)?;
-        if !self.contexts.contains_key(&effect.latent) {
+        if let Entry::Vacant(e) = self.contexts.entry(effect.latent) {
             let c = window_acts(corpus, f, effect.latent, opts)?;
-            self.contexts
-                .insert(effect.latent, shown_contexts(&corpus.sets, c, opts, &decode));
+            e.insert(shown_contexts(&corpus.sets, c, opts, &decode));
         }
         self.steering.push(effect);
         Ok(())
@@ -243,7 +248,7 @@ impl Dashboard {
         batch_size: usize,
     ) -> Result<()> {
         self.check_effect(&effect)?;
-        if !self.contexts.contains_key(&effect.latent) {
+        if let Entry::Vacant(e) = self.contexts.entry(effect.latent) {
             let mut c = corpus.top_windows(
                 dict,
                 &[effect.latent],
@@ -252,8 +257,7 @@ impl Dashboard {
                 batch_size,
             )?;
             let c = c.pop().unwrap_or_default();
-            self.contexts
-                .insert(effect.latent, shown_contexts(corpus.sets(), c, opts, &decode));
+            e.insert(shown_contexts(corpus.sets(), c, opts, &decode));
         }
         self.steering.push(effect);
         Ok(())
@@ -553,7 +557,7 @@ fn window_acts(
     f: &Tensor,
     j: usize,
     opts: &DashboardOptions,
-) -> Result<Vec<(Context, Vec<f32>)>> {
+) -> Result<Windows> {
     let top = corpus.top_contexts(f, j, opts.contexts, opts.window)?;
     let col = f.narrow(1, j, 1)?.flatten_all()?.to_vec1::<f32>()?; // [n_tokens]
     Ok(top
@@ -584,7 +588,7 @@ fn window_acts(
 /// Contexts decoded for the page (withheld sets' tokens hidden).
 fn shown_contexts(
     sets: &[String],
-    contexts: Vec<(Context, Vec<f32>)>,
+    contexts: Windows,
     opts: &DashboardOptions,
     decode: &impl Fn(u32) -> String,
 ) -> Vec<ShownContext> {

@@ -88,7 +88,7 @@ pub use run::{
 };
 pub use saelens::{SAELENS_CONFIG, SAELENS_WEIGHTS};
 pub use store::{
-    paired_corpus_to_dir, CorpusManifest, CorpusShard, CorpusStore, CORPUS_FORMAT,
-    CORPUS_MANIFEST, CORPUS_PROMPTS,
+    paired_corpus_to_dir, CorpusManifest, CorpusShard, CorpusStore, CORPUS_FORMAT, CORPUS_MANIFEST,
+    CORPUS_PROMPTS,
 };
 pub use train::{train, train_streamed, DictLog, DictOptions, DictStep};

@@ -241,7 +241,10 @@ pub fn paired_corpus_to_dir(
         &dir.join(".corpus.lock"),
         &format!("the paired corpus {}", dir.display()),
     )?;
-    remove_stale(dir, &[".shard-", ".corpus.json.tmp-", ".prompts.safetensors.tmp-"]);
+    remove_stale(
+        dir,
+        &[".shard-", ".corpus.json.tmp-", ".prompts.safetensors.tmp-"],
+    );
     let plan = batch_plan(sets, opts.batch_size);
     let fresh = CorpusManifest {
         format: CORPUS_FORMAT.into(),
@@ -286,7 +289,11 @@ pub fn paired_corpus_to_dir(
             return Err(Error::Config {
                 path: manifest_path.clone(),
                 field: "shards".into(),
-                msg: format!("entry {s} is `{}`, expected `{}`", entry.file, shard_name(s)),
+                msg: format!(
+                    "entry {s} is `{}`, expected `{}`",
+                    entry.file,
+                    shard_name(s)
+                ),
             });
         }
         let shard = ShardFile::open(&path, entry.rows, manifest.d_model, opts.dtype)?;
@@ -295,7 +302,12 @@ pub fn paired_corpus_to_dir(
     let done = manifest.shards.last().map_or(0, |s| s.batches_end);
     let total: usize = sets.iter().map(|s| s.prompts.len()).sum();
     let mut progress = Progress::new("paired corpus", total, opts.progress);
-    progress.advance(plan[..done.min(plan.len())].iter().map(|(_, i)| i.len()).sum());
+    progress.advance(
+        plan[..done.min(plan.len())]
+            .iter()
+            .map(|(_, i)| i.len())
+            .sum(),
+    );
     let mut buf: Vec<Chunk> = Vec::new();
     let mut buf_rows = 0;
     for (b, (si, idx)) in plan.iter().enumerate().skip(done) {
@@ -357,7 +369,10 @@ fn write_shard(
         }
     }
     let acts = acts.to_dtype(opts.dtype)?; // [rows, 2, d]
-    let tokens: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+    let tokens: Vec<u32> = chunks
+        .iter()
+        .flat_map(|c| c.tokens.iter().copied())
+        .collect();
     let mut sources = Vec::with_capacity(rows * 3);
     for s in chunks.iter().flat_map(|c| c.sources.iter()) {
         for v in [s.set, s.item, s.pos] {
@@ -387,7 +402,10 @@ fn write_shard(
                 "sources".to_string(),
                 Tensor::from_vec(sources, (rows, 3), &cpu)?, // [rows, 3] u32
             ),
-            ("norms".to_string(), Tensor::from_vec(norms, (rows, 2), &cpu)?), // [rows, 2] f32
+            (
+                "norms".to_string(),
+                Tensor::from_vec(norms, (rows, 2), &cpu)?,
+            ), // [rows, 2] f32
         ],
         header,
     )
@@ -398,10 +416,12 @@ fn write_prompts(path: &Path, sets: &[PromptSet]) -> Result<()> {
     let (mut ids, mut offsets) = (Vec::new(), vec![0u32]);
     for p in sets.iter().flat_map(|s| s.prompts.iter()) {
         ids.extend_from_slice(p);
-        offsets.push(u32::try_from(ids.len()).map_err(|_| Error::InvalidArgument {
-            name: "sets".into(),
-            msg: "more than 2^32 prompt tokens".into(),
-        })?);
+        offsets.push(
+            u32::try_from(ids.len()).map_err(|_| Error::InvalidArgument {
+                name: "sets".into(),
+                msg: "more than 2^32 prompt tokens".into(),
+            })?,
+        );
     }
     let cpu = Device::Cpu;
     let (n, k) = (ids.len(), offsets.len());
@@ -443,7 +463,10 @@ impl ShardFile {
             ("norms", safetensors::Dtype::F32, vec![rows, 2]),
         ];
         for (name, dt, shape) in want {
-            let v = file.st.get(name).map_err(|_| file.bad(format!("no tensor `{name}`")))?;
+            let v = file
+                .st
+                .get(name)
+                .map_err(|_| file.bad(format!("no tensor `{name}`")))?;
             if v.dtype() != dt || v.shape() != shape.as_slice() {
                 return Err(file.bad(format!(
                     "tensor `{name}` is {:?} {:?}, expected {dt:?} {shape:?}",
@@ -543,7 +566,12 @@ impl CorpusStore {
             "f32" => DType::F32,
             "bf16" => DType::BF16,
             "f16" => DType::F16,
-            other => return Err(bad("dtype", format!("`{other}`, expected f32, bf16 or f16"))),
+            other => {
+                return Err(bad(
+                    "dtype",
+                    format!("`{other}`, expected f32, bf16 or f16"),
+                ))
+            }
         };
         if manifest.sets.len() != manifest.n_prompts.len() {
             return Err(bad(
@@ -569,10 +597,15 @@ impl CorpusStore {
             if entry.file != shard_name(s) {
                 return Err(bad(
                     "shards",
-                    format!("entry {s} is `{}`, expected `{}`", entry.file, shard_name(s)),
+                    format!(
+                        "entry {s} is `{}`, expected `{}`",
+                        entry.file,
+                        shard_name(s)
+                    ),
                 ));
             }
-            let shard = ShardFile::open(&dir.join(&entry.file), entry.rows, manifest.d_model, dtype)?;
+            let shard =
+                ShardFile::open(&dir.join(&entry.file), entry.rows, manifest.d_model, dtype)?;
             let tokens = shard.load("tokens")?.to_vec1::<u32>()?;
             let sources = shard.load("sources")?.to_vec2::<u32>()?;
             for (t, src) in tokens.iter().zip(&sources) {
@@ -811,7 +844,7 @@ impl CorpusStore {
             return Ok(Tensor::zeros((0, 2, d), DType::F32, &Device::Cpu)?);
         }
         let got = Tensor::cat(&parts, 0)?; // [rows.len(), 2, d], grouped by shard
-        // Row j of `got` is request order[j]; put request i back at row i.
+                                           // Row j of `got` is request order[j]; put request i back at row i.
         let mut inverse = vec![0u32; order.len()];
         for (j, &i) in order.iter().enumerate() {
             inverse[i] = j as u32;
@@ -938,7 +971,7 @@ impl CorpusStore {
         n: usize,
         window: usize,
         batch_size: usize,
-    ) -> Result<Vec<Vec<(Context, Vec<f32>)>>> {
+    ) -> Result<Vec<Windows>> {
         self.check_dict(dict)?;
         let l = dict.n_latents();
         if let Some(&j) = latents.iter().find(|&&j| j >= l) {
@@ -956,7 +989,7 @@ impl CorpusStore {
             for (heap, &j) in heaps.iter_mut().zip(latents) {
                 for r in 0..k {
                     let a = f[r * l + j];
-                    if !(a > 0.0) || n == 0 {
+                    if a.is_nan() || a <= 0.0 || n == 0 {
                         continue;
                     }
                     let cand = Ranked {
@@ -1032,6 +1065,9 @@ impl CorpusStore {
     }
 }
 
+/// Top contexts, each with the latent's activation on every window token.
+pub(super) type Windows = Vec<(Context, Vec<f32>)>;
+
 /// A candidate top context; ordered so that the best (highest activation, then lowest row, as
 /// a stable sort of the rows by activation gives) is the smallest, so that a max-heap's top is
 /// the worst kept.
@@ -1089,7 +1125,11 @@ impl ActSource for CorpusStore {
         let d = self.d_model();
         let mut sum = vec![0f64; 2 * d];
         self.for_each_shard(|_, acts| {
-            let part = acts.to_dtype(DType::F64)?.sum(0)?.flatten_all()?.to_vec1::<f64>()?; // [2*d]
+            let part = acts
+                .to_dtype(DType::F64)?
+                .sum(0)?
+                .flatten_all()?
+                .to_vec1::<f64>()?; // [2*d]
             for (a, b) in sum.iter_mut().zip(part) {
                 *a += b;
             }
@@ -1127,9 +1167,12 @@ fn read_prompts(path: &Path, n_prompts: &[usize]) -> Result<Vec<Vec<Vec<u32>>>> 
         path: path.to_path_buf(),
         msg,
     };
-    let mut t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(candle_msg(&e)))?;
+    let mut t =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(candle_msg(&e)))?;
     let mut take = |name: &str| -> Result<Vec<u32>> {
-        let v = t.remove(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?;
+        let v = t
+            .remove(name)
+            .ok_or_else(|| bad(format!("no tensor `{name}`")))?;
         if v.dtype() != DType::U32 || v.rank() != 1 {
             return Err(bad(format!(
                 "tensor `{name}` is {:?} {:?}, expected a u32 vector",

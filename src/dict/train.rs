@@ -347,7 +347,11 @@ impl Batches for MemoryBatches {
             rng.shuffle(&mut self.order);
             self.cursor = 0;
         }
-        let idx = Tensor::from_slice(&self.order[self.cursor..self.cursor + b], b, self.xn.device())?;
+        let idx = Tensor::from_slice(
+            &self.order[self.cursor..self.cursor + b],
+            b,
+            self.xn.device(),
+        )?;
         self.cursor += b;
         Ok(self.xn.index_select(&idx, 0)?) // [b, m*d]
     }
@@ -453,11 +457,11 @@ fn fit(
     let w_enc = Var::from_tensor(&w_dec0.t()?.contiguous()?)?; // [m*d, l]
     let w_dec = Var::from_tensor(&w_dec0)?; // [l, m*d]
     let b_enc = Var::from_tensor(&Tensor::zeros(l, DType::F32, dev)?)?; // [l]
-                                                                         // The decoder bias: one row per model (trained), or one row shared by all, fixed at the
-                                                                         // base's (model 0's) mean, so that what the other models add is left to the latents. (A
-                                                                         // shared bias trained from the models' average settles there, and a shift then becomes a
-                                                                         // latent with opposite directions in the two models; trained from the base's mean it drifts
-                                                                         // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
+                                                                        // The decoder bias: one row per model (trained), or one row shared by all, fixed at the
+                                                                        // base's (model 0's) mean, so that what the other models add is left to the latents. (A
+                                                                        // shared bias trained from the models' average settles there, and a shift then becomes a
+                                                                        // latent with opposite directions in the two models; trained from the base's mean it drifts
+                                                                        // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
     let b_dec = if opts.shared_decoder_bias {
         Var::from_tensor(&mean.reshape((m, d))?.get(0)?)? // [d]
     } else {

@@ -1383,7 +1383,11 @@ fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
     let last = mem.last_tokens("sycophancy").unwrap();
     let last_v = last.to_vec1::<u32>().unwrap();
     assert_eq!(
-        store.last_tokens("sycophancy").unwrap().to_vec1::<u32>().unwrap(),
+        store
+            .last_tokens("sycophancy")
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap(),
         last_v
     );
     let rows: Vec<usize> = last_v.iter().rev().map(|&r| r as usize).collect();
@@ -1399,10 +1403,7 @@ fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
     );
     assert_eq!(store.set_counts(), mem.set_counts());
     for set in [None, Some("sycophancy")] {
-        let (a, b) = (
-            store.mean_diff(set).unwrap(),
-            mem.mean_diff(set).unwrap(),
-        );
+        let (a, b) = (store.mean_diff(set).unwrap(), mem.mean_diff(set).unwrap());
         let err = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
         let scale = b.abs().unwrap().max_all().unwrap();
         assert!(
@@ -1460,8 +1461,11 @@ fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
         assert_eq!(top.len(), want.len());
         for (x, y) in top.iter().zip(&want) {
             assert!((x.activation - y.activation).abs() < 1e-3 * y.activation.max(1.0));
-            assert_eq!(x.window, mem.prompts[x.source.set][x.source.item][..=x.source.pos]
-                [x.source.pos + 1 - x.window.len()..]);
+            assert_eq!(
+                x.window,
+                mem.prompts[x.source.set][x.source.item][..=x.source.pos]
+                    [x.source.pos + 1 - x.window.len()..]
+            );
         }
     }
     let dopt = DashboardOptions {
@@ -1469,13 +1473,35 @@ fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
         ..DashboardOptions::default()
     };
     let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
-    let dd = Dashboard::build_streamed(&a, &store, sd.clone(), Some(md), decode, &dopt, 128).unwrap();
+    let dd =
+        Dashboard::build_streamed(&a, &store, sd.clone(), Some(md), decode, &dopt, 128).unwrap();
     let dm = Dashboard::build(&a, &mem, &f, sm.clone(), Some(mm), decode, &dopt).unwrap();
     assert_eq!(
         dd.contexts.keys().collect::<Vec<_>>(),
         dm.contexts.keys().collect::<Vec<_>>()
     );
     assert!(dd.contexts.values().any(|c| !c.is_empty()));
+    // The one call on the corpus on disk: training, metrics, table, dashboard, saved.
+    let run = dict::crosscoder_on_store(
+        store.clone(),
+        decode,
+        &dict::CrosscoderOptions {
+            train: dopts.clone(),
+            dashboard: dopt.clone(),
+            eval_batch: 128,
+            ..dict::CrosscoderOptions::default()
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(bits(run.dict.w_dec()), bits(a.w_dec()));
+    assert_eq!(run.dict.meta["hook_name"], CC_POINT.to_string());
+    let out = tmp("streamed-corpus-run");
+    run.save(&out, DType::F32).unwrap();
+    assert_eq!(
+        Dashboard::load(&out).unwrap().contexts,
+        run.dashboard.contexts
+    );
 
     // A run killed before its last shard resumes to the same corpus; other data is refused.
     let part = copy_corpus(&dir, "streamed-corpus-part");
@@ -1514,7 +1540,10 @@ fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
         .set_len(100)
         .unwrap();
     assert_names(opened.shard(0).unwrap_err(), &shard(0));
-    assert_names(train_streamed(&opened, &dopts, &Device::Cpu).unwrap_err(), &shard(0));
+    assert_names(
+        train_streamed(&opened, &dopts, &Device::Cpu).unwrap_err(),
+        &shard(0),
+    );
     let d = copy_corpus(&dir, "streamed-corpus-header");
     let mut bytes = std::fs::read(d.join(shard(2))).unwrap();
     bytes[8..24].copy_from_slice(b"{\"acts\":{\"dtype\"");
@@ -1525,7 +1554,11 @@ fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
     std::fs::remove_file(d.join(shard(2))).unwrap();
     assert_names(CorpusStore::open(&d).unwrap_err(), &shard(2));
     let d = copy_corpus(&dir, "streamed-corpus-manifest");
-    std::fs::write(d.join(CORPUS_MANIFEST), "{\"format\": \"puppetlens.paired_c").unwrap();
+    std::fs::write(
+        d.join(CORPUS_MANIFEST),
+        "{\"format\": \"puppetlens.paired_c",
+    )
+    .unwrap();
     assert_names(CorpusStore::open(&d).unwrap_err(), CORPUS_MANIFEST);
     let d = copy_corpus(&dir, "streamed-corpus-prompts");
     std::fs::write(d.join(CORPUS_PROMPTS), b"\x08\0\0\0\0\0\0\0{}").unwrap();
