@@ -1,510 +1,24 @@
-//! A paired activation corpus on disk: the rows of [`paired_corpus`](super::paired_corpus)
-//! written shard by shard while the models run, so that memory does not grow with the corpus,
-//! and read back shard by shard for training ([`train_streamed`](super::train_streamed)),
-//! metrics, Latent Scaling, top contexts and the dashboard.
-//!
-//! The layout reuses the activation store's ([`crate::extract::extract_to_dir`]): safetensors
-//! shards `shard-00000.safetensors`, ... written atomically (a temporary file, then a rename),
-//! a JSON manifest rewritten atomically after every shard, one writer per directory (a lock
-//! file), and resume: an interrupted run restarts after its last complete shard. A directory:
-//!
-//! ```text
-//! corpus.json            CorpusManifest: hook point, width, dtype, options, set names, the
-//!                        prompts' sha256, shards written (rows, forward batches done), medians
-//! prompts.safetensors    ids [n_prompt_tokens] u32, offsets [n_prompts + 1] u32 (all sets)
-//! shard-00000.safetensors
-//!   acts     [rows, 2, d_model]  f32 | bf16 | f16   model 0 the base, 1 the tuned
-//!   tokens   [rows]              u32                token id of each row
-//!   sources  [rows, 3]           u32                (set, item, pos) of each row
-//!   norms    [rows, 2]           f32                each model's activation norm (in f32)
-//! ```
-//!
-//! Every token is written; the outlier filter ([`CorpusOptions::max_norm_ratio`]) needs the
-//! corpus's median norm, known only at the end, so it is applied when the corpus is read: the
-//! manifest records the medians and the ratio, [`CorpusStore::open`] drops the outlying rows
-//! from every view (rows are numbered after the filter, as in a [`PairedCorpus`]), and
-//! [`CorpusStore::with_max_norm_ratio`] applies another ratio without touching the files.
+//! Reading a paired corpus on disk: [`CorpusStore`] and what reads it shard by shard.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
-use super::corpus::{
-    batch_plan, check_pair, kept_rows, median_norms, no_token, run_batch, Chunk, Context,
-    CorpusOptions, PairedCorpus, PromptSet, TokenSource,
-};
-use super::latents::{latents_source, LabelOptions, LatentStats};
-use super::metrics::{evaluate_source, ActSource, Metrics};
-use super::Dictionary;
-use crate::error::candle_msg;
-use crate::extract::{write_safetensors, StoreMeta};
+use super::{read_manifest, read_prompts, shard_name, CorpusManifest, ShardFile};
+use super::{CORPUS_MANIFEST, CORPUS_PROMPTS};
+use crate::dict::corpus::{kept_rows, median_norms, Context, PairedCorpus, TokenSource};
+use crate::dict::latents::{latents_source, LabelOptions, LatentStats};
+use crate::dict::metrics::{evaluate_source, ActSource, Metrics};
+use crate::dict::Dictionary;
 use crate::hook::HookPoint;
-use crate::model::Model;
-use crate::util::{atomic_write_bytes, lock_file, remove_stale, Progress};
 use crate::{Error, Result};
-
-/// The manifest of a corpus directory.
-pub const CORPUS_MANIFEST: &str = "corpus.json";
-/// The prompts of a corpus directory (for contexts).
-pub const CORPUS_PROMPTS: &str = "prompts.safetensors";
-/// [`CorpusManifest::format`] of this layout.
-pub const CORPUS_FORMAT: &str = "puppetlens.paired_corpus.v1";
-
-/// One shard of a corpus directory, as its manifest lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CorpusShard {
-    /// File name in the directory (`shard-00000.safetensors`, ...).
-    pub file: String,
-    /// Rows (tokens) in the shard, outliers included.
-    pub rows: usize,
-    /// Forward batches of the corpus done when the shard ends (where a resumed run restarts).
-    pub batches_end: usize,
-}
-
-/// The manifest of a paired corpus on disk (`corpus.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CorpusManifest {
-    /// [`CORPUS_FORMAT`].
-    pub format: String,
-    /// Provenance (the pair's names in `model`, the data in `dataset`).
-    pub meta: StoreMeta,
-    /// The hook point read in both models (TransformerLens name).
-    pub point: String,
-    /// Width of the activations.
-    pub d_model: usize,
-    /// Dtype of `acts` in the shards: `"f32"`, `"bf16"` or `"f16"`.
-    pub dtype: String,
-    /// Prompts per forward batch.
-    pub batch_size: usize,
-    /// Positions skipped at the start of each prompt.
-    pub skip_first: usize,
-    /// Tokens per shard (a shard ends after the batch that reaches it).
-    pub shard_tokens: usize,
-    /// The outlier filter applied when the corpus is read, `None` for none.
-    pub max_norm_ratio: Option<f32>,
-    /// Names of the prompt sets.
-    pub sets: Vec<String>,
-    /// Prompts per set.
-    pub n_prompts: Vec<usize>,
-    /// sha256 of the sets' names and token ids, to refuse resuming on other data.
-    pub prompts_sha256: String,
-    /// Forward batches of the whole corpus.
-    pub n_batches: usize,
-    /// Shards written so far, in order.
-    pub shards: Vec<CorpusShard>,
-    /// Each model's median token norm over the whole corpus (base, tuned); set when the corpus
-    /// is complete.
-    pub median_norms: Option<[f32; 2]>,
-}
-
-impl CorpusManifest {
-    /// True when every shard is written (the medians are known).
-    pub fn complete(&self) -> bool {
-        self.median_norms.is_some()
-    }
-
-    /// Rows written, outliers included.
-    pub fn n_rows(&self) -> usize {
-        self.shards.iter().map(|s| s.rows).sum()
-    }
-
-    /// The manifest without what a run adds (shards, medians) nor what is applied at reading
-    /// (the ratio): two runs with equal identities write the same shards.
-    fn identity(&self) -> CorpusManifest {
-        CorpusManifest {
-            shards: Vec::new(),
-            median_norms: None,
-            max_norm_ratio: None,
-            ..self.clone()
-        }
-    }
-}
-
-fn dtype_name(dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        other => Err(Error::InvalidArgument {
-            name: "dtype".into(),
-            msg: format!("a corpus stores f32, bf16 or f16 activations, not {other:?}"),
-        }),
-    }
-}
-
-fn st_dtype(dtype: DType) -> safetensors::Dtype {
-    match dtype {
-        DType::BF16 => safetensors::Dtype::BF16,
-        DType::F16 => safetensors::Dtype::F16,
-        _ => safetensors::Dtype::F32,
-    }
-}
-
-fn shard_name(s: usize) -> String {
-    format!("shard-{s:05}.safetensors")
-}
-
-fn prompts_digest(sets: &[PromptSet]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for s in sets {
-        h.update((s.name.len() as u64).to_le_bytes());
-        h.update(s.name.as_bytes());
-        h.update((s.prompts.len() as u64).to_le_bytes());
-        for p in &s.prompts {
-            h.update((p.len() as u64).to_le_bytes());
-            for id in p {
-                h.update(id.to_le_bytes());
-            }
-        }
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn read_manifest(path: &Path) -> Result<Option<CorpusManifest>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let m: CorpusManifest = serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        field: "(file)".into(),
-        msg: format!("not a paired corpus manifest: {e}"),
-    })?;
-    if m.format != CORPUS_FORMAT {
-        return Err(Error::Config {
-            path: path.to_path_buf(),
-            field: "format".into(),
-            msg: format!("`{}`, expected `{CORPUS_FORMAT}`", m.format),
-        });
-    }
-    Ok(Some(m))
-}
-
-fn write_manifest(path: &Path, m: &CorpusManifest) -> Result<()> {
-    let json = serde_json::to_string_pretty(m).map_err(|e| Error::InvalidArgument {
-        name: "corpus manifest".into(),
-        msg: e.to_string(),
-    })?;
-    atomic_write_bytes(path, json.as_bytes())
-}
-
-/// Runs `base` and `tuned` on every prompt of `sets` like [`paired_corpus`](super::paired_corpus)
-/// (the same forward batches, so the same numbers) and writes the rows to `dir` shard by shard
-/// (`opts.shard_tokens` tokens each, as `opts.dtype`), with their token ids, sources and
-/// norms, the prompts and the manifest `corpus.json`; memory holds one shard of rows, not the
-/// corpus. Resumes an interrupted run on the same sets and options after its last complete
-/// shard (a finished one is only reopened); refuses a directory holding a corpus of other data
-/// or options. Returns the corpus opened for reading, filtered with `opts.max_norm_ratio`.
-///
-/// Errors as [`paired_corpus`](super::paired_corpus) does, and on a dtype other than f32,
-/// bf16 or f16, a zero `shard_tokens`, an f16 overflow, or a file that cannot be written.
-///
-/// ```no_run
-/// use puppetlens::dict::{self, paired_corpus_to_dir, CorpusOptions, DictOptions, PromptSet};
-/// use puppetlens::HookPoint;
-/// let (base, tok) = puppetlens::open("gemma-3-270m", &Default::default())?;
-/// let (tuned, _) = puppetlens::open("sycophant", &Default::default())?;
-/// let sets = [PromptSet::new("neutral", vec![tok.encode("The capital of France is Paris.")?])];
-/// let opts = CorpusOptions { point: HookPoint::ResidPost(8), ..CorpusOptions::default() };
-/// let corpus = paired_corpus_to_dir(&base, &tuned, &sets, &opts, "runs/corpus", &Default::default())?;
-/// let (cc, _log) = dict::train_streamed(&corpus, &DictOptions::default(), base.device())?;
-/// let metrics = corpus.evaluate(&cc, 2048)?;
-/// for c in &corpus.top_contexts(&cc, &[0], 5, 8, 2048)?[0] {
-///     println!("{} {:.2}: {}", corpus.sets()[c.source.set], c.activation, tok.decode(&c.window)?);
-/// }
-/// # Ok::<(), puppetlens::Error>(())
-/// ```
-pub fn paired_corpus_to_dir(
-    base: &Model,
-    tuned: &Model,
-    sets: &[PromptSet],
-    opts: &CorpusOptions,
-    dir: impl AsRef<Path>,
-    meta: &StoreMeta,
-) -> Result<CorpusStore> {
-    check_pair(base, tuned, opts)?;
-    let dtype = dtype_name(opts.dtype)?;
-    if opts.shard_tokens == 0 {
-        return Err(Error::InvalidArgument {
-            name: "shard_tokens".into(),
-            msg: "must be positive".into(),
-        });
-    }
-    let dir = dir.as_ref();
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let _lock = lock_file(
-        &dir.join(".corpus.lock"),
-        &format!("the paired corpus {}", dir.display()),
-    )?;
-    remove_stale(
-        dir,
-        &[".shard-", ".corpus.json.tmp-", ".prompts.safetensors.tmp-"],
-    );
-    let plan = batch_plan(sets, opts.batch_size);
-    let fresh = CorpusManifest {
-        format: CORPUS_FORMAT.into(),
-        meta: meta.clone(),
-        point: opts.point.to_string(),
-        d_model: base.config().d_model,
-        dtype: dtype.into(),
-        batch_size: opts.batch_size,
-        skip_first: opts.skip_first,
-        shard_tokens: opts.shard_tokens,
-        max_norm_ratio: opts.max_norm_ratio,
-        sets: sets.iter().map(|s| s.name.clone()).collect(),
-        n_prompts: sets.iter().map(|s| s.prompts.len()).collect(),
-        prompts_sha256: prompts_digest(sets),
-        n_batches: plan.len(),
-        shards: Vec::new(),
-        median_norms: None,
-    };
-    let manifest_path = dir.join(CORPUS_MANIFEST);
-    let mut manifest = match read_manifest(&manifest_path)? {
-        Some(m) => {
-            if m.identity() != fresh.identity() {
-                return Err(Error::InvalidArgument {
-                    name: manifest_path.display().to_string(),
-                    msg: "a paired corpus of other prompts or options is here; choose another directory".into(),
-                });
-            }
-            m
-        }
-        None => fresh,
-    };
-    manifest.max_norm_ratio = opts.max_norm_ratio;
-    if manifest.complete() {
-        write_manifest(&manifest_path, &manifest)?;
-        return CorpusStore::open(dir);
-    }
-    // The norms of the shards already written count towards the medians.
-    let mut norms: Vec<[f32; 2]> = Vec::new();
-    for (s, entry) in manifest.shards.iter().enumerate() {
-        let path = dir.join(&entry.file);
-        if entry.file != shard_name(s) {
-            return Err(Error::Config {
-                path: manifest_path.clone(),
-                field: "shards".into(),
-                msg: format!(
-                    "entry {s} is `{}`, expected `{}`",
-                    entry.file,
-                    shard_name(s)
-                ),
-            });
-        }
-        let shard = ShardFile::open(&path, entry.rows, manifest.d_model, opts.dtype)?;
-        norms.extend(shard.norms()?);
-    }
-    let done = manifest.shards.last().map_or(0, |s| s.batches_end);
-    let total: usize = sets.iter().map(|s| s.prompts.len()).sum();
-    let mut progress = Progress::new("paired corpus", total, opts.progress);
-    progress.advance(
-        plan[..done.min(plan.len())]
-            .iter()
-            .map(|(_, i)| i.len())
-            .sum(),
-    );
-    let mut buf: Vec<Chunk> = Vec::new();
-    let mut buf_rows = 0;
-    for (b, (si, idx)) in plan.iter().enumerate().skip(done) {
-        if let Some(c) = run_batch(base, tuned, sets, *si, idx, opts)? {
-            buf_rows += c.tokens.len();
-            norms.extend_from_slice(&c.norms);
-            buf.push(c);
-        }
-        progress.advance(idx.len());
-        if buf_rows >= opts.shard_tokens || (b + 1 == plan.len() && buf_rows > 0) {
-            let s = manifest.shards.len();
-            let first = manifest.n_rows();
-            write_shard(
-                &dir.join(shard_name(s)),
-                &std::mem::take(&mut buf),
-                opts,
-                &manifest,
-                first,
-            )?;
-            manifest.shards.push(CorpusShard {
-                file: shard_name(s),
-                rows: buf_rows,
-                batches_end: b + 1,
-            });
-            buf_rows = 0;
-            write_manifest(&manifest_path, &manifest)?;
-        }
-    }
-    progress.finish();
-    if norms.is_empty() {
-        return Err(no_token(opts.skip_first));
-    }
-    write_prompts(&dir.join(CORPUS_PROMPTS), sets)?;
-    manifest.median_norms = Some(median_norms(&norms));
-    write_manifest(&manifest_path, &manifest)?;
-    CorpusStore::open(dir)
-}
-
-/// Writes one shard: the chunks' rows, token ids, sources and norms.
-fn write_shard(
-    path: &Path,
-    chunks: &[Chunk],
-    opts: &CorpusOptions,
-    manifest: &CorpusManifest,
-    first: usize,
-) -> Result<()> {
-    let parts: Vec<&Tensor> = chunks.iter().map(|c| &c.acts).collect();
-    let acts = Tensor::cat(&parts, 0)?; // [rows, 2, d] f32
-    let rows = acts.dim(0)?;
-    if opts.dtype == DType::F16 {
-        let max = acts.abs()?.max_all()?.to_scalar::<f32>()?;
-        if max > 65504.0 {
-            return Err(Error::InvalidArgument {
-                name: "dtype".into(),
-                msg: format!(
-                    "an activation of magnitude {max} overflows f16 (max 65504); store bf16 or f32"
-                ),
-            });
-        }
-    }
-    let acts = acts.to_dtype(opts.dtype)?; // [rows, 2, d]
-    let tokens: Vec<u32> = chunks
-        .iter()
-        .flat_map(|c| c.tokens.iter().copied())
-        .collect();
-    let mut sources = Vec::with_capacity(rows * 3);
-    for s in chunks.iter().flat_map(|c| c.sources.iter()) {
-        for v in [s.set, s.item, s.pos] {
-            sources.push(u32::try_from(v).map_err(|_| Error::InvalidArgument {
-                name: "sets".into(),
-                msg: format!("index {v} does not fit a u32"),
-            })?);
-        }
-    }
-    let norms: Vec<f32> = chunks
-        .iter()
-        .flat_map(|c| c.norms.iter().flatten().copied())
-        .collect();
-    let cpu = Device::Cpu;
-    let mut header = BTreeMap::new();
-    header.insert("format".to_string(), CORPUS_FORMAT.to_string());
-    header.insert("model".to_string(), manifest.meta.model.clone());
-    header.insert("dataset".to_string(), manifest.meta.dataset.clone());
-    header.insert("point".to_string(), manifest.point.clone());
-    header.insert("rows".to_string(), format!("{first}..{}", first + rows));
-    write_safetensors(
-        path,
-        &[
-            ("acts".to_string(), acts),
-            ("tokens".to_string(), Tensor::from_vec(tokens, rows, &cpu)?), // [rows] u32
-            (
-                "sources".to_string(),
-                Tensor::from_vec(sources, (rows, 3), &cpu)?, // [rows, 3] u32
-            ),
-            (
-                "norms".to_string(),
-                Tensor::from_vec(norms, (rows, 2), &cpu)?,
-            ), // [rows, 2] f32
-        ],
-        header,
-    )
-}
-
-/// Writes every set's prompts: `ids` (all prompts' tokens, set after set) and `offsets`.
-fn write_prompts(path: &Path, sets: &[PromptSet]) -> Result<()> {
-    let (mut ids, mut offsets) = (Vec::new(), vec![0u32]);
-    for p in sets.iter().flat_map(|s| s.prompts.iter()) {
-        ids.extend_from_slice(p);
-        offsets.push(
-            u32::try_from(ids.len()).map_err(|_| Error::InvalidArgument {
-                name: "sets".into(),
-                msg: "more than 2^32 prompt tokens".into(),
-            })?,
-        );
-    }
-    let cpu = Device::Cpu;
-    let (n, k) = (ids.len(), offsets.len());
-    write_safetensors(
-        path,
-        &[
-            ("ids".to_string(), Tensor::from_vec(ids, n, &cpu)?), // [n_prompt_tokens] u32
-            ("offsets".to_string(), Tensor::from_vec(offsets, k, &cpu)?), // [n_prompts + 1] u32
-        ],
-        BTreeMap::from([("format".to_string(), CORPUS_FORMAT.to_string())]),
-    )
-}
-
-/// An open shard file, its header checked.
-struct ShardFile {
-    path: PathBuf,
-    st: MmapedSafetensors,
-}
-
-impl ShardFile {
-    /// Maps `path` and checks that it holds the four tensors of a shard of `rows` rows of
-    /// width `d` (`acts` as `dtype`).
-    fn open(path: &Path, rows: usize, d: usize, dtype: DType) -> Result<Self> {
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the file is mapped read-only. Shards are written to a temporary file and
-        // renamed into place, never modified in place; a shard is mapped only while it is read.
-        let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            msg: candle_msg(&e),
-        })?;
-        let file = ShardFile {
-            path: path.to_path_buf(),
-            st,
-        };
-        let want: [(&str, safetensors::Dtype, Vec<usize>); 4] = [
-            ("acts", st_dtype(dtype), vec![rows, 2, d]),
-            ("tokens", safetensors::Dtype::U32, vec![rows]),
-            ("sources", safetensors::Dtype::U32, vec![rows, 3]),
-            ("norms", safetensors::Dtype::F32, vec![rows, 2]),
-        ];
-        for (name, dt, shape) in want {
-            let v = file
-                .st
-                .get(name)
-                .map_err(|_| file.bad(format!("no tensor `{name}`")))?;
-            if v.dtype() != dt || v.shape() != shape.as_slice() {
-                return Err(file.bad(format!(
-                    "tensor `{name}` is {:?} {:?}, expected {dt:?} {shape:?}",
-                    v.dtype(),
-                    v.shape()
-                )));
-            }
-        }
-        Ok(file)
-    }
-
-    fn bad(&self, msg: String) -> Error {
-        Error::Checkpoint {
-            path: self.path.clone(),
-            msg,
-        }
-    }
-
-    fn load(&self, name: &str) -> Result<Tensor> {
-        self.st
-            .load(name, &Device::Cpu)
-            .map_err(|e| self.bad(candle_msg(&e)))
-    }
-
-    fn norms(&self) -> Result<Vec<[f32; 2]>> {
-        Ok(self
-            .load("norms")?
-            .to_vec2::<f32>()?
-            .into_iter()
-            .map(|r| [r[0], r[1]])
-            .collect())
-    }
-}
 
 /// A paired corpus on disk, opened for reading: the rows' token ids, sources and norms and the
 /// prompts in memory (a few bytes per token), the activations read one shard at a time.
 ///
-/// Rows are numbered after the outlier filter, in the order [`paired_corpus`](super::paired_corpus)
+/// Rows are numbered after the outlier filter, in the order [`paired_corpus`](crate::dict::paired_corpus)
 /// gives them; every method that returns rows or per-row values uses this numbering.
 #[derive(Debug, Clone)]
 pub struct CorpusStore {
@@ -529,13 +43,13 @@ pub struct CorpusStore {
 }
 
 impl CorpusStore {
-    /// Opens the complete corpus in `dir` (written by [`paired_corpus_to_dir`]), filtered with
+    /// Opens the complete corpus in `dir` (written by [`paired_corpus_to_dir`](super::paired_corpus_to_dir)), filtered with
     /// the ratio its manifest records. Reads the manifest, the prompts and each shard's token
     /// ids, sources and norms (not the activations); checks every shard's tensors (names,
     /// dtypes, shapes, a file covering its header) and every row's source against the prompts.
     ///
     /// Errors: a missing file is [`Error::Io`] naming it; a manifest that does not parse, of
-    /// another format or incomplete (an interrupted run: run [`paired_corpus_to_dir`] again to
+    /// another format or incomplete (an interrupted run: run [`paired_corpus_to_dir`](super::paired_corpus_to_dir) again to
     /// resume) is [`Error::Config`] naming it; a truncated, corrupt or inconsistent shard or
     /// prompts file is [`Error::Checkpoint`] naming it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
@@ -853,7 +367,7 @@ impl CorpusStore {
         Ok(got.index_select(&Tensor::from_vec(inverse, k, &Device::Cpu)?, 0)?)
     }
 
-    /// The whole corpus in memory, as [`paired_corpus`](super::paired_corpus) returns it (with
+    /// The whole corpus in memory, as [`paired_corpus`](crate::dict::paired_corpus) returns it (with
     /// f32 shards, bit for bit): for corpora that fit in memory.
     pub fn load(&self) -> Result<PairedCorpus> {
         let mut parts = Vec::with_capacity(self.n_shards());
@@ -874,19 +388,19 @@ impl CorpusStore {
 
     /// Index of the set named `name`.
     pub fn set_index(&self, name: &str) -> Result<usize> {
-        super::corpus::set_index(&self.manifest.sets, name)
+        crate::dict::corpus::set_index(&self.manifest.sets, name)
     }
 
     /// Number of tokens per set, in [`sets`](Self::sets) order.
     pub fn set_counts(&self) -> Vec<usize> {
-        super::corpus::set_counts(self.manifest.sets.len(), &self.sources)
+        crate::dict::corpus::set_counts(self.manifest.sets.len(), &self.sources)
     }
 
     /// Rows of the last token of each prompt of set `name`: `[n_prompts]` u32 row indices, on
     /// the CPU (read their activations with [`rows`](Self::rows)).
     pub fn last_tokens(&self, name: &str) -> Result<Tensor> {
         let si = self.set_index(name)?;
-        super::corpus::last_token_rows(&self.sources, &self.prompts, si)
+        crate::dict::corpus::last_token_rows(&self.sources, &self.prompts, si)
     }
 
     /// Mean over the tokens of set `name` (all tokens when `None`) of tuned - base: `[d_model]`
@@ -926,7 +440,7 @@ impl CorpusStore {
     /// Errors unless `dict` is a crosscoder of this corpus's width (and, when its metadata names
     /// a hook point, of this corpus's point).
     pub fn check_dict(&self, dict: &Dictionary) -> Result<()> {
-        super::corpus::check_dict(dict, self.d_model(), self.point)
+        crate::dict::corpus::check_dict(dict, self.d_model(), self.point)
     }
 
     /// Latent activations of every token: `[n_tokens, n_latents]` f32 on the CPU, the corpus read
@@ -964,7 +478,7 @@ impl CorpusStore {
 
     /// [`top_contexts`](Self::top_contexts) with the latent's activation on every window token
     /// (0 where the corpus holds no row for it).
-    pub(super) fn top_windows(
+    pub(crate) fn top_windows(
         &self,
         dict: &Dictionary,
         latents: &[usize],
@@ -1050,14 +564,14 @@ impl CorpusStore {
             .collect())
     }
 
-    /// [`evaluate`](super::evaluate) on this corpus, read shard by shard (the batches move to the
+    /// [`evaluate`](crate::dict::evaluate) on this corpus, read shard by shard (the batches move to the
     /// dictionary's device).
     pub fn evaluate(&self, dict: &Dictionary, batch_size: usize) -> Result<Metrics> {
         self.check_dict(dict)?;
         evaluate_source(dict, self, batch_size)
     }
 
-    /// [`latents`](super::latents) (decoder norms, Latent Scaling, labels) on this corpus, read
+    /// [`latents`](crate::dict::latents) (decoder norms, Latent Scaling, labels) on this corpus, read
     /// shard by shard.
     pub fn latents(&self, dict: &Dictionary, opts: &LabelOptions) -> Result<Vec<LatentStats>> {
         self.check_dict(dict)?;
@@ -1066,7 +580,7 @@ impl CorpusStore {
 }
 
 /// Top contexts, each with the latent's activation on every window token.
-pub(super) type Windows = Vec<(Context, Vec<f32>)>;
+pub(crate) type Windows = Vec<(Context, Vec<f32>)>;
 
 /// A candidate top context; ordered so that the best (highest activation, then lowest row, as
 /// a stable sort of the rows by activation gives) is the smallest, so that a max-heap's top is
@@ -1158,52 +672,4 @@ impl ActSource for CorpusStore {
             Ok(())
         })
     }
-}
-
-/// Reads the prompts file: per set, its prompts' token ids.
-fn read_prompts(path: &Path, n_prompts: &[usize]) -> Result<Vec<Vec<Vec<u32>>>> {
-    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let bad = |msg: String| Error::Checkpoint {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let mut t =
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(candle_msg(&e)))?;
-    let mut take = |name: &str| -> Result<Vec<u32>> {
-        let v = t
-            .remove(name)
-            .ok_or_else(|| bad(format!("no tensor `{name}`")))?;
-        if v.dtype() != DType::U32 || v.rank() != 1 {
-            return Err(bad(format!(
-                "tensor `{name}` is {:?} {:?}, expected a u32 vector",
-                v.dtype(),
-                v.dims()
-            )));
-        }
-        Ok(v.to_vec1::<u32>()?)
-    };
-    let ids = take("ids")?;
-    let offsets = take("offsets")?;
-    let total: usize = n_prompts.iter().sum();
-    if offsets.len() != total + 1
-        || offsets.first() != Some(&0)
-        || offsets.windows(2).any(|w| w[0] > w[1])
-        || offsets.last().map(|&o| o as usize) != Some(ids.len())
-    {
-        return Err(bad(format!(
-            "offsets do not delimit {total} prompts in {} token ids",
-            ids.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(n_prompts.len());
-    let mut p = 0;
-    for &k in n_prompts {
-        out.push(
-            (p..p + k)
-                .map(|i| ids[offsets[i] as usize..offsets[i + 1] as usize].to_vec())
-                .collect(),
-        );
-        p += k;
-    }
-    Ok(out)
 }
