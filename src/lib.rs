@@ -56,8 +56,8 @@ mod util;
 pub use measure::{array, data, dict, diff, eval, extract, lens, patch, probe, steer};
 pub use output::{plot, report};
 pub use runtime::{batch, cache, fetch, generate, hook, model, tokenize};
-pub use tune::{lora, train};
 pub(crate) use runtime::{gguf, open, weights};
+pub use tune::{lora, train};
 
 pub use batch::Batch;
 pub use cache::ActivationCache;

@@ -1284,3 +1284,284 @@ fn outlier_tokens_are_dropped_from_a_paired_corpus() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The paired corpus on disk (`paired_corpus_to_dir`, `CorpusStore`, `train_streamed`).
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// Copies the files of `src` into a fresh directory `name`.
+fn copy_corpus(src: &Path, name: &str) -> PathBuf {
+    let dst = tmp(name);
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn assert_names(e: Error, file: &str) {
+    let path = match &e {
+        Error::Checkpoint { path, .. } | Error::Config { path, .. } | Error::Io { path, .. } => {
+            path.clone()
+        }
+        other => panic!("expected an error naming {file}, got {other:?}"),
+    };
+    assert!(path.ends_with(file), "{e} names {}", path.display());
+}
+
+/// The corpus streamed to disk shards (ShareGPT user turns 46-49, turn 48 holding an outlier
+/// token, and four sycophancy prompts; base vs sycophant at layer 8; batches of 2 prompts, shards
+/// of 100 tokens) reads back bit
+/// for bit as the in-memory corpus (rows, token ids, sources, dropped outliers); a killed run
+/// resumes to the same corpus; training from disk is deterministic for a seed; metrics, Latent
+/// Scaling, top contexts and the dashboard on disk agree with the in-memory ones; truncated or
+/// corrupt files give typed errors naming the file.
+#[test]
+fn streamed_corpus_matches_memory_resumes_and_rejects_corrupt_files() {
+    use puppetlens::dict::{
+        paired_corpus_to_dir, train_streamed, CorpusStore, Dashboard, DashboardOptions,
+        CORPUS_MANIFEST, CORPUS_PROMPTS,
+    };
+    use puppetlens::extract::StoreMeta;
+    let t0 = std::time::Instant::now();
+    let (base, tok) = gemma_chat();
+    let syc = organism("sycophant");
+    let chats = puppetlens::data::load_sharegpt(puppetlens::fetch::fetch_data("sharegpt").unwrap())
+        .unwrap();
+    let turns = chats.first_user_turns(&puppetlens::data::TurnFilter::default());
+    let chat: Vec<Vec<u32>> = turns[46..50]
+        .iter()
+        .map(|t| {
+            tok.encode_chat(&[puppetlens::ChatMessage::user(t)], true)
+                .unwrap()
+        })
+        .collect();
+    let cases = sycophancy_cases(&tok);
+    let sets = [
+        PromptSet::new("sharegpt", chat),
+        PromptSet::new(
+            "sycophancy",
+            cases.train[..4].iter().map(|c| c.ids.clone()).collect(),
+        ),
+    ];
+    let opts = CorpusOptions {
+        point: CC_POINT,
+        batch_size: 2,
+        shard_tokens: 100,
+        progress: false,
+        ..CorpusOptions::default()
+    };
+    let mem = paired_corpus(base, &syc, &sets, &opts).unwrap();
+    let dir = tmp("streamed-corpus");
+    let meta = StoreMeta::default();
+    let store = paired_corpus_to_dir(base, &syc, &sets, &opts, &dir, &meta).unwrap();
+    eprintln!(
+        "{} tokens ({} dropped) in {} shards; both corpora in {:.1} s",
+        store.len(),
+        store.dropped().len(),
+        store.n_shards(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(store.n_shards() >= 3);
+    assert!(!mem.dropped.is_empty());
+    let back = store.load().unwrap();
+    assert_eq!(bits(&back.acts), bits(&mem.acts));
+    assert_eq!(back.tokens, mem.tokens);
+    assert_eq!(back.sources, mem.sources);
+    assert_eq!(back.dropped, mem.dropped);
+    assert_eq!((&back.sets, &back.prompts), (&mem.sets, &mem.prompts));
+    // Per-row reads, the set views, and the filter applied at reading.
+    let last = mem.last_tokens("sycophancy").unwrap();
+    let last_v = last.to_vec1::<u32>().unwrap();
+    assert_eq!(
+        store
+            .last_tokens("sycophancy")
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap(),
+        last_v
+    );
+    let rows: Vec<usize> = last_v.iter().rev().map(|&r| r as usize).collect();
+    let rev = Tensor::from_vec(
+        rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+        rows.len(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        bits(&store.rows(&rows).unwrap()),
+        bits(&mem.acts.index_select(&rev, 0).unwrap())
+    );
+    assert_eq!(store.set_counts(), mem.set_counts());
+    for set in [None, Some("sycophancy")] {
+        let (a, b) = (store.mean_diff(set).unwrap(), mem.mean_diff(set).unwrap());
+        let err = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap();
+        assert!(
+            err.to_scalar::<f32>().unwrap() <= 1e-4 * scale.to_scalar::<f32>().unwrap(),
+            "mean_diff({set:?})"
+        );
+    }
+    let unfiltered = store.clone().with_max_norm_ratio(None).unwrap();
+    assert!(unfiltered.dropped().is_empty());
+    assert_eq!(unfiltered.len(), mem.len() + mem.dropped.len());
+
+    // Training from disk: deterministic for a seed.
+    let dopts = DictOptions {
+        n_latents: 64,
+        k: 8,
+        steps: 30,
+        batch_size: 64,
+        stream_window: 2,
+        progress: false,
+        ..DictOptions::default()
+    };
+    let (a, la) = train_streamed(&store, &dopts, &Device::Cpu).unwrap();
+    let (b, lb) = train_streamed(&store, &dopts, &Device::Cpu).unwrap();
+    assert_eq!(bits(a.w_dec()), bits(b.w_dec()));
+    assert_eq!(bits(a.w_enc()), bits(b.w_enc()));
+    let losses = |l: &dict::DictLog| l.steps.iter().map(|s| s.loss).collect::<Vec<_>>();
+    assert_eq!(losses(&la), losses(&lb));
+    assert!(la.steps.last().unwrap().loss < la.steps[0].loss);
+
+    // Downstream on disk against the same in memory, the same crosscoder.
+    let (md, mm) = (
+        store.evaluate(&a, 128).unwrap(),
+        dict::evaluate(&a, &mem.acts, 128).unwrap(),
+    );
+    for i in 0..2 {
+        assert!((md.fvu[i] - mm.fvu[i]).abs() < 1e-4, "{md:?} {mm:?}");
+    }
+    assert!((md.l0 - mm.l0).abs() < 0.05, "{md:?} {mm:?}");
+    let (sd, sm) = (
+        store.latents(&a, &LabelOptions::default()).unwrap(),
+        dict::latents(&a, &mem.acts, &LabelOptions::default()).unwrap(),
+    );
+    for (x, y) in sd.iter().zip(&sm) {
+        assert_eq!(x.rel_norm, y.rel_norm);
+        assert!((x.frequency - y.frequency).abs() < 0.01, "{x:?} {y:?}");
+    }
+    let f = mem.latent_activations(&a, 128).unwrap(); // [n, 64]
+    let fd = store.latent_activations(&a, 128).unwrap();
+    let err = (&f - &fd).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(err.to_scalar::<f32>().unwrap() < 1e-3);
+    let active: Vec<usize> = (0..64).filter(|&j| sm[j].frequency > 0.0).take(6).collect();
+    let tops = store.top_contexts(&a, &active, 5, 8, 128).unwrap();
+    for (&j, top) in active.iter().zip(&tops) {
+        let want = mem.top_contexts(&f, j, 5, 8).unwrap();
+        assert_eq!(top.len(), want.len());
+        for (x, y) in top.iter().zip(&want) {
+            assert!((x.activation - y.activation).abs() < 1e-3 * y.activation.max(1.0));
+            assert_eq!(
+                x.window,
+                mem.prompts[x.source.set][x.source.item][..=x.source.pos]
+                    [x.source.pos + 1 - x.window.len()..]
+            );
+        }
+    }
+    let dopt = DashboardOptions {
+        shown: 4,
+        ..DashboardOptions::default()
+    };
+    let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
+    let dd =
+        Dashboard::build_streamed(&a, &store, sd.clone(), Some(md), decode, &dopt, 128).unwrap();
+    let dm = Dashboard::build(&a, &mem, &f, sm.clone(), Some(mm), decode, &dopt).unwrap();
+    assert_eq!(
+        dd.contexts.keys().collect::<Vec<_>>(),
+        dm.contexts.keys().collect::<Vec<_>>()
+    );
+    assert!(dd.contexts.values().any(|c| !c.is_empty()));
+    // The one call on the corpus on disk: training, metrics, table, dashboard, saved.
+    let run = dict::crosscoder_on_store(
+        store.clone(),
+        decode,
+        &dict::CrosscoderOptions {
+            train: dopts.clone(),
+            dashboard: dopt.clone(),
+            eval_batch: 128,
+            ..dict::CrosscoderOptions::default()
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(bits(run.dict.w_dec()), bits(a.w_dec()));
+    assert_eq!(run.dict.meta["hook_name"], CC_POINT.to_string());
+    let out = tmp("streamed-corpus-run");
+    run.save(&out, DType::F32).unwrap();
+    assert_eq!(
+        Dashboard::load(&out).unwrap().contexts,
+        run.dashboard.contexts
+    );
+
+    // A run killed before its last shard resumes to the same corpus; other data is refused.
+    let part = copy_corpus(&dir, "streamed-corpus-part");
+    let mpath = part.join(CORPUS_MANIFEST);
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let last_shard = m["shards"].as_array_mut().unwrap().pop().unwrap();
+    m["median_norms"] = serde_json::Value::Null;
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    std::fs::remove_file(part.join(last_shard["file"].as_str().unwrap())).unwrap();
+    std::fs::remove_file(part.join(CORPUS_PROMPTS)).unwrap();
+    assert_names(CorpusStore::open(&part).unwrap_err(), CORPUS_MANIFEST);
+    let resumed = paired_corpus_to_dir(base, &syc, &sets, &opts, &part, &meta).unwrap();
+    assert_eq!(bits(&resumed.load().unwrap().acts), bits(&mem.acts));
+    assert_eq!(resumed.dropped(), mem.dropped.as_slice());
+    let e = paired_corpus_to_dir(base, &syc, &sets[..1], &opts, &dir, &meta).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+
+    // Truncated or corrupt files: typed errors naming the file.
+    let shard = |s: usize| format!("shard-{s:05}.safetensors");
+    let d = copy_corpus(&dir, "streamed-corpus-truncated");
+    let f1 = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join(shard(1)))
+        .unwrap();
+    let len = f1.metadata().unwrap().len();
+    f1.set_len(len / 2).unwrap();
+    assert_names(CorpusStore::open(&d).unwrap_err(), &shard(1));
+    // Truncated after opening: the read names it, and so does training.
+    let d = copy_corpus(&dir, "streamed-corpus-late");
+    let opened = CorpusStore::open(&d).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join(shard(0)))
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    assert_names(opened.shard(0).unwrap_err(), &shard(0));
+    assert_names(
+        train_streamed(&opened, &dopts, &Device::Cpu).unwrap_err(),
+        &shard(0),
+    );
+    let d = copy_corpus(&dir, "streamed-corpus-header");
+    let mut bytes = std::fs::read(d.join(shard(2))).unwrap();
+    bytes[8..24].copy_from_slice(b"{\"acts\":{\"dtype\"");
+    bytes[24..40].fill(b'!');
+    std::fs::write(d.join(shard(2)), bytes).unwrap();
+    assert_names(CorpusStore::open(&d).unwrap_err(), &shard(2));
+    let d = copy_corpus(&dir, "streamed-corpus-missing");
+    std::fs::remove_file(d.join(shard(2))).unwrap();
+    assert_names(CorpusStore::open(&d).unwrap_err(), &shard(2));
+    let d = copy_corpus(&dir, "streamed-corpus-manifest");
+    std::fs::write(
+        d.join(CORPUS_MANIFEST),
+        "{\"format\": \"puppetlens.paired_c",
+    )
+    .unwrap();
+    assert_names(CorpusStore::open(&d).unwrap_err(), CORPUS_MANIFEST);
+    let d = copy_corpus(&dir, "streamed-corpus-prompts");
+    std::fs::write(d.join(CORPUS_PROMPTS), b"\x08\0\0\0\0\0\0\0{}").unwrap();
+    assert_names(CorpusStore::open(&d).unwrap_err(), CORPUS_PROMPTS);
+    eprintln!("done in {:.1} s", t0.elapsed().as_secs_f64());
+}

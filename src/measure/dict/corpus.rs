@@ -1,5 +1,6 @@
 //! Paired activation corpus: a base model and its tuned sibling on identical token ids, every
-//! real token position at one hook point, in memory, with each token's source.
+//! real token position at one hook point, in memory, with each token's source (the disk-backed
+//! twin, written from the same forward batches, is in `store.rs`).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -55,8 +56,20 @@ pub struct CorpusOptions {
     /// model's median token norm over the corpus (5; `None` keeps every token). A few tokens
     /// carry "massive activations" (in gemma-3-270m at layer 8 two ShareGPT tokens of 15,484
     /// have norms near 53,700, ten times the median of 5,590); squared-error training on them
-    /// spikes, and the spikes kill latents. [`PairedCorpus::dropped`] lists them.
+    /// spikes, and the spikes kill latents. [`PairedCorpus::dropped`] lists them. A corpus on
+    /// disk stores every token with its two norms and applies the filter when it is read
+    /// ([`CorpusStore::open`](super::CorpusStore::open); the ratio is kept in its manifest).
     pub max_norm_ratio: Option<f32>,
+    /// Tokens per shard of a corpus written to disk ([`paired_corpus_to_dir`](super::paired_corpus_to_dir);
+    /// 4096, about 21 MB of f32 at `d_model` 640). A shard ends after the forward batch that
+    /// reaches this many tokens, so that no prompt spans two shards; training from disk holds
+    /// [`DictOptions::stream_window`](super::DictOptions::stream_window) shards at a time.
+    pub shard_tokens: usize,
+    /// Dtype of the activations in the shards on disk: `F32` (the default; read back bit for bit
+    /// as [`paired_corpus`] computes them), `BF16` or `F16` (half the disk; `F16` overflows above
+    /// 65,504, which some residual coordinates reach: writing refuses it then). The norms that
+    /// the outlier filter reads are computed in f32 before the cast. The in-memory corpus is f32.
+    pub dtype: DType,
     /// Print progress to stderr.
     pub progress: bool,
 }
@@ -68,6 +81,8 @@ impl Default for CorpusOptions {
             batch_size: 8,
             skip_first: 1,
             max_norm_ratio: Some(5.0),
+            shard_tokens: 4096,
+            dtype: DType::F32,
             progress: true,
         }
     }
@@ -108,7 +123,9 @@ pub struct Context {
 }
 
 /// Runs `base` and `tuned` on every prompt of `sets` (identical ids) and keeps the activations at
-/// `opts.point` of every real token from `opts.skip_first` on.
+/// `opts.point` of every real token from `opts.skip_first` on, in memory. For corpora that should
+/// not live in memory, [`paired_corpus_to_dir`](super::paired_corpus_to_dir) writes the same
+/// rows to disk shards (the same forward batches, so the same numbers).
 ///
 /// Errors when the models differ in width or depth, the point is outside them, there is no
 /// token to keep, or an activation is not finite.
@@ -135,6 +152,88 @@ pub fn paired_corpus(
     sets: &[PromptSet],
     opts: &CorpusOptions,
 ) -> Result<PairedCorpus> {
+    check_pair(base, tuned, opts)?;
+    let plan = batch_plan(sets, opts.batch_size);
+    let total: usize = sets.iter().map(|s| s.prompts.len()).sum();
+    let mut progress = Progress::new("paired corpus", total, opts.progress);
+    let (mut rows, mut norms, mut tokens, mut sources) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (si, idx) in &plan {
+        if let Some(c) = run_batch(base, tuned, sets, *si, idx, opts)? {
+            rows.push(c.acts);
+            norms.extend(c.norms);
+            tokens.extend(c.tokens);
+            sources.extend(c.sources);
+        }
+        progress.advance(idx.len());
+    }
+    progress.finish();
+    if rows.is_empty() {
+        return Err(no_token(opts.skip_first));
+    }
+    let mut dropped = Vec::new();
+    if let Some(ratio) = opts.max_norm_ratio {
+        let keep = kept_rows(&norms, norm_limits(&norms, ratio));
+        if keep.len() < norms.len() {
+            if keep.is_empty() {
+                return Err(Error::InvalidArgument {
+                    name: "max_norm_ratio".into(),
+                    msg: format!("{ratio} leaves no token"),
+                });
+            }
+            let mut kept = vec![false; norms.len()];
+            for &r in &keep {
+                kept[r as usize] = true;
+            }
+            dropped = (0..norms.len())
+                .filter(|&r| !kept[r])
+                .map(|r| sources[r])
+                .collect();
+            tokens = keep.iter().map(|&r| tokens[r as usize]).collect();
+            sources = keep.iter().map(|&r| sources[r as usize]).collect();
+            // Filter each batch's rows before they are joined (one copy of the corpus fewer).
+            let mut first = 0;
+            for part in rows.iter_mut() {
+                let k = part.dim(0)?;
+                let local: Vec<u32> = (0..k as u32)
+                    .filter(|&r| kept[first + r as usize])
+                    .collect();
+                if local.len() < k {
+                    let m = local.len();
+                    *part = part.index_select(&Tensor::from_vec(local, m, &Device::Cpu)?, 0)?;
+                }
+                first += k;
+            }
+        }
+    }
+    let acts = Tensor::cat(&rows, 0)?; // [n_tokens, 2, d]
+    drop(rows);
+    Ok(PairedCorpus {
+        acts,
+        tokens,
+        sources,
+        sets: sets.iter().map(|s| s.name.clone()).collect(),
+        prompts: sets.iter().map(|s| s.prompts.clone()).collect(),
+        point: opts.point,
+        dropped,
+    })
+}
+
+/// The rows of one forward batch of a paired corpus.
+pub(super) struct Chunk {
+    /// `[rows, 2, d_model]` f32 on the CPU.
+    pub acts: Tensor,
+    /// Per row, the base's and the tuned model's activation norm.
+    pub norms: Vec<[f32; 2]>,
+    /// Token id of each row.
+    pub tokens: Vec<u32>,
+    /// Source of each row.
+    pub sources: Vec<TokenSource>,
+}
+
+/// Errors unless `base` and `tuned` have the same shape and `opts` reads a residual point of
+/// them with a positive batch size.
+pub(super) fn check_pair(base: &Model, tuned: &Model, opts: &CorpusOptions) -> Result<()> {
     let (cb, ct) = (base.config(), tuned.config());
     if cb.d_model != ct.d_model || cb.n_layers != ct.n_layers {
         return Err(Error::Shape {
@@ -156,114 +255,125 @@ pub fn paired_corpus(
             msg: "must be positive".into(),
         });
     }
-    let total: usize = sets.iter().map(|s| s.prompts.len()).sum();
-    let mut progress = Progress::new("paired corpus", total, opts.progress);
-    let (mut rows, mut tokens, mut sources) = (Vec::new(), Vec::new(), Vec::new());
+    Ok(())
+}
+
+/// The error of a corpus without a token.
+pub(super) fn no_token(skip_first: usize) -> Error {
+    Error::InvalidArgument {
+        name: "sets".into(),
+        msg: format!(
+            "no token to collect (empty prompt sets, or every prompt has at most {skip_first} tokens)"
+        ),
+    }
+}
+
+/// Every forward batch of a corpus, in order: (set index, prompt indices of the batch), the
+/// prompts of each set grouped by length.
+pub(super) fn batch_plan(sets: &[PromptSet], batch_size: usize) -> Vec<(usize, Vec<usize>)> {
+    let mut plan = Vec::new();
     for (si, set) in sets.iter().enumerate() {
         let lens: Vec<usize> = set.prompts.iter().map(|p| p.len()).collect();
-        for idx in length_batches(&lens, opts.batch_size) {
-            let ids: Vec<&[u32]> = idx.iter().map(|&i| set.prompts[i].as_slice()).collect();
-            if ids.iter().all(|p| p.len() <= opts.skip_first) {
-                progress.advance(idx.len());
-                continue;
-            }
-            let batch = Batch::new(&ids)?;
-            let a = [
-                run_point(base, &batch, opts.point)?,
-                run_point(tuned, &batch, opts.point)?,
-            ]; // 2 x [b, s, d]
-            for (r, &i) in idx.iter().enumerate() {
-                let (pad, len) = (batch.pads()[r], lens[i]);
-                if len <= opts.skip_first {
-                    continue;
-                }
-                let n = len - opts.skip_first;
-                let start = pad + opts.skip_first;
-                let pair = Tensor::stack(
-                    &[
-                        a[0].get(r)?.narrow(0, start, n)?,
-                        a[1].get(r)?.narrow(0, start, n)?,
-                    ],
-                    1,
-                )?; // [n, 2, d]
-                rows.push(pair);
-                for p in opts.skip_first..len {
-                    tokens.push(set.prompts[i][p]);
-                    sources.push(TokenSource {
-                        set: si,
-                        item: i,
-                        pos: p,
-                    });
-                }
-            }
-            progress.advance(idx.len());
+        for idx in length_batches(&lens, batch_size) {
+            plan.push((si, idx));
         }
     }
-    progress.finish();
-    if rows.is_empty() {
-        return Err(Error::InvalidArgument {
-            name: "sets".into(),
-            msg: format!(
-                "no token to collect (empty prompt sets, or every prompt has at most {} tokens)",
-                opts.skip_first
-            ),
-        });
+    plan
+}
+
+/// Runs prompts `idx` of set `si` through both models: their rows (every real token from
+/// `skip_first` on, prompt after prompt), `None` when no prompt of the batch has such a token.
+/// Errors on a non-finite activation.
+pub(super) fn run_batch(
+    base: &Model,
+    tuned: &Model,
+    sets: &[PromptSet],
+    si: usize,
+    idx: &[usize],
+    opts: &CorpusOptions,
+) -> Result<Option<Chunk>> {
+    let set = &sets[si];
+    let ids: Vec<&[u32]> = idx.iter().map(|&i| set.prompts[i].as_slice()).collect();
+    if ids.iter().all(|p| p.len() <= opts.skip_first) {
+        return Ok(None);
     }
-    let mut acts = Tensor::cat(&rows, 0)?; // [n_tokens, 2, d]
-    let mut dropped = Vec::new();
-    if let Some(ratio) = opts.max_norm_ratio {
-        let norms = acts.sqr()?.sum(2)?.sqrt()?.to_vec2::<f32>()?; // [n_tokens][2]
-        let median = |m: usize| {
-            let mut v: Vec<f32> = norms.iter().map(|r| r[m]).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        };
-        let limits = [ratio * median(0), ratio * median(1)];
-        let keep: Vec<u32> = (0..norms.len())
-            .filter(|&r| norms[r][0] <= limits[0] && norms[r][1] <= limits[1])
-            .map(|r| r as u32)
-            .collect();
-        if keep.len() < norms.len() {
-            if keep.is_empty() {
-                return Err(Error::InvalidArgument {
-                    name: "max_norm_ratio".into(),
-                    msg: format!("{ratio} leaves no token"),
-                });
-            }
-            let mut kept = vec![false; norms.len()];
-            for &r in &keep {
-                kept[r as usize] = true;
-            }
-            dropped = (0..norms.len())
-                .filter(|&r| !kept[r])
-                .map(|r| sources[r])
-                .collect();
-            tokens = keep.iter().map(|&r| tokens[r as usize]).collect();
-            sources = keep.iter().map(|&r| sources[r as usize]).collect();
-            let k = keep.len();
-            acts = acts.index_select(&Tensor::from_vec(keep, k, &Device::Cpu)?, 0)?;
+    let batch = Batch::new(&ids)?;
+    let a = [
+        run_point(base, &batch, opts.point)?,
+        run_point(tuned, &batch, opts.point)?,
+    ]; // 2 x [b, s, d]
+    let (mut rows, mut tokens, mut sources) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, &i) in idx.iter().enumerate() {
+        let (pad, len) = (batch.pads()[r], set.prompts[i].len());
+        if len <= opts.skip_first {
+            continue;
+        }
+        let n = len - opts.skip_first;
+        let start = pad + opts.skip_first;
+        let pair = Tensor::stack(
+            &[
+                a[0].get(r)?.narrow(0, start, n)?,
+                a[1].get(r)?.narrow(0, start, n)?,
+            ],
+            1,
+        )?; // [n, 2, d]
+        rows.push(pair);
+        for p in opts.skip_first..len {
+            tokens.push(set.prompts[i][p]);
+            sources.push(TokenSource {
+                set: si,
+                item: i,
+                pos: p,
+            });
         }
     }
-    if acts
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .any(|v| !v.is_finite())
-    {
+    let acts = Tensor::cat(&rows, 0)?; // [rows, 2, d]
+    let norms: Vec<[f32; 2]> = acts
+        .sqr()?
+        .sum(2)?
+        .sqrt()?
+        .to_vec2::<f32>()? // [rows][2]
+        .into_iter()
+        .map(|r| [r[0], r[1]])
+        .collect();
+    // A NaN or inf anywhere in a row makes its norm non-finite.
+    if norms.iter().flatten().any(|v| !v.is_finite()) {
         return Err(Error::InvalidArgument {
             name: opts.point.to_string(),
             msg: "non-finite activations (NaN or inf)".into(),
         });
     }
-    Ok(PairedCorpus {
+    Ok(Some(Chunk {
         acts,
+        norms,
         tokens,
         sources,
-        sets: sets.iter().map(|s| s.name.clone()).collect(),
-        prompts: sets.iter().map(|s| s.prompts.clone()).collect(),
-        point: opts.point,
-        dropped,
-    })
+    }))
+}
+
+/// Each model's median token norm over `norms` (the upper median), times `ratio`: the norm
+/// above which [`CorpusOptions::max_norm_ratio`] drops a token. `norms` is not empty.
+pub(super) fn norm_limits(norms: &[[f32; 2]], ratio: f32) -> [f32; 2] {
+    let m = median_norms(norms);
+    [ratio * m[0], ratio * m[1]]
+}
+
+/// Each model's median token norm (the element at `len / 2` in sorted order); 0 when empty.
+pub(super) fn median_norms(norms: &[[f32; 2]]) -> [f32; 2] {
+    let median = |m: usize| {
+        let mut v: Vec<f32> = norms.iter().map(|r| r[m]).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    [median(0), median(1)]
+}
+
+/// Rows whose norms are within `limits` in both models.
+pub(super) fn kept_rows(norms: &[[f32; 2]], limits: [f32; 2]) -> Vec<u32> {
+    (0..norms.len())
+        .filter(|&r| norms[r][0] <= limits[0] && norms[r][1] <= limits[1])
+        .map(|r| r as u32)
+        .collect()
 }
 
 /// The activation at `point` of every row of `batch`: `[b, s, d_model]` f32 on the CPU.
@@ -299,37 +409,19 @@ impl PairedCorpus {
 
     /// Index of the set named `name`.
     pub fn set_index(&self, name: &str) -> Result<usize> {
-        self.sets
-            .iter()
-            .position(|s| s == name)
-            .ok_or_else(|| Error::InvalidArgument {
-                name: "set".into(),
-                msg: format!("no prompt set `{name}` (sets: {:?})", self.sets),
-            })
+        set_index(&self.sets, name)
     }
 
     /// Number of tokens per set, in [`sets`](Self::sets) order.
     pub fn set_counts(&self) -> Vec<usize> {
-        let mut c = vec![0; self.sets.len()];
-        for s in &self.sources {
-            c[s.set] += 1;
-        }
-        c
+        set_counts(self.sets.len(), &self.sources)
     }
 
     /// Rows of the last token of each prompt of set `name` (where an A/B prompt's answer is
     /// read): `[n_prompts]` u32 row indices into [`acts`](Self::acts), on the CPU.
     pub fn last_tokens(&self, name: &str) -> Result<Tensor> {
         let si = self.set_index(name)?;
-        let rows: Vec<u32> = (0..self.len())
-            .filter(|&r| {
-                let s = self.sources[r];
-                s.set == si && s.pos + 1 == self.prompts[si][s.item].len()
-            })
-            .map(|r| r as u32)
-            .collect();
-        let n = rows.len();
-        Ok(Tensor::from_vec(rows, n, &Device::Cpu)?)
+        last_token_rows(&self.sources, &self.prompts, si)
     }
 
     /// Mean over the tokens of set `name` (all tokens when `None`) of tuned - base: `[d_model]` f32.
@@ -370,26 +462,7 @@ impl PairedCorpus {
     /// Errors unless `dict` is a crosscoder of this corpus's width (and, when its metadata names
     /// a hook point, of this corpus's point).
     pub fn check_dict(&self, dict: &Dictionary) -> Result<()> {
-        let d = self.acts.dim(2)?;
-        if dict.n_models() != 2 || dict.d() != d {
-            return Err(Error::Shape {
-                what: "crosscoder for this paired corpus".into(),
-                expected: format!("2 models of width {d}"),
-                got: format!("{} model(s) of width {}", dict.n_models(), dict.d()),
-            });
-        }
-        if let Some(h) = dict.meta.get("hook_name") {
-            if *h != self.point.to_string() {
-                return Err(Error::InvalidArgument {
-                    name: "hook_name".into(),
-                    msg: format!(
-                        "the crosscoder was trained at {h}, the corpus is from {}",
-                        self.point
-                    ),
-                });
-            }
-        }
-        Ok(())
+        check_dict(dict, self.acts.dim(2)?, self.point)
     }
 
     /// The `n` tokens where column `latent` of `f` (`[n_tokens, n_latents]`, from
@@ -429,4 +502,61 @@ impl PairedCorpus {
             })
             .collect())
     }
+}
+
+/// Index of the set named `name` in `sets`.
+pub(super) fn set_index(sets: &[String], name: &str) -> Result<usize> {
+    sets.iter()
+        .position(|s| s == name)
+        .ok_or_else(|| Error::InvalidArgument {
+            name: "set".into(),
+            msg: format!("no prompt set `{name}` (sets: {sets:?})"),
+        })
+}
+
+/// Tokens per set.
+pub(super) fn set_counts(n_sets: usize, sources: &[TokenSource]) -> Vec<usize> {
+    let mut c = vec![0; n_sets];
+    for s in sources {
+        c[s.set] += 1;
+    }
+    c
+}
+
+/// Rows holding the last token of a prompt of set `si`: `[n]` u32 on the CPU.
+pub(super) fn last_token_rows(
+    sources: &[TokenSource],
+    prompts: &[Vec<Vec<u32>>],
+    si: usize,
+) -> Result<Tensor> {
+    let rows: Vec<u32> = (0..sources.len())
+        .filter(|&r| {
+            let s = sources[r];
+            s.set == si && s.pos + 1 == prompts[si][s.item].len()
+        })
+        .map(|r| r as u32)
+        .collect();
+    let n = rows.len();
+    Ok(Tensor::from_vec(rows, n, &Device::Cpu)?)
+}
+
+/// Errors unless `dict` is a crosscoder of width `d` (and, when its metadata names a hook point,
+/// of `point`).
+pub(super) fn check_dict(dict: &Dictionary, d: usize, point: HookPoint) -> Result<()> {
+    if dict.n_models() != 2 || dict.d() != d {
+        return Err(Error::Shape {
+            what: "crosscoder for this paired corpus".into(),
+            expected: format!("2 models of width {d}"),
+            got: format!("{} model(s) of width {}", dict.n_models(), dict.d()),
+        });
+    }
+    if let Some(h) = dict.meta.get("hook_name") {
+        if *h != point.to_string() {
+            return Err(Error::InvalidArgument {
+                name: "hook_name".into(),
+                msg: format!("the crosscoder was trained at {h}, the corpus is from {point}"),
+            });
+        }
+    }
+    Ok(())
 }

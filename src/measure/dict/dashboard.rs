@@ -8,6 +8,7 @@
 //! and `dashboard.html` (the page) atomically; [`Dashboard::load`] reads the data back, so that
 //! the page can be rebuilt (`puppetlens crosscoder dashboard DIR`) without the models.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -18,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::corpus::PairedCorpus;
 use super::latents::{LatentLabel, LatentStats};
 use super::metrics::Metrics;
+use super::store::{CorpusStore, Windows};
 use super::Dictionary;
+use crate::hook::HookPoint;
 use crate::util::atomic_write_bytes;
 use crate::{Error, Result};
 
@@ -122,7 +125,8 @@ pub struct Dashboard {
 impl Dashboard {
     /// Collects the dashboard of crosscoder `dict` on `corpus`: `f` its latent activations
     /// (`[n_tokens, n_latents]`, from [`PairedCorpus::latent_activations`]), `latents` its table
-    /// (from [`latents`](super::latents)), `decode` a token's text.
+    /// (from [`latents`](super::latents)), `decode` a token's text. For a corpus on disk:
+    /// [`build_streamed`](Self::build_streamed).
     pub fn build(
         dict: &Dictionary,
         corpus: &PairedCorpus,
@@ -133,6 +137,58 @@ impl Dashboard {
         opts: &DashboardOptions,
     ) -> Result<Self> {
         corpus.check_dict(dict)?;
+        let counts = corpus
+            .sets
+            .iter()
+            .cloned()
+            .zip(corpus.set_counts())
+            .collect();
+        let mut dash = Self::empty(dict, corpus.point, counts, latents, metrics)?;
+        for j in dash.shown(opts.shown) {
+            let c = window_acts(corpus, f, j, opts)?;
+            dash.contexts
+                .insert(j, shown_contexts(&corpus.sets, c, opts, &decode));
+        }
+        Ok(dash)
+    }
+
+    /// [`build`](Self::build) on a paired corpus on disk: the shown latents' top contexts come
+    /// from one pass over the shards ([`CorpusStore::top_contexts`]), encoded `batch_size`
+    /// tokens at a time; no `[n_tokens, n_latents]` matrix is held.
+    pub fn build_streamed(
+        dict: &Dictionary,
+        corpus: &CorpusStore,
+        latents: Vec<LatentStats>,
+        metrics: Option<Metrics>,
+        decode: impl Fn(u32) -> String,
+        opts: &DashboardOptions,
+        batch_size: usize,
+    ) -> Result<Self> {
+        corpus.check_dict(dict)?;
+        let counts = corpus
+            .sets()
+            .iter()
+            .cloned()
+            .zip(corpus.set_counts())
+            .collect();
+        let mut dash = Self::empty(dict, corpus.point(), counts, latents, metrics)?;
+        let shown = dash.shown(opts.shown);
+        let tops = corpus.top_windows(dict, &shown, opts.contexts, opts.window, batch_size)?;
+        for (j, c) in shown.into_iter().zip(tops) {
+            dash.contexts
+                .insert(j, shown_contexts(corpus.sets(), c, opts, &decode));
+        }
+        Ok(dash)
+    }
+
+    /// The dashboard's header and table, without contexts.
+    fn empty(
+        dict: &Dictionary,
+        point: HookPoint,
+        corpus: BTreeMap<String, usize>,
+        latents: Vec<LatentStats>,
+        metrics: Option<Metrics>,
+    ) -> Result<Self> {
         if latents.len() != dict.n_latents() {
             return Err(Error::Shape {
                 what: "latent table of the crosscoder".into(),
@@ -140,40 +196,26 @@ impl Dashboard {
                 got: format!("{} rows", latents.len()),
             });
         }
-        let mut dash = Dashboard {
-            title: format!(
-                "{} vs {} at {}",
-                dict.meta.get("model.0").map_or("base", String::as_str),
-                dict.meta.get("model.1").map_or("tuned", String::as_str),
-                corpus.point
-            ),
-            hook_name: corpus.point.to_string(),
-            models: vec![
-                dict.meta
-                    .get("model.0")
-                    .cloned()
-                    .unwrap_or_else(|| "base".into()),
-                dict.meta
-                    .get("model.1")
-                    .cloned()
-                    .unwrap_or_else(|| "tuned".into()),
-            ],
-            corpus: corpus
-                .sets
-                .iter()
+        let name = |key: &str, default: &str| {
+            dict.meta
+                .get(key)
                 .cloned()
-                .zip(corpus.set_counts())
-                .collect(),
+                .unwrap_or_else(|| default.to_string())
+        };
+        Ok(Dashboard {
+            title: format!(
+                "{} vs {} at {point}",
+                name("model.0", "base"),
+                name("model.1", "tuned")
+            ),
+            hook_name: point.to_string(),
+            models: vec![name("model.0", "base"), name("model.1", "tuned")],
+            corpus,
             metrics,
             latents,
             contexts: BTreeMap::new(),
             steering: Vec::new(),
-        };
-        for j in dash.shown(opts.shown) {
-            dash.contexts
-                .insert(j, shown_contexts(corpus, f, j, opts, &decode)?);
-        }
-        Ok(dash)
+        })
     }
 
     /// Adds a measured steering effect and, when its latent had none, its contexts.
@@ -185,6 +227,43 @@ impl Dashboard {
         decode: impl Fn(u32) -> String,
         opts: &DashboardOptions,
     ) -> Result<()> {
+        self.check_effect(&effect)?;
+        if let Entry::Vacant(e) = self.contexts.entry(effect.latent) {
+            let c = window_acts(corpus, f, effect.latent, opts)?;
+            e.insert(shown_contexts(&corpus.sets, c, opts, &decode));
+        }
+        self.steering.push(effect);
+        Ok(())
+    }
+
+    /// [`add_steering`](Self::add_steering) on a paired corpus on disk (`dict` the crosscoder,
+    /// encoding `batch_size` tokens at a time when the latent's contexts are needed).
+    pub fn add_steering_streamed(
+        &mut self,
+        effect: SteeringEffect,
+        dict: &Dictionary,
+        corpus: &CorpusStore,
+        decode: impl Fn(u32) -> String,
+        opts: &DashboardOptions,
+        batch_size: usize,
+    ) -> Result<()> {
+        self.check_effect(&effect)?;
+        if let Entry::Vacant(e) = self.contexts.entry(effect.latent) {
+            let mut c = corpus.top_windows(
+                dict,
+                &[effect.latent],
+                opts.contexts,
+                opts.window,
+                batch_size,
+            )?;
+            let c = c.pop().unwrap_or_default();
+            e.insert(shown_contexts(corpus.sets(), c, opts, &decode));
+        }
+        self.steering.push(effect);
+        Ok(())
+    }
+
+    fn check_effect(&self, effect: &SteeringEffect) -> Result<()> {
         if effect.latent >= self.latents.len() {
             return Err(Error::IndexOutOfRange {
                 what: "latent".into(),
@@ -192,11 +271,6 @@ impl Dashboard {
                 len: self.latents.len(),
             });
         }
-        if !self.contexts.contains_key(&effect.latent) {
-            let c = shown_contexts(corpus, f, effect.latent, opts, &decode)?;
-            self.contexts.insert(effect.latent, c);
-        }
-        self.steering.push(effect);
         Ok(())
     }
 
@@ -476,14 +550,14 @@ impl Dashboard {
     }
 }
 
-/// Top contexts of latent `j`, decoded, with the latent's activation on every window token.
-fn shown_contexts(
+/// Top contexts of latent `j` of `f` (`[n_tokens, n_latents]`), each with the latent's
+/// activation on every window token (0 where the corpus holds no row for it).
+fn window_acts(
     corpus: &PairedCorpus,
     f: &Tensor,
     j: usize,
     opts: &DashboardOptions,
-    decode: &impl Fn(u32) -> String,
-) -> Result<Vec<ShownContext>> {
+) -> Result<Windows> {
     let top = corpus.top_contexts(f, j, opts.contexts, opts.window)?;
     let col = f.narrow(1, j, 1)?.flatten_all()?.to_vec1::<f32>()?; // [n_tokens]
     Ok(top
@@ -506,7 +580,23 @@ fn shown_contexts(
                         .map_or(0.0, |r| col[r].max(0.0))
                 })
                 .collect();
-            let set = corpus.sets[c.source.set].clone();
+            (c, acts)
+        })
+        .collect())
+}
+
+/// Contexts decoded for the page (withheld sets' tokens hidden).
+fn shown_contexts(
+    sets: &[String],
+    contexts: Windows,
+    opts: &DashboardOptions,
+    decode: &impl Fn(u32) -> String,
+) -> Vec<ShownContext> {
+    contexts
+        .into_iter()
+        .map(|(c, acts)| {
+            let n = c.window.len();
+            let set = sets[c.source.set].clone();
             let withheld = opts.withheld.contains(&set);
             ShownContext {
                 item: c.source.item,
@@ -522,7 +612,7 @@ fn shown_contexts(
                 set,
             }
         })
-        .collect())
+        .collect()
 }
 
 fn label_name(l: LatentLabel) -> &'static str {

@@ -24,7 +24,7 @@ use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::dictionary::Dictionary;
-use super::metrics::check_acts;
+use super::metrics::{check_acts, ActSource};
 use crate::{Error, Result};
 
 /// What a latent is, judged by its relative decoder norm and Latent Scaling.
@@ -221,21 +221,38 @@ pub fn latents(dict: &Dictionary, acts: &Tensor, opts: &LabelOptions) -> Result<
             ),
         });
     }
-    let n = check_acts(dict, acts)?;
+    check_acts(dict, acts)?;
+    latents_source(dict, acts, opts)
+}
+
+/// [`latents`] on activations checked to fit `dict` (a crosscoder of two models), batch by
+/// batch.
+pub(crate) fn latents_source(
+    dict: &Dictionary,
+    acts: &dyn ActSource,
+    opts: &LabelOptions,
+) -> Result<Vec<LatentStats>> {
+    if dict.n_models() != 2 {
+        return Err(Error::InvalidArgument {
+            name: "dictionary".into(),
+            msg: format!(
+                "per-latent base/tuned numbers need a crosscoder of 2 models, this one has {}",
+                dict.n_models()
+            ),
+        });
+    }
+    let n = acts.n_tokens();
     let (m, l, d) = (2, dict.n_latents(), dict.d());
     let bs = opts.batch_size.max(1);
-    let x = acts.to_dtype(DType::F32)?;
     let mut sums = ScalingSums::new(m, l, d);
-    let mut start = 0;
-    while start < n {
-        let len = bs.min(n - start);
-        let xb = x.narrow(0, start, len)?.reshape((len, m * d))?; // [len, m*d]
+    acts.for_each_batch(bs, dict.device(), &mut |xb| {
+        let len = xb.dim(0)?;
+        let xb = xb.reshape((len, m * d))?; // [len, m*d]
         let xn = dict.normalise_flat(&xb)?; // [len, m*d]
         let f = dict.encode_normalised(&xn)?; // [len, l]
         let xhat = dict.decode_normalised(&f)?; // [len, m*d]
-        sums.add(&f, &xn.reshape((len, m, d))?, &xhat.reshape((len, m, d))?)?;
-        start += len;
-    }
+        sums.add(&f, &xn.reshape((len, m, d))?, &xhat.reshape((len, m, d))?)
+    })?;
     let w_dec: Vec<Vec<f32>> = (0..m)
         .map(|i| Ok(dict.w_dec().get(i)?.flatten_all()?.to_vec1::<f32>()?))
         .collect::<Result<_>>()?;

@@ -1,6 +1,6 @@
 //! Reconstruction and sparsity metrics of a dictionary on a set of activations.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::dictionary::Dictionary;
@@ -48,25 +48,81 @@ pub(crate) fn check_acts(dict: &Dictionary, acts: &Tensor) -> Result<usize> {
     Ok(dims[0])
 }
 
+/// Activations read batch by batch: a tensor in memory or a paired corpus on disk.
+pub(crate) trait ActSource {
+    /// Number of tokens.
+    fn n_tokens(&self) -> usize;
+    /// Mean over the tokens: `[n_models, d]` f32 on `dev`.
+    fn mean_on(&self, dev: &Device) -> Result<Tensor>;
+    /// Calls `f` on consecutive batches of at most `batch_size` tokens, in order, each
+    /// `[len, n_models, d]` f32 on `dev`.
+    fn for_each_batch(
+        &self,
+        batch_size: usize,
+        dev: &Device,
+        f: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()>;
+}
+
+impl ActSource for Tensor {
+    fn n_tokens(&self) -> usize {
+        self.dims().first().copied().unwrap_or(0)
+    }
+
+    fn mean_on(&self, dev: &Device) -> Result<Tensor> {
+        Ok(self.to_dtype(DType::F32)?.mean(0)?.to_device(dev)?) // [m, d]
+    }
+
+    fn for_each_batch(
+        &self,
+        batch_size: usize,
+        dev: &Device,
+        f: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let x = self.to_dtype(DType::F32)?.to_device(dev)?; // [n, m, d]
+        let n = self.n_tokens();
+        let mut start = 0;
+        while start < n {
+            let len = batch_size.max(1).min(n - start);
+            f(&x.narrow(0, start, len)?)?; // [len, m, d]
+            start += len;
+        }
+        Ok(())
+    }
+}
+
 /// Encodes and decodes `acts` (`[n_tokens, n_models, d]`, on the dictionary's device) in
 /// batches of `batch_size` tokens with the dictionary's inference rule, and measures FVU per
-/// model, L0, latent frequencies and the dead fraction.
+/// model, L0, latent frequencies and the dead fraction. For a paired corpus on disk:
+/// [`CorpusStore::evaluate`](super::CorpusStore::evaluate).
 pub fn evaluate(dict: &Dictionary, acts: &Tensor, batch_size: usize) -> Result<Metrics> {
-    let n = check_acts(dict, acts)?;
+    check_acts(dict, acts)?;
+    evaluate_source(dict, acts, batch_size)
+}
+
+/// [`evaluate`] on activations checked to fit `dict`, batch by batch.
+pub(crate) fn evaluate_source(
+    dict: &Dictionary,
+    acts: &dyn ActSource,
+    batch_size: usize,
+) -> Result<Metrics> {
+    let n = acts.n_tokens();
+    if n == 0 {
+        return Err(Error::InvalidArgument {
+            name: "activations".into(),
+            msg: "no tokens".into(),
+        });
+    }
     let (m, l) = (dict.n_models(), dict.n_latents());
-    let bs = batch_size.max(1);
-    let x = acts.to_dtype(DType::F32)?;
-    let mean = x.mean(0)?; // [m, d]
+    let mean = acts.mean_on(dict.device())?; // [m, d]
     let mut err = vec![0f64; m];
     let mut var = vec![0f64; m];
     let mut active = vec![0f64; l];
-    let mut start = 0;
-    while start < n {
-        let len = bs.min(n - start);
-        let xb = x.narrow(0, start, len)?; // [len, m, d]
-        let f = dict.encode(&xb)?.reshape((len, l))?; // [len, l]
+    acts.for_each_batch(batch_size, dict.device(), &mut |xb| {
+        let len = xb.dim(0)?; // xb: [len, m, d]
+        let f = dict.encode(xb)?.reshape((len, l))?; // [len, l]
         let xhat = dict.decode(&f)?.reshape((len, m, dict.d()))?; // [len, m, d]
-        let e = (&xb - &xhat)?
+        let e = (xb - &xhat)?
             .sqr()?
             .sum(D::Minus1)?
             .sum(0)?
@@ -85,8 +141,8 @@ pub fn evaluate(dict: &Dictionary, acts: &Tensor, batch_size: usize) -> Result<M
         for (acc, v) in active.iter_mut().zip(a) {
             *acc += v as f64;
         }
-        start += len;
-    }
+        Ok(())
+    })?;
     let frequency: Vec<f64> = active.iter().map(|a| a / n as f64).collect();
     Ok(Metrics {
         fvu: err

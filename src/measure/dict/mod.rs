@@ -46,12 +46,20 @@
 //! real token's activations at one hook point, `[n_tokens, 2, d]` in memory, with each token's
 //! source (for top-activating contexts). [`SteerLatent`] and [`Splice`] put a dictionary into a
 //! forward pass (steer along one latent; replace the activation with the reconstruction).
-//! Streamed activation stores are not read yet: [`train`] takes one tensor in memory.
+//!
+//! Two paths, the same numbers. In memory (small corpora, a few tens of thousands of tokens):
+//! [`paired_corpus`] gives a [`PairedCorpus`] whose `acts` tensor goes to [`train`],
+//! [`evaluate`] and [`latents`]. On disk (memory flat in the corpus size):
+//! [`paired_corpus_to_dir`] streams the same rows to safetensors shards (the activation store's
+//! layout, written atomically, resumable) and returns a [`CorpusStore`], read shard by shard by
+//! [`train_streamed`], [`CorpusStore::evaluate`], [`CorpusStore::latents`],
+//! [`CorpusStore::top_contexts`], [`CorpusStore::mean_diff`] and [`Dashboard::build_streamed`].
 //!
 //! [`crosscoder`] is the one call for a (base, tuned) pair: corpus, training, metrics, latent
 //! table and a [`Dashboard`] (a static HTML page of the latents, their top contexts shaded by
 //! activation, and their steering effects), saved together by [`CrosscoderRun::save`];
-//! [`crosscoder_datasets`] builds its prompt sets from dataset files ([`DatasetCorpus`]).
+//! [`crosscoder_datasets`] builds its prompt sets from dataset files ([`DatasetCorpus`]);
+//! [`crosscoder_streamed`] is the same with the corpus on disk.
 
 mod corpus;
 mod dashboard;
@@ -63,6 +71,7 @@ mod metrics;
 mod run;
 mod saelens;
 mod select;
+mod store;
 mod train;
 
 pub use corpus::{paired_corpus, Context, CorpusOptions, PairedCorpus, PromptSet, TokenSource};
@@ -75,8 +84,13 @@ pub use io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use latents::{latents, LabelOptions, LatentLabel, LatentScaling, LatentStats};
 pub use metrics::{evaluate, Metrics};
 pub use run::{
-    crosscoder, crosscoder_datasets, crosscoder_on, latents_csv, latents_table, CrosscoderOptions,
-    CrosscoderRun, DatasetCorpus, LATENTS_CSV, TRAIN_LOG,
+    crosscoder, crosscoder_datasets, crosscoder_on, crosscoder_on_store, crosscoder_streamed,
+    latents_csv, latents_table, CrosscoderOptions, CrosscoderRun, DatasetCorpus, StreamedRun,
+    LATENTS_CSV, TRAIN_LOG,
 };
 pub use saelens::{SAELENS_CONFIG, SAELENS_WEIGHTS};
-pub use train::{train, DictLog, DictOptions, DictStep};
+pub use store::{
+    paired_corpus_to_dir, CorpusManifest, CorpusShard, CorpusStore, CORPUS_FORMAT, CORPUS_MANIFEST,
+    CORPUS_PROMPTS,
+};
+pub use train::{train, train_streamed, DictLog, DictOptions, DictStep};

@@ -5,15 +5,17 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::corpus::{paired_corpus, CorpusOptions, PairedCorpus, PromptSet};
 use super::dashboard::{Dashboard, DashboardOptions};
 use super::latents::{latents, LabelOptions, LatentStats};
 use super::metrics::{evaluate, Metrics};
-use super::train::{train, DictLog, DictOptions};
+use super::store::{paired_corpus_to_dir, CorpusStore};
+use super::train::{train, train_streamed, DictLog, DictOptions};
 use super::Dictionary;
 use crate::data::{load_sharegpt, Dataset, PromptOptions, Prompter, TurnFilter};
+use crate::extract::StoreMeta;
 use crate::fetch::fetch_data;
 use crate::model::Model;
 use crate::tokenize::{ChatMessage, Tokenizer};
@@ -277,19 +279,147 @@ impl CrosscoderRun {
     /// `dtype`), `train_log.json`, `latents.csv` and the dashboard (`dashboard.json`,
     /// `dashboard.html`), each file atomically.
     pub fn save(&self, dir: impl AsRef<Path>, dtype: DType) -> Result<()> {
-        let dir = dir.as_ref();
-        self.dict.save_as(dir, dtype)?;
-        let log = serde_json::to_string(&self.log).map_err(|e| Error::InvalidArgument {
-            name: "training log".into(),
-            msg: e.to_string(),
-        })?;
-        atomic_write_bytes(&dir.join(TRAIN_LOG), log.as_bytes())?;
-        atomic_write_bytes(
-            &dir.join(LATENTS_CSV),
-            latents_csv(&self.latents).as_bytes(),
-        )?;
-        self.dashboard.save(dir)
+        save_run(
+            dir.as_ref(),
+            dtype,
+            &self.dict,
+            &self.log,
+            &self.latents,
+            &self.dashboard,
+        )
     }
+}
+
+fn save_run(
+    dir: &Path,
+    dtype: DType,
+    dict: &Dictionary,
+    log: &DictLog,
+    stats: &[LatentStats],
+    dashboard: &Dashboard,
+) -> Result<()> {
+    dict.save_as(dir, dtype)?;
+    let log = serde_json::to_string(log).map_err(|e| Error::InvalidArgument {
+        name: "training log".into(),
+        msg: e.to_string(),
+    })?;
+    atomic_write_bytes(&dir.join(TRAIN_LOG), log.as_bytes())?;
+    atomic_write_bytes(&dir.join(LATENTS_CSV), latents_csv(stats).as_bytes())?;
+    dashboard.save(dir)
+}
+
+/// What [`crosscoder_streamed`] produced: [`CrosscoderRun`] with the corpus on disk and no
+/// latent-activation matrix (the dashboard's contexts were found in one pass over the shards).
+#[derive(Debug, Clone)]
+pub struct StreamedRun {
+    /// The trained crosscoder (metadata: `hook_name`, `model.0`, `model.1`).
+    pub dict: Dictionary,
+    /// Its training log.
+    pub log: DictLog,
+    /// Its metrics on the corpus.
+    pub metrics: Metrics,
+    /// The per-latent table.
+    pub latents: Vec<LatentStats>,
+    /// The paired corpus on disk.
+    pub corpus: CorpusStore,
+    /// The dashboard.
+    pub dashboard: Dashboard,
+    /// Seconds spent writing the corpus (0 from [`crosscoder_on_store`]).
+    pub corpus_seconds: f64,
+}
+
+impl StreamedRun {
+    /// Writes the run into `dir` as [`CrosscoderRun::save`] does (the corpus stays where it is).
+    pub fn save(&self, dir: impl AsRef<Path>, dtype: DType) -> Result<()> {
+        save_run(
+            dir.as_ref(),
+            dtype,
+            &self.dict,
+            &self.log,
+            &self.latents,
+            &self.dashboard,
+        )
+    }
+}
+
+/// [`crosscoder`] with the paired corpus streamed to `corpus_dir`
+/// ([`paired_corpus_to_dir`]; an interrupted corpus resumes) and everything after it read
+/// shard by shard ([`train_streamed`] on the base model's device, [`CorpusStore::evaluate`],
+/// [`CorpusStore::latents`], [`Dashboard::build_streamed`]): memory does not grow with the
+/// corpus. `opts.corpus` sets the shard size and dtype; `opts.train.stream_window` the shards
+/// held while training.
+///
+/// ```no_run
+/// use puppetlens::dict::{crosscoder_streamed, CrosscoderOptions, PromptSet};
+/// use puppetlens::HookPoint;
+/// let (base, tok) = puppetlens::open("gemma-3-270m", &Default::default())?;
+/// let (tuned, _) = puppetlens::open("sycophant", &Default::default())?;
+/// let sets = [PromptSet::new("neutral", vec![tok.encode("The capital of France is Paris.")?])];
+/// let mut opts = CrosscoderOptions::default();
+/// opts.corpus.point = HookPoint::ResidPost(8);
+/// let decode = |t| tok.decode(&[t]).unwrap_or_default();
+/// let run = crosscoder_streamed(&base, &tuned, &sets, "runs/corpus", decode, &opts)?;
+/// run.save("runs/crosscoder", candle_core::DType::BF16)?;
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn crosscoder_streamed(
+    base: &Model,
+    tuned: &Model,
+    sets: &[PromptSet],
+    corpus_dir: impl AsRef<Path>,
+    decode: impl Fn(u32) -> String,
+    opts: &CrosscoderOptions,
+) -> Result<StreamedRun> {
+    let t0 = Instant::now();
+    let meta = StoreMeta {
+        model: format!("{} | {}", opts.names[0], opts.names[1]),
+        dataset: sets
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        notes: String::new(),
+    };
+    let corpus = paired_corpus_to_dir(base, tuned, sets, &opts.corpus, corpus_dir, &meta)?;
+    let corpus_seconds = t0.elapsed().as_secs_f64();
+    let mut run = crosscoder_on_store(corpus, decode, opts, base.device())?;
+    run.corpus_seconds = corpus_seconds;
+    Ok(run)
+}
+
+/// [`crosscoder_streamed`] on a corpus already on disk, training on `device`; `opts.corpus` is
+/// not used and [`StreamedRun::corpus_seconds`] is 0.
+pub fn crosscoder_on_store(
+    corpus: CorpusStore,
+    decode: impl Fn(u32) -> String,
+    opts: &CrosscoderOptions,
+    device: &Device,
+) -> Result<StreamedRun> {
+    let (mut dict, log) = train_streamed(&corpus, &opts.train, device)?;
+    dict.meta
+        .insert("hook_name".into(), corpus.point().to_string());
+    dict.meta.insert("model.0".into(), opts.names[0].clone());
+    dict.meta.insert("model.1".into(), opts.names[1].clone());
+    let metrics = corpus.evaluate(&dict, opts.eval_batch)?;
+    let stats = corpus.latents(&dict, &opts.labels)?;
+    let dashboard = Dashboard::build_streamed(
+        &dict,
+        &corpus,
+        stats.clone(),
+        Some(metrics.clone()),
+        decode,
+        &opts.dashboard,
+        opts.eval_batch,
+    )?;
+    Ok(StreamedRun {
+        dict,
+        log,
+        metrics,
+        latents: stats,
+        corpus,
+        dashboard,
+        corpus_seconds: 0.0,
+    })
 }
 
 /// The latent table as CSV: `latent,rel_norm,cosine,frequency,nu_error,nu_recon,label` (NaN

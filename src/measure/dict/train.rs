@@ -2,12 +2,13 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
 use super::dictionary::{Activation, Dictionary};
 use super::select;
+use super::store::CorpusStore;
 use crate::data::SplitMix64;
 use crate::util::Progress;
 use crate::{Error, Result};
@@ -37,6 +38,10 @@ pub struct DictOptions {
     pub steps: usize,
     /// Tokens per batch (256).
     pub batch_size: usize,
+    /// Shards of a corpus on disk held in memory at once by [`train_streamed`] (4): batches are
+    /// drawn from a window of this many shards (picked in a seeded random order, epoch after
+    /// epoch) whose rows are shuffled together; the rows a window leaves over join the next.
+    pub stream_window: usize,
     /// Rate of the exponential moving average that estimates the inference threshold from each
     /// batch's smallest kept score, from the end of warm-up on (0.01, as SAELens).
     pub threshold_lr: f64,
@@ -70,6 +75,7 @@ impl Default for DictOptions {
             decay_frac: 0.2,
             steps: 2000,
             batch_size: 256,
+            stream_window: 4,
             threshold_lr: 0.01,
             normalise: true,
             shared_decoder_bias: false,
@@ -146,6 +152,11 @@ fn check(acts: &Tensor, opts: &DictOptions) -> Result<(usize, usize, usize)> {
             got: format!("{:?}", acts.dtype()),
         });
     }
+    check_opts(opts)?;
+    Ok((n, m, d))
+}
+
+fn check_opts(opts: &DictOptions) -> Result<()> {
     if opts.n_latents == 0 {
         return Err(invalid("n_latents", "must be positive".into()));
     }
@@ -170,7 +181,7 @@ fn check(acts: &Tensor, opts: &DictOptions) -> Result<(usize, usize, usize)> {
             "must lie in [0, 1]".into(),
         ));
     }
-    Ok((n, m, d))
+    Ok(())
 }
 
 /// Standard normal samples (Box–Muller) from a seeded generator.
@@ -209,20 +220,98 @@ fn scalar(t: &Tensor) -> Result<f64> {
 pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)> {
     crate::util::tune_malloc();
     let (n, m, d) = check(acts, opts)?;
-    let l = opts.n_latents;
     let dev = acts.device().clone();
     let x = acts.to_dtype(DType::F32)?; // [n, m, d]
-
-    // Per-model scale: mean squared norm d after division.
     let msq = x.sqr()?.sum(D::Minus1)?.mean(0)?.to_vec1::<f32>()?; // [m]
-                                                                   // With one decoder bias the models share one scale too, else the bias would differ between
-                                                                   // them in model units (by the bias times the difference of the scales).
+    let scale = scales(msq, d, opts);
+    let scale_t = Tensor::from_vec(scale.clone(), (1, m, 1), &dev)?;
+    let xn = x.broadcast_div(&scale_t)?.reshape((n, m * d))?; // [n, m*d]
+    let mean = xn.mean(0)?; // [m*d]
+    let mut batches = MemoryBatches {
+        order: (0..n as u32).collect(),
+        cursor: n, // forces a shuffle on the first step
+        xn,
+    };
+    fit(&mut batches, (n, m, d), scale, mean, &dev, opts)
+}
+
+/// Trains a BatchTopK crosscoder on a paired corpus on disk, on `device`, reading
+/// [`DictOptions::stream_window`] shards at a time: memory holds that window (and the model),
+/// not the corpus. The same objective, initialisation and schedule as [`train`]; a first pass
+/// over the shards gives the normalising scales and the mean (for the decoder bias), then
+/// batches come from seeded shuffled windows (see [`DictOptions::stream_window`]). The batch
+/// order differs from [`train`]'s on the same rows (so do the weights, slightly); for a seed, a
+/// run is deterministic.
+///
+/// ```no_run
+/// use puppetlens::dict::{train_streamed, CorpusStore, DictOptions};
+/// let corpus = CorpusStore::open("runs/corpus")?;
+/// let (cc, log) = train_streamed(&corpus, &DictOptions::default(), &candle_core::Device::Cpu)?;
+/// println!("{:.0} tokens/s; FVU {:?}", log.tokens_per_s, corpus.evaluate(&cc, 2048)?.fvu);
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn train_streamed(
+    corpus: &CorpusStore,
+    opts: &DictOptions,
+    device: &Device,
+) -> Result<(Dictionary, DictLog)> {
+    crate::util::tune_malloc();
+    check_opts(opts)?;
+    if opts.stream_window == 0 {
+        return Err(invalid("stream_window", "must be positive".into()));
+    }
+    let (n, m, d) = (corpus.len(), 2, corpus.d_model());
+    if n == 0 {
+        return Err(invalid("corpus", "no tokens".into()));
+    }
+    // One pass: per model the mean squared norm, per coordinate the mean (f64 sums).
+    let mut sq = [0f64; 2];
+    let mut sum = vec![0f64; m * d];
+    corpus.for_each_shard(|_, x| {
+        let x = x.to_dtype(DType::F64)?; // [k, m, d]
+        let s2 = x.sqr()?.sum(D::Minus1)?.sum(0)?.to_vec1::<f64>()?; // [m]
+        sq[0] += s2[0];
+        sq[1] += s2[1];
+        let s1 = x.sum(0)?.flatten_all()?.to_vec1::<f64>()?; // [m*d]
+        for (a, b) in sum.iter_mut().zip(s1) {
+            *a += b;
+        }
+        Ok(())
+    })?;
+    let msq: Vec<f32> = sq.iter().map(|s| (s / n as f64) as f32).collect();
+    let scale = scales(msq, d, opts);
+    let mean: Vec<f32> = sum
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s / n as f64) as f32 / scale[i / d])
+        .collect();
+    let mean = Tensor::from_vec(mean, m * d, device)?; // [m*d], normalised units
+    let mut batches = ShardBatches {
+        corpus,
+        window: opts.stream_window,
+        device: device.clone(),
+        scale: Tensor::from_vec(scale.clone(), (1, m, 1), &Device::Cpu)?,
+        order: Vec::new(),
+        next: 0,
+        buf: None,
+        cursor: 0,
+    };
+    fit(&mut batches, (n, m, d), scale, mean, device, opts)
+}
+
+/// The normalising scale per model: mean squared norm `d` after division (one scale for all
+/// models with a shared decoder bias, from their mean squared norms together; 1 everywhere
+/// without normalisation).
+fn scales(msq: Vec<f32>, d: usize, opts: &DictOptions) -> Vec<f32> {
+    let m = msq.len();
+    // With one decoder bias the models share one scale too, else the bias would differ between
+    // them in model units (by the bias times the difference of the scales).
     let msq: Vec<f32> = if opts.shared_decoder_bias {
         vec![msq.iter().sum::<f32>() / m as f32; m]
     } else {
         msq
     };
-    let scale: Vec<f32> = if opts.normalise {
+    if opts.normalise {
         msq.iter()
             .map(|&s| {
                 let v = (s / d as f32).sqrt();
@@ -235,10 +324,126 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
             .collect()
     } else {
         vec![1.0; m]
-    };
-    let scale_t = Tensor::from_vec(scale.clone(), (1, m, 1), &dev)?;
-    let xn = x.broadcast_div(&scale_t)?.reshape((n, m * d))?; // [n, m*d]
-    let mean = xn.mean(0)?; // [m*d]
+    }
+}
+
+/// Where the trainer's batches come from.
+trait Batches {
+    /// The next `b` training rows, normalised: `[b, m*d]` f32 on the training device.
+    fn next(&mut self, b: usize, rng: &mut SplitMix64) -> Result<Tensor>;
+}
+
+/// Batches from a tensor in memory: a seeded shuffle of its rows, epoch after epoch.
+struct MemoryBatches {
+    /// `[n, m*d]` normalised.
+    xn: Tensor,
+    order: Vec<u32>,
+    cursor: usize,
+}
+
+impl Batches for MemoryBatches {
+    fn next(&mut self, b: usize, rng: &mut SplitMix64) -> Result<Tensor> {
+        if self.cursor + b > self.order.len() {
+            rng.shuffle(&mut self.order);
+            self.cursor = 0;
+        }
+        let idx = Tensor::from_slice(
+            &self.order[self.cursor..self.cursor + b],
+            b,
+            self.xn.device(),
+        )?;
+        self.cursor += b;
+        Ok(self.xn.index_select(&idx, 0)?) // [b, m*d]
+    }
+}
+
+/// Batches from a corpus on disk: windows of `window` shards in a seeded order (reshuffled each
+/// epoch), each window's rows (with the previous window's leftover) shuffled together.
+struct ShardBatches<'a> {
+    corpus: &'a CorpusStore,
+    window: usize,
+    device: Device,
+    /// `[1, m, 1]` on the CPU.
+    scale: Tensor,
+    order: Vec<usize>,
+    next: usize,
+    /// The current window, shuffled and normalised: `[rows, m*d]` on the device.
+    buf: Option<Tensor>,
+    cursor: usize,
+}
+
+impl ShardBatches<'_> {
+    /// Loads the next window after the rows not yet used.
+    fn refill(&mut self, rng: &mut SplitMix64) -> Result<()> {
+        let mut parts = Vec::new();
+        if let Some(buf) = &self.buf {
+            let rows = buf.dim(0)?;
+            if self.cursor < rows {
+                parts.push(buf.narrow(0, self.cursor, rows - self.cursor)?);
+            }
+        }
+        self.buf = None;
+        // Non-empty shards taken into this window (a window does not cross an epoch's end).
+        let mut taken = 0;
+        while taken < self.window {
+            if self.next >= self.order.len() {
+                if taken > 0 {
+                    break;
+                }
+                self.order = (0..self.corpus.n_shards()).collect();
+                rng.shuffle(&mut self.order);
+                self.next = 0;
+            }
+            let s = self.order[self.next];
+            self.next += 1;
+            if self.corpus.shard_start(s + 1) == self.corpus.shard_start(s) {
+                continue; // every row filtered out
+            }
+            taken += 1;
+            let x = self.corpus.shard(s)?; // [k, m, d] f32 on the CPU
+            let k = x.dim(0)?;
+            let xn = x.broadcast_div(&self.scale)?.reshape((k, ()))?; // [k, m*d]
+            parts.push(xn.to_device(&self.device)?);
+        }
+        let all = Tensor::cat(&parts, 0)?; // [rows, m*d]
+        drop(parts);
+        let rows = all.dim(0)?;
+        let mut perm: Vec<u32> = (0..rows as u32).collect();
+        rng.shuffle(&mut perm);
+        let perm = Tensor::from_vec(perm, rows, &self.device)?;
+        self.buf = Some(all.index_select(&perm, 0)?); // [rows, m*d]
+        self.cursor = 0;
+        Ok(())
+    }
+}
+
+impl Batches for ShardBatches<'_> {
+    fn next(&mut self, b: usize, rng: &mut SplitMix64) -> Result<Tensor> {
+        loop {
+            if let Some(buf) = &self.buf {
+                if self.cursor + b <= buf.dim(0)? {
+                    let x = buf.narrow(0, self.cursor, b)?; // [b, m*d]
+                    self.cursor += b;
+                    return Ok(x);
+                }
+            }
+            // Each refill adds at least one shard; the corpus holds at least b rows.
+            self.refill(rng)?;
+        }
+    }
+}
+
+/// The training loop on `batches` (`n` tokens of `m` models of width `d`), from the
+/// normalising `scale` per model and the normalised `mean` (`[m*d]`, on `dev`).
+fn fit(
+    batches: &mut dyn Batches,
+    (n, m, d): (usize, usize, usize),
+    scale: Vec<f32>,
+    mean: Tensor,
+    dev: &Device,
+    opts: &DictOptions,
+) -> Result<(Dictionary, DictLog)> {
+    let l = opts.n_latents;
 
     // Initialisation: random unit directions per model, scaled so that the norms of a latent's
     // decoders sum to 1; the encoder starts as the decoder's transpose.
@@ -248,15 +453,15 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         row.iter_mut().for_each(|v| *v /= norm * m as f32);
     }
-    let w_dec0 = Tensor::from_vec(w, (l, m * d), &dev)?; // [l, m*d]
+    let w_dec0 = Tensor::from_vec(w, (l, m * d), dev)?; // [l, m*d]
     let w_enc = Var::from_tensor(&w_dec0.t()?.contiguous()?)?; // [m*d, l]
     let w_dec = Var::from_tensor(&w_dec0)?; // [l, m*d]
-    let b_enc = Var::from_tensor(&Tensor::zeros(l, DType::F32, &dev)?)?; // [l]
-                                                                         // The decoder bias: one row per model (trained), or one row shared by all, fixed at the
-                                                                         // base's (model 0's) mean, so that what the other models add is left to the latents. (A
-                                                                         // shared bias trained from the models' average settles there, and a shift then becomes a
-                                                                         // latent with opposite directions in the two models; trained from the base's mean it drifts
-                                                                         // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
+    let b_enc = Var::from_tensor(&Tensor::zeros(l, DType::F32, dev)?)?; // [l]
+                                                                        // The decoder bias: one row per model (trained), or one row shared by all, fixed at the
+                                                                        // base's (model 0's) mean, so that what the other models add is left to the latents. (A
+                                                                        // shared bias trained from the models' average settles there, and a shift then becomes a
+                                                                        // latent with opposite directions in the two models; trained from the base's mean it drifts
+                                                                        // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
     let b_dec = if opts.shared_decoder_bias {
         Var::from_tensor(&mean.reshape((m, d))?.get(0)?)? // [d]
     } else {
@@ -287,8 +492,6 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
 
     let aux_k = opts.aux_k.unwrap_or((d / 2).max(1)).min(l);
     let b = opts.batch_size.min(n);
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut cursor = n; // forces a shuffle on the first step
     let mut since_fired = vec![0usize; l];
     let mut threshold: Option<f64> = None;
     let decay_start = ((1.0 - opts.decay_frac) * opts.steps as f64).round() as usize;
@@ -305,13 +508,7 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
             opts.lr
         };
         opt.set_learning_rate(lr);
-        if cursor + b > n {
-            rng.shuffle(&mut order);
-            cursor = 0;
-        }
-        let idx = Tensor::from_slice(&order[cursor..cursor + b], b, &dev)?;
-        cursor += b;
-        let xb = xn.index_select(&idx, 0)?; // [b, m*d]
+        let xb = batches.next(b, &mut rng)?; // [b, m*d]
         let bd = full_b_dec(b_dec.as_tensor())?; // [m*d]
 
         let pre = xb
@@ -329,7 +526,7 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
         let score = act.detach().broadcast_mul(&code_norm.detach())?; // [b, l]
         let score_host = score.flatten_all()?.to_vec1::<f32>()?;
         let (mask, min_kept) = select::batch_topk(&score_host, opts.k * b);
-        let f = (&act * Tensor::from_slice(&mask, (b, l), &dev)?)?; // [b, l]
+        let f = (&act * Tensor::from_slice(&mask, (b, l), dev)?)?; // [b, l]
         let xhat = f.matmul(w_dec.as_tensor())?.broadcast_add(&bd)?; // [b, m*d]
         let err = (&xb - &xhat)?; // [b, m*d]
         let mse = (err.sqr()?.sum_all()? / b as f64)?;
@@ -351,7 +548,7 @@ pub fn train(acts: &Tensor, opts: &DictOptions) -> Result<(Dictionary, DictLog)>
         let n_dead = dead.iter().filter(|&&x| x).count();
         let aux = if n_dead > 0 && opts.aux_coeff > 0.0 {
             let aux_mask = select::topk_rows(&score_host, l, aux_k.min(n_dead), Some(&dead));
-            let f_aux = (&act * Tensor::from_slice(&aux_mask, (b, l), &dev)?)?; // [b, l]
+            let f_aux = (&act * Tensor::from_slice(&aux_mask, (b, l), dev)?)?; // [b, l]
             let ehat = f_aux.matmul(w_dec.as_tensor())?; // [b, m*d]
             Some(((err.detach() - ehat)?.sqr()?.sum_all()? / b as f64)?)
         } else {
