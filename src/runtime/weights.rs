@@ -12,7 +12,7 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::candle_msg;
-use crate::model::config::Arch;
+use crate::model::Arch;
 use crate::model::LINEARS;
 use crate::{Error, Result};
 

@@ -23,7 +23,7 @@
 mod adapt;
 mod attention;
 mod block;
-pub mod config;
+pub(crate) mod config;
 mod export;
 mod forward;
 mod kernels;
