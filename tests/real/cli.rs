@@ -267,6 +267,21 @@ fn crosscoder_train_latents_dashboard() {
     assert_eq!((cc.n_models(), cc.d(), cc.n_latents()), (2, D_MODEL, 32));
     assert_eq!(cc.meta["hook_name"], "blocks.10.hook_resid_post");
 
+    // The same with the paired corpus streamed to shards on disk.
+    let corpus = s(&dir.join("cc-corpus"));
+    let out2 = s(&dir.join("cc2"));
+    let mut a = args("10");
+    let n = a.len();
+    a[n - 1] = out2.clone();
+    a.extend(["--corpus-dir".to_string(), corpus.clone()]);
+    let printed = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(printed.contains("FVU base"), "{printed}");
+    let store = puppetlens::dict::CorpusStore::open(&corpus).unwrap();
+    assert!(store.len() > 0 && store.n_shards() >= 1);
+    let cc2 = puppetlens::dict::Dictionary::load(&out2, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(cc2.meta["hook_name"], "blocks.10.hook_resid_post");
+    assert!(dir.join("cc2/dashboard.html").exists());
+
     let table = ok(&["crosscoder", "latents", &out, "--top", "5"]);
     // Title, the label counts, the header and five rows.
     assert_eq!(table.lines().count(), 8, "{table}");

@@ -647,6 +647,11 @@ pub(crate) enum CrosscoderCmd {
         /// Output directory. Example: `--out runs/cc`
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Stream the paired corpus to shards in this directory instead of holding it in memory
+        /// (memory flat in the corpus size; an interrupted corpus resumes). Example:
+        /// `--corpus-dir runs/cc-corpus`
+        #[arg(long, value_name = "DIR")]
+        corpus_dir: Option<PathBuf>,
         /// Latents of the dictionary. Example: `--latents 1024`
         #[arg(long, default_value_t = 512)]
         latents: usize,

@@ -400,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
                 layer,
                 data,
                 out,
+                corpus_dir,
                 latents,
                 k,
                 steps,
@@ -453,10 +454,22 @@ fn run(cli: Cli) -> Result<()> {
                     names: [base.clone(), tuned.clone()],
                     ..CrosscoderOptions::default()
                 };
-                let run = dict::crosscoder_datasets(&bm, &tm, &btok, &corpus, &opts)?;
-                run.save(out, DType::F32)?;
-                println!("{}", run.summary());
-                print!("{}", dict::latents_table(&run.latents, 10));
+                let (summary, latents) = match corpus_dir {
+                    None => {
+                        let run = dict::crosscoder_datasets(&bm, &tm, &btok, &corpus, &opts)?;
+                        run.save(out, DType::F32)?;
+                        (run.summary(), run.latents)
+                    }
+                    Some(dir) => {
+                        let run = dict::crosscoder_datasets_streamed(
+                            &bm, &tm, &btok, &corpus, dir, &opts,
+                        )?;
+                        run.save(out, DType::F32)?;
+                        (run.summary(), run.latents)
+                    }
+                };
+                println!("{summary}");
+                print!("{}", dict::latents_table(&latents, 10));
                 println!(
                     "wrote {} (dict.json, dict.safetensors, {}, {}, {}, {})",
                     out.display(),

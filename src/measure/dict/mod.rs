@@ -84,9 +84,9 @@ pub use io::{CONFIG_FILE, WEIGHTS_FILE};
 pub use latents::{latents, LabelOptions, LatentLabel, LatentScaling, LatentStats};
 pub use metrics::{evaluate, Metrics};
 pub use run::{
-    crosscoder, crosscoder_datasets, crosscoder_on, crosscoder_on_store, crosscoder_streamed,
-    latents_csv, latents_table, CrosscoderOptions, CrosscoderRun, DatasetCorpus, StreamedRun,
-    LATENTS_CSV, TRAIN_LOG,
+    crosscoder, crosscoder_datasets, crosscoder_datasets_streamed, crosscoder_on,
+    crosscoder_on_store, crosscoder_streamed, latents_csv, latents_table, CrosscoderOptions,
+    CrosscoderRun, DatasetCorpus, StreamedRun, LATENTS_CSV, TRAIN_LOG,
 };
 pub use saelens::{SAELENS_CONFIG, SAELENS_WEIGHTS};
 pub use store::{

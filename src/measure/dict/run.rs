@@ -257,21 +257,72 @@ pub fn crosscoder_datasets(
     )
 }
 
+/// [`crosscoder_datasets`] with the paired corpus streamed to shards in `corpus_dir`
+/// ([`crosscoder_streamed`]): extraction memory stays flat as the corpus grows, and an
+/// interrupted corpus resumes.
+///
+/// ```no_run
+/// use puppetlens::dict::{crosscoder_datasets_streamed, CrosscoderOptions, DatasetCorpus};
+/// let (base, tok) = puppetlens::open("gemma-3-270m", &Default::default())?;
+/// let (tuned, _) = puppetlens::open("sycophant", &Default::default())?;
+/// let corpus = DatasetCorpus { sharegpt: 2000, ..Default::default() };
+/// let run = crosscoder_datasets_streamed(&base, &tuned, &tok, &corpus, "runs/cc-corpus",
+///                                        &CrosscoderOptions::default())?;
+/// run.save("runs/cc", candle_core::DType::F32)?;
+/// println!("{}", run.summary());
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn crosscoder_datasets_streamed(
+    base: &Model,
+    tuned: &Model,
+    tok: &Tokenizer,
+    corpus: &DatasetCorpus,
+    corpus_dir: impl AsRef<Path>,
+    opts: &CrosscoderOptions,
+) -> Result<StreamedRun> {
+    let sets = corpus.prompt_sets(tok, opts.corpus.progress)?;
+    if sets.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "files".into(),
+            msg: "no prompts: give at least one dataset file or ShareGPT conversations".into(),
+        });
+    }
+    crosscoder_streamed(
+        base,
+        tuned,
+        &sets,
+        corpus_dir,
+        |t| tok.decode(&[t]).unwrap_or_default(),
+        opts,
+    )
+}
+
+/// One line for a terminal: corpus and training sizes and times, FVU per model, L0 and the
+/// dead fraction.
+fn run_summary(tokens: usize, corpus_seconds: f64, log: &DictLog, metrics: &Metrics) -> String {
+    format!(
+        "corpus {} tokens in {:.0} s; trained {} steps in {:.0} s ({:.0} tokens/s); FVU base {:.3}, tuned {:.3}; L0 {:.1}; dead {:.3}",
+        tokens,
+        corpus_seconds,
+        log.steps.len(),
+        log.seconds,
+        log.tokens_per_s,
+        metrics.fvu[0],
+        metrics.fvu[1],
+        metrics.l0,
+        metrics.dead_fraction
+    )
+}
+
 impl CrosscoderRun {
     /// One line for a terminal: corpus and training sizes and times, FVU per model, L0 and the
     /// dead fraction.
     pub fn summary(&self) -> String {
-        format!(
-            "corpus {} tokens in {:.0} s; trained {} steps in {:.0} s ({:.0} tokens/s); FVU base {:.3}, tuned {:.3}; L0 {:.1}; dead {:.3}",
+        run_summary(
             self.corpus.len(),
             self.corpus_seconds,
-            self.log.steps.len(),
-            self.log.seconds,
-            self.log.tokens_per_s,
-            self.metrics.fvu[0],
-            self.metrics.fvu[1],
-            self.metrics.l0,
-            self.metrics.dead_fraction
+            &self.log,
+            &self.metrics,
         )
     }
 
@@ -329,6 +380,17 @@ pub struct StreamedRun {
 }
 
 impl StreamedRun {
+    /// One line for a terminal, as [`CrosscoderRun::summary`] (tokens counted after the
+    /// outlier filter).
+    pub fn summary(&self) -> String {
+        run_summary(
+            self.corpus.len(),
+            self.corpus_seconds,
+            &self.log,
+            &self.metrics,
+        )
+    }
+
     /// Writes the run into `dir` as [`CrosscoderRun::save`] does (the corpus stays where it is).
     pub fn save(&self, dir: impl AsRef<Path>, dtype: DType) -> Result<()> {
         save_run(
