@@ -527,12 +527,12 @@ pub fn dose_response_dataset(
     let pr = Prompter::new(tok, &opts.prompts);
     let cases = pr.cases(&items)?;
     if opts.progress {
-        eprintln!(
+        crate::progress::note(&format!(
             "steer: {} layers x {} multipliers on {} items",
             layers.len(),
             opts.multipliers.len(),
             cases.len()
-        );
+        ));
     }
     let rows = dose_response(
         model,

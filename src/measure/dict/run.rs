@@ -196,7 +196,7 @@ impl DatasetCorpus {
             };
             let name = ds.name();
             if progress {
-                eprintln!("{name}: {} prompts", ids.len());
+                crate::progress::note(&format!("{name}: {} prompts", ids.len()));
             }
             sets.push(PromptSet::new(name, ids));
         }
@@ -209,7 +209,7 @@ impl DatasetCorpus {
                 .map(|t| tok.encode_chat(&[ChatMessage::user(t)], true))
                 .collect::<Result<Vec<_>>>()?;
             if progress {
-                eprintln!("sharegpt: {} prompts", ids.len());
+                crate::progress::note(&format!("sharegpt: {} prompts", ids.len()));
             }
             sets.push(PromptSet::new("sharegpt", ids));
         }
