@@ -5,10 +5,16 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use puppetlens::data::PromptOptions;
+use puppetlens::dict::{CorpusOptions, CrosscoderOptions, DatasetCorpus, DictOptions};
+use puppetlens::diff::DiffOptions;
 use puppetlens::extract::Site;
-use puppetlens::probe;
+use puppetlens::patch::{self, PatchOptions, PatchReportOptions};
+use puppetlens::probe::{self, DatasetProbeOptions};
+use puppetlens::report::DiffReportOptions;
 use puppetlens::steer::VectorMethod;
-use puppetlens::{Error, Model, Result, SteeringVector};
+use puppetlens::{Error, HookPoint, Model, Result, SteeringVector};
+
+use crate::Ctx;
 
 /// Mechanistic interpretability on candle: hooked transformers, probes and steering.
 ///
@@ -281,28 +287,7 @@ pub(crate) enum Cmd {
     /// Example: `puppetlens probe smollm2-135m-instruct --dataset probes/true_false.csv --out
     /// runs/probe-true-false`, or `puppetlens probe smollm2-135m-instruct --dataset
     /// probes/numbers.jsonl --kind ridge --target value --out runs/numbers`
-    Probe {
-        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
-        model: String,
-        #[command(flatten)]
-        data: DataArgs,
-        /// Output directory (probe.json, probe.csv). Example: `--out runs/probe`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// The probe: logistic regression (L2 chosen on validation), the difference of class
-        /// means, or ridge (least squares on +1/-1 labels, or on `--target`). Example: `--kind
-        /// mean-diff`
-        #[arg(long, value_enum, default_value_t = KindArg::Logistic)]
-        kind: KindArg,
-        /// A numeric field (JSON) or column (CSV) to regress on, with `--kind ridge`; texts come
-        /// from `text` (or `statement`, `prompt`, `instruction`). Example: `--target value`
-        #[arg(long, value_name = "FIELD")]
-        target: Option<String>,
-        /// Also run k-fold cross-validation of the logistic probe on train + val (L2 chosen by
-        /// mean held-out accuracy; pooled out-of-fold accuracy reported). Example: `--folds 5`
-        #[arg(long, value_name = "K")]
-        folds: Option<usize>,
-    },
+    Probe(ProbeArgs),
     /// Build a steering vector from a contrast dataset.
     ///
     /// One direction per layer, from the last token's `hook_resid_post` of each prompt: pairs:
@@ -377,41 +362,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens diff gemma-3-270m sycophant --dataset probes/sycophancy_ab.jsonl
     /// --out runs/diff-sycophant --layers 4-12 --figures`
-    Diff {
-        /// The base model. Example: `gemma-3-270m`
-        base: String,
-        /// The tuned model (same vocabulary and width). Example: `sycophant`
-        tuned: String,
-        /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
-        #[arg(long, value_name = "FILE")]
-        dataset: PathBuf,
-        /// Output directory. Example: `--out runs/diff`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Layers to steer and ablate (default: all; the cheap per-layer numbers cover all
-        /// layers). Example: `--layers 4-12`
-        #[arg(long, value_name = "SPEC")]
-        layers: Option<String>,
-        /// Multiplier of the difference when added to the base model. Example: `--scale 2`
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-        scale: f64,
-        /// Neutral texts (instructions file: JSON list, JSONL or one per line) whose first
-        /// tokens measure how much the models differ off-task. Example: `--neutral neutral.txt`
-        #[arg(long, value_name = "FILE")]
-        neutral: Option<PathBuf>,
-        /// Write A/B questions as plain text even when the tokenizer has a chat template.
-        /// Example: `--plain`
-        #[arg(long)]
-        plain: bool,
-        /// Answer in words rather than letters (`data::ab_text_prompt`; needs the chat format, see
-        /// `puppetlens probe --help`). Example: `--text-answers`
-        #[arg(long)]
-        text_answers: bool,
-        /// Also run the dose-response and PCA view and draw the report's figures (PNG and SVG)
-        /// into DIR. Example: `--figures`
-        #[arg(long)]
-        figures: bool,
-    },
+    Diff(DiffArgs),
     /// Cross-model activation patching, the puppeteer rank and the verdict for a (base, tuned)
     /// pair.
     ///
@@ -425,44 +376,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens patch gemma-3-270m sycophant --dataset probes/sycophancy_ab.jsonl
     /// --text-answers --out runs/patch-sycophant --layers 0,2,4,6,8,10,12,14,16`
-    Patch {
-        /// The base model. Example: `gemma-3-270m`
-        base: String,
-        /// The tuned model (same tokenizer and width). Example: `sycophant`
-        tuned: String,
-        /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
-        #[arg(long, value_name = "FILE")]
-        dataset: PathBuf,
-        /// Output directory. Example: `--out runs/patch`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Layers to patch (default: all). Example: `--layers 4-12`
-        #[arg(long, value_name = "SPEC")]
-        layers: Option<String>,
-        /// Hook point family: resid_pre, resid_post, attn_out or mlp_out. Example:
-        /// `--family attn_out`
-        #[arg(long, default_value = "resid_pre")]
-        family: String,
-        /// Subspace dimensions of the rank curve. Example: `--ranks 1,2,4,8`
-        #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16,32,64")]
-        ranks: String,
-        /// Positions from the end in the layer x position maps (denoising and noising). Example:
-        /// `--positions 6`
-        #[arg(long, default_value_t = 10)]
-        positions: usize,
-        /// Neutral texts (instructions file) for the best patch's KL. Example:
-        /// `--neutral neutral.txt`
-        #[arg(long, value_name = "FILE")]
-        neutral: Option<PathBuf>,
-        /// Write A/B questions as plain text even when the tokenizer has a chat template.
-        /// Example: `--plain`
-        #[arg(long)]
-        plain: bool,
-        /// Answer in words rather than letters (`data::ab_text_prompt`). Example:
-        /// `--text-answers`
-        #[arg(long)]
-        text_answers: bool,
-    },
+    Patch(PatchArgs),
     /// Logit lens: each layer's residual decoded through the final norm and unembedding.
     ///
     /// Prints the last position's top tokens per layer (and a target's probability and rank),
@@ -631,55 +545,7 @@ pub(crate) enum CrosscoderCmd {
     ///
     /// Example: `puppetlens crosscoder train gemma-3-270m sycophant --layer 8 --data
     /// probes/sycophancy_ab.jsonl --text-answers --out runs/cc`
-    Train {
-        /// The base model. Example: `gemma-3-270m`
-        base: String,
-        /// The tuned model (same tokenizer and width). Example: `sycophant`
-        tuned: String,
-        /// The layer whose `blocks.L.hook_resid_post` both models are read at. Example: `--layer 8`
-        #[arg(long)]
-        layer: usize,
-        /// Dataset files whose prompts make the corpus (repeatable; any format `extract`
-        /// reads; each is one prompt set named by its file stem). Example: `--data
-        /// probes/true_false.csv`
-        #[arg(long = "data", value_name = "FILE")]
-        data: Vec<PathBuf>,
-        /// Output directory. Example: `--out runs/cc`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Stream the paired corpus to shards in this directory instead of holding it in memory
-        /// (memory flat in the corpus size; an interrupted corpus resumes). Example:
-        /// `--corpus-dir runs/cc-corpus`
-        #[arg(long, value_name = "DIR")]
-        corpus_dir: Option<PathBuf>,
-        /// Latents of the dictionary. Example: `--latents 1024`
-        #[arg(long, default_value_t = 512)]
-        latents: usize,
-        /// Active latents per token, on average over a batch (BatchTopK's k). Example: `--k 16`
-        #[arg(long, default_value_t = 32)]
-        k: usize,
-        /// Training steps (batches of 256 tokens). Example: `--steps 2000`
-        #[arg(long, default_value_t = 1000)]
-        steps: usize,
-        /// Seed of the initialisation and the batch order. Example: `--seed 1`
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Add the opening user turns of this many real ShareGPT conversations (the first ones
-        /// of 20-500 mostly ASCII characters, as chat turns; fetched into the cache when absent)
-        /// as the prompt set `sharegpt`. Example: `--sharegpt 1000`
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        sharegpt: usize,
-        /// Use every split of each file (default: its training part only, so that held-out
-        /// items stay unseen). Example: `--all-splits`
-        #[arg(long)]
-        all_splits: bool,
-        /// For labeled instruction files: the `label` value counted as true. Example:
-        /// `--positive-label harmful`
-        #[arg(long, default_value = "harmful", value_name = "LABEL")]
-        positive_label: String,
-        #[command(flatten)]
-        prompts: PromptArgs,
-    },
+    Train(CrosscoderTrainArgs),
     /// Print the latent table of a crosscoder directory, most tuned-specific first.
     ///
     /// Example: `puppetlens crosscoder latents runs/cc --top 20`
@@ -697,6 +563,162 @@ pub(crate) enum CrosscoderCmd {
         /// A directory written by `crosscoder train`. Example: `runs/cc`
         dir: PathBuf,
     },
+}
+
+// The flags of `train` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct CrosscoderTrainArgs {
+    /// The base model. Example: `gemma-3-270m`
+    pub(crate) base: String,
+    /// The tuned model (same tokenizer and width). Example: `sycophant`
+    pub(crate) tuned: String,
+    /// The layer whose `blocks.L.hook_resid_post` both models are read at. Example: `--layer 8`
+    #[arg(long)]
+    pub(crate) layer: usize,
+    /// Dataset files whose prompts make the corpus (repeatable; any format `extract`
+    /// reads; each is one prompt set named by its file stem). Example: `--data
+    /// probes/true_false.csv`
+    #[arg(long = "data", value_name = "FILE")]
+    pub(crate) data: Vec<PathBuf>,
+    /// Output directory. Example: `--out runs/cc`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Stream the paired corpus to shards in this directory instead of holding it in memory
+    /// (memory flat in the corpus size; an interrupted corpus resumes). Example:
+    /// `--corpus-dir runs/cc-corpus`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) corpus_dir: Option<PathBuf>,
+    /// Latents of the dictionary. Example: `--latents 1024`
+    #[arg(long, default_value_t = 512)]
+    pub(crate) latents: usize,
+    /// Active latents per token, on average over a batch (BatchTopK's k). Example: `--k 16`
+    #[arg(long, default_value_t = 32)]
+    pub(crate) k: usize,
+    /// Training steps (batches of 256 tokens). Example: `--steps 2000`
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) steps: usize,
+    /// Seed of the initialisation and the batch order. Example: `--seed 1`
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Add the opening user turns of this many real ShareGPT conversations (the first ones
+    /// of 20-500 mostly ASCII characters, as chat turns; fetched into the cache when absent)
+    /// as the prompt set `sharegpt`. Example: `--sharegpt 1000`
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) sharegpt: usize,
+    /// Use every split of each file (default: its training part only, so that held-out
+    /// items stay unseen). Example: `--all-splits`
+    #[arg(long)]
+    pub(crate) all_splits: bool,
+    /// For labeled instruction files: the `label` value counted as true. Example:
+    /// `--positive-label harmful`
+    #[arg(long, default_value = "harmful", value_name = "LABEL")]
+    pub(crate) positive_label: String,
+    #[command(flatten)]
+    pub(crate) prompts: PromptArgs,
+}
+
+// The flags of `probe` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct ProbeArgs {
+    /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+    pub(crate) model: String,
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    /// Output directory (probe.json, probe.csv). Example: `--out runs/probe`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// The probe: logistic regression (L2 chosen on validation), the difference of class
+    /// means, or ridge (least squares on +1/-1 labels, or on `--target`). Example: `--kind
+    /// mean-diff`
+    #[arg(long, value_enum, default_value_t = KindArg::Logistic)]
+    pub(crate) kind: KindArg,
+    /// A numeric field (JSON) or column (CSV) to regress on, with `--kind ridge`; texts come
+    /// from `text` (or `statement`, `prompt`, `instruction`). Example: `--target value`
+    #[arg(long, value_name = "FIELD")]
+    pub(crate) target: Option<String>,
+    /// Also run k-fold cross-validation of the logistic probe on train + val (L2 chosen by
+    /// mean held-out accuracy; pooled out-of-fold accuracy reported). Example: `--folds 5`
+    #[arg(long, value_name = "K")]
+    pub(crate) folds: Option<usize>,
+}
+
+// The flags of `diff` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct DiffArgs {
+    /// The base model. Example: `gemma-3-270m`
+    pub(crate) base: String,
+    /// The tuned model (same vocabulary and width). Example: `sycophant`
+    pub(crate) tuned: String,
+    /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dataset: PathBuf,
+    /// Output directory. Example: `--out runs/diff`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Layers to steer and ablate (default: all; the cheap per-layer numbers cover all
+    /// layers). Example: `--layers 4-12`
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) layers: Option<String>,
+    /// Multiplier of the difference when added to the base model. Example: `--scale 2`
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub(crate) scale: f64,
+    /// Neutral texts (instructions file: JSON list, JSONL or one per line) whose first
+    /// tokens measure how much the models differ off-task. Example: `--neutral neutral.txt`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) neutral: Option<PathBuf>,
+    /// Write A/B questions as plain text even when the tokenizer has a chat template.
+    /// Example: `--plain`
+    #[arg(long)]
+    pub(crate) plain: bool,
+    /// Answer in words rather than letters (`data::ab_text_prompt`; needs the chat format, see
+    /// `puppetlens probe --help`). Example: `--text-answers`
+    #[arg(long)]
+    pub(crate) text_answers: bool,
+    /// Also run the dose-response and PCA view and draw the report's figures (PNG and SVG)
+    /// into DIR. Example: `--figures`
+    #[arg(long)]
+    pub(crate) figures: bool,
+}
+
+// The flags of `patch` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct PatchArgs {
+    /// The base model. Example: `gemma-3-270m`
+    pub(crate) base: String,
+    /// The tuned model (same tokenizer and width). Example: `sycophant`
+    pub(crate) tuned: String,
+    /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dataset: PathBuf,
+    /// Output directory. Example: `--out runs/patch`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Layers to patch (default: all). Example: `--layers 4-12`
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) layers: Option<String>,
+    /// Hook point family: resid_pre, resid_post, attn_out or mlp_out. Example:
+    /// `--family attn_out`
+    #[arg(long, default_value = "resid_pre")]
+    pub(crate) family: String,
+    /// Subspace dimensions of the rank curve. Example: `--ranks 1,2,4,8`
+    #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16,32,64")]
+    pub(crate) ranks: String,
+    /// Positions from the end in the layer x position maps (denoising and noising). Example:
+    /// `--positions 6`
+    #[arg(long, default_value_t = 10)]
+    pub(crate) positions: usize,
+    /// Neutral texts (instructions file) for the best patch's KL. Example:
+    /// `--neutral neutral.txt`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) neutral: Option<PathBuf>,
+    /// Write A/B questions as plain text even when the tokenizer has a chat template.
+    /// Example: `--plain`
+    #[arg(long)]
+    pub(crate) plain: bool,
+    /// Answer in words rather than letters (`data::ab_text_prompt`). Example:
+    /// `--text-answers`
+    #[arg(long)]
+    pub(crate) text_answers: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -743,6 +765,144 @@ impl From<Method> for VectorMethod {
             Method::PcaDiff => VectorMethod::PcaDiff,
             Method::PcaCenter => VectorMethod::PcaCenter,
         }
+    }
+}
+
+impl CrosscoderTrainArgs {
+    /// `--data` or `--sharegpt` must give some prompts.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.data.is_empty() && self.sharegpt == 0 {
+            return Err(invalid(
+                "--data",
+                "no prompts: give at least one --data FILE or --sharegpt N",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prompt sets of the corpus.
+    pub(crate) fn corpus(&self) -> DatasetCorpus {
+        DatasetCorpus {
+            files: self.data.clone(),
+            sharegpt: self.sharegpt,
+            all_splits: self.all_splits,
+            positive_label: self.positive_label.clone(),
+            prompts: self.prompts.options(),
+        }
+    }
+
+    /// The corpus and training options, `--layer` checked against the base model.
+    pub(crate) fn options(&self, ctx: &Ctx, base: &Model) -> Result<CrosscoderOptions> {
+        let n_layers = base.config().n_layers;
+        if self.layer >= n_layers {
+            return Err(invalid(
+                "--layer",
+                format!(
+                    "{} is past the last layer of `{}` ({})",
+                    self.layer,
+                    self.base,
+                    n_layers - 1
+                ),
+            ));
+        }
+        Ok(CrosscoderOptions {
+            corpus: CorpusOptions {
+                point: HookPoint::ResidPost(self.layer),
+                batch_size: ctx.batch_size,
+                skip_first: 1,
+                progress: ctx.progress,
+                ..CorpusOptions::default()
+            },
+            train: DictOptions {
+                n_latents: self.latents,
+                k: self.k,
+                steps: self.steps,
+                seed: self.seed,
+                progress: ctx.progress,
+                ..DictOptions::default()
+            },
+            names: [self.base.clone(), self.tuned.clone()],
+            ..CrosscoderOptions::default()
+        })
+    }
+}
+
+impl ProbeArgs {
+    /// `--target` needs `--kind ridge` (checked before the device is).
+    pub(crate) fn check_target(&self) -> Result<()> {
+        if self.target.is_some() && self.kind != KindArg::Ridge {
+            return Err(invalid(
+                "--target",
+                "regression on a numeric field needs `--kind ridge`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The probe options; `--folds` needs the logistic probe.
+    pub(crate) fn options(&self, ctx: &Ctx) -> Result<DatasetProbeOptions> {
+        if self.target.is_none() && self.folds.is_some() && self.kind != KindArg::Logistic {
+            return Err(invalid(
+                "--folds",
+                "cross-validation runs the logistic probe; use it with `--kind logistic`",
+            ));
+        }
+        Ok(DatasetProbeOptions {
+            kind: self.kind.into(),
+            folds: self.folds,
+            prompts: self.data.prompts.options(),
+            batch_size: ctx.batch_size,
+            progress: ctx.progress,
+            model: self.model.clone(),
+            ..DatasetProbeOptions::default()
+        })
+    }
+}
+
+impl DiffArgs {
+    /// The report options, `--layers` read against the base model.
+    pub(crate) fn options(&self, ctx: &Ctx, base: &Model) -> Result<DiffReportOptions> {
+        Ok(DiffReportOptions {
+            diff: DiffOptions {
+                layers: layers_of(self.layers.as_deref(), base, &self.base)?,
+                scale: self.scale,
+                batch_size: ctx.batch_size,
+                progress: ctx.progress,
+                ..DiffOptions::default()
+            },
+            prompts: ab_prompts(self.plain, self.text_answers),
+            pair_report: self.figures,
+            names: [self.base.clone(), self.tuned.clone()],
+        })
+    }
+}
+
+impl PatchArgs {
+    /// The hook point family of `--family`.
+    pub(crate) fn family(&self) -> Result<patch::Family> {
+        self.family.parse()
+    }
+
+    /// The report options, `--layers` read against the base model.
+    pub(crate) fn options(
+        &self,
+        ctx: &Ctx,
+        base: &Model,
+        family: patch::Family,
+    ) -> Result<PatchReportOptions> {
+        Ok(PatchReportOptions {
+            patch: PatchOptions {
+                family,
+                layers: layers_of(self.layers.as_deref(), base, &self.base)?,
+                ranks: puppetlens::spec::parse_ranks(&self.ranks).map_err(flag("--ranks"))?,
+                positions: self.positions,
+                batch_size: ctx.batch_size,
+                progress: ctx.progress,
+                ..PatchOptions::default()
+            },
+            prompts: ab_prompts(self.plain, self.text_answers),
+            names: [self.base.clone(), self.tuned.clone()],
+        })
     }
 }
 

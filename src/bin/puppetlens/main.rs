@@ -26,15 +26,14 @@ use std::process::ExitCode;
 use candle_core::{DType, Device};
 use clap::Parser;
 use puppetlens::data::{self, Dataset, NumericDataset};
-use puppetlens::dict::{self, CorpusOptions, CrosscoderOptions, DatasetCorpus, DictOptions};
-use puppetlens::diff::DiffOptions;
+use puppetlens::dict;
 use puppetlens::eval::{self, DoseOptions};
 use puppetlens::extract::{self, DatasetStoreOptions, ExtractOptions};
 use puppetlens::generate::TextOptions;
-use puppetlens::patch::{self, sweep::SweepOptions, PatchOptions, PatchReportOptions};
+use puppetlens::patch::{self, sweep::SweepOptions};
 use puppetlens::plot::LineChart;
-use puppetlens::probe::{self, DatasetProbeOptions};
-use puppetlens::report::{self, DiffReportOptions};
+use puppetlens::probe;
+use puppetlens::report;
 use puppetlens::steer::{self, ControlVectorOptions, VectorOptions};
 use puppetlens::train::{self, TrainOptions};
 use puppetlens::{
@@ -197,54 +196,27 @@ fn run(cli: Cli) -> Result<()> {
                 manifest.shards.len()
             );
         }
-        Cmd::Probe {
-            model,
-            data,
-            out,
-            kind,
-            target,
-            folds,
-        } => {
-            if target.is_some() && *kind != KindArg::Ridge {
-                return Err(invalid(
-                    "--target",
-                    "regression on a numeric field needs `--kind ridge`",
-                ));
-            }
+        Cmd::Probe(a) => {
+            a.check_target()?;
             let ctx = ctx()?;
-            if target.is_none() && folds.is_some() && *kind != KindArg::Logistic {
-                return Err(invalid(
-                    "--folds",
-                    "cross-validation runs the logistic probe; use it with `--kind logistic`",
-                ));
-            }
-            let opts = DatasetProbeOptions {
-                kind: (*kind).into(),
-                folds: *folds,
-                prompts: data.prompts.options(),
-                batch_size: ctx.batch_size,
-                progress: ctx.progress,
-                model: model.clone(),
-                ..DatasetProbeOptions::default()
-            };
-            match target {
+            let opts = a.options(&ctx)?;
+            match &a.target {
                 Some(field) => {
-                    let ds = NumericDataset::load(&data.dataset, field)?;
-                    let (m, tok) = ctx.open(model)?;
-                    print!(
-                        "{}",
-                        probe::regression_report(&m, &tok, &ds, &opts, out)?.summary()
-                    );
+                    let ds = NumericDataset::load(&a.data.dataset, field)?;
+                    let (m, tok) = ctx.open(&a.model)?;
+                    let rep = probe::regression_report(&m, &tok, &ds, &opts, &a.out)?;
+                    print!("{}", rep.summary());
                 }
                 None => {
-                    let ds = Dataset::load(&data.dataset, &data.positive_label)?;
-                    let (m, tok) = ctx.open(model)?;
+                    let ds = Dataset::load(&a.data.dataset, &a.data.positive_label)?;
+                    let (m, tok) = ctx.open(&a.model)?;
                     print!(
                         "{}",
-                        probe::probe_report(&m, &tok, &ds, &opts, out)?.summary()
+                        probe::probe_report(&m, &tok, &ds, &opts, &a.out)?.summary()
                     );
                 }
             }
+            let out = &a.out;
             println!(
                 "wrote {} and {}",
                 out.join("probe.json").display(),
@@ -351,39 +323,19 @@ fn run(cli: Cli) -> Result<()> {
                 wrote([out]);
             }
         }
-        Cmd::Diff {
-            base,
-            tuned,
-            dataset,
-            out,
-            layers,
-            scale,
-            neutral,
-            plain,
-            text_answers,
-            figures,
-        } => {
+        Cmd::Diff(a) => {
             let ctx = ctx()?;
-            let ds = load_ab(dataset, "diff")?;
-            let neutral = neutral_texts(neutral.as_deref())?;
-            let ((bm, btok), (tm, _)) = ctx.open_pair(base, tuned)?;
-            let opts = DiffReportOptions {
-                diff: DiffOptions {
-                    layers: layers_of(layers.as_deref(), &bm, base)?,
-                    scale: *scale,
-                    batch_size: ctx.batch_size,
-                    progress: ctx.progress,
-                    ..DiffOptions::default()
-                },
-                prompts: ab_prompts(*plain, *text_answers),
-                pair_report: *figures,
-                names: [base.clone(), tuned.clone()],
-            };
-            let rep = report::diff_report(&bm, &tm, &btok, &ds, &neutral, &opts, out)?;
+            let ds = load_ab(&a.dataset, "diff")?;
+            let neutral = neutral_texts(a.neutral.as_deref())?;
+            let ((bm, btok), (tm, _)) = ctx.open_pair(&a.base, &a.tuned)?;
+            let opts = a.options(&ctx, &bm)?;
+            let rep = report::diff_report(&bm, &tm, &btok, &ds, &neutral, &opts, &a.out)?;
             let loc = &rep.localisation;
             println!(
-                "{base} vs {tuned} on {} ({} test items): P(matching) base {:.3}, tuned {:.3}",
-                dataset.display(),
+                "{} vs {} on {} ({} test items): P(matching) base {:.3}, tuned {:.3}",
+                a.base,
+                a.tuned,
+                a.dataset.display(),
                 loc.n_test,
                 loc.p_base,
                 loc.p_tuned
@@ -391,80 +343,25 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", loc.table());
             wrote(&rep.files);
             // Figures last: the numbers above are written even when a figure has nothing to draw.
-            wrote(rep.write_figures(out)?);
+            wrote(rep.write_figures(&a.out)?);
         }
         Cmd::Crosscoder { cmd } => match cmd {
-            CrosscoderCmd::Train {
-                base,
-                tuned,
-                layer,
-                data,
-                out,
-                corpus_dir,
-                latents,
-                k,
-                steps,
-                seed,
-                sharegpt,
-                all_splits,
-                positive_label,
-                prompts,
-            } => {
+            CrosscoderCmd::Train(a) => {
                 let ctx = ctx()?;
-                if data.is_empty() && *sharegpt == 0 {
-                    return Err(invalid(
-                        "--data",
-                        "no prompts: give at least one --data FILE or --sharegpt N",
-                    ));
-                }
-                let ((bm, btok), (tm, _)) = ctx.open_pair(base, tuned)?;
-                let n_layers = bm.config().n_layers;
-                if *layer >= n_layers {
-                    return Err(invalid(
-                        "--layer",
-                        format!(
-                            "{layer} is past the last layer of `{base}` ({})",
-                            n_layers - 1
-                        ),
-                    ));
-                }
-                let corpus = DatasetCorpus {
-                    files: data.clone(),
-                    sharegpt: *sharegpt,
-                    all_splits: *all_splits,
-                    positive_label: positive_label.clone(),
-                    prompts: prompts.options(),
-                };
-                let opts = CrosscoderOptions {
-                    corpus: CorpusOptions {
-                        point: HookPoint::ResidPost(*layer),
-                        batch_size: ctx.batch_size,
-                        skip_first: 1,
-                        progress: ctx.progress,
-                        ..CorpusOptions::default()
-                    },
-                    train: DictOptions {
-                        n_latents: *latents,
-                        k: *k,
-                        steps: *steps,
-                        seed: *seed,
-                        progress: ctx.progress,
-                        ..DictOptions::default()
-                    },
-                    names: [base.clone(), tuned.clone()],
-                    ..CrosscoderOptions::default()
-                };
-                let (summary, latents) = match corpus_dir {
+                a.check()?;
+                let ((bm, btok), (tm, _)) = ctx.open_pair(&a.base, &a.tuned)?;
+                let (corpus, opts) = (a.corpus(), a.options(&ctx, &bm)?);
+                let (summary, latents) = match &a.corpus_dir {
                     None => {
                         let run = dict::crosscoder_datasets(&bm, &tm, &btok, &corpus, &opts)?;
-                        run.save(out, DType::F32)?;
+                        run.save(&a.out, DType::F32)?;
                         (run.summary(), run.latents)
                     }
                     Some(dir) => {
                         let run = dict::crosscoder_datasets_streamed(
                             &bm, &tm, &btok, &corpus, dir, &opts,
                         )?;
-                        run.save(out, DType::F32)?;
+                        run.save(&a.out, DType::F32)?;
                         (run.summary(), run.latents)
                     }
                 };
@@ -472,7 +369,7 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", dict::latents_table(&latents, 10));
                 println!(
                     "wrote {} (dict.json, dict.safetensors, {}, {}, {}, {})",
-                    out.display(),
+                    a.out.display(),
                     dict::TRAIN_LOG,
                     dict::LATENTS_CSV,
                     dict::DASHBOARD_DATA,
@@ -489,43 +386,21 @@ fn run(cli: Cli) -> Result<()> {
                 wrote([dir.join(dict::DASHBOARD_PAGE)]);
             }
         },
-        Cmd::Patch {
-            base,
-            tuned,
-            dataset,
-            out,
-            layers,
-            family,
-            ranks,
-            positions,
-            neutral,
-            plain,
-            text_answers,
-        } => {
+        Cmd::Patch(a) => {
             let ctx = ctx()?;
-            let family: patch::Family = family.parse()?;
-            let ds = load_ab(dataset, "patch")?;
-            let neutral = neutral_texts(neutral.as_deref())?;
-            let (bm, btok) = ctx.open(base)?;
-            let (tm, ttok) = ctx.open(tuned)?;
-            let opts = PatchReportOptions {
-                patch: PatchOptions {
-                    family,
-                    layers: layers_of(layers.as_deref(), &bm, base)?,
-                    ranks: puppetlens::spec::parse_ranks(ranks).map_err(flag("--ranks"))?,
-                    positions: *positions,
-                    batch_size: ctx.batch_size,
-                    progress: ctx.progress,
-                    ..PatchOptions::default()
-                },
-                prompts: ab_prompts(*plain, *text_answers),
-                names: [base.clone(), tuned.clone()],
-            };
+            let family = a.family()?;
+            let ds = load_ab(&a.dataset, "patch")?;
+            let neutral = neutral_texts(a.neutral.as_deref())?;
+            let (bm, btok) = ctx.open(&a.base)?;
+            let (tm, ttok) = ctx.open(&a.tuned)?;
+            let opts = a.options(&ctx, &bm, family)?;
             let (rep, files) =
-                patch::patch_report((&bm, &btok), (&tm, &ttok), &ds, &neutral, &opts, out)?;
+                patch::patch_report((&bm, &btok), (&tm, &ttok), &ds, &neutral, &opts, &a.out)?;
             println!(
-                "{base} vs {tuned} on {} ({} test items, {family}): P(matching) base {:.3}, tuned {:.3}",
-                dataset.display(),
+                "{} vs {} on {} ({} test items, {family}): P(matching) base {:.3}, tuned {:.3}",
+                a.base,
+                a.tuned,
+                a.dataset.display(),
                 rep.n_test,
                 rep.p_base,
                 rep.p_tuned
