@@ -7,12 +7,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use puppetlens::data::PromptOptions;
 use puppetlens::dict::{CorpusOptions, CrosscoderOptions, DatasetCorpus, DictOptions};
 use puppetlens::diff::DiffOptions;
-use puppetlens::extract::Site;
+use puppetlens::eval::DoseOptions;
+use puppetlens::extract::{DatasetStoreOptions, ExtractOptions, Site};
+use puppetlens::generate::TextOptions;
 use puppetlens::patch::{self, PatchOptions, PatchReportOptions};
 use puppetlens::probe::{self, DatasetProbeOptions};
 use puppetlens::report::DiffReportOptions;
 use puppetlens::steer::VectorMethod;
-use puppetlens::{Error, HookPoint, Model, Result, SteeringVector};
+use puppetlens::train::TrainOptions;
+use puppetlens::{
+    lora, Error, GenerateOptions, HookPoint, Hooks, Model, Positions, Result, SteeringVector,
+};
 
 use crate::Ctx;
 
@@ -151,39 +156,7 @@ pub(crate) enum Cmd {
     ///
     /// Steered: `puppetlens generate smollm2-135m-instruct --chat "Tell me about yourself."
     /// --vector persona.safetensors --layer 12 --scale 4`
-    Generate {
-        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
-        model: String,
-        /// The prompt. Example: `"The capital of France is"`
-        prompt: String,
-        /// Wrap the prompt as a user turn in the model's chat template. Example: `--chat`
-        #[arg(long)]
-        chat: bool,
-        /// Most tokens to generate. Example: `--max-new-tokens 64`
-        #[arg(long, default_value_t = 48)]
-        max_new_tokens: usize,
-        /// Sampling temperature (0 = greedy). Example: `--temperature 0.7`
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        /// Sampling seed. Example: `--seed 1`
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// A steering vector saved by `puppetlens vector` (safetensors). Example:
-        /// `--vector persona.safetensors`
-        #[arg(long, value_name = "FILE")]
-        vector: Option<PathBuf>,
-        /// The layer to steer (needed unless the vector has a single layer). Example: `--layer 12`
-        #[arg(long, requires = "vector")]
-        layer: Option<usize>,
-        /// Multiplier of the direction (negative steers away). Example: `--scale -4`
-        #[arg(
-            long,
-            requires = "vector",
-            allow_negative_numbers = true,
-            default_value_t = 1.0
-        )]
-        scale: f64,
-    },
+    Generate(GenerateArgs),
     /// Write a model as a Hugging Face safetensors directory (config.json, model.safetensors,
     /// tokenizer).
     ///
@@ -208,24 +181,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens extract smollm2-135m-instruct --dataset probes/true_false.csv
     /// --out acts/true_false --layers 4-12`
-    Extract {
-        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
-        model: String,
-        #[command(flatten)]
-        data: DataArgs,
-        /// Output directory of the store. Example: `--out acts/true_false`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Token site: the last token or the mean over the prompt. Example: `--site mean`
-        #[arg(long, value_enum, default_value_t = SiteArg::Last)]
-        site: SiteArg,
-        /// Layers to record (default: all). Example: `--layers 4-12`
-        #[arg(long, value_name = "SPEC")]
-        layers: Option<String>,
-        /// Prompts per shard file (512). Example: `--shard-size 128`
-        #[arg(long, default_value_t = 512)]
-        shard_size: usize,
-    },
+    Extract(ExtractArgs),
     /// Fine-tune a LoRA adapter (SFT or DPO) on token-id data.
     ///
     /// SFT data: JSONL lines `{"ids": [...], "prompt_len": N}` (the loss is on `ids[N..]`); DPO
@@ -237,43 +193,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens train gemma-3-270m --sft data.jsonl --out runs/adapter --steps 100
     /// --checkpoint-every 10`
-    Train {
-        /// The base model. Example: `gemma-3-270m`
-        model: String,
-        /// SFT examples (JSONL). Example: `--sft data.jsonl`
-        #[arg(
-            long,
-            value_name = "FILE",
-            conflicts_with = "dpo",
-            required_unless_present = "dpo"
-        )]
-        sft: Option<PathBuf>,
-        /// DPO pairs (JSONL). Example: `--dpo pairs.jsonl`
-        #[arg(long, value_name = "FILE")]
-        dpo: Option<PathBuf>,
-        /// Output directory (created; must be new, or an adapter directory this command wrote).
-        /// Example: `--out runs/adapter`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Stop after this many steps (default: one epoch). Example: `--steps 100`
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Passes over the data. Example: `--epochs 2`
-        #[arg(long, default_value_t = 1)]
-        epochs: usize,
-        /// LoRA rank. Example: `--rank 4`
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        /// Learning rate. Example: `--lr 1e-4`
-        #[arg(long, default_value_t = 2e-4)]
-        lr: f64,
-        /// Seed of the initialisation and data order. Example: `--seed 3`
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Steps between checkpoints into DIR (0: only at the end). Example: `--checkpoint-every 10`
-        #[arg(long, default_value_t = 0)]
-        checkpoint_every: usize,
-    },
+    Train(TrainArgs),
     /// Per-layer linear probe accuracy on a labeled dataset.
     ///
     /// Logistic regression on the last token's `hook_resid_post` of every layer, L2 chosen on the
@@ -317,40 +237,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens steer smollm2-135m-instruct --vector syco.safetensors --dataset
     /// probes/sycophancy_ab.jsonl --layers 8,12,16 --multipliers -2,0,2 --out dose.csv`
-    Steer {
-        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
-        model: String,
-        /// The steering vector (safetensors from `puppetlens vector`). Example: `--vector
-        /// syco.safetensors`
-        #[arg(long, value_name = "FILE")]
-        vector: PathBuf,
-        /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
-        #[arg(long, value_name = "FILE")]
-        dataset: PathBuf,
-        /// Layers to steer, one at a time (default: every layer of the vector). Example:
-        /// `--layers 8-12`
-        #[arg(long, value_name = "SPEC")]
-        layers: Option<String>,
-        /// Multipliers of the direction, comma-separated. Example: `--multipliers -4,-2,0,2,4`
-        #[arg(
-            long,
-            value_name = "LIST",
-            allow_hyphen_values = true,
-            default_value = "-2,-1,0,1,2"
-        )]
-        multipliers: String,
-        /// Write A/B questions as plain text even when the tokenizer has a chat template.
-        /// Example: `--plain`
-        #[arg(long)]
-        plain: bool,
-        /// Answer in words rather than letters (`data::ab_text_prompt`; needs the chat format, see
-        /// `puppetlens probe --help`). Example: `--text-answers`
-        #[arg(long)]
-        text_answers: bool,
-        /// Also write the table as CSV. Example: `--out dose.csv`
-        #[arg(long, value_name = "FILE.csv")]
-        out: Option<PathBuf>,
-    },
+    Steer(SteerArgs),
     /// Localise a fine-tuned behaviour: base vs tuned model, layer by layer.
     ///
     /// Per layer: the base-vs-tuned activation difference, its cosine with the tuned model's
@@ -721,6 +608,140 @@ pub(crate) struct PatchArgs {
     pub(crate) text_answers: bool,
 }
 
+// The flags of `generate` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct GenerateArgs {
+    /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+    pub(crate) model: String,
+    /// The prompt. Example: `"The capital of France is"`
+    pub(crate) prompt: String,
+    /// Wrap the prompt as a user turn in the model's chat template. Example: `--chat`
+    #[arg(long)]
+    pub(crate) chat: bool,
+    /// Most tokens to generate. Example: `--max-new-tokens 64`
+    #[arg(long, default_value_t = 48)]
+    pub(crate) max_new_tokens: usize,
+    /// Sampling temperature (0 = greedy). Example: `--temperature 0.7`
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) temperature: f64,
+    /// Sampling seed. Example: `--seed 1`
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// A steering vector saved by `puppetlens vector` (safetensors). Example:
+    /// `--vector persona.safetensors`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) vector: Option<PathBuf>,
+    /// The layer to steer (needed unless the vector has a single layer). Example: `--layer 12`
+    #[arg(long, requires = "vector")]
+    pub(crate) layer: Option<usize>,
+    /// Multiplier of the direction (negative steers away). Example: `--scale -4`
+    #[arg(
+        long,
+        requires = "vector",
+        allow_negative_numbers = true,
+        default_value_t = 1.0
+    )]
+    pub(crate) scale: f64,
+}
+
+// The flags of `extract` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct ExtractArgs {
+    /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+    pub(crate) model: String,
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    /// Output directory of the store. Example: `--out acts/true_false`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Token site: the last token or the mean over the prompt. Example: `--site mean`
+    #[arg(long, value_enum, default_value_t = SiteArg::Last)]
+    pub(crate) site: SiteArg,
+    /// Layers to record (default: all). Example: `--layers 4-12`
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) layers: Option<String>,
+    /// Prompts per shard file (512). Example: `--shard-size 128`
+    #[arg(long, default_value_t = 512)]
+    pub(crate) shard_size: usize,
+}
+
+// The flags of `train` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// The base model. Example: `gemma-3-270m`
+    pub(crate) model: String,
+    /// SFT examples (JSONL). Example: `--sft data.jsonl`
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "dpo",
+        required_unless_present = "dpo"
+    )]
+    pub(crate) sft: Option<PathBuf>,
+    /// DPO pairs (JSONL). Example: `--dpo pairs.jsonl`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dpo: Option<PathBuf>,
+    /// Output directory (created; must be new, or an adapter directory this command wrote).
+    /// Example: `--out runs/adapter`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+    /// Stop after this many steps (default: one epoch). Example: `--steps 100`
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+    /// Passes over the data. Example: `--epochs 2`
+    #[arg(long, default_value_t = 1)]
+    pub(crate) epochs: usize,
+    /// LoRA rank. Example: `--rank 4`
+    #[arg(long, default_value_t = 8)]
+    pub(crate) rank: usize,
+    /// Learning rate. Example: `--lr 1e-4`
+    #[arg(long, default_value_t = 2e-4)]
+    pub(crate) lr: f64,
+    /// Seed of the initialisation and data order. Example: `--seed 3`
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Steps between checkpoints into DIR (0: only at the end). Example: `--checkpoint-every 10`
+    #[arg(long, default_value_t = 0)]
+    pub(crate) checkpoint_every: usize,
+}
+
+// The flags of `steer` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct SteerArgs {
+    /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+    pub(crate) model: String,
+    /// The steering vector (safetensors from `puppetlens vector`). Example: `--vector
+    /// syco.safetensors`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) vector: PathBuf,
+    /// The A/B question file. Example: `--dataset probes/sycophancy_ab.jsonl`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dataset: PathBuf,
+    /// Layers to steer, one at a time (default: every layer of the vector). Example:
+    /// `--layers 8-12`
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) layers: Option<String>,
+    /// Multipliers of the direction, comma-separated. Example: `--multipliers -4,-2,0,2,4`
+    #[arg(
+        long,
+        value_name = "LIST",
+        allow_hyphen_values = true,
+        default_value = "-2,-1,0,1,2"
+    )]
+    pub(crate) multipliers: String,
+    /// Write A/B questions as plain text even when the tokenizer has a chat template.
+    /// Example: `--plain`
+    #[arg(long)]
+    pub(crate) plain: bool,
+    /// Answer in words rather than letters (`data::ab_text_prompt`; needs the chat format, see
+    /// `puppetlens probe --help`). Example: `--text-answers`
+    #[arg(long)]
+    pub(crate) text_answers: bool,
+    /// Also write the table as CSV. Example: `--out dose.csv`
+    #[arg(long, value_name = "FILE.csv")]
+    pub(crate) out: Option<PathBuf>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // From flags to the library's options
 // ---------------------------------------------------------------------------------------------
@@ -902,6 +923,106 @@ impl PatchArgs {
             },
             prompts: ab_prompts(self.plain, self.text_answers),
             names: [self.base.clone(), self.tuned.clone()],
+        })
+    }
+}
+
+impl GenerateArgs {
+    /// The hooks of `--vector` (none without it), `--layer` checked against the model.
+    pub(crate) fn hooks(&self, m: &Model) -> Result<Hooks<'static>> {
+        let mut hooks = Hooks::new();
+        if let Some(path) = &self.vector {
+            let v = SteeringVector::load(path)?;
+            let l = steer_layer(&v, path, self.layer, m, &self.model)?;
+            v.only(&[l])?
+                .add_to(m, &mut hooks, self.scale, Positions::All)?;
+        }
+        Ok(hooks)
+    }
+
+    /// The generation options.
+    pub(crate) fn options(&self) -> TextOptions {
+        TextOptions {
+            chat: self.chat,
+            generate: GenerateOptions::sampled(self.max_new_tokens, self.temperature, self.seed),
+        }
+    }
+}
+
+impl ExtractArgs {
+    /// The store options, `--layers` read against the model.
+    pub(crate) fn options(&self, ctx: &Ctx, m: &Model) -> Result<DatasetStoreOptions> {
+        let layers = layers_of(self.layers.as_deref(), m, &self.model)?.unwrap_or_default();
+        Ok(DatasetStoreOptions {
+            extract: ExtractOptions {
+                points: layers.into_iter().map(HookPoint::ResidPost).collect(),
+                site: self.site.into(),
+                batch_size: ctx.batch_size,
+                shard_size: self.shard_size,
+                progress: ctx.progress,
+            },
+            prompts: self.data.prompts.options(),
+            model: self.model.clone(),
+        })
+    }
+}
+
+/// The training data `train` reads.
+pub(crate) enum TrainData<'a> {
+    Sft(&'a Path),
+    Dpo(&'a Path),
+}
+
+impl TrainArgs {
+    /// `--sft FILE` or `--dpo FILE`.
+    pub(crate) fn data(&self) -> Result<TrainData<'_>> {
+        match (&self.sft, &self.dpo) {
+            (Some(f), _) => Ok(TrainData::Sft(f)),
+            (None, Some(f)) => Ok(TrainData::Dpo(f)),
+            (None, None) => Err(invalid("--sft", "give --sft FILE or --dpo FILE")),
+        }
+    }
+
+    /// The training options (checkpoints into `--out`).
+    pub(crate) fn options(&self, ctx: &Ctx) -> TrainOptions {
+        TrainOptions {
+            lora: lora::LoraConfig {
+                rank: self.rank,
+                alpha: 2.0 * self.rank as f64,
+                ..Default::default()
+            },
+            lr: self.lr,
+            epochs: self.epochs,
+            max_steps: self.steps,
+            batch_size: ctx.batch_size,
+            seed: self.seed,
+            log_every: if ctx.progress { 10 } else { 0 },
+            checkpoint_dir: Some(self.out.clone()),
+            checkpoint_every: self.checkpoint_every,
+            ..Default::default()
+        }
+    }
+}
+
+impl SteerArgs {
+    /// The multipliers of `--multipliers`.
+    pub(crate) fn multipliers(&self) -> Result<Vec<f64>> {
+        puppetlens::spec::parse_multipliers(&self.multipliers).map_err(flag("--multipliers"))
+    }
+
+    /// The dose-response options, `--layers` read against the model.
+    pub(crate) fn options(
+        &self,
+        ctx: &Ctx,
+        m: &Model,
+        multipliers: Vec<f64>,
+    ) -> Result<DoseOptions> {
+        Ok(DoseOptions {
+            layers: layers_of(self.layers.as_deref(), m, &self.model)?,
+            multipliers,
+            prompts: ab_prompts(self.plain, self.text_answers),
+            batch_size: ctx.batch_size,
+            progress: ctx.progress,
         })
     }
 }

@@ -27,19 +27,15 @@ use candle_core::{DType, Device};
 use clap::Parser;
 use puppetlens::data::{self, Dataset, NumericDataset};
 use puppetlens::dict;
-use puppetlens::eval::{self, DoseOptions};
-use puppetlens::extract::{self, DatasetStoreOptions, ExtractOptions};
-use puppetlens::generate::TextOptions;
+use puppetlens::eval;
+use puppetlens::extract;
 use puppetlens::patch::{self, sweep::SweepOptions};
 use puppetlens::plot::LineChart;
 use puppetlens::probe;
 use puppetlens::report;
 use puppetlens::steer::{self, ControlVectorOptions, VectorOptions};
-use puppetlens::train::{self, TrainOptions};
-use puppetlens::{
-    fetch, lens, lora, GenerateOptions, HookPoint, Hooks, LoadOptions, Model, Opened, Positions,
-    Result, SteeringVector, Tokenizer,
-};
+use puppetlens::train;
+use puppetlens::{fetch, lens, LoadOptions, Model, Opened, Result, SteeringVector, Tokenizer};
 
 mod args;
 use args::*;
@@ -124,30 +120,13 @@ fn run(cli: Cli) -> Result<()> {
             let (m, tok) = ctx()?.open(model)?;
             print!("{}", puppetlens::describe(&m, &tok));
         }
-        Cmd::Generate {
-            model,
-            prompt,
-            chat,
-            max_new_tokens,
-            temperature,
-            seed,
-            vector,
-            layer,
-            scale,
-        } => {
-            let (m, tok) = ctx()?.open(model)?;
-            let mut hooks = Hooks::new();
-            if let Some(path) = vector {
-                let v = SteeringVector::load(path)?;
-                let l = steer_layer(&v, path, *layer, &m, model)?;
-                v.only(&[l])?
-                    .add_to(&m, &mut hooks, *scale, Positions::All)?;
-            }
-            let opts = TextOptions {
-                chat: *chat,
-                generate: GenerateOptions::sampled(*max_new_tokens, *temperature, *seed),
-            };
-            println!("{}", m.generate_text(&tok, prompt, &opts, &mut hooks)?);
+        Cmd::Generate(a) => {
+            let (m, tok) = ctx()?.open(&a.model)?;
+            let mut hooks = a.hooks(&m)?;
+            println!(
+                "{}",
+                m.generate_text(&tok, &a.prompt, &a.options(), &mut hooks)?
+            );
         }
         Cmd::Export {
             model,
@@ -163,33 +142,14 @@ fn run(cli: Cli) -> Result<()> {
             tok.save_hf_dir(out)?;
             println!("{}", out.display());
         }
-        Cmd::Extract {
-            model,
-            data,
-            out,
-            site,
-            layers,
-            shard_size,
-        } => {
+        Cmd::Extract(a) => {
             let ctx = ctx()?;
-            let ds = Dataset::load(&data.dataset, &data.positive_label)?;
-            let (m, tok) = ctx.open(model)?;
-            let layers = layers_of(layers.as_deref(), &m, model)?.unwrap_or_default();
-            let opts = DatasetStoreOptions {
-                extract: ExtractOptions {
-                    points: layers.into_iter().map(HookPoint::ResidPost).collect(),
-                    site: (*site).into(),
-                    batch_size: ctx.batch_size,
-                    shard_size: *shard_size,
-                    progress: ctx.progress,
-                },
-                prompts: data.prompts.options(),
-                model: model.clone(),
-            };
-            let manifest = extract::extract_dataset(&m, &tok, &ds, &opts, out)?;
+            let ds = Dataset::load(&a.data.dataset, &a.data.positive_label)?;
+            let (m, tok) = ctx.open(&a.model)?;
+            let manifest = extract::extract_dataset(&m, &tok, &ds, &a.options(&ctx, &m)?, &a.out)?;
             println!(
                 "{}: {} prompts x {} hook points ({:?}), {} shard(s)",
-                out.display(),
+                a.out.display(),
                 manifest.n_prompts,
                 manifest.points.len(),
                 manifest.site,
@@ -223,45 +183,19 @@ fn run(cli: Cli) -> Result<()> {
                 out.join("probe.csv").display()
             );
         }
-        Cmd::Train {
-            model,
-            sft,
-            dpo,
-            out,
-            steps,
-            epochs,
-            rank,
-            lr,
-            seed,
-            checkpoint_every,
-        } => {
-            let (m, _tok) = ctx()?.open(model)?;
-            let opts = TrainOptions {
-                lora: lora::LoraConfig {
-                    rank: *rank,
-                    alpha: 2.0 * *rank as f64,
-                    ..Default::default()
-                },
-                lr: *lr,
-                epochs: *epochs,
-                max_steps: *steps,
-                batch_size: cli.batch_size,
-                seed: *seed,
-                log_every: if cli.quiet { 0 } else { 10 },
-                checkpoint_dir: Some(out.clone()),
-                checkpoint_every: *checkpoint_every,
-                ..Default::default()
-            };
-            let (_, log) = match (sft, dpo) {
-                (Some(f), _) => train::sft(&m, &train::load_sft_jsonl(f)?, &opts)?,
-                (None, Some(f)) => train::dpo(&m, &train::load_dpo_jsonl(f)?, &opts)?,
-                (None, None) => return Err(invalid("--sft", "give --sft FILE or --dpo FILE")),
+        Cmd::Train(a) => {
+            let ctx = ctx()?;
+            let (m, _tok) = ctx.open(&a.model)?;
+            let opts = a.options(&ctx);
+            let (_, log) = match a.data()? {
+                TrainData::Sft(f) => train::sft(&m, &train::load_sft_jsonl(f)?, &opts)?,
+                TrainData::Dpo(f) => train::dpo(&m, &train::load_dpo_jsonl(f)?, &opts)?,
             };
             let last = log.steps.last().map(|s| s.loss).unwrap_or(f64::NAN);
             println!(
                 "{} steps, final loss {last:.4}; adapter and log in {}",
                 log.steps.len(),
-                out.display()
+                a.out.display()
             );
         }
         Cmd::Vector {
@@ -284,41 +218,25 @@ fn run(cli: Cli) -> Result<()> {
             trained.vector.save(out)?;
             println!("{}: {}", out.display(), trained.summary()?);
         }
-        Cmd::Steer {
-            model,
-            vector,
-            dataset,
-            layers,
-            multipliers,
-            plain,
-            text_answers,
-            out,
-        } => {
+        Cmd::Steer(a) => {
             let ctx = ctx()?;
-            let multipliers =
-                puppetlens::spec::parse_multipliers(multipliers).map_err(flag("--multipliers"))?;
-            let ds = load_ab(dataset, "steer")?;
-            let v = SteeringVector::load(vector)?;
-            let (m, tok) = ctx.open(model)?;
-            let opts = DoseOptions {
-                layers: layers_of(layers.as_deref(), &m, model)?,
-                multipliers,
-                prompts: ab_prompts(*plain, *text_answers),
-                batch_size: ctx.batch_size,
-                progress: ctx.progress,
-            };
+            let multipliers = a.multipliers()?;
+            let ds = load_ab(&a.dataset, "steer")?;
+            let v = SteeringVector::load(&a.vector)?;
+            let (m, tok) = ctx.open(&a.model)?;
+            let opts = a.options(&ctx, &m, multipliers)?;
             let dose = eval::dose_response_dataset(&m, &tok, &ds, &v, &opts)?;
             println!(
                 "{}: mean P(matching) over {} items ({}; {}), {} vector from {}",
-                dataset.display(),
+                a.dataset.display(),
                 dose.n_items,
                 dose.items,
                 dose.prompts,
                 v.method,
-                vector.display()
+                a.vector.display()
             );
             print!("{}", dose.table());
-            if let Some(out) = out {
+            if let Some(out) = &a.out {
                 dose.write_csv(out)?;
                 wrote([out]);
             }
