@@ -10,10 +10,11 @@ use puppetlens::diff::DiffOptions;
 use puppetlens::eval::DoseOptions;
 use puppetlens::extract::{DatasetStoreOptions, ExtractOptions, Site};
 use puppetlens::generate::TextOptions;
-use puppetlens::patch::{self, PatchOptions, PatchReportOptions};
+use puppetlens::patch::{self, sweep::SweepOptions, PatchOptions, PatchReportOptions};
+use puppetlens::plot::LineChart;
 use puppetlens::probe::{self, DatasetProbeOptions};
 use puppetlens::report::DiffReportOptions;
-use puppetlens::steer::VectorMethod;
+use puppetlens::steer::{ControlVectorOptions, VectorMethod, VectorOptions};
 use puppetlens::train::TrainOptions;
 use puppetlens::{
     lora, Error, GenerateOptions, HookPoint, Hooks, Model, Positions, Result, SteeringVector,
@@ -216,18 +217,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens vector smollm2-135m-instruct --dataset
     /// probes/persona_stage_actor.jsonl --out persona.safetensors --chat`
-    Vector {
-        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
-        model: String,
-        #[command(flatten)]
-        data: DataArgs,
-        /// The vector file to write (safetensors). Example: `--out persona.safetensors`
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-        /// How each layer's direction is built. Example: `--method pca-diff`
-        #[arg(long, value_enum, default_value_t = Method::MeanDiff)]
-        method: Method,
-    },
+    Vector(VectorArgs),
     /// Dose-response of a steering vector on A/B questions.
     ///
     /// Mean P(matching answer) with `multiplier x vector[layer]` added at one layer at a time,
@@ -317,28 +307,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens patch-sweep gemma-3-270m --clean "The capital of France is"
     /// --corrupted "The capital of Italy is" --answer " Paris" --other " Rome" --out runs/sweep`
-    PatchSweep {
-        /// The model. Example: `gemma-3-270m`
-        model: String,
-        /// The clean prompt. Example: `--clean "The capital of France is"`
-        #[arg(long)]
-        clean: String,
-        /// The corrupted prompt (same token length). Example: `--corrupted "The capital of Italy is"`
-        #[arg(long)]
-        corrupted: String,
-        /// The clean prompt's answer (one token). Example: `--answer " Paris"`
-        #[arg(long)]
-        answer: String,
-        /// The corrupted prompt's answer (one token). Example: `--other " Rome"`
-        #[arg(long)]
-        other: String,
-        /// Layers to patch (default: all). Example: `--layers 0-8`
-        #[arg(long, value_name = "SPEC")]
-        layers: Option<String>,
-        /// Output directory. Example: `--out runs/sweep`
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
+    PatchSweep(PatchSweepArgs),
     /// Attention patterns of one block: one panel per head, token text on both axes.
     ///
     /// Example: `puppetlens attention gemma-3-270m "The capital of France is" --layer 5
@@ -372,21 +341,7 @@ pub(crate) enum Cmd {
     ///
     /// Example: `puppetlens export-gguf persona.safetensors --out persona.gguf --layers 8-16`
     /// then `llama-cli -m model.gguf --control-vector persona.gguf`
-    ExportGguf {
-        /// The steering vector (safetensors from `puppetlens vector`). Example:
-        /// `persona.safetensors`
-        vector: PathBuf,
-        /// The GGUF file to write. Example: `--out persona.gguf`
-        #[arg(long, value_name = "FILE.gguf")]
-        out: PathBuf,
-        /// The model architecture hint stored in the file (`controlvector.model_hint`). Example:
-        /// `--arch gemma3`
-        #[arg(long, default_value = "llama")]
-        arch: String,
-        /// Only these layers of the vector (default: all but 0). Example: `--layers 8-16`
-        #[arg(long, value_name = "SPEC")]
-        layers: Option<String>,
-    },
+    ExportGguf(ExportGgufArgs),
     /// Draw a line chart from a CSV file (PNG and SVG).
     ///
     /// One series per y column (and per value of --group), written as STEM.png and STEM.svg.
@@ -396,31 +351,7 @@ pub(crate) enum Cmd {
     /// --out runs/probe/accuracy --title "Probe accuracy"`
     ///
     /// Dose-response: `puppetlens plot dose.csv --x multiplier --y mean_p --group layer --out dose`
-    Plot {
-        /// The CSV file (a header row, then one row per point). Example: `probe.csv`
-        csv: PathBuf,
-        /// The x column (numeric). Example: `--x layer`
-        #[arg(long, value_name = "COLUMN")]
-        x: String,
-        /// The y columns (numeric), comma-separated. Example: `--y val_accuracy,test_accuracy`
-        #[arg(long, value_name = "COL1,COL2")]
-        y: String,
-        /// One series per distinct value of this column (per y column). Example: `--group layer`
-        #[arg(long, value_name = "COLUMN")]
-        group: Option<String>,
-        /// The output stem: writes STEM.png and STEM.svg. Example: `--out figures/accuracy`
-        #[arg(long, value_name = "STEM")]
-        out: PathBuf,
-        /// The chart title (default: "Y vs X"). Example: `--title "Probe accuracy by layer"`
-        #[arg(long)]
-        title: Option<String>,
-        /// The x axis label (default: the x column). Example: `--x-label "layer"`
-        #[arg(long)]
-        x_label: Option<String>,
-        /// The y axis label (default: the y column, or "value"). Example: `--y-label "accuracy"`
-        #[arg(long)]
-        y_label: Option<String>,
-    },
+    Plot(PlotArgs),
 }
 
 /// What `crosscoder` does.
@@ -742,6 +673,92 @@ pub(crate) struct SteerArgs {
     pub(crate) out: Option<PathBuf>,
 }
 
+// The flags of `vector` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct VectorArgs {
+    /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `smollm2-135m-instruct`
+    pub(crate) model: String,
+    #[command(flatten)]
+    pub(crate) data: DataArgs,
+    /// The vector file to write (safetensors). Example: `--out persona.safetensors`
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// How each layer's direction is built. Example: `--method pca-diff`
+    #[arg(long, value_enum, default_value_t = Method::MeanDiff)]
+    pub(crate) method: Method,
+}
+
+// The flags of `patch-sweep` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct PatchSweepArgs {
+    /// The model. Example: `gemma-3-270m`
+    pub(crate) model: String,
+    /// The clean prompt. Example: `--clean "The capital of France is"`
+    #[arg(long)]
+    pub(crate) clean: String,
+    /// The corrupted prompt (same token length). Example: `--corrupted "The capital of Italy is"`
+    #[arg(long)]
+    pub(crate) corrupted: String,
+    /// The clean prompt's answer (one token). Example: `--answer " Paris"`
+    #[arg(long)]
+    pub(crate) answer: String,
+    /// The corrupted prompt's answer (one token). Example: `--other " Rome"`
+    #[arg(long)]
+    pub(crate) other: String,
+    /// Layers to patch (default: all). Example: `--layers 0-8`
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) layers: Option<String>,
+    /// Output directory. Example: `--out runs/sweep`
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: PathBuf,
+}
+
+// The flags of `export-gguf` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct ExportGgufArgs {
+    /// The steering vector (safetensors from `puppetlens vector`). Example:
+    /// `persona.safetensors`
+    pub(crate) vector: PathBuf,
+    /// The GGUF file to write. Example: `--out persona.gguf`
+    #[arg(long, value_name = "FILE.gguf")]
+    pub(crate) out: PathBuf,
+    /// The model architecture hint stored in the file (`controlvector.model_hint`). Example:
+    /// `--arch gemma3`
+    #[arg(long, default_value = "llama")]
+    pub(crate) arch: String,
+    /// Only these layers of the vector (default: all but 0). Example: `--layers 8-16`
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) layers: Option<String>,
+}
+
+// The flags of `plot` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct PlotArgs {
+    /// The CSV file (a header row, then one row per point). Example: `probe.csv`
+    pub(crate) csv: PathBuf,
+    /// The x column (numeric). Example: `--x layer`
+    #[arg(long, value_name = "COLUMN")]
+    pub(crate) x: String,
+    /// The y columns (numeric), comma-separated. Example: `--y val_accuracy,test_accuracy`
+    #[arg(long, value_name = "COL1,COL2")]
+    pub(crate) y: String,
+    /// One series per distinct value of this column (per y column). Example: `--group layer`
+    #[arg(long, value_name = "COLUMN")]
+    pub(crate) group: Option<String>,
+    /// The output stem: writes STEM.png and STEM.svg. Example: `--out figures/accuracy`
+    #[arg(long, value_name = "STEM")]
+    pub(crate) out: PathBuf,
+    /// The chart title (default: "Y vs X"). Example: `--title "Probe accuracy by layer"`
+    #[arg(long)]
+    pub(crate) title: Option<String>,
+    /// The x axis label (default: the x column). Example: `--x-label "layer"`
+    #[arg(long)]
+    pub(crate) x_label: Option<String>,
+    /// The y axis label (default: the y column, or "value"). Example: `--y-label "accuracy"`
+    #[arg(long)]
+    pub(crate) y_label: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // From flags to the library's options
 // ---------------------------------------------------------------------------------------------
@@ -1024,6 +1041,68 @@ impl SteerArgs {
             batch_size: ctx.batch_size,
             progress: ctx.progress,
         })
+    }
+}
+
+impl VectorArgs {
+    /// The vector options.
+    pub(crate) fn options(&self, ctx: &Ctx) -> VectorOptions {
+        VectorOptions {
+            method: self.method.into(),
+            prompts: self.data.prompts.options(),
+            batch_size: ctx.batch_size,
+            progress: ctx.progress,
+            model: self.model.clone(),
+        }
+    }
+}
+
+impl PatchSweepArgs {
+    /// The sweep options, `--layers` read against the model.
+    pub(crate) fn options(&self, ctx: &Ctx, m: &Model) -> Result<SweepOptions> {
+        Ok(SweepOptions {
+            layers: layers_of(self.layers.as_deref(), m, &self.model)?,
+            progress: ctx.progress,
+            ..SweepOptions::default()
+        })
+    }
+}
+
+impl ExportGgufArgs {
+    /// The control vector options of vector `v` (read from `self.vector`).
+    pub(crate) fn options(&self, v: &SteeringVector) -> Result<ControlVectorOptions> {
+        let source = self.vector.display().to_string();
+        let n = v.layers().last().map_or(0, |l| l + 1);
+        Ok(ControlVectorOptions {
+            model_hint: self.arch.clone(),
+            layers: self
+                .layers
+                .as_deref()
+                .map(|s| parse_layers(s, n, &source, "--layers"))
+                .transpose()?,
+            source,
+        })
+    }
+}
+
+impl PlotArgs {
+    /// The chart of the CSV file, titled and labeled as the flags say.
+    pub(crate) fn chart(&self) -> Result<LineChart> {
+        let ys: Vec<&str> = self.y.split(',').filter(|s| !s.trim().is_empty()).collect();
+        if ys.is_empty() {
+            return Err(invalid("--y", "no y column given"));
+        }
+        let mut chart = LineChart::from_csv(&self.csv, &self.x, &ys, self.group.as_deref())?;
+        if let Some(t) = &self.title {
+            chart.title = t.clone();
+        }
+        if let Some(l) = &self.x_label {
+            chart.x_label = l.clone();
+        }
+        if let Some(l) = &self.y_label {
+            chart.y_label = l.clone();
+        }
+        Ok(chart)
     }
 }
 

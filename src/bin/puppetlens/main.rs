@@ -29,11 +29,10 @@ use puppetlens::data::{self, Dataset, NumericDataset};
 use puppetlens::dict;
 use puppetlens::eval;
 use puppetlens::extract;
-use puppetlens::patch::{self, sweep::SweepOptions};
-use puppetlens::plot::LineChart;
+use puppetlens::patch;
 use puppetlens::probe;
 use puppetlens::report;
-use puppetlens::steer::{self, ControlVectorOptions, VectorOptions};
+use puppetlens::steer;
 use puppetlens::train;
 use puppetlens::{fetch, lens, LoadOptions, Model, Opened, Result, SteeringVector, Tokenizer};
 
@@ -198,25 +197,13 @@ fn run(cli: Cli) -> Result<()> {
                 a.out.display()
             );
         }
-        Cmd::Vector {
-            model,
-            data,
-            out,
-            method,
-        } => {
+        Cmd::Vector(a) => {
             let ctx = ctx()?;
-            let ds = Dataset::load(&data.dataset, &data.positive_label)?;
-            let (m, tok) = ctx.open(model)?;
-            let opts = VectorOptions {
-                method: (*method).into(),
-                prompts: data.prompts.options(),
-                batch_size: ctx.batch_size,
-                progress: ctx.progress,
-                model: model.clone(),
-            };
-            let trained = steer::train_vector(&m, &tok, &ds, &opts)?;
-            trained.vector.save(out)?;
-            println!("{}: {}", out.display(), trained.summary()?);
+            let ds = Dataset::load(&a.data.dataset, &a.data.positive_label)?;
+            let (m, tok) = ctx.open(&a.model)?;
+            let trained = steer::train_vector(&m, &tok, &ds, &a.options(&ctx))?;
+            trained.vector.save(&a.out)?;
+            println!("{}: {}", a.out.display(), trained.summary()?);
         }
         Cmd::Steer(a) => {
             let ctx = ctx()?;
@@ -367,26 +354,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             wrote([out.join("dla.csv")]);
         }
-        Cmd::PatchSweep {
-            model,
-            clean,
-            corrupted,
-            answer,
-            other,
-            layers,
-            out,
-        } => {
+        Cmd::PatchSweep(a) => {
             let ctx = ctx()?;
-            let (m, tok) = ctx.open(model)?;
-            let opts = SweepOptions {
-                layers: layers_of(layers.as_deref(), &m, model)?,
-                progress: ctx.progress,
-                ..SweepOptions::default()
-            };
-            let sweep =
-                patch::sweep::sweep_report(&m, &tok, clean, corrupted, answer, other, &opts, out)?;
+            let (m, tok) = ctx.open(&a.model)?;
+            let opts = a.options(&ctx, &m)?;
+            let (clean, corrupted) = (&a.clean, &a.corrupted);
+            let sweep = patch::sweep::sweep_report(
+                &m, &tok, clean, corrupted, &a.answer, &a.other, &opts, &a.out,
+            )?;
             print!("{}", sweep.summary());
-            wrote([out]);
+            wrote([&a.out]);
         }
         Cmd::Attention {
             model,
@@ -404,52 +381,12 @@ fn run(cli: Cli) -> Result<()> {
                 stem,
             )?);
         }
-        Cmd::ExportGguf {
-            vector,
-            out,
-            arch,
-            layers,
-        } => {
-            let v = SteeringVector::load(vector)?;
-            let source = vector.display().to_string();
-            let n = v.layers().last().map_or(0, |l| l + 1);
-            let opts = ControlVectorOptions {
-                model_hint: arch.clone(),
-                layers: layers
-                    .as_deref()
-                    .map(|s| parse_layers(s, n, &source, "--layers"))
-                    .transpose()?,
-                source,
-            };
-            let written = v.export_control_vector(out, &opts)?;
-            println!("{}: {}", out.display(), written.summary());
+        Cmd::ExportGguf(a) => {
+            let v = SteeringVector::load(&a.vector)?;
+            let written = v.export_control_vector(&a.out, &a.options(&v)?)?;
+            println!("{}: {}", a.out.display(), written.summary());
         }
-        Cmd::Plot {
-            csv,
-            x,
-            y,
-            group,
-            out,
-            title,
-            x_label,
-            y_label,
-        } => {
-            let ys: Vec<&str> = y.split(',').filter(|s| !s.trim().is_empty()).collect();
-            if ys.is_empty() {
-                return Err(invalid("--y", "no y column given"));
-            }
-            let mut chart = LineChart::from_csv(csv, x, &ys, group.as_deref())?;
-            if let Some(t) = title {
-                chart.title = t.clone();
-            }
-            if let Some(l) = x_label {
-                chart.x_label = l.clone();
-            }
-            if let Some(l) = y_label {
-                chart.y_label = l.clone();
-            }
-            wrote(chart.save(out)?);
-        }
+        Cmd::Plot(a) => wrote(a.chart()?.save(&a.out)?),
     }
     Ok(())
 }
