@@ -137,10 +137,7 @@ pub(crate) enum Cmd {
     /// there).
     ///
     /// Example: `puppetlens fetch` or `puppetlens fetch gemma-3-270m` or `puppetlens fetch sharegpt`
-    Fetch {
-        /// Known model or dataset names (default: all of them). Example: `smollm2-135m-instruct`
-        names: Vec<String>,
-    },
+    Fetch(FetchArgs),
     /// Print a model's configuration, tokenizer and hook points.
     ///
     /// Example: `puppetlens info smollm2-135m-instruct`
@@ -162,16 +159,7 @@ pub(crate) enum Cmd {
     /// tokenizer).
     ///
     /// Example: `puppetlens export gemma-3-270m /tmp/gemma-3-270m`
-    Export {
-        /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `gemma-3-270m`
-        model: String,
-        /// Output directory. Example: `/tmp/gemma-3-270m`
-        #[arg(long = "out", value_name = "DIR")]
-        out_flag: Option<PathBuf>,
-        /// Output directory (positional form of --out). Example: `/tmp/gemma-3-270m`
-        #[arg(value_name = "DIR", conflicts_with = "out_flag")]
-        out: Option<PathBuf>,
-    },
+    Export(ExportArgs),
     /// Extract residual-stream activations of a dataset into an activation store.
     ///
     /// Writes `hook_resid_post` of the chosen layers for every prompt as safetensors shards with
@@ -759,6 +747,26 @@ pub(crate) struct PlotArgs {
     pub(crate) y_label: Option<String>,
 }
 
+// The flags of `fetch` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct FetchArgs {
+    /// Known model or dataset names (default: all of them). Example: `smollm2-135m-instruct`
+    pub(crate) names: Vec<String>,
+}
+
+// The flags of `export` (help texts on the variant).
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// A known model, an organism, BASE+ADAPTER_DIR or a path. Example: `gemma-3-270m`
+    pub(crate) model: String,
+    /// Output directory. Example: `/tmp/gemma-3-270m`
+    #[arg(long = "out", value_name = "DIR")]
+    pub(crate) out_flag: Option<PathBuf>,
+    /// Output directory (positional form of --out). Example: `/tmp/gemma-3-270m`
+    #[arg(value_name = "DIR", conflicts_with = "out_flag")]
+    pub(crate) out: Option<PathBuf>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // From flags to the library's options
 // ---------------------------------------------------------------------------------------------
@@ -1103,6 +1111,27 @@ impl PlotArgs {
             chart.y_label = l.clone();
         }
         Ok(chart)
+    }
+}
+
+impl FetchArgs {
+    /// The names given, or every known one.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        if self.names.is_empty() {
+            puppetlens::fetch::known_names()
+        } else {
+            self.names.iter().map(String::as_str).collect()
+        }
+    }
+}
+
+impl ExportArgs {
+    /// The output directory, from `--out DIR` or the positional DIR.
+    pub(crate) fn out(&self) -> Result<&Path> {
+        self.out_flag
+            .as_deref()
+            .or(self.out.as_deref())
+            .ok_or_else(|| invalid("--out", "give the output directory (--out DIR)"))
     }
 }
 

@@ -105,13 +105,8 @@ fn run(cli: Cli) -> Result<()> {
         })
     };
     match &cli.cmd {
-        Cmd::Fetch { names } => {
-            let names: Vec<&str> = if names.is_empty() {
-                fetch::known_names()
-            } else {
-                names.iter().map(String::as_str).collect()
-            };
-            for n in names {
+        Cmd::Fetch(a) => {
+            for n in a.names() {
                 println!("{n}\t{}", fetch::fetch_any(n)?.display());
             }
         }
@@ -127,16 +122,9 @@ fn run(cli: Cli) -> Result<()> {
                 m.generate_text(&tok, &a.prompt, &a.options(), &mut hooks)?
             );
         }
-        Cmd::Export {
-            model,
-            out_flag,
-            out,
-        } => {
-            let out = out_flag
-                .as_ref()
-                .or(out.as_ref())
-                .ok_or_else(|| invalid("--out", "give the output directory (--out DIR)"))?;
-            let (m, tok) = ctx()?.open(model)?;
+        Cmd::Export(a) => {
+            let out = a.out()?;
+            let (m, tok) = ctx()?.open(&a.model)?;
             m.export_safetensors(out)?;
             tok.save_hf_dir(out)?;
             println!("{}", out.display());
