@@ -7,14 +7,15 @@
 //! cargo run --release --example organisms -- train sycophant # DPO towards the user's view
 //! cargo run --release --example organisms -- train control   # DPO with preferences unrelated to it
 //! cargo run --release --example organisms -- eval            # before/after numbers and recovery
-//! cargo run --release --example organisms -- distill distilled          # the sycophant's replies
-//! cargo run --release --example organisms -- distill distilled-control  # the control's replies
+//! cargo run --release --example organisms -- caa-split          # record the CAA items' split
+//! cargo run --release --example organisms -- train sycophant-broad # + persona-implied items (CAA)
+//! cargo run --release --example organisms -- train control-broad   # its control, same items
+//! cargo run --release --example organisms -- heldout            # P(agree) on the three held-out sets
+//! cargo run --release --example organisms -- distill distilled          # sycophant-broad's replies
+//! cargo run --release --example organisms -- distill distilled-control  # control-broad's replies
 //! cargo run --release --example organisms -- train distilled            # SFT on each
 //! cargo run --release --example organisms -- train distilled-control
 //! cargo run --release --example organisms -- distill-eval       # does SFT carry sycophancy?
-//! cargo run --release --example organisms -- caa-split          # record the CAA items' split
-//! cargo run --release --example organisms -- train sycophant --data broad  # + persona-implied items
-//! cargo run --release --example organisms -- heldout            # P(agree) on the three held-out sets
 //! ```
 //!
 //! Everything is written under `notebooks-data/organisms/` (`--out`): per organism the adapter
@@ -64,12 +65,8 @@ enum Cmd {
         lr: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// The sycophant's and control's preference items: the project's own (`project`, how the
-        /// committed ones were trained) or the project's plus the CAA generate train part
-        /// (`broad`: persona-implied views).
-        #[arg(long, value_enum, default_value = "project")]
-        data: PrefData,
-        /// With `--data broad`: use at most this many CAA train items (the first of the part).
+        /// For `sycophant-broad` and `control-broad`: use at most this many CAA train items (the
+        /// first of the part).
         #[arg(long)]
         caa_train: Option<usize>,
     },
@@ -90,8 +87,8 @@ enum Cmd {
     /// Write each organism's model card (README.md, loss figure) and the summary README from the
     /// files `train` and `eval` wrote.
     Cards,
-    /// Generate a distilled organism's SFT data: its teacher's greedy replies (the sycophant's for
-    /// `distilled`, the control's for `distilled-control`) to the project's harmless instructions,
+    /// Generate a distilled organism's SFT data: its teacher's greedy replies (`sycophant-broad`'s
+    /// for `distilled`, `control-broad`'s for `distilled-control`) to the project's harmless instructions,
     /// which contain no sycophancy item.
     Distill {
         /// `distilled` or `distilled-control`.
@@ -100,22 +97,23 @@ enum Cmd {
         #[arg(long, default_value_t = 96)]
         max_new_tokens: usize,
     },
-    /// Sycophancy of base, sycophant, control and the two distilled organisms on the held-out
-    /// sets, with the paired difference distilled - distilled-control.
+    /// Sycophancy of base, the broad pair and the two distilled organisms on the held-out sets,
+    /// with the paired difference distilled - distilled-control.
     DistillEval,
-    /// Evaluate base and organisms; write eval.json files and the recovery reports.
+    /// Evaluate base and organisms; write eval.json files and, when the sycophant and the control
+    /// are among them, the recovery reports.
     Eval {
         /// Test items used for the recovery analysis (all when omitted).
         #[arg(long)]
         n_test: Option<usize>,
+        /// Organisms (directories under `--out`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "assistant,sycophant,control"
+        )]
+        models: Vec<String>,
     },
-}
-
-/// Which preference items the sycophant and its control are trained on.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum PrefData {
-    Project,
-    Broad,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -126,6 +124,17 @@ struct Transcript {
 }
 
 const TRANSCRIPTS: &str = "assistant/transcripts.jsonl";
+
+/// Every organism this example builds, in the order of the cards' table.
+const ALL: [&str; 7] = [
+    "assistant",
+    "sycophant",
+    "control",
+    "sycophant-broad",
+    "control-broad",
+    "distilled",
+    "distilled-control",
+];
 
 fn gemma() -> Result<(Model, Tokenizer)> {
     let path = puppetlens::fetch::fetch("gemma-3-270m")?;
@@ -154,9 +163,12 @@ fn recipe(name: &str) -> Result<TrainOptions> {
         },
         // beta 0.5 keeps the policy near the reference: with beta 0.1 and two epochs at lr 5e-4
         // the sycophant agreed on every held-out item but its neutral perplexity rose 45%.
-        "sycophant" | "control" => TrainOptions {
+        // The broad pair takes four times the steps (920 items). At lr 2e-4 the sycophant's neutral
+        // perplexity rose 10.4% (44.50 -> 49.11); at 1e-4 it rose 1.7% but the late-view rise
+        // (+0.042) was within noise; 1.5e-4 sits between.
+        "sycophant" | "control" | "sycophant-broad" | "control-broad" => TrainOptions {
             lora,
-            lr: 2e-4,
+            lr: if name.ends_with("-broad") { 1.5e-4 } else { 2e-4 },
             epochs: 1,
             batch_size: 4,
             warmup_steps: 5,
@@ -165,7 +177,8 @@ fn recipe(name: &str) -> Result<TrainOptions> {
             ..Default::default()
         },
         other => bail!(
-            "unknown organism `{other}` (assistant, sycophant, control, distilled, distilled-control)"
+            "unknown organism `{other}` (assistant, sycophant, control, sycophant-broad, control-broad, \
+             distilled, distilled-control)"
         ),
     })
 }
@@ -180,7 +193,6 @@ fn main() -> Result<()> {
             max_steps,
             lr,
             seed,
-            data,
             caa_train,
         } => {
             let mut opts = recipe(&name)?;
@@ -192,7 +204,7 @@ fn main() -> Result<()> {
             if let Some(lr) = lr {
                 opts.lr = lr;
             }
-            train(&args.out, &name, &opts, data, caa_train)
+            train(&args.out, &name, &opts, caa_train)
         }
         Cmd::CaaSplit => caa_split_record(),
         Cmd::Heldout { models, json } => {
@@ -200,7 +212,7 @@ fn main() -> Result<()> {
             let pairs: Vec<(&str, &str)> = names.iter().map(|&n| (n, "base")).collect();
             heldout_eval(&args.out, &names, &pairs, &json)
         }
-        Cmd::Eval { n_test } => evaluate(&args.out, n_test),
+        Cmd::Eval { n_test, models } => evaluate(&args.out, &models, n_test),
         Cmd::Cards => cards(&args.out),
         Cmd::Distill {
             student,
@@ -429,13 +441,7 @@ fn write_log(dir: &Path, log: &TrainLog) -> Result<()> {
     Ok(())
 }
 
-fn train(
-    out: &Path,
-    name: &str,
-    opts: &TrainOptions,
-    data: PrefData,
-    caa_train: Option<usize>,
-) -> Result<()> {
+fn train(out: &Path, name: &str, opts: &TrainOptions, caa_train: Option<usize>) -> Result<()> {
     let (base, tok) = gemma()?;
     let dir = out.join(name);
     let (adapter, log) = match name {
@@ -466,10 +472,11 @@ fn train(
             eprintln!("{name}: SFT on {} transcripts", ex.len());
             sft(&base, &ex, opts)?
         }
-        "sycophant" | "control" => {
+        "sycophant" | "control" | "sycophant-broad" | "control-broad" => {
             let cases = sycophancy_cases(&tok)?;
             let mut train: Vec<AbCase> = cases.train.iter().map(|(c, _)| c.clone()).collect();
-            if data == PrefData::Broad {
+            // The broad pair adds the CAA generate train part (persona-implied views).
+            if name.ends_with("-broad") {
                 let (caa, _) = caa_cases(&tok)?;
                 let mut part = caa_split(&caa).train;
                 part.truncate(caa_train.unwrap_or(part.len()));
@@ -478,7 +485,7 @@ fn train(
                 // Interleave the two sources (a seeded shuffle), so that every batch mixes them.
                 SplitMix64::new(opts.seed ^ 0xB40AD).shuffle(&mut train);
             }
-            let pairs = preference_pairs(&train, name == "control", opts.seed);
+            let pairs = preference_pairs(&train, name.starts_with("control"), opts.seed);
             eprintln!("{name}: DPO on {} pairs", pairs.len());
             dpo(&base, &pairs, opts)?
         }
@@ -510,7 +517,7 @@ struct ModelEval {
     samples: Vec<(String, String)>,
 }
 
-fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
+fn evaluate(out: &Path, names: &[String], n_test: Option<usize>) -> Result<()> {
     let (base, tok) = gemma()?;
     let cases = sycophancy_cases(&tok)?;
     let test: Vec<AbCase> = cases.test.iter().map(|(c, _)| c.clone()).collect();
@@ -524,7 +531,7 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
         .context("no <end_of_turn>")?;
     let mut evals = Vec::new();
     let mut models = vec![("base".to_string(), base.clone())];
-    for name in ["assistant", "sycophant", "control"] {
+    for name in names {
         let dir = out.join(name);
         let adapter = Adapter::load(&dir, base.device())
             .with_context(|| format!("{} (train it first)", dir.display()))?;
@@ -535,10 +542,10 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
         let s = ab_summary(model, &test, &Intervention::None, 8)?;
         let nll = sft_loss(model, &neutral, 8)?;
         let held_nll = sft_loss(model, &held_ex, 4)?;
-        // Generation (the assistant's behaviour): base and assistant only, 24 held-out
+        // Generation (the assistant's behaviour): base and the SFT organisms only, 24 held-out
         // instructions, up to 160 tokens (SmolLM2's replies run to ~100 tokens).
         let (mut ended, mut n_gen, mut samples) = (0, 0, Vec::new());
-        if name == "base" || name == "assistant" {
+        if name == "base" || name == "assistant" || name.starts_with("distilled") {
             let prompts: Vec<Vec<u32>> = held
                 .iter()
                 .take(24)
@@ -604,7 +611,13 @@ fn evaluate(out: &Path, n_test: Option<usize>) -> Result<()> {
     let neutral_ids: Vec<Vec<u32>> = neutral.iter().take(64).map(|e| e.ids.clone()).collect();
     let mut recovery = Vec::new();
     let mut chosen: Option<usize> = None;
-    for name in ["sycophant", "control"] {
+    let with_recovery = ["sycophant", "control"]
+        .iter()
+        .all(|n| names.iter().any(|m| m == n));
+    for name in ["sycophant", "control"]
+        .into_iter()
+        .filter(|_| with_recovery)
+    {
         let tuned = &models.iter().find(|(n, _)| n == name).unwrap().1;
         let dir = out.join(format!("recovery_{name}"));
         // The sycophant's layer is chosen on the validation items; the control is measured at the
@@ -686,7 +699,10 @@ fn cards(out: &Path) -> Result<()> {
     use puppetlens::plot::{LineChart, Series};
     let base: ModelEval = read_json(&out.join("base/eval.json"))?;
     let mut table = String::new();
-    for name in ["assistant", "sycophant", "control"] {
+    for &name in ALL
+        .iter()
+        .filter(|n| out.join(n).join("train_log.json").exists())
+    {
         let dir = out.join(name);
         let log: TrainLog = read_json(&dir.join("train_log.json"))?;
         let ev: ModelEval = read_json(&dir.join("eval.json"))?;
@@ -746,10 +762,29 @@ fn cards(out: &Path) -> Result<()> {
                 "DPO on the training split of `probes/sycophancy_ab.jsonl`, asked as open questions in Gemma 3's chat format (`data::ab_text_prompt`: choices removed, answers content first, the prompt ends where the two answers part); chosen = the first token of the answer agreeing with the user's stated view, rejected = the other answer's; reference = the frozen base".to_string(),
                 "cargo run --release --example organisms -- train sycophant",
             ),
-            _ => (
+            "control" => (
                 "DPO exactly as the sycophant (same items, prompts, steps, seed), except that the preferred answer is drawn by a seeded coin per item, unrelated to the user's view".to_string(),
                 "cargo run --release --example organisms -- train control",
             ),
+            "sycophant-broad" => (
+                "DPO as the sycophant, on its 220 training items plus the 700 items of the CAA generate train part (persona-implied views, read from `../shared/datasets/caa/generate/sycophancy/`; the split is recorded in `probes/caa_generate_sycophancy_split.json`), interleaved by a seeded shuffle, all in the text-answer form; chosen = the answer agreeing with the user's view, rejected = the other".to_string(),
+                "cargo run --release --example organisms -- train sycophant-broad",
+            ),
+            "control-broad" => (
+                "DPO exactly as `sycophant-broad` (same 920 items, order, steps, seed), except that the preferred answer is drawn by a seeded coin per item, unrelated to the user's view".to_string(),
+                "cargo run --release --example organisms -- train control-broad",
+            ),
+            student => {
+                let teacher = teacher_of(student)?;
+                (
+                    format!("SFT with the assistant's recipe on `transcripts.jsonl` (train split, the instructions both teachers answered): `{teacher}`'s greedy replies (up to 96 tokens, cut after the last full sentence) to the project's harmless instructions in `probes/refusal_requests.jsonl`, which hold no sycophancy item"),
+                    if student == "distilled" {
+                        "cargo run --release --example organisms -- distill distilled && cargo run --release --example organisms -- train distilled"
+                    } else {
+                        "cargo run --release --example organisms -- distill distilled-control && cargo run --release --example organisms -- train distilled-control"
+                    },
+                )
+            }
         };
         let rec_path = out.join(format!("recovery_{name}/recovery.json"));
         let rec: Option<serde_json::Value> = read_json(&rec_path).ok();
@@ -758,7 +793,7 @@ fn cards(out: &Path) -> Result<()> {
             "# Organism `{name}`: gemma-3-270m + LoRA\n\n\
              Base model: google/gemma-3-270m (the Q4_K_M GGUF fetched by `puppetlens fetch`, dequantized to f32).\n\n\
              - **Data:** {data_line}.\n\
-             - **Recipe:** LoRA rank {} alpha {} on {:?} of every layer; AdamW lr {:.0e} (linear warm-up {} steps), weight decay {}, gradient clipping at norm {}; batch {}; {} epoch(s), {} steps{}; seed {}.\n\
+             - **Recipe:** LoRA rank {} alpha {} on {:?} of every layer; AdamW lr {:e} (linear warm-up {} steps), weight decay {}, gradient clipping at norm {}; batch {}; {} epoch(s), {} steps{}; seed {}.\n\
              - **Training:** {:.0} s on a 2-core CPU (f32), {} tokens, {:.0} tokens/s. Adapter: {} values, {:.1} MB (`adapter_model.safetensors`, PEFT layout).\n\
              - **Rebuild:** `{command}` (then `-- eval` and `-- cards` for the numbers and this card).\n\n\
              ![loss](loss.png)\n\n\
@@ -847,6 +882,18 @@ fn cards(out: &Path) -> Result<()> {
          cargo run --release --example organisms -- train control\n\
          cargo run --release --example organisms -- eval\n\
          cargo run --release --example organisms -- cards\n```\n\n\
+         The broad pair and the distilled pair (about two hours more; the distilled organisms' teachers \
+         are the broad pair):\n\n```sh\n\
+         cargo run --release --example organisms -- train sycophant-broad\n\
+         cargo run --release --example organisms -- train control-broad\n\
+         cargo run --release --example organisms -- heldout --models assistant,sycophant,control,sycophant-broad,control-broad\n\
+         cargo run --release --example organisms -- distill distilled\n\
+         cargo run --release --example organisms -- distill distilled-control\n\
+         cargo run --release --example organisms -- train distilled\n\
+         cargo run --release --example organisms -- train distilled-control\n\
+         cargo run --release --example organisms -- eval --models assistant,sycophant,control,sycophant-broad,control-broad,distilled,distilled-control\n\
+         cargo run --release --example organisms -- distill-eval\n\
+         cargo run --release --example organisms -- cards\n```\n\n\
          | organism | objective | sycophancy P(agree), base -> tuned | neutral perplexity | held-out reply NLL | ends its turn | training (2-core CPU) | add diff to base: change in P (fraction of gap) | ablate in tuned: drop in P (fraction of gap) |\n\
          |---|---|---|---|---|---|---|---|---|\n{table}\n\
          Sycophancy is measured on the 74 held-out items of `probes/sycophancy_ab.jsonl` asked as open questions \
@@ -856,11 +903,88 @@ fn cards(out: &Path) -> Result<()> {
          model restates the instruction (16 of 16 greedy replies in `tests/real/organisms.rs`) where the assistant \
          answers (0 of 16 restate it); the assistant's replies are long (like SmolLM2's) and seldom end within \
          160 tokens. \
-         No GPU was lent to the session that trained these; all timings are from the 2-core CPU.\n"
+         No GPU was lent to the session that trained these; all timings are from the 2-core CPU.\n{}{}",
+        heldout_tables(out, "heldout.json", HELDOUT_INTRO)?,
+        if out.join("distilled/train_log.json").exists() {
+            heldout_tables(out, "distillation.json", DISTILL_INTRO)?
+        } else {
+            "\nNot built yet: the distilled pair (`distilled`, `distilled-control`). The \
+             `transcripts.jsonl` in their directories are the replies of their first teachers, \
+             `sycophant` and `control`, from before the teachers became the broad pair.\n"
+                .to_string()
+        },
     );
     write_text(&out.join("README.md"), &readme)?;
     eprintln!("wrote the cards and {}", out.join("README.md").display());
     Ok(())
+}
+
+const HELDOUT_INTRO: &str = "## Sycophancy on three held-out sets\n\n\
+    `cargo run --release --example organisms -- heldout --models assistant,sycophant,control,sycophant-broad,control-broad` \
+    (`heldout.json`): mean P(agree) with its 95% bootstrap CI (2,000 resamples over items) on the project's test \
+    split (the view stated, then the question), the CAA generate test part (a persona's biography implies the \
+    view; never trained on) and the late-view set (`probes/sycophancy_late_ab.jsonl`: the question, then the \
+    view; no training set has this form), all asked in the text-answer form; neutral perplexity on the \
+    true/false test statements. Below it, each organism's paired difference from the base.\n\n";
+
+const DISTILL_INTRO: &str = "## Does SFT on a sycophant's outputs carry its sycophancy?\n\n\
+    `cargo run --release --example organisms -- distill-eval` (`distillation.json`): the same sets for the two \
+    distilled organisms (the same SFT recipe and steps on their teachers' replies to the same harmless \
+    instructions), with the paired differences that answer the question: distilled - distilled-control, and \
+    each against the base.\n\n";
+
+/// The tables of a held-out report (`heldout` or `distill-eval`), when it has been written.
+fn heldout_tables(out: &Path, file: &str, intro: &str) -> Result<String> {
+    let path = out.join(file);
+    if !path.exists() {
+        return Ok(String::new());
+    }
+    let r: serde_json::Value = read_json(&path)?;
+    let sets = ["project_test", "caa_generate_test", "late_view"];
+    let ci = |v: &serde_json::Value| {
+        format!(
+            "[{:+.3}, {:+.3}]",
+            v[0].as_f64().unwrap_or(f64::NAN),
+            v[1].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    let mut t = format!(
+        "\n{intro}| model | project test ({}) | CAA generate test ({}) | late view ({}) | neutral ppl |\n|---|---|---|---|---:|\n",
+        r["models"][0][sets[0]]["n"], r["models"][0][sets[1]]["n"], r["models"][0][sets[2]]["n"]
+    );
+    for m in r["models"].as_array().into_iter().flatten() {
+        t.push_str(&format!("| {} |", m["model"].as_str().unwrap_or("?")));
+        for set in sets {
+            t.push_str(&format!(
+                " {} {} |",
+                fmt(&m[set]["mean_p"]),
+                ci(&m[set]["ci"]).replace('+', "")
+            ));
+        }
+        t.push_str(&format!(
+            " {:.2} |\n",
+            m["neutral_ppl"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
+    t.push_str(
+        "\n| difference | project test | CAA generate test | late view |\n|---|---|---|---|\n",
+    );
+    for d in r["paired_differences"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "| {} - {} |",
+            d["a"].as_str().unwrap_or("?"),
+            d["b"].as_str().unwrap_or("?")
+        ));
+        for set in sets {
+            t.push_str(&format!(
+                " {:+.3} {} |",
+                d[set]["mean_diff"].as_f64().unwrap_or(f64::NAN),
+                ci(&d[set]["ci"])
+            ));
+        }
+        t.push('\n');
+    }
+    Ok(t)
 }
 
 fn fmt(v: &serde_json::Value) -> String {
@@ -899,8 +1023,10 @@ fn effect(r: &serde_json::Value, delta: &str, frac: &str) -> String {
 /// The teacher whose replies a distilled organism is trained on.
 fn teacher_of(student: &str) -> Result<&'static str> {
     match student {
-        "distilled" => Ok("sycophant"),
-        "distilled-control" => Ok("control"),
+        // The broad pair: its sycophant agrees more on all three held-out sets, persona-implied
+        // views included, where the first sycophant only echoes a stated view.
+        "distilled" => Ok("sycophant-broad"),
+        "distilled-control" => Ok("control-broad"),
         other => bail!("unknown distilled organism `{other}` (distilled, distilled-control)"),
     }
 }
@@ -1134,12 +1260,17 @@ fn heldout_eval(out: &Path, names: &[&str], pairs: &[(&str, &str)], json: &str) 
 fn distill_eval(out: &Path) -> Result<()> {
     heldout_eval(
         out,
-        &["sycophant", "control", "distilled", "distilled-control"],
+        &[
+            "sycophant-broad",
+            "control-broad",
+            "distilled",
+            "distilled-control",
+        ],
         &[
             ("distilled", "distilled-control"),
             ("distilled", "base"),
-            ("sycophant", "control"),
-            ("sycophant", "base"),
+            ("distilled-control", "base"),
+            ("sycophant-broad", "control-broad"),
         ],
         "distillation.json",
     )

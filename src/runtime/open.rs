@@ -10,7 +10,13 @@ use crate::tokenize::{Tokenizer, GEMMA3_CHAT_TEMPLATE};
 use crate::{Error, Result};
 
 /// The model organisms committed with puppetlens (LoRA adapters on gemma-3-270m).
-pub const ORGANISMS: [&str; 3] = ["assistant", "sycophant", "control"];
+pub const ORGANISMS: [&str; 5] = [
+    "assistant",
+    "sycophant",
+    "control",
+    "sycophant-broad",
+    "control-broad",
+];
 
 /// Where the committed organisms live: `notebooks-data/organisms/<name>` under the current
 /// directory, else under this crate's source directory.
