@@ -182,7 +182,8 @@ impl Default for DatasetCorpus {
 
 impl DatasetCorpus {
     /// The prompt sets, in order (each file, then `sharegpt`), written with `tok`; a line per
-    /// set on stderr when `progress`.
+    /// set on stderr when `progress`. Errors when the corpus names no file and no ShareGPT
+    /// conversation.
     pub fn prompt_sets(&self, tok: &Tokenizer, progress: bool) -> Result<Vec<PromptSet>> {
         let pr = Prompter::new(tok, &self.prompts);
         let mut sets = Vec::new();
@@ -213,6 +214,12 @@ impl DatasetCorpus {
             }
             sets.push(PromptSet::new("sharegpt", ids));
         }
+        if sets.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: "files".into(),
+                msg: "no prompts: give at least one dataset file or ShareGPT conversations".into(),
+            });
+        }
         Ok(sets)
     }
 }
@@ -242,12 +249,6 @@ pub fn crosscoder_datasets(
     opts: &CrosscoderOptions,
 ) -> Result<CrosscoderRun> {
     let sets = corpus.prompt_sets(tok, opts.corpus.progress)?;
-    if sets.is_empty() {
-        return Err(Error::InvalidArgument {
-            name: "files".into(),
-            msg: "no prompts: give at least one dataset file or ShareGPT conversations".into(),
-        });
-    }
     crosscoder(
         base,
         tuned,
@@ -281,12 +282,6 @@ pub fn crosscoder_datasets_streamed(
     opts: &CrosscoderOptions,
 ) -> Result<StreamedRun> {
     let sets = corpus.prompt_sets(tok, opts.corpus.progress)?;
-    if sets.is_empty() {
-        return Err(Error::InvalidArgument {
-            name: "files".into(),
-            msg: "no prompts: give at least one dataset file or ShareGPT conversations".into(),
-        });
-    }
     crosscoder_streamed(
         base,
         tuned,
