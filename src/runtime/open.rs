@@ -10,12 +10,14 @@ use crate::tokenize::{Tokenizer, GEMMA3_CHAT_TEMPLATE};
 use crate::{Error, Result};
 
 /// The model organisms committed with puppetlens (LoRA adapters on gemma-3-270m).
-pub const ORGANISMS: [&str; 5] = [
+pub const ORGANISMS: [&str; 7] = [
     "assistant",
     "sycophant",
     "control",
     "sycophant-broad",
     "control-broad",
+    "distilled",
+    "distilled-control",
 ];
 
 /// Where the committed organisms live: `notebooks-data/organisms/<name>` under the current
@@ -121,8 +123,7 @@ fn known_base(adapter: &Adapter, dir: &Path) -> Result<&'static str> {
 
 /// Opens a model and its tokenizer from `spec`:
 /// - a known registry name (`smollm2-135m-instruct`, `gemma-3-270m`), fetched on first use;
-/// - an organism name (`assistant`, `sycophant`, `control`): gemma-3-270m with that committed
-///   adapter attached;
+/// - an organism name (one of [`ORGANISMS`]): gemma-3-270m with that committed adapter attached;
 /// - `BASE+ADAPTER_DIR`: any base spec with a PEFT LoRA adapter attached;
 /// - a path: a GGUF file, a Hugging Face directory, or a PEFT adapter directory whose
 ///   `base_model_name_or_path` is a known model;

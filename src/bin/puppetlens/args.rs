@@ -25,9 +25,9 @@ use crate::Ctx;
 /// Mechanistic interpretability on candle: hooked transformers, probes and steering.
 ///
 /// MODEL arguments take a known model (smollm2-135m-instruct, gemma-3-270m; fetched on first
-/// use), an organism (assistant, sycophant, control: gemma-3-270m with a committed LoRA adapter),
-/// BASE+ADAPTER_DIR, or a path to a GGUF file, a Hugging Face directory or a PEFT adapter
-/// directory.
+/// use), an organism (assistant, sycophant, control, sycophant-broad, control-broad, distilled,
+/// distilled-control: gemma-3-270m with a committed LoRA adapter), BASE+ADAPTER_DIR, or a path to
+/// a GGUF file, a Hugging Face directory or a PEFT adapter directory.
 ///
 /// DATASET files are any of the project's formats (see probes/README.md): a CSV with
 /// `statement,label` (or `text,label`), JSON(L) contrast pairs (`positive`, `negative`), JSON(L)
