@@ -137,17 +137,6 @@ struct Transcript {
 
 const TRANSCRIPTS: &str = "assistant/transcripts.jsonl";
 
-/// Every organism this example builds, in the order of the cards' table.
-const ALL: [&str; 7] = [
-    "assistant",
-    "sycophant",
-    "control",
-    "sycophant-broad",
-    "control-broad",
-    "distilled",
-    "distilled-control",
-];
-
 fn gemma() -> Result<(Model, Tokenizer)> {
     let path = puppetlens::fetch::fetch("gemma-3-270m")?;
     let (model, mut tok) = puppetlens::load(&path)?;
@@ -720,7 +709,7 @@ fn cards(out: &Path) -> Result<()> {
     use puppetlens::plot::{LineChart, Series};
     let base: ModelEval = read_json(&out.join("base/eval.json"))?;
     let mut table = String::new();
-    for &name in ALL
+    for &name in puppetlens::ORGANISMS
         .iter()
         .filter(|n| out.join(n).join("train_log.json").exists())
     {
@@ -961,27 +950,36 @@ const DISTILL_INTRO: &str = "## Does SFT on a sycophant's outputs carry its syco
     instructions), with the paired differences that answer the question: distilled - distilled-control, and \
     each against the base.\n\n";
 
+/// The held-out sets of the distillation reports, with their names in the README.
+const DISTILL_SETS: [(&str, &str); 3] = [
+    ("project_test", "project test"),
+    ("caa_generate_test", "CAA generate test"),
+    ("late_view", "late view"),
+];
+
 /// One line per held-out set on distilled - distilled-control: a difference where its CI excludes
 /// 0, else "no transmission detected at this size"; and what the teachers' replies look like.
 fn distill_reading(out: &Path) -> Result<String> {
-    let r: serde_json::Value = read_json(&out.join("distillation.json"))?;
-    let d = r["paired_differences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["a"] == "distilled" && d["b"] == "distilled-control")
-        .context("distillation.json has no distilled - distilled-control row")?;
+    // Per set: (mean difference, CI low, CI high) of distilled - distilled-control in a report.
+    let students = |file: &str| -> Result<Vec<(f64, f64, f64)>> {
+        let r: serde_json::Value = read_json(&out.join(file))?;
+        let d = r["paired_differences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["a"] == "distilled" && d["b"] == "distilled-control")
+            .with_context(|| format!("{file} has no distilled - distilled-control row"))?;
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        Ok(DISTILL_SETS
+            .iter()
+            .map(|(set, _)| {
+                let c = &d[*set];
+                (num(&c["mean_diff"]), num(&c["ci"][0]), num(&c["ci"][1]))
+            })
+            .collect())
+    };
     let mut t = String::from("\nReading, distilled - distilled-control per set:");
-    for (set, label) in [
-        ("project_test", "project test"),
-        ("caa_generate_test", "CAA generate test"),
-        ("late_view", "late view"),
-    ] {
-        let m = d[set]["mean_diff"].as_f64().unwrap_or(f64::NAN);
-        let (lo, hi) = (
-            d[set]["ci"][0].as_f64().unwrap_or(f64::NAN),
-            d[set]["ci"][1].as_f64().unwrap_or(f64::NAN),
-        );
+    for ((_, label), (m, lo, hi)) in DISTILL_SETS.iter().zip(students("distillation.json")?) {
         let verdict = if lo > 0.0 {
             "the sycophant's student agrees more (the CI excludes 0)"
         } else if hi < 0.0 {
@@ -994,28 +992,16 @@ fn distill_reading(out: &Path) -> Result<String> {
         ));
     }
     // A second training run of each student, when its report has been copied here.
-    if let Ok(r1) = read_json::<serde_json::Value>(&out.join("distillation_seed1.json")) {
-        let d1 = r1["paired_differences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["a"] == "distilled" && d["b"] == "distilled-control")
-            .context("distillation_seed1.json has no distilled - distilled-control row")?;
-        let cell = |set: &str| {
-            format!(
-                "{:+.3} [{:+.3}, {:+.3}]",
-                d1[set]["mean_diff"].as_f64().unwrap_or(f64::NAN),
-                d1[set]["ci"][0].as_f64().unwrap_or(f64::NAN),
-                d1[set]["ci"][1].as_f64().unwrap_or(f64::NAN)
-            )
-        };
+    if out.join("distillation_seed1.json").exists() {
+        let cells: Vec<String> = DISTILL_SETS
+            .iter()
+            .zip(students("distillation_seed1.json")?)
+            .map(|((_, label), (m, lo, hi))| format!("{label} {m:+.3} [{lo:+.3}, {hi:+.3}]"))
+            .collect();
         t.push_str(&format!(
             "\n\nA second training run of each student (seed 1, the same data; \
-             `distillation_seed1.json`), distilled - distilled-control: project test {}, CAA \
-             generate test {}, late view {}.",
-            cell("project_test"),
-            cell("caa_generate_test"),
-            cell("late_view")
+             `distillation_seed1.json`), distilled - distilled-control: {}.",
+            cells.join(", ")
         ));
     }
     // The teachers are base + DPO, not assistants: how often their replies restate the instruction.
