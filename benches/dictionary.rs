@@ -82,18 +82,28 @@ fn main() -> anyhow::Result<()> {
         ..DictOptions::default()
     };
     println!("crosscoder training: {N} tokens x 2 models x {D}, 512 latents, k 32, batch 256, {steps} steps, {threads} threads");
-    let (cc, log) = dict::train(&acts, &opts)?;
-    let m = dict::evaluate(&cc, &acts, 4096)?;
-    let ours = log.tokens_per_s;
-    println!(
-        "  puppetlens  {:>8.0} tokens/s ({:.1} s)   loss {:.3} -> {:.3}   FVU {:.3} / {:.3}",
-        ours,
-        log.seconds,
-        log.steps[0].loss,
-        log.steps.last().map_or(f64::NAN, |s| s.loss),
-        m.fvu[0],
-        m.fvu[1]
-    );
+    // The CPU's sparse step (the default), then the same loop through candle's autograd.
+    let mut ours = f64::NAN;
+    for (name, autograd) in [("sparse step", false), ("autograd   ", true)] {
+        let opts = DictOptions {
+            autograd,
+            ..opts.clone()
+        };
+        let (cc, log) = dict::train(&acts, &opts)?;
+        let m = dict::evaluate(&cc, &acts, 4096)?;
+        if !autograd {
+            ours = log.tokens_per_s;
+        }
+        println!(
+            "  puppetlens {name}  {:>8.0} tokens/s ({:.1} s)   loss {:.3} -> {:.3}   FVU {:.3} / {:.3}",
+            log.tokens_per_s,
+            log.seconds,
+            log.steps[0].loss,
+            log.steps.last().map_or(f64::NAN, |s| s.loss),
+            m.fvu[0],
+            m.fvu[1]
+        );
+    }
 
     let py = match std::env::var_os("PUPPETLENS_PEER_PYTHON") {
         Some(p) => p.into(),

@@ -71,6 +71,7 @@ mod metrics;
 mod run;
 mod saelens;
 mod select;
+mod sparse;
 mod store;
 mod train;
 

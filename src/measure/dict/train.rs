@@ -1,4 +1,8 @@
-//! Training a BatchTopK dictionary (SAE or crosscoder) with candle's autograd and AdamW.
+//! Training a BatchTopK dictionary (SAE or crosscoder) with AdamW: on the CPU by a step whose
+//! gradients are written out to use the sparsity (`sparse.rs`), elsewhere (or with
+//! [`DictOptions::autograd`]) by candle's autograd and candle_nn's AdamW. Both minimise the same
+//! loss from the same initialisation on the same batches; they agree within float rounding
+//! (`tests/real/dict.rs`).
 
 use std::time::Instant;
 
@@ -8,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dictionary::{Activation, Dictionary};
 use super::select;
+use super::sparse::{Dead, SparseTrainer, StepOut};
 use super::store::CorpusStore;
 use crate::data::SplitMix64;
 use crate::util::Progress;
@@ -56,6 +61,12 @@ pub struct DictOptions {
     pub shared_decoder_bias: bool,
     /// Seed of the initialisation and the batch order (0).
     pub seed: u64,
+    /// Train with candle's autograd and candle_nn's AdamW (false). On the CPU the default is a
+    /// step whose gradients are written out to use the sparsity (the decoder, the codes' and
+    /// the encoder's gradients touch only the kept latents' rows; same objective, same
+    /// optimiser, within float rounding of the autograd step); on other devices training
+    /// always uses autograd.
+    pub autograd: bool,
     /// Draw a progress bar on a terminal (true).
     pub progress: bool,
     /// Print a line every this many steps (0: never).
@@ -80,6 +91,7 @@ impl Default for DictOptions {
             normalise: true,
             shared_decoder_bias: false,
             seed: 0,
+            autograd: false,
             progress: true,
             log_every: 0,
         }
@@ -433,6 +445,147 @@ impl Batches for ShardBatches<'_> {
     }
 }
 
+/// Returns the training error for a loss that is not finite.
+pub(super) fn finite(loss: f64, step: usize) -> Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Training {
+            objective: "dictionary".into(),
+            step,
+            msg: format!("loss is {loss} (lower the learning rate?)"),
+            last_good: None,
+        })
+    }
+}
+
+/// One way of taking optimisation steps: the CPU's sparse step or candle's autograd.
+trait Stepper {
+    /// One step on the normalised batch `xb` (`[b, m*d]` on the training device).
+    fn step(&mut self, xb: &Tensor, lr: f64, dead: &mut Dead, step: usize) -> Result<StepOut>;
+    /// `W_enc` `[m*d, l]`, `b_enc` `[l]`, `W_dec` `[l, m*d]`, `b_dec` `[m*d]`.
+    fn weights(&self) -> Result<(Tensor, Tensor, Tensor, Tensor)>;
+}
+
+impl Stepper for SparseTrainer {
+    fn step(&mut self, xb: &Tensor, lr: f64, dead: &mut Dead, step: usize) -> Result<StepOut> {
+        let x = xb.flatten_all()?.to_vec1::<f32>()?; // [b*m*d]
+        SparseTrainer::step(self, &x, lr, dead, step)
+    }
+    fn weights(&self) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        SparseTrainer::weights(self)
+    }
+}
+
+/// The step written with candle's ops, differentiated by its autograd, updated by candle_nn's
+/// AdamW: the reference for the sparse step, and the path on devices other than the CPU.
+struct AutogradTrainer {
+    m: usize,
+    d: usize,
+    l: usize,
+    k: usize,
+    aux_k: usize,
+    aux_coeff: f64,
+    shared: bool,
+    w_enc: Var, // [m*d, l]
+    w_dec: Var, // [l, m*d]
+    b_enc: Var, // [l]
+    b_dec: Var, // [m*d], or [d] when shared (not trained)
+    opt: AdamW,
+}
+
+impl AutogradTrainer {
+    /// The decoder bias as `[m*d]`.
+    fn full_b_dec(&self) -> Result<Tensor> {
+        let b = self.b_dec.as_tensor();
+        Ok(if self.shared {
+            b.unsqueeze(0)?
+                .broadcast_as((self.m, self.d))?
+                .contiguous()?
+                .reshape(self.m * self.d)? // [m*d]
+        } else {
+            b.clone()
+        })
+    }
+
+    /// `Σ_m ‖W_dec[m, latent]‖`, `[l]`.
+    fn code_norms(&self) -> Result<Tensor> {
+        Ok(self
+            .w_dec
+            .as_tensor()
+            .reshape((self.l, self.m, self.d))?
+            .sqr()?
+            .sum(D::Minus1)?
+            .sqrt()?
+            .sum(1)?) // [l]
+    }
+}
+
+impl Stepper for AutogradTrainer {
+    fn step(&mut self, xb: &Tensor, lr: f64, dead: &mut Dead, step: usize) -> Result<StepOut> {
+        let (b, l) = (xb.dim(0)?, self.l);
+        let dev = xb.device();
+        self.opt.set_learning_rate(lr);
+        let bd = self.full_b_dec()?; // [m*d]
+        let pre = xb
+            .broadcast_sub(&bd)?
+            .matmul(self.w_enc.as_tensor())?
+            .broadcast_add(self.b_enc.as_tensor())?; // [b, l]
+        let act = pre.relu()?; // [b, l]
+        let score = act.detach().broadcast_mul(&self.code_norms()?.detach())?; // [b, l]
+        let score_host = score.flatten_all()?.to_vec1::<f32>()?;
+        let (mask, min_kept) = select::batch_topk(&score_host, self.k * b);
+        let f = (&act * Tensor::from_slice(&mask, (b, l), dev)?)?; // [b, l]
+        let xhat = f.matmul(self.w_dec.as_tensor())?.broadcast_add(&bd)?; // [b, m*d]
+        let err = (xb - &xhat)?; // [b, m*d]
+        let mse = (err.sqr()?.sum_all()? / b as f64)?;
+        let (dead_now, n_dead) = dead.update(&mask, b);
+        let aux = if n_dead > 0 && self.aux_coeff > 0.0 {
+            let aux_mask =
+                select::topk_rows(&score_host, l, self.aux_k.min(n_dead), Some(&dead_now));
+            let f_aux = (&act * Tensor::from_slice(&aux_mask, (b, l), dev)?)?; // [b, l]
+            let ehat = f_aux.matmul(self.w_dec.as_tensor())?; // [b, m*d]
+            Some(((err.detach() - ehat)?.sqr()?.sum_all()? / b as f64)?)
+        } else {
+            None
+        };
+        let loss = match &aux {
+            Some(a) => (&mse + (a * self.aux_coeff)?)?,
+            None => mse.clone(),
+        };
+        let loss_value = scalar(&loss)?;
+        finite(loss_value, step)?;
+        let grads = loss.backward()?;
+        self.opt.step(&grads)?;
+
+        // Fix the decoder scale: Σ_m ‖W_dec[m, latent]‖ = 1, the encoder compensating.
+        let c = self.code_norms()?.clamp(1e-12, f64::INFINITY)?; // [l]
+        self.w_dec
+            .set(&self.w_dec.as_tensor().broadcast_div(&c.unsqueeze(1)?)?)?;
+        self.w_enc
+            .set(&self.w_enc.as_tensor().broadcast_mul(&c.unsqueeze(0)?)?)?;
+        self.b_enc.set(&(self.b_enc.as_tensor() * &c)?)?;
+        let var = scalar(&(xb.broadcast_sub(&xb.mean(0)?)?.sqr()?.sum_all()? / b as f64)?)?;
+        Ok(StepOut {
+            loss: loss_value,
+            mse: scalar(&mse)?,
+            var,
+            aux: aux.as_ref().map(scalar).transpose()?,
+            n_dead,
+            min_kept,
+        })
+    }
+
+    fn weights(&self) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        Ok((
+            self.w_enc.as_tensor().clone(),
+            self.b_enc.as_tensor().clone(),
+            self.w_dec.as_tensor().clone(),
+            self.full_b_dec()?,
+        ))
+    }
+}
+
 /// The training loop on `batches` (`n` tokens of `m` models of width `d`), from the
 /// normalising `scale` per model and the normalised `mean` (`[m*d]`, on `dev`).
 fn fit(
@@ -453,46 +606,63 @@ fn fit(
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         row.iter_mut().for_each(|v| *v /= norm * m as f32);
     }
-    let w_dec0 = Tensor::from_vec(w, (l, m * d), dev)?; // [l, m*d]
-    let w_enc = Var::from_tensor(&w_dec0.t()?.contiguous()?)?; // [m*d, l]
-    let w_dec = Var::from_tensor(&w_dec0)?; // [l, m*d]
-    let b_enc = Var::from_tensor(&Tensor::zeros(l, DType::F32, dev)?)?; // [l]
-                                                                        // The decoder bias: one row per model (trained), or one row shared by all, fixed at the
-                                                                        // base's (model 0's) mean, so that what the other models add is left to the latents. (A
-                                                                        // shared bias trained from the models' average settles there, and a shift then becomes a
-                                                                        // latent with opposite directions in the two models; trained from the base's mean it drifts
-                                                                        // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
-    let b_dec = if opts.shared_decoder_bias {
-        Var::from_tensor(&mean.reshape((m, d))?.get(0)?)? // [d]
+    // The decoder bias: one row per model (trained), or one row shared by all, fixed at the
+    // base's (model 0's) mean, so that what the other models add is left to the latents. (A
+    // shared bias trained from the models' average settles there, and a shift then becomes a
+    // latent with opposite directions in the two models; trained from the base's mean it drifts
+    // half-way: measured in tests/real/dict.rs, relative norm 0.64 trained, 0.77 fixed.)
+    let b_dec0 = if opts.shared_decoder_bias {
+        mean.reshape((m, d))?.get(0)? // [d]
     } else {
-        Var::from_tensor(&mean)? // [m*d]
+        mean.clone() // [m*d]
     };
-    let full_b_dec = |b: &Tensor| -> Result<Tensor> {
-        Ok(if opts.shared_decoder_bias {
-            b.unsqueeze(0)?
-                .broadcast_as((m, d))?
-                .contiguous()?
-                .reshape(m * d)? // [m*d]
-        } else {
-            b.clone()
+    let aux_k = opts.aux_k.unwrap_or((d / 2).max(1)).min(l);
+    let mut stepper: Box<dyn Stepper> = if dev.is_cpu() && !opts.autograd {
+        Box::new(SparseTrainer::new(
+            (m, d, l),
+            w,
+            b_dec0.to_vec1::<f32>()?,
+            opts.k,
+            aux_k,
+            opts.aux_coeff,
+            opts.shared_decoder_bias,
+        ))
+    } else {
+        let w_dec0 = Tensor::from_vec(w, (l, m * d), dev)?; // [l, m*d]
+        let w_enc = Var::from_tensor(&w_dec0.t()?.contiguous()?)?; // [m*d, l]
+        let w_dec = Var::from_tensor(&w_dec0)?; // [l, m*d]
+        let b_enc = Var::from_tensor(&Tensor::zeros(l, DType::F32, dev)?)?; // [l]
+        let b_dec = Var::from_tensor(&b_dec0)?;
+        let mut vars = vec![w_enc.clone(), w_dec.clone(), b_enc.clone()];
+        if !opts.shared_decoder_bias {
+            vars.push(b_dec.clone());
+        }
+        let opt = AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: opts.lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        Box::new(AutogradTrainer {
+            m,
+            d,
+            l,
+            k: opts.k,
+            aux_k,
+            aux_coeff: opts.aux_coeff,
+            shared: opts.shared_decoder_bias,
+            w_enc,
+            w_dec,
+            b_enc,
+            b_dec,
+            opt,
         })
     };
-    let mut vars = vec![w_enc.clone(), w_dec.clone(), b_enc.clone()];
-    if !opts.shared_decoder_bias {
-        vars.push(b_dec.clone());
-    }
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr: opts.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
 
-    let aux_k = opts.aux_k.unwrap_or((d / 2).max(1)).min(l);
     let b = opts.batch_size.min(n);
-    let mut since_fired = vec![0usize; l];
+    let mut dead = Dead::new(l, opts.dead_after_tokens);
     let mut threshold: Option<f64> = None;
     let decay_start = ((1.0 - opts.decay_frac) * opts.steps as f64).round() as usize;
     let mut progress = Progress::new("dictionary", opts.steps, opts.progress);
@@ -507,103 +677,25 @@ fn fit(
         } else {
             opts.lr
         };
-        opt.set_learning_rate(lr);
         let xb = batches.next(b, &mut rng)?; // [b, m*d]
-        let bd = full_b_dec(b_dec.as_tensor())?; // [m*d]
-
-        let pre = xb
-            .broadcast_sub(&bd)?
-            .matmul(w_enc.as_tensor())?
-            .broadcast_add(b_enc.as_tensor())?; // [b, l]
-        let act = pre.relu()?; // [b, l]
-        let code_norm = w_dec
-            .as_tensor()
-            .reshape((l, m, d))?
-            .sqr()?
-            .sum(D::Minus1)?
-            .sqrt()?
-            .sum(1)?; // [l]
-        let score = act.detach().broadcast_mul(&code_norm.detach())?; // [b, l]
-        let score_host = score.flatten_all()?.to_vec1::<f32>()?;
-        let (mask, min_kept) = select::batch_topk(&score_host, opts.k * b);
-        let f = (&act * Tensor::from_slice(&mask, (b, l), dev)?)?; // [b, l]
-        let xhat = f.matmul(w_dec.as_tensor())?.broadcast_add(&bd)?; // [b, m*d]
-        let err = (&xb - &xhat)?; // [b, m*d]
-        let mse = (err.sqr()?.sum_all()? / b as f64)?;
-
-        // Dead latents: not active for `dead_after_tokens` tokens.
-        let mut fired = vec![false; l];
-        for (i, &v) in mask.iter().enumerate() {
-            if v > 0.0 {
-                fired[i % l] = true;
-            }
-        }
-        for (s, &f) in since_fired.iter_mut().zip(&fired) {
-            *s = if f { 0 } else { *s + b };
-        }
-        let dead: Vec<bool> = since_fired
-            .iter()
-            .map(|&s| s >= opts.dead_after_tokens)
-            .collect();
-        let n_dead = dead.iter().filter(|&&x| x).count();
-        let aux = if n_dead > 0 && opts.aux_coeff > 0.0 {
-            let aux_mask = select::topk_rows(&score_host, l, aux_k.min(n_dead), Some(&dead));
-            let f_aux = (&act * Tensor::from_slice(&aux_mask, (b, l), dev)?)?; // [b, l]
-            let ehat = f_aux.matmul(w_dec.as_tensor())?; // [b, m*d]
-            Some(((err.detach() - ehat)?.sqr()?.sum_all()? / b as f64)?)
-        } else {
-            None
-        };
-        let loss = match &aux {
-            Some(a) => (&mse + (a * opts.aux_coeff)?)?,
-            None => mse.clone(),
-        };
-        let loss_value = scalar(&loss)?;
-        if !loss_value.is_finite() {
-            return Err(Error::Training {
-                objective: "dictionary".into(),
-                step,
-                msg: format!("loss is {loss_value} (lower the learning rate?)"),
-                last_good: None,
-            });
-        }
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
-
-        // Fix the decoder scale: Σ_m ‖W_dec[m, latent]‖ = 1, the encoder compensating.
-        let c = w_dec
-            .as_tensor()
-            .reshape((l, m, d))?
-            .sqr()?
-            .sum(D::Minus1)?
-            .sqrt()?
-            .sum(1)?
-            .clamp(1e-12, f64::INFINITY)?; // [l]
-        w_dec.set(&w_dec.as_tensor().broadcast_div(&c.unsqueeze(1)?)?)?;
-        w_enc.set(&w_enc.as_tensor().broadcast_mul(&c.unsqueeze(0)?)?)?;
-        b_enc.set(&(b_enc.as_tensor() * &c)?)?;
+        let out = stepper.step(&xb, lr, &mut dead, step)?;
 
         // The threshold averages the batches after warm-up (all of them in a run that short).
         let estimate = step > opts.warmup_steps || opts.steps <= opts.warmup_steps;
-        if let (true, Some(t)) = (estimate, min_kept) {
+        if let (true, Some(t)) = (estimate, out.min_kept) {
             let t = t as f64;
             threshold = Some(match threshold {
                 None => t,
                 Some(old) => (1.0 - opts.threshold_lr) * old + opts.threshold_lr * t,
             });
         }
-        let mse_value = scalar(&mse)?;
-        let var = scalar(&(xb.broadcast_sub(&xb.mean(0)?)?.sqr()?.sum_all()? / b as f64)?)?;
         let rec = DictStep {
             step,
-            loss: loss_value,
-            mse: mse_value,
-            aux: match &aux {
-                Some(a) => scalar(a)?,
-                None => 0.0,
-            },
-            fvu: mse_value / var.max(1e-30),
-            dead_fraction: n_dead as f64 / l as f64,
+            loss: out.loss,
+            mse: out.mse,
+            aux: out.aux.unwrap_or(0.0),
+            fvu: out.mse / out.var.max(1e-30),
+            dead_fraction: out.n_dead as f64 / l as f64,
             threshold: threshold.unwrap_or(0.0),
             lr,
         };
@@ -619,16 +711,13 @@ fn fit(
     progress.finish();
 
     let seconds = start.elapsed().as_secs_f64();
-    let w_dec = w_dec
-        .as_tensor()
-        .reshape((l, m, d))?
-        .transpose(0, 1)?
-        .contiguous()?; // [m, l, d]
+    let (w_enc, b_enc, w_dec, b_dec) = stepper.weights()?;
+    let w_dec = w_dec.reshape((l, m, d))?.transpose(0, 1)?.contiguous()?; // [m, l, d]
     let dict = Dictionary::new(
-        w_enc.as_tensor().clone(),
-        b_enc.as_tensor().clone(),
+        w_enc,
+        b_enc,
         w_dec,
-        full_b_dec(b_dec.as_tensor())?.reshape((m, d))?,
+        b_dec.reshape((m, d))?,
         Activation::BatchTopK {
             k: opts.k,
             threshold: threshold.map(|t| t as f32),
