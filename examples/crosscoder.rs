@@ -14,8 +14,16 @@
 //! data only), its steering scale is chosen on the validation items, and (c) its effect on
 //! held-out P(agree) is measured on the test items.
 //!
+//! `sweep` asks why the check fails (FINDINGS.md): the same check on crosscoders of other
+//! layers (4, 8, 12), dictionary sizes (512, 2048 latents) and sparsities (k = 32, 8), and on a
+//! corpus of the prompts' last four positions only, for the sycophant and the control, beside
+//! the dense mean difference's steering effect at each layer; it writes `sweep.json` and
+//! `sweep.md` (no crosscoder is saved). `sweep ORGANISMS [LAYERS]` (comma-separated) runs it on
+//! other organisms and layers, into `sweep_<organisms>.json` / `.md`.
+//!
 //! ```sh
 //! cargo run --release --example crosscoder            # writes notebooks-data/crosscoder/
+//! cargo run --release --example crosscoder -- sweep   # writes notebooks-data/crosscoder/sweep.*
 //! CROSSCODER_QUICK=1 cargo run --release --example crosscoder   # a small smoke run into /tmp
 //! ```
 
@@ -172,6 +180,9 @@ fn main() -> Result<()> {
         dashboard: &opts.dashboard,
         skip_first: copts.skip_first,
     };
+    if std::env::args().nth(1).as_deref() == Some("sweep") {
+        return sweep(&ev, &organism, &sets, &copts, &dopts);
+    }
     let mut summary = Vec::new();
     for tuned_name in ["sycophant", "control"] {
         let tuned = organism(tuned_name)?;
@@ -212,6 +223,169 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The diagnostic sweep (see the crate docs above): one paired corpus per (layer, organism),
+/// several crosscoders on each, the same choice and steering check as the committed ones.
+fn sweep(
+    ev0: &Eval,
+    organism: &dyn Fn(&str) -> Result<Model>,
+    sets: &[PromptSet],
+    copts: &CorpusOptions,
+    dopts: &DictOptions,
+) -> Result<()> {
+    let quick = std::env::var("CROSSCODER_QUICK").is_ok();
+    // `sweep [ORGANISMS [LAYERS]]`, comma-separated; other than the defaults, the files are
+    // named after the organisms (sweep_<names>.json / .md).
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let tuned_names: Vec<String> = match args.first() {
+        Some(a) => a.split(',').map(str::to_string).collect(),
+        None => vec!["sycophant".into(), "control".into()],
+    };
+    let layers: Vec<usize> = match args.get(1) {
+        Some(a) => a
+            .split(',')
+            .map(|l| l.parse().context("layers: comma-separated numbers"))
+            .collect::<Result<_>>()?,
+        None if quick => vec![8],
+        None => vec![4, 8, 12],
+    };
+    let stem = if args.is_empty() {
+        "sweep".to_string()
+    } else {
+        format!("sweep_{}", tuned_names.join("_"))
+    };
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let t0 = Instant::now();
+    for &layer in &layers {
+        let point = HookPoint::ResidPost(layer);
+        let ev = Eval { point, ..*ev0 };
+        for tuned_name in &tuned_names {
+            let tuned = organism(tuned_name)?;
+            let tc = Instant::now();
+            let corpus = dict::paired_corpus(
+                ev.base,
+                &tuned,
+                sets,
+                &CorpusOptions {
+                    point,
+                    ..copts.clone()
+                },
+            )?;
+            let corpus_s = tc.elapsed().as_secs_f64();
+            drop(tuned);
+            // The dense reference: the mean tuned - base difference on the sycophancy tokens,
+            // added to the base at every position (scale 1).
+            let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
+            let v = puppetlens::steer::SteeringVector::new(
+                BTreeMap::from([(layer, diff)]),
+                "mean-diff",
+            )?;
+            let p_dense = ab_summary(
+                ev.base,
+                ev.test,
+                &Intervention::Add {
+                    vector: &v,
+                    scale: 1.0,
+                    positions: puppetlens::Positions::All,
+                },
+                8,
+            )?
+            .mean_p;
+            let mut configs = vec![("all", 512, 32), ("all", 2048, 32), ("all", 512, 8)];
+            if layer == 8 {
+                configs.push(("last 4 positions", 512, 32));
+            }
+            for (variant, n_latents, k) in configs {
+                let tail;
+                let c = if variant == "all" {
+                    &corpus
+                } else {
+                    tail = corpus.last_positions(4)?;
+                    &tail
+                };
+                let tag = format!("layer {layer} {tuned_name} {variant} {n_latents}/k{k}");
+                let (cc, log) = dict::train(
+                    &c.acts,
+                    &DictOptions {
+                        n_latents: if quick { n_latents / 2 } else { n_latents },
+                        k,
+                        log_every: 0,
+                        ..dopts.clone()
+                    },
+                )?;
+                let m = dict::evaluate(&cc, &c.acts, 2048)?;
+                let stats = dict::latents(&cc, &c.acts, &dict::LabelOptions::default())?;
+                let f = c.latent_activations(&cc, 2048)?; // [n_tokens, n_latents]
+                let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+                for s in &stats {
+                    *labels.entry(format!("{:?}", s.label)).or_default() += 1;
+                }
+                let max_rel = stats
+                    .iter()
+                    .filter(|s| s.frequency > 0.0)
+                    .map(|s| s.rel_norm)
+                    .fold(0.0, f64::max);
+                let ch = choose(&cc, c, &stats, &f, &ev, &tag)?;
+                let (j, share, cos, _, cos_last) =
+                    ch.rows.first().cloned().context("no candidate latent")?;
+                println!(
+                    "{tag}: {:.0} s; FVU {:.3}/{:.3}, L0 {:.1}, dead {:.3}; labels {labels:?}; \
+                     max rel. norm {max_rel:.2}; dense mean difference: test P {p_dense:.3}",
+                    log.seconds, m.fvu[0], m.fvu[1], m.l0, m.dead_fraction
+                );
+                rows.push(serde_json::json!({
+                    "layer": layer, "tuned": tuned_name, "corpus": variant, "tokens": c.len(),
+                    "corpus_seconds": corpus_s, "n_latents": cc.n_latents(), "k": k,
+                    "train_seconds": log.seconds, "fvu": m.fvu, "l0": m.l0,
+                    "dead_fraction": m.dead_fraction, "labels": labels, "max_rel_norm": max_rel,
+                    "candidates_from_labels": ch.from_labels,
+                    "chosen": {"latent": j, "label": format!("{:?}", stats[j].label),
+                               "rel_norm": stats[j].rel_norm, "sycophancy_share_top": share,
+                               "corpus_sycophancy_share": ch.base_rate, "cosine_diff": cos,
+                               "cosine_diff_last": cos_last, "multiplier": ch.best.0,
+                               "test_p_steered": ch.p_test},
+                    "test_p_base": ev.pb_test, "test_p_dense_mean_diff": p_dense,
+                }));
+                // Written after every crosscoder, so that a stopped sweep keeps what it measured.
+                puppetlens::write_atomic(
+                    &ev.out_root.join(format!("{stem}.json")),
+                    serde_json::to_string_pretty(&rows)?.as_bytes(),
+                )?;
+            }
+        }
+    }
+    let mut md = format!(
+        "# Crosscoder sweep: layer, dictionary size, k, corpus\n\n\
+         `cargo run --release --example crosscoder -- {}` ({:.0} s on a 2-core CPU); the \
+         committed crosscoders' corpus and training (1000 steps of 256 tokens, seed 0), the \
+         same choice of latent and steering check (FINDINGS.md). Base test P(agree) {:.3}.\n\n\
+         | layer | tuned | corpus (tokens) | latents / k | FVU base / tuned | dead | tuned-only \
+         latents | max rel. norm | chosen latent (label, rel. norm) | (a) share (corpus) | (b) \
+         cosine (last token) | (c) test P steered (x typical) | dense mean diff, test P |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        t0.elapsed().as_secs_f64(),
+        ev0.pb_test
+    );
+    for r in &rows {
+        let c = &r["chosen"];
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        writeln!(
+            md,
+            "| {} | {} | {} ({}) | {} / {} | {:.3} / {:.3} | {:.3} | {} | {:.2} | {} ({}, {:.2}) | {:.2} ({:.2}) | {:.3} ({:.3}) | {:.3} (x{:.2}) | {:.3} |",
+            r["layer"], r["tuned"].as_str().unwrap_or("?"), r["corpus"].as_str().unwrap_or("?"),
+            r["tokens"], r["n_latents"], r["k"], f(&r["fvu"][0]), f(&r["fvu"][1]),
+            f(&r["dead_fraction"]), r["labels"]["TunedOnly"].as_u64().unwrap_or(0),
+            f(&r["max_rel_norm"]), c["latent"], c["label"].as_str().unwrap_or("?"),
+            f(&c["rel_norm"]), f(&c["sycophancy_share_top"]), f(&c["corpus_sycophancy_share"]),
+            f(&c["cosine_diff"]), f(&c["cosine_diff_last"]), f(&c["test_p_steered"]),
+            f(&c["multiplier"]), f(&r["test_p_dense_mean_diff"])
+        )?;
+    }
+    puppetlens::write_atomic(&ev0.out_root.join(format!("{stem}.md")), md.as_bytes())?;
+    println!("sweep done in {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// What every crosscoder of the example is examined with.
 struct Eval<'a> {
     base: &'a Model,
@@ -240,8 +414,8 @@ fn examine(
     } else {
         format!("{tuned_name} ({variant})")
     };
-    let (base, tok, point) = (ev.base, ev.tok, ev.point);
-    let (val_c, test_c, pb_val, pb_test) = (ev.val, ev.test, ev.pb_val, ev.pb_test);
+    let (tok, point) = (ev.tok, ev.point);
+    let (test_c, pb_test) = (ev.test, ev.pb_test);
     let decode = |t: u32| tok.decode(&[t]).unwrap_or_default();
     let corpus_s = run.corpus_seconds;
     let counts = corpus.set_counts();
@@ -264,101 +438,16 @@ fn examine(
         *labels.entry(format!("{:?}", s.label)).or_default() += 1;
     }
     println!("{tag}: labels {labels:?}");
-    let f = &run.f; // [n_tokens, n_latents]
-    let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
-    let si = corpus.set_index("sycophancy")?;
-    // The difference at the last token of each sycophancy prompt (where DPO trained it).
-    let last = corpus.last_tokens("sycophancy")?; // [n_prompts] rows
-    let xl = corpus.acts.index_select(&last, 0)?; // [n_last, 2, d]
-    let diff_last = (xl.get_on_dim(1, 1)? - xl.get_on_dim(1, 0)?)?.mean(0)?; // [d]
-    let base_rate = counts[si] as f64 / corpus.len() as f64;
-
-    // Candidates: tuned-only latents, else the highest relative norms among active ones.
-    let mut cand: Vec<usize> = stats
-        .iter()
-        .filter(|s| s.label == LatentLabel::TunedOnly)
-        .map(|s| s.index)
-        .collect();
-    let from_labels = !cand.is_empty();
-    if !from_labels {
-        let mut order: Vec<usize> = stats
-            .iter()
-            .filter(|s| s.frequency > 0.0)
-            .map(|s| s.index)
-            .collect();
-        order.sort_by(|&a, &b| stats[b].rel_norm.total_cmp(&stats[a].rel_norm));
-        cand = order.into_iter().take(CANDIDATES).collect();
-    }
-    let mut rows = Vec::new();
-    for &j in &cand {
-        let top = corpus.top_contexts(f, j, TOP, 12)?;
-        let share = if top.is_empty() {
-            0.0
-        } else {
-            top.iter().filter(|c| c.source.set == si).count() as f64 / top.len() as f64
-        };
-        let dir = decoder_direction(cc, j, 1)?;
-        let cos = cosine(&dir, &diff)?;
-        let cos_last = cosine(&dir, &diff_last)?;
-        rows.push((j, share, cos, top, cos_last));
-    }
-    // The rule (training data only): highest share of sycophancy in the top contexts times
-    // the (positive) cosine with the sycophancy difference.
-    let score = |r: &(usize, f64, f64, Vec<dict::Context>, f64)| r.1 * r.2.max(0.0);
-    rows.sort_by(|a, b| score(b).total_cmp(&score(a)));
+    let ch = choose(cc, corpus, &stats, &run.f, ev, &tag)?;
+    let (rows, from_labels, base_rate) = (&ch.rows, ch.from_labels, ch.base_rate);
+    let (diff, diff_last, typical, dir_norm, matched) =
+        (&ch.diff, &ch.diff_last, ch.typical, ch.dir_norm, ch.matched);
+    let (val_rows, best, p_test) = (&ch.val_rows, ch.best, ch.p_test);
     let (j, share, cos, top, cos_last) = rows.first().cloned().context("no candidate latent")?;
-    // Typical activation: mean of the latent's positive activations on sycophancy tokens.
-    let col = f.narrow(1, j, 1)?.flatten_all()?.to_vec1::<f32>()?;
-    let act: Vec<f64> = (0..corpus.len())
-        .filter(|&r| corpus.sources[r].set == si && col[r] > 0.0)
-        .map(|r| col[r] as f64)
-        .collect();
-    let typical = if act.is_empty() {
-        col.iter().cloned().fold(0f32, f32::max) as f64
-    } else {
-        act.iter().sum::<f64>() / act.len() as f64
-    };
-    let steer_p = |cases: &[AbCase], scale: f64| -> Result<f64> {
-        let mut total = 0.0;
-        for chunk in cases.chunks(8) {
-            // ab_summary with a custom hook: P of each chunk through the same scorer.
-            let mut hooks = Hooks::new();
-            hooks.add(point, SteerLatent::new(cc, j, 1, scale)?);
-            total += steer_chunk(base, chunk, &mut hooks)? * chunk.len() as f64;
-        }
-        Ok(total / cases.len() as f64)
-    };
-    // Multiples of the typical activation, and the one at which the added vector's norm equals
-    // the last-token difference's (the scale at which that difference itself steers).
+    let diff_norm = diff.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
     let norm = |t: &candle_core::Tensor| -> Result<f64> {
         Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
     };
-    let dir_norm = norm(&decoder_direction(cc, j, 1)?)?;
-    let matched = norm(&diff_last)? / dir_norm / typical;
-    let multipliers = [1.0, 2.0, 4.0, 8.0, matched];
-    let mut val_rows = Vec::new();
-    for &mlt in &multipliers {
-        let p = steer_p(val_c, mlt * typical)?;
-        println!(
-            "{tag}: latent {j} x{mlt} typical ({:.2}): validation P {p:.3} (base {pb_val:.3})",
-            mlt * typical
-        );
-        val_rows.push((mlt, p));
-    }
-    let best = val_rows
-        .iter()
-        .cloned()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .context("no multiplier")?;
-    let p_test = steer_p(test_c, best.0 * typical)?;
-    let diff_norm = diff.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-    println!(
-        "{tag}: chosen latent {j} ({}): (a) sycophancy share of top {TOP} {share:.2} (corpus {base_rate:.2}); \
-         (b) cosine {cos:.3} (last-token difference {cos_last:.3}); (c) test P {pb_test:.3} -> {p_test:.3} at x{} typical",
-        if from_labels { "tuned-only" } else { "highest relative norm" },
-        best.0
-    );
-
     // The difference of the two decoder biases (model units): where a shift on every token goes.
     let bias = {
         let b = cc.b_dec().to_vec2::<f32>()?; // [2, d]
@@ -452,6 +541,145 @@ fn examine(
         serde_json::to_string_pretty(&res)?.as_bytes(),
     )?;
     Ok(res)
+}
+
+/// The ground-truth check's choice on one trained crosscoder: the candidates (tuned-only
+/// latents, else the active ones of highest relative norm), (a) and (b) for each, the chosen
+/// latent by (a) x (b) (training data only), its steering scale chosen on the validation items
+/// and (c) its effect on the test items.
+struct Choice {
+    from_labels: bool,
+    /// (latent, (a) sycophancy share of its top contexts, (b) cosine, its top contexts, cosine
+    /// with the last-token difference), best first.
+    rows: Vec<(usize, f64, f64, Vec<dict::Context>, f64)>,
+    base_rate: f64,
+    diff: candle_core::Tensor,
+    diff_last: candle_core::Tensor,
+    typical: f64,
+    dir_norm: f64,
+    matched: f64,
+    val_rows: Vec<(f64, f64)>,
+    best: (f64, f64),
+    p_test: f64,
+}
+
+fn choose(
+    cc: &dict::Dictionary,
+    corpus: &dict::PairedCorpus,
+    stats: &[dict::LatentStats],
+    f: &candle_core::Tensor,
+    ev: &Eval,
+    tag: &str,
+) -> Result<Choice> {
+    let (base, point) = (ev.base, ev.point);
+    let (val_c, test_c, pb_val, pb_test) = (ev.val, ev.test, ev.pb_val, ev.pb_test);
+    let counts = corpus.set_counts();
+    let diff = corpus.mean_diff(Some("sycophancy"))?; // [d]
+    let si = corpus.set_index("sycophancy")?;
+    // The difference at the last token of each sycophancy prompt (where DPO trained it).
+    let last = corpus.last_tokens("sycophancy")?; // [n_prompts] rows
+    let xl = corpus.acts.index_select(&last, 0)?; // [n_last, 2, d]
+    let diff_last = (xl.get_on_dim(1, 1)? - xl.get_on_dim(1, 0)?)?.mean(0)?; // [d]
+    let base_rate = counts[si] as f64 / corpus.len() as f64;
+
+    // Candidates: tuned-only latents, else the highest relative norms among active ones.
+    let mut cand: Vec<usize> = stats
+        .iter()
+        .filter(|s| s.label == LatentLabel::TunedOnly)
+        .map(|s| s.index)
+        .collect();
+    let from_labels = !cand.is_empty();
+    if !from_labels {
+        let mut order: Vec<usize> = stats
+            .iter()
+            .filter(|s| s.frequency > 0.0)
+            .map(|s| s.index)
+            .collect();
+        order.sort_by(|&a, &b| stats[b].rel_norm.total_cmp(&stats[a].rel_norm));
+        cand = order.into_iter().take(CANDIDATES).collect();
+    }
+    let mut rows = Vec::new();
+    for &j in &cand {
+        let top = corpus.top_contexts(f, j, TOP, 12)?;
+        let share = if top.is_empty() {
+            0.0
+        } else {
+            top.iter().filter(|c| c.source.set == si).count() as f64 / top.len() as f64
+        };
+        let dir = decoder_direction(cc, j, 1)?;
+        let cos = cosine(&dir, &diff)?;
+        let cos_last = cosine(&dir, &diff_last)?;
+        rows.push((j, share, cos, top, cos_last));
+    }
+    // The rule (training data only): highest share of sycophancy in the top contexts times
+    // the (positive) cosine with the sycophancy difference.
+    let score = |r: &(usize, f64, f64, Vec<dict::Context>, f64)| r.1 * r.2.max(0.0);
+    rows.sort_by(|a, b| score(b).total_cmp(&score(a)));
+    let (j, share, cos, _, cos_last) = rows.first().cloned().context("no candidate latent")?;
+    // Typical activation: mean of the latent's positive activations on sycophancy tokens.
+    let col = f.narrow(1, j, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    let act: Vec<f64> = (0..corpus.len())
+        .filter(|&r| corpus.sources[r].set == si && col[r] > 0.0)
+        .map(|r| col[r] as f64)
+        .collect();
+    let typical = if act.is_empty() {
+        col.iter().cloned().fold(0f32, f32::max) as f64
+    } else {
+        act.iter().sum::<f64>() / act.len() as f64
+    };
+    let steer_p = |cases: &[AbCase], scale: f64| -> Result<f64> {
+        let mut total = 0.0;
+        for chunk in cases.chunks(8) {
+            // ab_summary with a custom hook: P of each chunk through the same scorer.
+            let mut hooks = Hooks::new();
+            hooks.add(point, SteerLatent::new(cc, j, 1, scale)?);
+            total += steer_chunk(base, chunk, &mut hooks)? * chunk.len() as f64;
+        }
+        Ok(total / cases.len() as f64)
+    };
+    // Multiples of the typical activation, and the one at which the added vector's norm equals
+    // the last-token difference's (the scale at which that difference itself steers).
+    let norm = |t: &candle_core::Tensor| -> Result<f64> {
+        Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64)
+    };
+    let dir_norm = norm(&decoder_direction(cc, j, 1)?)?;
+    let matched = norm(&diff_last)? / dir_norm / typical;
+    let multipliers = [1.0, 2.0, 4.0, 8.0, matched];
+    let mut val_rows = Vec::new();
+    for &mlt in &multipliers {
+        let p = steer_p(val_c, mlt * typical)?;
+        println!(
+            "{tag}: latent {j} x{mlt} typical ({:.2}): validation P {p:.3} (base {pb_val:.3})",
+            mlt * typical
+        );
+        val_rows.push((mlt, p));
+    }
+    let best = val_rows
+        .iter()
+        .cloned()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .context("no multiplier")?;
+    let p_test = steer_p(test_c, best.0 * typical)?;
+    println!(
+        "{tag}: chosen latent {j} ({}): (a) sycophancy share of top {TOP} {share:.2} (corpus {base_rate:.2}); \
+         (b) cosine {cos:.3} (last-token difference {cos_last:.3}); (c) test P {pb_test:.3} -> {p_test:.3} at x{} typical",
+        if from_labels { "tuned-only" } else { "highest relative norm" },
+        best.0
+    );
+
+    Ok(Choice {
+        from_labels,
+        rows,
+        base_rate,
+        diff,
+        diff_last,
+        typical,
+        dir_norm,
+        matched,
+        val_rows,
+        best,
+        p_test,
+    })
 }
 
 /// How much of the activations the tuned - base difference is, and how much of it the crosscoder
@@ -558,7 +786,9 @@ fn readme(summary: &[serde_json::Value], secs: f64) -> Result<String> {
     }
     writeln!(
         s,
-        "\nWhat these numbers say, and the diagnostics behind them: [FINDINGS.md](FINDINGS.md)."
+        "\nWhat these numbers say, and the diagnostics behind them: [FINDINGS.md](FINDINGS.md); \
+     the same check over layers, dictionary sizes, k and corpora: [sweep.md](sweep.md) \
+     (`cargo run --release --example crosscoder -- sweep`)."
     )?;
     writeln!(
         s,

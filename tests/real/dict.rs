@@ -1349,6 +1349,48 @@ fn outlier_tokens_are_dropped_from_a_paired_corpus() {
             assert!(norms[r] > 40_000.0, "{s:?}: norm {}", norms[r]);
         }
     }
+
+    // The corpus restricted to the prompts' last positions: the same rows, in order.
+    let tail = all.last_positions(3).unwrap();
+    let want: Vec<usize> = (0..all.len())
+        .filter(|&r| {
+            let s = all.sources[r];
+            s.pos + 3 >= sets[0].prompts[s.item].len()
+        })
+        .collect();
+    assert_eq!(tail.len(), want.len());
+    assert_eq!(tail.len(), 3 * 10, "3 positions of each of the 10 prompts");
+    for (i, &r) in want.iter().enumerate() {
+        assert_eq!(tail.sources[i], all.sources[r]);
+        assert_eq!(tail.tokens[i], all.tokens[r]);
+    }
+    assert_eq!(
+        bits(&tail.acts),
+        bits(
+            &all.acts
+                .index_select(
+                    &Tensor::new(
+                        want.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                        &Device::Cpu
+                    )
+                    .unwrap(),
+                    0
+                )
+                .unwrap()
+        )
+    );
+    assert_eq!(
+        bits(&tail.last_positions(1).unwrap().acts),
+        bits(
+            &all.acts
+                .index_select(&all.last_tokens("sharegpt").unwrap(), 0)
+                .unwrap()
+        )
+    );
+    assert!(matches!(
+        all.last_positions(0),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------

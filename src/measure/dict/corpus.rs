@@ -424,6 +424,44 @@ impl PairedCorpus {
         last_token_rows(&self.sources, &self.prompts, si)
     }
 
+    /// The corpus restricted to the last `n` positions of every prompt (where a chat prompt
+    /// ends in the template's turn markers and an A/B prompt's answer is read; the organisms
+    /// were preference-tuned on the answer token alone). Rows keep their order and sources;
+    /// errors when `n` is 0 or nothing is left.
+    ///
+    /// ```no_run
+    /// # fn f(corpus: puppetlens::dict::PairedCorpus) -> puppetlens::Result<()> {
+    /// let tail = corpus.last_positions(4)?; // [<= 4 x n_prompts, 2, d]
+    /// assert!(tail.len() <= corpus.len());
+    /// # Ok(()) }
+    /// ```
+    pub fn last_positions(&self, n: usize) -> Result<PairedCorpus> {
+        let rows: Vec<u32> = (0..self.len())
+            .filter(|&r| {
+                let s = self.sources[r];
+                s.pos + n >= self.prompts[s.set][s.item].len()
+            })
+            .map(|r| r as u32)
+            .collect();
+        if n == 0 || rows.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: "n".into(),
+                msg: format!("the last {n} positions of the prompts hold no corpus token"),
+            });
+        }
+        let k = rows.len();
+        let idx = Tensor::from_vec(rows.clone(), k, &Device::Cpu)?;
+        Ok(PairedCorpus {
+            acts: self.acts.index_select(&idx, 0)?, // [k, 2, d]
+            tokens: rows.iter().map(|&r| self.tokens[r as usize]).collect(),
+            sources: rows.iter().map(|&r| self.sources[r as usize]).collect(),
+            sets: self.sets.clone(),
+            prompts: self.prompts.clone(),
+            point: self.point,
+            dropped: self.dropped.clone(),
+        })
+    }
+
     /// Mean over the tokens of set `name` (all tokens when `None`) of tuned - base: `[d_model]` f32.
     pub fn mean_diff(&self, name: Option<&str>) -> Result<Tensor> {
         let diff = (self.acts.get_on_dim(1, 1)? - self.acts.get_on_dim(1, 0)?)?; // [n, d]
