@@ -169,16 +169,28 @@ impl Dead {
     }
 }
 
+/// What both training steps need to know of the dictionary and the objective.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spec {
+    /// Models.
+    pub m: usize,
+    /// Width of each model's activations.
+    pub d: usize,
+    /// Latents.
+    pub l: usize,
+    /// BatchTopK's k (kept entries per token on average).
+    pub k: usize,
+    /// Dead latents AuxK may use per token.
+    pub aux_k: usize,
+    /// Weight of the AuxK loss.
+    pub aux_coeff: f64,
+    /// One decoder bias for every model, fixed (not trained).
+    pub shared: bool,
+}
+
 /// The parameters and optimiser state of a dictionary trained on the CPU.
 pub(super) struct SparseTrainer {
-    m: usize,
-    d: usize,
-    l: usize,
-    k: usize,
-    aux_k: usize,
-    aux_coeff: f64,
-    /// One decoder bias for every model, fixed (not trained).
-    shared: bool,
+    spec: Spec,
     /// `W_enc` transposed, `[l, m*d]`: row `j` is latent `j`'s encoder column.
     w_enc_t: Vec<f32>,
     /// `W_dec`, `[l, m*d]`.
@@ -226,25 +238,10 @@ fn adamw(p: &mut [f32], g: &[f32], mom: &mut Moments, lr: f64, step_t: i32) {
 impl SparseTrainer {
     /// A trainer from the initial weights: `w_dec` `[l, m*d]` (the encoder starts as its
     /// transpose), `b_enc` zero, `b_dec` `[m*d]` or `[d]` (shared, fixed).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        (m, d, l): (usize, usize, usize),
-        w_dec: Vec<f32>,
-        b_dec: Vec<f32>,
-        k: usize,
-        aux_k: usize,
-        aux_coeff: f64,
-        shared: bool,
-    ) -> Self {
-        let md = m * d;
+    pub fn new(spec: Spec, w_dec: Vec<f32>, b_dec: Vec<f32>) -> Self {
+        let (md, l) = (spec.m * spec.d, spec.l);
         SparseTrainer {
-            m,
-            d,
-            l,
-            k,
-            aux_k,
-            aux_coeff,
-            shared,
+            spec,
             w_enc_t: w_dec.clone(),
             w_dec,
             b_enc: vec![0.0; l],
@@ -261,8 +258,8 @@ impl SparseTrainer {
 
     /// The decoder bias as `[m*d]`.
     fn full_b_dec(&self) -> Vec<f32> {
-        if self.shared {
-            self.b_dec.repeat(self.m)
+        if self.spec.shared {
+            self.b_dec.repeat(self.spec.m)
         } else {
             self.b_dec.clone()
         }
@@ -270,9 +267,9 @@ impl SparseTrainer {
 
     /// Latent `j`'s score weight `Σ_m ‖W_dec[m, j]‖`, `[l]`.
     fn code_norms(&self) -> Vec<f32> {
-        let d = self.d;
+        let d = self.spec.d;
         self.w_dec
-            .par_chunks(self.m * d)
+            .par_chunks(self.spec.m * d)
             .map(|row| {
                 row.chunks(d)
                     .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
@@ -294,7 +291,7 @@ impl SparseTrainer {
     /// The loss of the batch `x` (`[b, m*d]`) and its gradients with respect to the trained
     /// parameters; `dead` is updated with the batch's kept latents.
     fn gradients(&self, x: &[f32], dead: &mut Dead) -> Result<(Grads, StepOut)> {
-        let (md, l) = (self.m * self.d, self.l);
+        let (md, l) = (self.spec.m * self.spec.d, self.spec.l);
         let b = x.len() / md;
         let bd = self.full_b_dec(); // [md]
 
@@ -318,7 +315,7 @@ impl SparseTrainer {
         score.par_chunks_mut(l).for_each(|r| {
             r.iter_mut().zip(&norms).for_each(|(v, c)| *v *= c);
         });
-        let (mask, min_kept) = select::batch_topk(&score, self.k * b);
+        let (mask, min_kept) = select::batch_topk(&score, self.spec.k * b);
         let mut main = Kept::from_mask(&mask, &act, l);
         let (dead_now, n_dead) = dead.update(&mask, b);
 
@@ -344,9 +341,10 @@ impl SparseTrainer {
         let mse = sq(&err) / b as f64;
 
         // AuxK: each token's highest-scoring dead latents reconstruct the (detached) error.
-        let use_aux = n_dead > 0 && self.aux_coeff > 0.0;
+        let use_aux = n_dead > 0 && self.spec.aux_coeff > 0.0;
         let (mut aux, aux_res) = if use_aux {
-            let aux_mask = select::topk_rows(&score, l, self.aux_k.min(n_dead), Some(&dead_now));
+            let aux_mask =
+                select::topk_rows(&score, l, self.spec.aux_k.min(n_dead), Some(&dead_now));
             let aux = Kept::from_mask(&aux_mask, &act, l);
             let mut r = err.clone(); // [b, md]: e - e_hat
             r.par_chunks_mut(md)
@@ -357,10 +355,13 @@ impl SparseTrainer {
             (Kept::default(), Vec::new())
         };
         let aux_loss = use_aux.then(|| sq(&aux_res) / b as f64);
-        let loss = mse + self.aux_coeff * aux_loss.unwrap_or(0.0);
+        let loss = mse + self.spec.aux_coeff * aux_loss.unwrap_or(0.0);
 
         // Backward. Upstream gradients: of x_hat, -2 e / b; of e_hat, -2 α (e - e_hat) / b.
-        let (cx, ch) = (-2.0 / b as f32, (-2.0 * self.aux_coeff / b as f64) as f32);
+        let (cx, ch) = (
+            -2.0 / b as f32,
+            (-2.0 * self.spec.aux_coeff / b as f64) as f32,
+        );
         // The kept codes' gradients (relu passes them: every kept activation is positive).
         let code_grads = |kept: &mut Kept, up: &[f32], c: f32| {
             let Kept {
@@ -415,7 +416,7 @@ impl SparseTrainer {
                 }
             });
         // db_dec = Σ_t c_x e_t - Σ_j db_enc[j] W_enc^T[j] (through x_hat and through xc).
-        let g_bdec = (!self.shared).then(|| {
+        let g_bdec = (!self.spec.shared).then(|| {
             let mut g = vec![0f32; md];
             g.par_chunks_mut(256).enumerate().for_each(|(c, gc)| {
                 let lo = c * 256;
@@ -465,7 +466,7 @@ impl SparseTrainer {
     /// AdamW's update at learning rate `lr`, then the decoder scale fixed:
     /// `Σ_m ‖W_dec[m, j]‖ = 1`, the encoder compensating.
     fn apply(&mut self, g: &Grads, lr: f64) {
-        let md = self.m * self.d;
+        let md = self.spec.m * self.spec.d;
         self.step_t += 1;
         let [m_enc, m_dec, m_benc, m_bdec] = &mut self.moments;
         adamw(&mut self.w_enc_t, &g.w_enc_t, m_enc, lr, self.step_t);
@@ -493,7 +494,7 @@ impl SparseTrainer {
     /// The weights as tensors on the CPU: `W_enc` `[m*d, l]`, `b_enc` `[l]`, `W_dec`
     /// `[l, m*d]`, `b_dec` `[m*d]`.
     pub fn weights(&self) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-        let (md, l) = (self.m * self.d, self.l);
+        let (md, l) = (self.spec.m * self.spec.d, self.spec.l);
         let dev = Device::Cpu;
         Ok((
             Tensor::from_slice(&self.w_enc_t, (l, md), &dev)?
@@ -537,7 +538,16 @@ mod tests {
         for shared in [false, true] {
             let w_dec = uniform(l * md, 1);
             let b_dec = uniform(if shared { d } else { md }, 2);
-            let mut tr = SparseTrainer::new((m, d, l), w_dec, b_dec, k, aux_k, alpha, shared);
+            let spec = Spec {
+                m,
+                d,
+                l,
+                k,
+                aux_k,
+                aux_coeff: alpha,
+                shared,
+            };
+            let mut tr = SparseTrainer::new(spec, w_dec, b_dec);
             tr.w_enc_t = uniform(l * md, 3); // not the decoder's transpose
             tr.b_enc = uniform(l, 4).iter().map(|v| 0.2 * v).collect();
             let x = uniform(b * md, 5);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dictionary::{Activation, Dictionary};
 use super::select;
-use super::sparse::{Dead, SparseTrainer, StepOut};
+use super::sparse::{Dead, SparseTrainer, Spec, StepOut};
 use super::store::CorpusStore;
 use crate::data::SplitMix64;
 use crate::util::Progress;
@@ -480,13 +480,7 @@ impl Stepper for SparseTrainer {
 /// The step written with candle's ops, differentiated by its autograd, updated by candle_nn's
 /// AdamW: the reference for the sparse step, and the path on devices other than the CPU.
 struct AutogradTrainer {
-    m: usize,
-    d: usize,
-    l: usize,
-    k: usize,
-    aux_k: usize,
-    aux_coeff: f64,
-    shared: bool,
+    spec: Spec,
     w_enc: Var, // [m*d, l]
     w_dec: Var, // [l, m*d]
     b_enc: Var, // [l]
@@ -498,11 +492,11 @@ impl AutogradTrainer {
     /// The decoder bias as `[m*d]`.
     fn full_b_dec(&self) -> Result<Tensor> {
         let b = self.b_dec.as_tensor();
-        Ok(if self.shared {
+        Ok(if self.spec.shared {
             b.unsqueeze(0)?
-                .broadcast_as((self.m, self.d))?
+                .broadcast_as((self.spec.m, self.spec.d))?
                 .contiguous()?
-                .reshape(self.m * self.d)? // [m*d]
+                .reshape(self.spec.m * self.spec.d)? // [m*d]
         } else {
             b.clone()
         })
@@ -513,7 +507,7 @@ impl AutogradTrainer {
         Ok(self
             .w_dec
             .as_tensor()
-            .reshape((self.l, self.m, self.d))?
+            .reshape((self.spec.l, self.spec.m, self.spec.d))?
             .sqr()?
             .sum(D::Minus1)?
             .sqrt()?
@@ -523,7 +517,7 @@ impl AutogradTrainer {
 
 impl Stepper for AutogradTrainer {
     fn step(&mut self, xb: &Tensor, lr: f64, dead: &mut Dead, step: usize) -> Result<StepOut> {
-        let (b, l) = (xb.dim(0)?, self.l);
+        let (b, l) = (xb.dim(0)?, self.spec.l);
         let dev = xb.device();
         self.opt.set_learning_rate(lr);
         let bd = self.full_b_dec()?; // [m*d]
@@ -534,15 +528,15 @@ impl Stepper for AutogradTrainer {
         let act = pre.relu()?; // [b, l]
         let score = act.detach().broadcast_mul(&self.code_norms()?.detach())?; // [b, l]
         let score_host = score.flatten_all()?.to_vec1::<f32>()?;
-        let (mask, min_kept) = select::batch_topk(&score_host, self.k * b);
+        let (mask, min_kept) = select::batch_topk(&score_host, self.spec.k * b);
         let f = (&act * Tensor::from_slice(&mask, (b, l), dev)?)?; // [b, l]
         let xhat = f.matmul(self.w_dec.as_tensor())?.broadcast_add(&bd)?; // [b, m*d]
         let err = (xb - &xhat)?; // [b, m*d]
         let mse = (err.sqr()?.sum_all()? / b as f64)?;
         let (dead_now, n_dead) = dead.update(&mask, b);
-        let aux = if n_dead > 0 && self.aux_coeff > 0.0 {
+        let aux = if n_dead > 0 && self.spec.aux_coeff > 0.0 {
             let aux_mask =
-                select::topk_rows(&score_host, l, self.aux_k.min(n_dead), Some(&dead_now));
+                select::topk_rows(&score_host, l, self.spec.aux_k.min(n_dead), Some(&dead_now));
             let f_aux = (&act * Tensor::from_slice(&aux_mask, (b, l), dev)?)?; // [b, l]
             let ehat = f_aux.matmul(self.w_dec.as_tensor())?; // [b, m*d]
             Some(((err.detach() - ehat)?.sqr()?.sum_all()? / b as f64)?)
@@ -550,7 +544,7 @@ impl Stepper for AutogradTrainer {
             None
         };
         let loss = match &aux {
-            Some(a) => (&mse + (a * self.aux_coeff)?)?,
+            Some(a) => (&mse + (a * self.spec.aux_coeff)?)?,
             None => mse.clone(),
         };
         let loss_value = scalar(&loss)?;
@@ -616,17 +610,17 @@ fn fit(
     } else {
         mean.clone() // [m*d]
     };
-    let aux_k = opts.aux_k.unwrap_or((d / 2).max(1)).min(l);
+    let spec = Spec {
+        m,
+        d,
+        l,
+        k: opts.k,
+        aux_k: opts.aux_k.unwrap_or((d / 2).max(1)).min(l),
+        aux_coeff: opts.aux_coeff,
+        shared: opts.shared_decoder_bias,
+    };
     let mut stepper: Box<dyn Stepper> = if dev.is_cpu() && !opts.autograd {
-        Box::new(SparseTrainer::new(
-            (m, d, l),
-            w,
-            b_dec0.to_vec1::<f32>()?,
-            opts.k,
-            aux_k,
-            opts.aux_coeff,
-            opts.shared_decoder_bias,
-        ))
+        Box::new(SparseTrainer::new(spec, w, b_dec0.to_vec1::<f32>()?))
     } else {
         let w_dec0 = Tensor::from_vec(w, (l, m * d), dev)?; // [l, m*d]
         let w_enc = Var::from_tensor(&w_dec0.t()?.contiguous()?)?; // [m*d, l]
@@ -646,13 +640,7 @@ fn fit(
             },
         )?;
         Box::new(AutogradTrainer {
-            m,
-            d,
-            l,
-            k: opts.k,
-            aux_k,
-            aux_coeff: opts.aux_coeff,
-            shared: opts.shared_decoder_bias,
+            spec,
             w_enc,
             w_dec,
             b_enc,
