@@ -7,8 +7,10 @@
 //! cargo run --release --example steer -- --quick    # a small run (a few minutes)
 //! ```
 //!
-//! Pair 1: gemma-3-270m (base) against its committed tuned siblings (`assistant`, `sycophant`,
-//! `control`; see notebooks-data/organisms) on the project's sycophancy A/B items. For each pair:
+//! Pair 1: gemma-3-270m (base) against its committed tuned siblings (`assistant`, and the
+//! sycophant trained on the broad preference set with its control, `sycophant-broad` and
+//! `control-broad`; see notebooks-data/organisms; `--tuned assistant,sycophant,control` runs the
+//! first, narrow pair) on the project's sycophancy A/B items. For each pair:
 //! per-layer activation difference, probe accuracy in each model (bootstrap CIs), fraction of the
 //! sycophancy gap closed by adding the base-vs-tuned difference to the base and removed by
 //! ablating it in the tuned model, a dose-response, and PCA at the best layer.
@@ -49,7 +51,7 @@ struct Args {
     /// Tuned models compared with the base (comma-separated; organisms, paths or BASE+ADAPTER).
     #[arg(
         long,
-        default_value = "assistant,sycophant,control",
+        default_value = "assistant,sycophant-broad,control-broad",
         value_delimiter = ','
     )]
     tuned: Vec<String>,

@@ -400,7 +400,17 @@ fn run_from_a_cached_residual_equals_the_full_forward() {
             let y = model
                 .run_from_last(p, x, &batch, &mut Hooks::new())
                 .unwrap();
-            assert_eq!(max_abs_diff(&y, &last), 0.0, "{name} from {p} (last)");
+            let d = max_abs_diff(&y, &last);
+            if p == HookPoint::ResidPost(n - 1) {
+                // `forward_last` runs the last block on the last column only (nothing is hooked
+                // there); the cached value came from that block run over every column (the cache
+                // wants all of them): the same arithmetic per row in other matmul shapes.
+                // Measured 2026-12-07: max abs diff SmolLM2 1.9e-5, Gemma 3 1.4e-5.
+                println!("{name} from {p} (last): logits differ by {d:e}");
+                assert!(d < 1e-4, "{name} from {p} (last): logits differ by {d}");
+            } else {
+                assert_eq!(d, 0.0, "{name} from {p} (last)");
+            }
         }
         // An intervention after the start acts as in the full forward.
         let v = Tensor::ones(model.config().d_model, model.dtype(), model.device()).unwrap();

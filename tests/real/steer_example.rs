@@ -120,7 +120,9 @@ fn steer_quick_writes_every_output() {
     }
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
-    for name in ["assistant", "sycophant", "control"] {
+    let names: Vec<&str> = pairs.iter().map(|p| p["tuned"].as_str().unwrap()).collect();
+    assert_eq!(names, ["assistant", "sycophant-broad", "control-broad"]);
+    for name in names {
         let dir = out.join("pairs").join(name);
         for f in ["localisation.json", "localisation.csv", "dose.csv"] {
             assert!(dir.join(f).exists(), "{name}/{f}");

@@ -156,14 +156,22 @@ pub(super) fn verdict(
     let pct = |x: f64| format!("{:.0}%", 100.0 * x);
     let (kind, reading) = match (row, gap_ok) {
         (None, _) => (VerdictKind::NoGap, "no layer patched".to_string()),
-        (Some(r), false) => (
-            VerdictKind::NoGap,
-            format!(
-                "no behaviour gap (P changes by {gap:+.3}, under the {:.2} threshold); the largest \
-                 full-layer patch moves P by {:+.3} (layer {})",
-                opts.min_gap, r.full.delta_p, r.layer
-            ),
-        ),
+        (Some(r), false) => {
+            // The layer whose full patch moves P the most (not `best_layer`'s earliest layer
+            // within a share of it), so that "largest" is what the numbers say.
+            let top = rows
+                .iter()
+                .max_by(|a, b| a.full.delta_p.abs().total_cmp(&b.full.delta_p.abs()))
+                .unwrap_or(r);
+            (
+                VerdictKind::NoGap,
+                format!(
+                    "no behaviour gap (P changes by {gap:+.3}, under the {:.2} threshold); the \
+                     largest full-layer patch moves P by {:+.3} (layer {})",
+                    opts.min_gap, top.full.delta_p, top.layer
+                ),
+            )
+        }
         (Some(r), true) => {
             let f = r.full.fraction.unwrap_or(f64::NAN);
             let ci = r.full.ci.unwrap_or((f64::NAN, f64::NAN));

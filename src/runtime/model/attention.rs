@@ -28,8 +28,11 @@ pub(super) struct Attention {
 }
 
 impl Attention {
-    /// Block `l`'s attention of `x`, `[b, s, d_model] -> [b, s, d_model]`; `mask` is additive
+    /// Block `l`'s attention of `x`, `[b, s, d_model] -> [b, sq, d_model]`; `mask` is additive
     /// (`[b, 1, s, t]`), `cache` this block's keys and values of earlier columns (extended here).
+    /// With `last_only` only the last column queries (`sq` = 1; keys and values still come from
+    /// every column): the last block of a forward that reads only the last column's output, with
+    /// no hook in it (its hooks at queries, scores and outputs would see one column).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &self,
@@ -39,16 +42,19 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         grad: bool,
+        last_only: bool,
         taps: &mut Taps,
     ) -> Flow<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let il = self.interleaved;
-        let q = self.q.forward(x)?.reshape((b, s, h, hd))?; // [b, s, h, hd]
+        let sq = if last_only { 1 } else { s };
+        let xq = x.narrow(1, s - sq, sq)?; // [b, sq, d_model]
+        let q = self.q.forward(&xq)?.reshape((b, sq, h, hd))?; // [b, sq, h, hd]
         let q = taps
             .fire_rotary(HookPoint::AttnQ(l), q, il)?
             .transpose(1, 2)?
-            .contiguous()?; // [b, h, s, hd]
+            .contiguous()?; // [b, h, sq, hd]
         let k = self.k.forward(x)?.reshape((b, s, kvh, hd))?; // [b, s, kvh, hd]
         let k = taps
             .fire_rotary(HookPoint::AttnK(l), k, il)?
@@ -62,7 +68,7 @@ impl Attention {
         let q = match &self.q_norm {
             Some(n) => n.forward(&q, grad)?,
             None => q,
-        }; // [b, h, s, hd]
+        }; // [b, h, sq, hd]
         let k = match &self.k_norm {
             Some(n) => n.forward(&k, grad)?,
             None => k,
@@ -73,7 +79,15 @@ impl Attention {
             (true, true) => rope_i_differentiable,
             (false, true) => rope_differentiable,
         };
-        let mut q = rot(&q, &rope.cos, &rope.sin)?; // [b, h, s, hd]
+        let (cos_q, sin_q) = if last_only {
+            (
+                rope.cos.narrow(1, s - 1, 1)?.contiguous()?,
+                rope.sin.narrow(1, s - 1, 1)?.contiguous()?,
+            ) // [b, 1, hd/2] x2
+        } else {
+            (rope.cos.clone(), rope.sin.clone()) // [b, s, hd/2] x2
+        };
+        let mut q = rot(&q, &cos_q, &sin_q)?; // [b, h, sq, hd]
         let mut k = rot(&k, &rope.cos, &rope.sin)?; // [b, kvh, s, hd]
         for (p, x) in [
             (HookPoint::AttnRotQ(l), &mut q),
@@ -102,22 +116,22 @@ impl Attention {
         let t = k.dim(2)?;
         let rep = h / kvh;
         // Grouped-query attention without copying keys: fold each kv head's query heads into rows.
-        let q = (q * self.scale)?.reshape((b, kvh, rep * s, hd))?; // [b, kvh, rep*s, hd]
-        let att = q.matmul(&k.t()?)?.reshape((b, h, s, t))?; // [b, h, s, t]
+        let q = (q * self.scale)?.reshape((b, kvh, rep * sq, hd))?; // [b, kvh, rep*sq, hd]
+        let att = q.matmul(&k.t()?)?.reshape((b, h, sq, t))?; // [b, h, sq, t]
         let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
+            Some(m) => att.broadcast_add(&m.narrow(2, s - sq, sq)?)?,
             None => att,
-        }; // [b, h, s, t]
-        let att = taps.fire(HookPoint::AttnScores(l), att)?; // [b, h, s, t]
+        }; // [b, h, sq, t]
+        let att = taps.fire(HookPoint::AttnScores(l), att)?; // [b, h, sq, t]
         let att = if grad {
             candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
-        }; // [b, h, s, t]
-        let att = taps.fire(HookPoint::AttnPattern(l), att)?; // [b, h, s, t]
-        let y = att.reshape((b, kvh, rep * s, t))?.matmul(&v)?; // [b, kvh, rep*s, hd]
-        let z = y.reshape((b, h, s, hd))?.transpose(1, 2)?; // [b, s, h, hd]
-        let z = taps.fire(HookPoint::AttnZ(l), z)?; // [b, s, h, hd]
+        }; // [b, h, sq, t]
+        let att = taps.fire(HookPoint::AttnPattern(l), att)?; // [b, h, sq, t]
+        let y = att.reshape((b, kvh, rep * sq, t))?.matmul(&v)?; // [b, kvh, rep*sq, hd]
+        let z = y.reshape((b, h, sq, hd))?.transpose(1, 2)?; // [b, sq, h, hd]
+        let z = taps.fire(HookPoint::AttnZ(l), z)?; // [b, sq, h, hd]
         if taps.wants(HookPoint::AttnResult(l)) {
             let result = self.head_results(&z)?; // [b, s, h, d_model]
             let id = result.id();
@@ -130,7 +144,7 @@ impl Attention {
                 }); // [b, s, d_model]
             }
         }
-        Ok(self.o.forward(&z.reshape((b, s, h * hd))?)?) // [b, s, d_model]
+        Ok(self.o.forward(&z.reshape((b, sq, h * hd))?)?) // [b, sq, d_model]
     }
 
     /// Each head's part of the output projection, `[b, s, h, hd] -> [b, s, h, d_model]` (bias

@@ -105,18 +105,24 @@ impl Block {
 
     /// The layer's forward: `resid` (`[b, s, d_model]`) is its `hook_resid_pre`, or with
     /// `from_mid` its `hook_resid_mid` (a forward resumed there, attention skipped); returns
-    /// `hook_resid_post`. `cache` is this block's slot of a KV cache.
+    /// `hook_resid_post`, `[b, s, d_model]`, or with `last_only` its last column only,
+    /// `[b, 1, d_model]` (the keys and values still see every column; no hook of this block may
+    /// be set then). `cache` is this block's slot of a KV cache.
     pub(super) fn forward(
         &self,
         resid: Tensor,
         from_mid: bool,
+        last_only: bool,
         call: &Call,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         taps: &mut Taps,
     ) -> Flow<Tensor> {
         let (l, g) = (self.layer, call.grad);
+        let s = resid.dim(1)?;
+        let sq = if last_only { 1 } else { s };
         let resid_mid = if from_mid {
-            taps.fire(HookPoint::ResidMid(l), resid)? // [b, s, d_model]
+            taps.fire(HookPoint::ResidMid(l), resid)?
+                .narrow(1, s - sq, sq)? // [b, sq, d_model]
         } else {
             let resid_pre = taps.fire(HookPoint::ResidPre(l), resid)?; // [b, s, d_model]
             let mask = call
@@ -128,27 +134,35 @@ impl Block {
                 HookPoint::Ln1Normalized(l),
                 self.attn_norm.forward(&resid_pre, g)?,
             )?; // [b, s, d_model]
-            let attn =
-                self.attn
-                    .forward(l, &normed, &call.ropes[self.rope], mask, cache, g, taps)?; // [b, s, d_model]
+            let attn = self.attn.forward(
+                l,
+                &normed,
+                &call.ropes[self.rope],
+                mask,
+                cache,
+                g,
+                last_only,
+                taps,
+            )?; // [b, sq, d_model]
             let attn = match &self.post_attn_norm {
                 Some(n) => n.forward(&attn, g)?,
                 None => attn,
-            }; // [b, s, d_model]
-            let attn_out = taps.fire(HookPoint::AttnOut(l), attn)?; // [b, s, d_model]
-            taps.fire(HookPoint::ResidMid(l), (resid_pre + attn_out)?)? // [b, s, d_model]
+            }; // [b, sq, d_model]
+            let attn_out = taps.fire(HookPoint::AttnOut(l), attn)?; // [b, sq, d_model]
+            let resid_pre = resid_pre.narrow(1, s - sq, sq)?; // [b, sq, d_model]
+            taps.fire(HookPoint::ResidMid(l), (resid_pre + attn_out)?)? // [b, sq, d_model]
         };
         let normed = taps.fire(
             HookPoint::Ln2Normalized(l),
             self.mlp_norm.forward(&resid_mid, g)?,
-        )?; // [b, s, d_model]
-        let mlp = self.mlp.forward(l, &normed, g, taps)?; // [b, s, d_model]
+        )?; // [b, sq, d_model]
+        let mlp = self.mlp.forward(l, &normed, g, taps)?; // [b, sq, d_model]
         let mlp = match &self.post_mlp_norm {
             Some(n) => n.forward(&mlp, g)?,
             None => mlp,
-        }; // [b, s, d_model]
-        let mlp_out = taps.fire(HookPoint::MlpOut(l), mlp)?; // [b, s, d_model]
-        taps.fire(HookPoint::ResidPost(l), (resid_mid + mlp_out)?) // [b, s, d_model]
+        }; // [b, sq, d_model]
+        let mlp_out = taps.fire(HookPoint::MlpOut(l), mlp)?; // [b, sq, d_model]
+        taps.fire(HookPoint::ResidPost(l), (resid_mid + mlp_out)?) // [b, sq, d_model]
     }
 
     /// The linear `p`.

@@ -25,6 +25,8 @@ pub(crate) enum Output {
     LastLogits,
     /// Final-normed hidden states at every position, `[batch, pos, d_model]`.
     Hidden,
+    /// The final-normed hidden state at the last column only, `[batch, 1, d_model]`.
+    LastHidden,
 }
 
 /// Where a forward begins.
@@ -325,10 +327,24 @@ impl Model {
                 taps.fire(HookPoint::Embed, x)? // [b, s, d_model]
             }
         };
+        // Only the last column is read and nothing is hooked from the last block on: that block
+        // runs its queries, attention output and MLP on the last column alone (its keys and
+        // values still come from every column). The other columns' outputs of the last block
+        // feed nothing the caller sees.
+        let last = cfg.n_layers.saturating_sub(1);
+        let last_only = matches!(output, Output::LastLogits | Output::LastHidden)
+            && !call.grad
+            && s > 1
+            && !self
+                .hook_points()
+                .into_iter()
+                .filter(|p| p.layer().map_or(p.rank() > 0, |l| l >= last))
+                .any(|p| taps.wants(p));
         for block in self.blocks.iter().skip(start.first) {
             let from_mid = start.from_mid && block.layer == start.first;
             let cache = kv.as_deref_mut().map(|k| k.layer_mut(block.layer));
-            resid = block.forward(resid, from_mid, call, cache, taps)?; // [b, s, d_model]
+            let only = last_only && block.layer == last;
+            resid = block.forward(resid, from_mid, only, call, cache, taps)?; // [b, s|1, d_model]
         }
         if let Some(k) = kv {
             k.advance(batch.pads(), s);
@@ -344,11 +360,13 @@ impl Model {
             }
         } else {
             self.final_norm.forward(&resid, call.grad)?
-        }; // [b, s, d_model]
-        let normed = taps.fire(HookPoint::FinalNorm, normed)?; // [b, s, d_model]
+        }; // [b, s|1, d_model]
+        let normed = taps.fire(HookPoint::FinalNorm, normed)?; // [b, s|1, d_model]
+        let n = normed.dim(1)?;
         let h = match output {
             Output::Hidden => return Ok(normed),
-            Output::LastLogits => normed.narrow(1, s - 1, 1)?, // [b, 1, d_model]
+            Output::LastHidden => return Ok(normed.narrow(1, n - 1, 1)?), // [b, 1, d_model]
+            Output::LastLogits => normed.narrow(1, n - 1, 1)?,            // [b, 1, d_model]
             _ => normed,
         }; // [b, s|1, d_model]
         let logits = self.logits_of(&h)?; // [b, s|1, vocab]

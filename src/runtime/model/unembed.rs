@@ -46,13 +46,13 @@ impl Model {
             }
         }
         let normed = self
-            .run_inner(batch, kv, hooks, Output::Hidden, start)?
+            .run_inner(batch, kv, hooks, Output::LastHidden, start)?
             .ok_or_else(|| Error::InvalidArgument {
                 name: "last_token_logits".into(),
                 msg: "no hidden states computed".into(),
-            })?; // [b, s, d_model]
-        let (b, s, d) = normed.dims3()?;
-        let h = normed.narrow(1, s - 1, 1)?.squeeze(1)?; // [b, d_model]
+            })?; // [b, 1, d_model]
+        let (b, _, d) = normed.dims3()?;
+        let h = normed.squeeze(1)?; // [b, d_model]
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let logits = match (&self.unembed.w, &self.unembed.b, &self.unembed.lora) {
             (Weight::Dense(w) | Weight::Frozen(w), None, None) => {
