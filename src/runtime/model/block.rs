@@ -52,7 +52,9 @@ impl Block {
         let norm = |n: &str, dim: usize| RmsNorm::load(ws, &format!("{p}.{n}"), dim, cfg, opts);
         let lin = |proj: Proj| {
             let (out_in, bias) = proj.shape(cfg);
-            Linear::load(ws, &format!("{p}.{}", proj.hf()), out_in, bias, opts)
+            let mut lin = Linear::load(ws, &format!("{p}.{}", proj.hf()), out_in, bias, opts)?;
+            lin.pack()?;
+            Ok::<_, crate::Error>(lin)
         };
         let attn = Attention {
             q: lin(Proj::Q)?,

@@ -1,10 +1,13 @@
 //! The layers that hold weights: linear layers (dense, quantized or frozen, with an optional
 //! low-rank path) and RMS norms.
 
+use std::sync::Arc;
+
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
 use super::kernels::{frozen_matmul_t, matmul_t};
+use super::packed::{packed_matmul_t, Packed};
 use super::{Config, LoadOptions};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -33,6 +36,9 @@ pub(super) struct Linear {
     pub(super) w: Weight,
     pub(super) b: Option<Tensor>, // [out]
     pub(super) lora: Option<LoraPath>,
+    /// The dense weight packed for the CPU kernel (`packed.rs`), where it runs; used only while
+    /// `w` is still the tensor packed.
+    pub(super) packed: Option<Arc<Packed>>,
 }
 
 impl Linear {
@@ -61,6 +67,7 @@ impl Linear {
                 w: Weight::Quant(QMatMul::from_qtensor(q)?),
                 b,
                 lora: None,
+                packed: None,
             });
         }
         let w = ws.tensor(&name, &[out_in.0, out_in.1], opts.dtype, &opts.device)?;
@@ -68,6 +75,7 @@ impl Linear {
             w: Weight::Dense(w),
             b,
             lora: None,
+            packed: None,
         })
     }
 
@@ -76,7 +84,19 @@ impl Linear {
             w: Weight::Dense(w),
             b: None,
             lora: None,
+            packed: None,
         }
+    }
+
+    /// Packs a dense weight for the CPU kernel (a no-op where it cannot run: another device or
+    /// dtype, a CPU without AVX-512, a quantized weight). Blocks pack their linears at load; the
+    /// unembedding is not packed (an A/B score reads two of its rows).
+    pub(super) fn pack(&mut self) -> Result<()> {
+        self.packed = match &self.w {
+            Weight::Dense(w) => Packed::new(w)?,
+            _ => None,
+        };
+        Ok(())
     }
 
     /// `[out, in]`.
@@ -95,13 +115,29 @@ impl Linear {
             let delta = (l.b.matmul(&l.a)? * l.scale)?.to_dtype(w.dtype())?; // [out, in]
             self.w = Weight::Dense((w + delta)?);
             self.lora = None;
+            if self.packed.is_some() {
+                self.pack()?;
+            }
         }
         Ok(())
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.w {
-            Weight::Dense(w) => matmul_t(x, w)?,
+            // The packed kernel has no backward: where a gradient can flow (an input or the
+            // weight on autograd's graph), candle's matmul.
+            Weight::Dense(w) => match &self.packed {
+                Some(p)
+                    if p.packs(w)
+                        && !x.track_op()
+                        && !w.track_op()
+                        && x.device().is_cpu()
+                        && x.dtype() == DType::F32 =>
+                {
+                    packed_matmul_t(x, p)?
+                }
+                _ => matmul_t(x, w)?,
+            },
             Weight::Quant(w) => w.forward(x)?,
             Weight::Frozen(w) => frozen_matmul_t(x, w)?,
         }; // [.., out]

@@ -32,6 +32,7 @@ mod layers;
 mod load;
 mod mlp;
 mod names;
+mod packed;
 mod rope;
 mod taps;
 mod unembed;
