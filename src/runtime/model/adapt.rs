@@ -49,15 +49,18 @@ impl Model {
         let mut m = self.clone();
         m.differentiable = differentiable;
         if differentiable {
-            let freeze = |l: &mut Linear| {
-                if let Weight::Dense(w) = &l.w {
-                    l.w = Weight::Frozen(w.clone());
+            let freeze = |l: &mut Linear| -> Result<()> {
+                if let Weight::Dense(_) | Weight::Packed(_) = &l.w {
+                    if let Some(w) = l.dense_weight()? {
+                        l.w = Weight::Frozen(w.to_device(&self.device)?.to_dtype(self.dtype)?);
+                    }
                 }
+                Ok(())
             };
-            freeze(&mut m.unembed);
+            freeze(&mut m.unembed)?;
             for blk in &mut m.blocks {
                 for n in LINEARS {
-                    freeze(blk.linear_mut(n.proj));
+                    freeze(blk.linear_mut(n.proj))?;
                 }
             }
         }

@@ -62,6 +62,7 @@ impl Model {
         let dense = |l: &Linear| -> Result<Tensor> {
             let w = match &l.w {
                 Weight::Dense(w) | Weight::Frozen(w) => w.to_dtype(DType::F32)?,
+                Weight::Packed(p) => p.unpack()?,
                 Weight::Quant(QMatMul::QTensor(q)) => q.dequantize(&m.device)?,
                 Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                     t.to_dtype(DType::F32)?

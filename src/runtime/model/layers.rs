@@ -16,6 +16,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub(super) enum Weight {
     Dense(Tensor), // [out, in]
+    /// A dense f32 weight packed for the CPU kernel (`packed.rs`), the only copy held.
+    Packed(Arc<Packed>),
     Quant(QMatMul),
     /// A dense weight that autograd treats as a constant: its gradient is never computed
     /// (candle's matmul backward computes both operands' gradients).
@@ -36,9 +38,6 @@ pub(super) struct Linear {
     pub(super) w: Weight,
     pub(super) b: Option<Tensor>, // [out]
     pub(super) lora: Option<LoraPath>,
-    /// The dense weight packed for the CPU kernel (`packed.rs`), where it runs; used only while
-    /// `w` is still the tensor packed.
-    pub(super) packed: Option<Arc<Packed>>,
 }
 
 impl Linear {
@@ -67,7 +66,6 @@ impl Linear {
                 w: Weight::Quant(QMatMul::from_qtensor(q)?),
                 b,
                 lora: None,
-                packed: None,
             });
         }
         let w = ws.tensor(&name, &[out_in.0, out_in.1], opts.dtype, &opts.device)?;
@@ -75,7 +73,6 @@ impl Linear {
             w: Weight::Dense(w),
             b,
             lora: None,
-            packed: None,
         })
     }
 
@@ -84,7 +81,6 @@ impl Linear {
             w: Weight::Dense(w),
             b: None,
             lora: None,
-            packed: None,
         }
     }
 
@@ -92,17 +88,29 @@ impl Linear {
     /// dtype, a CPU without AVX-512, a quantized weight). Blocks pack their linears at load; the
     /// unembedding is not packed (an A/B score reads two of its rows).
     pub(super) fn pack(&mut self) -> Result<()> {
-        self.packed = match &self.w {
-            Weight::Dense(w) => Packed::new(w)?,
-            _ => None,
-        };
+        if let Weight::Dense(w) = &self.w {
+            if let Some(p) = Packed::new(w)? {
+                self.w = Weight::Packed(p);
+            }
+        }
         Ok(())
+    }
+
+    /// The weight as a dense `[out, in]` tensor (a packed one unpacked), or `None` when it is
+    /// quantized.
+    pub(super) fn dense_weight(&self) -> Result<Option<Tensor>> {
+        Ok(match &self.w {
+            Weight::Dense(w) | Weight::Frozen(w) => Some(w.clone()),
+            Weight::Packed(p) => Some(p.unpack()?),
+            Weight::Quant(_) => None,
+        })
     }
 
     /// `[out, in]`.
     pub(super) fn out_in(&self) -> Result<(usize, usize)> {
         Ok(match &self.w {
             Weight::Dense(w) | Weight::Frozen(w) => w.dims2()?,
+            Weight::Packed(p) => p.out_in(),
             Weight::Quant(QMatMul::QTensor(q)) => q.shape().dims2()?,
             Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims2()?,
         })
@@ -111,11 +119,16 @@ impl Linear {
     /// Folds a low-rank path into a dense weight, `W + scale * B A` (inference: one matmul per
     /// linear instead of three and two elementwise passes); quantized weights keep the path.
     pub(super) fn merge_lora(&mut self) -> Result<()> {
-        if let (Weight::Dense(w), Some(l)) = (&self.w, &self.lora) {
+        let packed = matches!(self.w, Weight::Packed(_));
+        if let (Weight::Dense(_) | Weight::Packed(_), Some(l)) = (&self.w, &self.lora) {
+            let w = self.dense_weight()?.ok_or_else(|| Error::InvalidArgument {
+                name: "merge_lora".into(),
+                msg: "no dense weight".into(),
+            })?; // [out, in]
             let delta = (l.b.matmul(&l.a)? * l.scale)?.to_dtype(w.dtype())?; // [out, in]
             self.w = Weight::Dense((w + delta)?);
             self.lora = None;
-            if self.packed.is_some() {
+            if packed {
                 self.pack()?;
             }
         }
@@ -124,20 +137,16 @@ impl Linear {
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.w {
-            // The packed kernel has no backward: where a gradient can flow (an input or the
-            // weight on autograd's graph), candle's matmul.
-            Weight::Dense(w) => match &self.packed {
-                Some(p)
-                    if p.packs(w)
-                        && !x.track_op()
-                        && !w.track_op()
-                        && x.device().is_cpu()
-                        && x.dtype() == DType::F32 =>
-                {
+            Weight::Dense(w) => matmul_t(x, w)?,
+            // The packed kernel has no backward: where a gradient can flow (the input is on
+            // autograd's graph), candle's matmul on the weight unpacked.
+            Weight::Packed(p) => {
+                if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
                     packed_matmul_t(x, p)?
+                } else {
+                    matmul_t(x, &p.unpack()?.to_device(x.device())?.to_dtype(x.dtype())?)?
                 }
-                _ => matmul_t(x, w)?,
-            },
+            }
             Weight::Quant(w) => w.forward(x)?,
             Weight::Frozen(w) => frozen_matmul_t(x, w)?,
         }; // [.., out]

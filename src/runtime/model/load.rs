@@ -106,7 +106,6 @@ impl Model {
                     w: Weight::Quant(QMatMul::from_qtensor(ws.qtensor(embed_name, dev)?)?),
                     b: None,
                     lora: None,
-                    packed: None,
                 }
             } else {
                 Linear::dense(embed.clone())

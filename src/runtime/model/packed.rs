@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, Layout, Shape, Tensor, TensorId};
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
 use crate::Result;
 
@@ -32,8 +32,6 @@ pub(crate) struct Packed {
     out: usize,
     inner: usize,
     panels: Vec<f32>,
-    /// The tensor packed: a layer whose weight was replaced since falls back to candle.
-    src: TensorId,
 }
 
 /// True when this CPU runs the packed kernel.
@@ -66,17 +64,26 @@ impl Packed {
                 panel[kk * NR + c] = x;
             }
         }
-        Ok(Some(Arc::new(Packed {
-            out,
-            inner,
-            panels,
-            src: w.id(),
-        })))
+        Ok(Some(Arc::new(Packed { out, inner, panels })))
     }
 
-    /// True when `w` is the tensor this was packed from.
-    pub(crate) fn packs(&self, w: &Tensor) -> bool {
-        self.src == w.id()
+    /// `(out, in)`.
+    pub(crate) fn out_in(&self) -> (usize, usize) {
+        (self.out, self.inner)
+    }
+
+    /// The weight back as a CPU f32 tensor `[out, in]`, equal to the one packed.
+    pub(crate) fn unpack(&self) -> Result<Tensor> {
+        let (n, k) = (self.out, self.inner);
+        let mut w = vec![0f32; n * k];
+        for (o, row) in w.chunks_exact_mut(k.max(1)).enumerate().take(n) {
+            let (p, c) = (o / NR, o % NR);
+            let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
+            for (kk, x) in row.iter_mut().enumerate() {
+                *x = panel[kk * NR + c];
+            }
+        }
+        Ok(Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu)?)
     }
 
     /// `x [rows, in]` (row-major) times the weight's transpose into `y [rows, out]`.
@@ -301,7 +308,13 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let p = Packed::new(&w).unwrap().unwrap();
-            assert!(p.packs(&w));
+            assert_eq!(p.out_in(), (n, k));
+            let back = p.unpack().unwrap();
+            assert_eq!(
+                back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "unpacking gives the weight back"
+            );
             let got = packed_matmul_t(&x, &p).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
             assert_eq!(got.dims(), want.dims());
@@ -320,9 +333,11 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            // f32 sums of k products in another order: a few ulps of the largest partial sum.
+            println!("{rows}x{k}x{n}: max abs diff {diff:e}, largest output {scale}");
+            // f32 sums of k products in another order. Measured 2026-12-07: at most 5.6e-7 of
+            // the largest output (5.5e-5 on outputs up to 98, 257 x 640 x 96).
             assert!(
-                diff <= 1e-5 * scale.max(1.0) * (k as f32).sqrt(),
+                diff <= 2e-6 * scale.max(1.0),
                 "{rows}x{k}x{n}: {diff} (largest {scale})"
             );
         }
