@@ -17,8 +17,9 @@
 //! and RMS norm; `attention.rs`, `mlp.rs`, `rope.rs`, joined per layer in `block.rs`) from a
 //! checkpoint whose linear names come from one table (`names.rs`); `forward.rs` runs them, every
 //! hook firing through one function (`taps.rs`), with `kv.rs` for generation and `unembed.rs`
-//! for the logits; `adapt.rs` adds LoRA paths, `export.rs` writes a checkpoint back, and
-//! `kernels.rs` holds the CPU and plain-op kernels.
+//! for the logits; `adapt.rs` adds LoRA paths, `export.rs` writes a checkpoint back,
+//! `kernels.rs` holds the CPU and plain-op kernels, and `packed.rs` the dense layers' CPU matmul
+//! over weights packed once at load.
 
 mod adapt;
 mod attention;
