@@ -31,12 +31,12 @@ use clap::Parser;
 use puppetlens::data::{self, ab_prompt, ab_text_prompt, text_prompt, AbItem, PromptFormat, Split};
 use puppetlens::diff::{AbSplits, DiffOptions};
 use puppetlens::eval::AbCase;
-use puppetlens::extract::{extract, ExtractOptions, Site};
+use puppetlens::extract::{extract, extract_pairs, Activations, ExtractOptions, Site};
 use puppetlens::patch::{self, patching, PatchOptions, Patching};
 use puppetlens::plot::{LineChart, Series};
 use puppetlens::probe::{sweep, ProbeOptions};
 use puppetlens::report::{pair_reports, write_figures, PairOptions, PairReport};
-use puppetlens::{HookPoint, LoadOptions, Model, Tokenizer};
+use puppetlens::{LoadOptions, Model, Tokenizer};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -125,38 +125,50 @@ struct ProbeSet {
     best_layer: usize,
 }
 
-fn probe_set(
-    model: &Model,
-    name: &str,
-    prompts: [&[Vec<u32>]; 3],
-    labels: [&[bool]; 3],
-    t0: &Instant,
-) -> Result<ProbeSet> {
-    stage(
-        t0,
-        &format!("single model: {name} ({} train prompts)", prompts[0].len()),
-    );
+/// The prompts of one split: labelled one by one, or as pairs (positives, negatives) that
+/// share their beginning (run once by `extract_pairs`).
+enum Prompts {
+    Labelled(Vec<Vec<u32>>, Vec<bool>),
+    Pairs(Vec<Vec<u32>>, Vec<Vec<u32>>),
+}
+
+/// Last-token `hook_resid_post` per layer (`[n, d_model]` each) and the labels of one split.
+fn split_acts(model: &Model, prompts: &Prompts) -> Result<(Vec<Tensor>, Vec<bool>)> {
     let opts = ExtractOptions {
         progress: true,
         ..ExtractOptions::resid_post(model, Site::Last)
     };
-    let n_layers = model.config().n_layers;
-    let xs = |p: &[Vec<u32>]| -> Result<Vec<Tensor>> {
-        let a = extract(model, p, &opts)?;
-        Ok((0..n_layers)
-            .map(|l| a.require(HookPoint::ResidPost(l)).cloned())
-            .collect::<puppetlens::Result<_>>()?)
+    let layers =
+        |a: &Activations| -> Result<Vec<Tensor>> { Ok(a.layers(model.config().n_layers)?) };
+    Ok(match prompts {
+        Prompts::Labelled(p, y) => (layers(&extract(model, p, &opts)?)?, y.clone()),
+        Prompts::Pairs(pos, neg) => {
+            let (a, b) = extract_pairs(model, pos, neg, &opts)?;
+            let xs = layers(&a)?
+                .iter()
+                .zip(layers(&b)?)
+                .map(|(a, b)| Tensor::cat(&[a, &b], 0))
+                .collect::<candle_core::Result<_>>()?;
+            let y = (0..pos.len())
+                .map(|_| true)
+                .chain((0..neg.len()).map(|_| false));
+            (xs, y.collect())
+        }
+    })
+}
+
+fn probe_set(model: &Model, name: &str, splits: [Prompts; 3], t0: &Instant) -> Result<ProbeSet> {
+    let n_train = match &splits[0] {
+        Prompts::Labelled(p, _) => p.len(),
+        Prompts::Pairs(p, n) => p.len() + n.len(),
     };
-    let (tr, va, te) = (xs(prompts[0])?, xs(prompts[1])?, xs(prompts[2])?);
-    let rep = sweep(
-        &tr,
-        labels[0],
-        &va,
-        labels[1],
-        &te,
-        labels[2],
-        &ProbeOptions::default(),
-    )?;
+    stage(
+        t0,
+        &format!("single model: {name} ({n_train} train prompts)"),
+    );
+    let [tr, va, te] = splits.map(|s| split_acts(model, &s));
+    let ((tr, ytr), (va, yva), (te, yte)) = (tr?, va?, te?);
+    let rep = sweep(&tr, &ytr, &va, &yva, &te, &yte, &ProbeOptions::default())?;
     let best_layer = rep
         .iter()
         .max_by(|a, b| a.val.accuracy.total_cmp(&b.val.accuracy))
@@ -183,27 +195,21 @@ fn single_model(
 
     // Truth: true vs false statements, plain text, last token.
     let tf = data::load_with_split("probes/true_false.csv", data::load_labeled_csv)?;
-    let enc = |v: &[data::Labeled]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+    let enc = |v: &[data::Labeled]| -> Result<Prompts> {
         let v: Vec<&data::Labeled> = v.iter().take(cap).collect();
-        Ok((
+        Ok(Prompts::Labelled(
             v.iter()
                 .map(|l| text_prompt(&tok, &l.text, &plain))
                 .collect::<puppetlens::Result<_>>()?,
             v.iter().map(|l| l.label).collect(),
         ))
     };
-    let (a, b, c) = (enc(&tf.train)?, enc(&tf.val)?, enc(&tf.test)?);
-    sets.push(probe_set(
-        &model,
-        "truth (true_false.csv)",
-        [&a.0, &b.0, &c.0],
-        [&a.1, &b.1, &c.1],
-        t0,
-    )?);
+    let splits = [enc(&tf.train)?, enc(&tf.val)?, enc(&tf.test)?];
+    sets.push(probe_set(&model, "truth (true_false.csv)", splits, t0)?);
 
     // Persona: the assistant speaking as itself vs the same content in another voice.
     let pp = data::load_with_split("probes/persona_stage_actor.jsonl", data::load_pairs_jsonl)?;
-    let enc = |v: &[data::Pair]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+    let enc = |v: &[data::Pair]| -> Result<Prompts> {
         let v: Vec<&data::Pair> = v.iter().take(cap / 2).collect();
         let mut ids = Vec::new();
         let mut y = Vec::new();
@@ -213,36 +219,21 @@ fn single_model(
             ids.push(text_prompt(&tok, &p.negative, &plain)?);
             y.push(false);
         }
-        Ok((ids, y))
+        Ok(Prompts::Labelled(ids, y))
     };
-    let (a, b, c) = (enc(&pp.train)?, enc(&pp.val)?, enc(&pp.test)?);
-    sets.push(probe_set(
-        &model,
-        "assistant persona (persona_stage_actor.jsonl)",
-        [&a.0, &b.0, &c.0],
-        [&a.1, &b.1, &c.1],
-        t0,
-    )?);
+    let splits = [enc(&pp.train)?, enc(&pp.val)?, enc(&pp.test)?];
+    let name = "assistant persona (persona_stage_actor.jsonl)";
+    sets.push(probe_set(&model, name, splits, t0)?);
 
     // Sycophancy: CAA prompts with the matching vs the other letter appended, chat format.
     let items = load_items(Path::new("probes/sycophancy_ab.jsonl"))?;
-    let enc = |v: &[AbItem]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
-        let cs = cases(&tok, v, cap / 2, false)?;
-        let (p, n) = puppetlens::diff::caa_prompts(&cs);
-        let y = (0..p.len())
-            .map(|_| true)
-            .chain((0..n.len()).map(|_| false))
-            .collect();
-        Ok((p.into_iter().chain(n).collect(), y))
+    let enc = |v: &[AbItem]| -> Result<Prompts> {
+        let (p, n) = puppetlens::diff::caa_prompts(&cases(&tok, v, cap / 2, false)?);
+        Ok(Prompts::Pairs(p, n))
     };
-    let (a, b, c) = (enc(&items.train)?, enc(&items.val)?, enc(&items.test)?);
-    sets.push(probe_set(
-        &model,
-        "sycophancy answer (sycophancy_ab.jsonl)",
-        [&a.0, &b.0, &c.0],
-        [&a.1, &b.1, &c.1],
-        t0,
-    )?);
+    let splits = [enc(&items.train)?, enc(&items.val)?, enc(&items.test)?];
+    let name = "sycophancy answer (sycophancy_ab.jsonl)";
+    sets.push(probe_set(&model, name, splits, t0)?);
     Ok((spec.to_string(), sets))
 }
 

@@ -27,7 +27,10 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::eval::{ab_summary, add_sweep, summarize, AbCase, Intervention};
+use crate::eval::{
+    ab_summary, add_sweep, answer_ids, check_cases, score_rows, summarize, AbCase, AbScore,
+    Intervention,
+};
 use crate::extract::{extract, Activations, ExtractOptions, Site};
 use crate::hook::HookPoint;
 use crate::model::Model;
@@ -342,19 +345,47 @@ pub fn caa_prompts(cases: &[AbCase]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     )
 }
 
-/// Last-token residuals of every layer for the CAA prompts of `cases`: (positives, negatives).
+/// Last-token residuals of every layer for the CAA prompts of `cases` (positives, negatives)
+/// and the items' unsteered A/B scores: each question runs once into a KV cache, its two
+/// answer letters as one-token cached steps on it, and the scores come from the question's own
+/// last position ([`crate::extract::extract_endings`]).
 fn caa_acts(
     model: &Model,
     cases: &[AbCase],
     batch_size: usize,
-) -> Result<(Activations, Activations)> {
-    let (pos, neg) = caa_prompts(cases);
+) -> Result<(Activations, Activations, Vec<AbScore>)> {
+    check_cases(model, cases)?;
     let opts = ExtractOptions {
         batch_size,
         progress: false,
         ..ExtractOptions::resid_post(model, Site::Last)
     };
-    Ok((extract(model, &pos, &opts)?, extract(model, &neg, &opts)?))
+    let prefixes: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
+    let letters: Vec<[u32; 2]> = cases.iter().map(|c| [c.matching, c.not_matching]).collect();
+    let endings: Vec<Vec<&[u32]>> = (0..2)
+        .map(|j| letters.iter().map(|l| &l[j..j + 1]).collect())
+        .collect();
+    let all: Vec<usize> = (0..cases.len()).collect();
+    let answers = answer_ids(cases, &all);
+    let mut scores = vec![AbScore::NAN; cases.len()];
+    let mut progress = crate::util::Progress::new("extract", cases.len(), false);
+    let mut sets = crate::extract::extract_split(
+        model,
+        &prefixes,
+        &endings,
+        &opts,
+        Some(&answers),
+        |logits, idx| score_rows(logits, idx, &mut scores),
+        &mut progress,
+    )?;
+    let neg = sets.pop();
+    match (sets.pop(), neg) {
+        (Some(pos), Some(neg)) => Ok((pos, neg, scores)),
+        _ => Err(Error::InvalidArgument {
+            name: "CAA activations".into(),
+            msg: "extraction returned no sets".into(),
+        }),
+    }
 }
 
 /// Stacks positives and negatives per layer with labels (true = matching).
@@ -447,11 +478,12 @@ pub fn localise_many(
     let say = |m: &str| say(opts, m);
     let bs = opts.batch_size;
     say("base model: CAA activations (train, val, test), probes, unsteered behaviour");
-    let acts = [
+    let (tr, va, (te_pos, te_neg, scores)) = (
         caa_acts(base, &data.train, bs)?,
         caa_acts(base, &data.val, bs)?,
         caa_acts(base, &data.test, bs)?,
-    ];
+    );
+    let acts = [(tr.0, tr.1), (va.0, va.1), (te_pos, te_neg)];
     let (xb_tr, y_tr) = labelled(&acts[0].0, &acts[0].1, n_layers)?;
     let (xb_va, y_va) = labelled(&acts[1].0, &acts[1].1, n_layers)?;
     let (xb_te, y_te) = labelled(&acts[2].0, &acts[2].1, n_layers)?;
@@ -461,7 +493,7 @@ pub fn localise_many(
         acts,
         probe,
         fits,
-        p_base: ab_summary(base, &data.test, &Intervention::None, bs)?.mean_p,
+        p_base: summarize(&scores).mean_p,
     };
     let neutral_norms: Vec<Option<BTreeMap<usize, f64>>> = if neutral.is_empty() {
         vec![None; tuned.len()]
@@ -512,11 +544,11 @@ fn localise_one(
     let bs = opts.batch_size;
     say("tuned model: CAA activations (train, val, test)");
     let [b_tr, _, b_te] = &side.acts;
-    let [t_tr, t_va, t_te] = [
+    let (t_tr, t_va, t_te) = (
         caa_acts(tuned, &data.train, bs)?,
         caa_acts(tuned, &data.val, bs)?,
         caa_acts(tuned, &data.test, bs)?,
-    ];
+    );
 
     let behaviour =
         SteeringVector::mean_diff(&t_tr.0, &t_tr.1, n_layers)?.with_meta("model", "tuned");
@@ -548,7 +580,7 @@ fn localise_one(
 
     say("behaviour under steering and ablation");
     let p_base = side.p_base;
-    let p_tuned = ab_summary(tuned, &data.test, &Intervention::None, bs)?.mean_p;
+    let p_tuned = summarize(&t_te.2).mean_p;
     let gap = p_tuned - p_base;
     // A zero difference has nothing to add and no direction to ablate.
     let swept: Vec<usize> = layers.iter().copied().filter(|l| norms[l] > 0.0).collect();
@@ -631,6 +663,6 @@ fn localise_one(
         meta: BTreeMap::new(),
         diff_vector: Some(diff),
         behaviour_vector: Some(behaviour),
-        test_acts: Some(Box::new([b_te.clone(), t_te])),
+        test_acts: Some(Box::new([b_te.clone(), (t_te.0, t_te.1)])),
     })
 }

@@ -29,7 +29,7 @@ pub(crate) use crate::cache::write_safetensors;
 use crate::cache::ActivationCache;
 use crate::data::{Dataset, PromptOptions, Prompter, Records, SplitPart};
 use crate::hook::{Hook, HookCtx, HookPoint, Hooks};
-use crate::model::Model;
+use crate::model::{KvCache, Model, Output};
 use crate::tokenize::Tokenizer;
 use crate::util::{atomic_write_bytes, Progress};
 use crate::{Error, Result};
@@ -106,7 +106,19 @@ struct SiteRecorder<'a> {
 
 impl Hook for SiteRecorder<'_> {
     fn call(&mut self, x: &Tensor, ctx: &HookCtx) -> Result<Option<Tensor>> {
-        let (b, _s, _d) = x.dims3()?;
+        let (b, s, _d) = x.dims3()?;
+        if *self.site == Site::Last {
+            // Left padding puts every row's last token in the last column (also in a KV-cached
+            // step, whose columns are the rows' newest tokens).
+            let t = x
+                .narrow(1, s - 1, 1)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .contiguous()?; // [b, d_model]
+            self.out.insert(ctx.point, t);
+            return Ok(None);
+        }
         let mut rows = Vec::with_capacity(b);
         for i in 0..b {
             let pad = ctx.pads[i];
@@ -256,6 +268,244 @@ fn extract_ordered(
         inverse[i] = r;
     }
     sorted.select(&inverse)
+}
+
+/// [`extract`] of prompts that share their beginning, each beginning run once: prompt `i` of
+/// set `j` is `prefixes[i]` followed by `endings[j][i]` (e.g. CAA's two sets, a question
+/// followed by its matching and by its other answer letter). Returns one [`Activations`] per set,
+/// what [`extract`] gives on those joined prompts: with [`Site::Last`] each batch of prefixes runs
+/// once with a KV cache and every set's endings run as KV-cached steps on it, so a prompt shared
+/// by `k` endings costs one forward instead of `k` (measured in BENCHMARKS.md). Other sites, an
+/// empty prefix or an empty ending run the joined prompts whole.
+///
+/// ```no_run
+/// use puppetlens::extract::{extract_endings, ExtractOptions, Site};
+/// use puppetlens::{HookPoint, LoadOptions, Model};
+/// let model = Model::load("model.gguf", &LoadOptions::default())?;
+/// let questions = vec![vec![1u32, 2, 3], vec![4u32, 5]];
+/// let endings = vec![vec![vec![6u32], vec![6]], vec![vec![7u32], vec![7]]];
+/// let opts = ExtractOptions::resid_post(&model, Site::Last);
+/// let sets = extract_endings(&model, &questions, &endings, &opts)?;
+/// let with_6 = sets[0].require(HookPoint::ResidPost(3))?; // [2, d_model] f32: [1,2,3,6], [4,5,6]
+/// # Ok::<(), puppetlens::Error>(())
+/// ```
+pub fn extract_endings(
+    model: &Model,
+    prefixes: &[Vec<u32>],
+    endings: &[Vec<Vec<u32>>],
+    opts: &ExtractOptions,
+) -> Result<Vec<Activations>> {
+    let pre: Vec<&[u32]> = prefixes.iter().map(|p| p.as_slice()).collect();
+    let ends: Vec<Vec<&[u32]>> = endings
+        .iter()
+        .map(|set| set.iter().map(|e| e.as_slice()).collect())
+        .collect();
+    let mut progress = Progress::new("extract", prefixes.len(), opts.progress);
+    let acts = extract_split(model, &pre, &ends, opts, None, |_, _| Ok(()), &mut progress)?;
+    progress.finish();
+    Ok(acts)
+}
+
+/// [`extract`] of paired prompts (a contrast set's positives and negatives, same count): what
+/// `extract` gives on `pos` and on `neg`. A pair whose prompts share at least half of the shorter
+/// one as a common beginning (CAA prompts share all but their answer letter) runs that beginning
+/// once ([`extract_endings`]); the other pairs run whole.
+pub fn extract_pairs(
+    model: &Model,
+    pos: &[Vec<u32>],
+    neg: &[Vec<u32>],
+    opts: &ExtractOptions,
+) -> Result<(Activations, Activations)> {
+    if pos.len() != neg.len() {
+        return Err(Error::Shape {
+            what: "paired prompts".into(),
+            expected: format!("as many negatives as positives ({})", pos.len()),
+            got: format!("{} negatives", neg.len()),
+        });
+    }
+    check_opts(model, pos, opts)?;
+    // Each sharing pair splits after its common prefix, leaving both endings a token at least.
+    let cut: Vec<usize> = pos
+        .iter()
+        .zip(neg)
+        .map(|(p, n)| {
+            let shorter = p.len().min(n.len());
+            let common = p.iter().zip(n).take_while(|(a, b)| a == b).count();
+            let c = common.min(shorter.saturating_sub(1));
+            if opts.site == Site::Last && c > 0 && 2 * c >= shorter {
+                c
+            } else {
+                0
+            }
+        })
+        .collect();
+    let (shared, whole): (Vec<usize>, Vec<usize>) = (0..pos.len()).partition(|&i| cut[i] > 0);
+    let steps = shared.len() + 2 * whole.len();
+    let mut progress = Progress::new("extract", steps, opts.progress);
+    let (mut p, mut n) = (Activations::default(), Activations::default());
+    if !shared.is_empty() {
+        let pre: Vec<&[u32]> = shared.iter().map(|&i| &pos[i][..cut[i]]).collect();
+        let ends = vec![
+            shared.iter().map(|&i| &pos[i][cut[i]..]).collect(),
+            shared.iter().map(|&i| &neg[i][cut[i]..]).collect(),
+        ];
+        let mut sets = extract_split(model, &pre, &ends, opts, None, |_, _| Ok(()), &mut progress)?;
+        if let (Some(sn), Some(sp)) = (sets.pop(), sets.pop()) {
+            p.append(sp)?;
+            n.append(sn)?;
+        }
+    }
+    if !whole.is_empty() {
+        let pick =
+            |v: &[Vec<u32>]| -> Vec<Vec<u32>> { whole.iter().map(|&i| v[i].clone()).collect() };
+        p.append(extract_ordered(model, &pick(pos), opts, &mut progress)?)?;
+        n.append(extract_ordered(model, &pick(neg), opts, &mut progress)?)?;
+    }
+    progress.finish();
+    // Row r holds pair order[r]; put pair i back at row i.
+    let order: Vec<usize> = shared.into_iter().chain(whole).collect();
+    let mut inverse = vec![0usize; order.len()];
+    for (r, &i) in order.iter().enumerate() {
+        inverse[i] = r;
+    }
+    Ok((p.select(&inverse)?, n.select(&inverse)?))
+}
+
+/// The shared work of [`extract_endings`]: batches of prefixes (grouped by their endings'
+/// lengths, then by length), each prefilled once into a KV cache whose endings run as cached
+/// steps. With `answers` (per item, ids to score at its prefix's last position), the prefill's
+/// logits of those ids (`[rows, k]`) go to `scored` with the batch's item indices.
+pub(crate) fn extract_split(
+    model: &Model,
+    prefixes: &[&[u32]],
+    endings: &[Vec<&[u32]>],
+    opts: &ExtractOptions,
+    answers: Option<&[Vec<u32>]>,
+    mut scored: impl FnMut(&Tensor, &[usize]) -> Result<()>,
+    progress: &mut Progress,
+) -> Result<Vec<Activations>> {
+    let n = prefixes.len();
+    let joined = |j: usize, i: usize| -> Vec<u32> {
+        let mut v = prefixes[i].to_vec();
+        v.extend_from_slice(endings[j][i]);
+        v
+    };
+    if endings.is_empty() {
+        return Err(Error::InvalidArgument {
+            name: "endings".into(),
+            msg: "no sets of endings to extract".into(),
+        });
+    }
+    for (j, set) in endings.iter().enumerate() {
+        if set.len() != n {
+            return Err(Error::Shape {
+                what: format!("endings set {j}"),
+                expected: format!("one ending per prefix ({n})"),
+                got: format!("{} endings", set.len()),
+            });
+        }
+    }
+    if let Some(a) = answers {
+        if let Some(i) = prefixes.iter().position(|p| p.is_empty()) {
+            return Err(Error::InvalidArgument {
+                name: format!("prefix {i}"),
+                msg: "empty: it has no last position to score".into(),
+            });
+        }
+        if a.len() != n {
+            return Err(Error::Shape {
+                what: "answer ids".into(),
+                expected: format!("one row per prefix ({n})"),
+                got: format!("{} rows", a.len()),
+            });
+        }
+    }
+    check_opts(
+        model,
+        &(0..n).map(|i| joined(0, i)).collect::<Vec<_>>(),
+        opts,
+    )?;
+    // Items whose endings have the same lengths in every set can share cached steps.
+    let mut groups: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+    for i in 0..n {
+        let key: Vec<usize> = endings.iter().map(|set| set[i].len()).collect();
+        groups.entry(key).or_default().push(i);
+    }
+    let mut sorted = vec![Activations::default(); endings.len()];
+    let mut order = Vec::with_capacity(n);
+    for (key, members) in groups {
+        let lens: Vec<usize> = members.iter().map(|&i| prefixes[i].len()).collect();
+        for part in crate::util::length_batches(&lens, opts.batch_size) {
+            let idx: Vec<usize> = part.iter().map(|&k| members[k]).collect();
+            let shared = idx.iter().all(|&i| !prefixes[i].is_empty());
+            let cached = shared && opts.site == Site::Last && key.iter().all(|&e| e > 0);
+            let kv = if cached || (shared && answers.is_some()) {
+                let rows: Vec<&[u32]> = idx.iter().map(|&i| prefixes[i]).collect();
+                let batch = Batch::new(&rows)?;
+                let mut kv = KvCache::new(model.config().n_layers, batch.pads().to_vec());
+                match answers {
+                    Some(a) => {
+                        let ids: Vec<Vec<u32>> = idx.iter().map(|&i| a[i].clone()).collect();
+                        let logits = model.last_token_logits(
+                            &batch,
+                            &mut Hooks::new(),
+                            None,
+                            Some(&mut kv),
+                            &ids,
+                        )?; // [rows, k]
+                        scored(&logits, &idx)?;
+                    }
+                    None => {
+                        model.run(&batch, Some(&mut kv), &mut Hooks::new(), Output::LastHidden)?;
+                    }
+                }
+                Some(kv)
+            } else {
+                None
+            };
+            for (j, set) in endings.iter().enumerate() {
+                let acts = match (&kv, cached) {
+                    (Some(kv), true) => {
+                        let rows: Vec<&[u32]> = idx.iter().map(|&i| set[i]).collect();
+                        let batch = Batch::new(&rows)?; // one length: no padding
+                        let mut rec = SiteRecorder {
+                            site: &opts.site,
+                            lens: batch.lengths(),
+                            out: BTreeMap::new(),
+                        };
+                        {
+                            let points = opts.points.clone();
+                            let mut hooks = Hooks::new();
+                            hooks.add_where(move |p| points.contains(&p), &mut rec);
+                            model.run(
+                                &batch,
+                                Some(&mut kv.clone()),
+                                &mut hooks,
+                                Output::HooksOnly,
+                            )?;
+                        }
+                        for (p, t) in &rec.out {
+                            check_finite(t, *p)?;
+                        }
+                        Activations::from_map(rec.out)
+                    }
+                    _ => {
+                        let rows: Vec<Vec<u32>> = idx.iter().map(|&i| joined(j, i)).collect();
+                        extract_batch(model, &rows, opts)?
+                    }
+                };
+                sorted[j].append(acts)?;
+            }
+            progress.advance(idx.len());
+            order.extend(idx);
+        }
+    }
+    // Row r of each set is item order[r]; put item i back at row i.
+    let mut inverse = vec![0usize; n];
+    for (r, &i) in order.iter().enumerate() {
+        inverse[i] = r;
+    }
+    sorted.iter().map(|a| a.select(&inverse)).collect()
 }
 
 /// Provenance stored with an activation store.

@@ -31,7 +31,9 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::data::{Dataset, PromptOptions, Prompter};
-use crate::extract::{extract, write_safetensors, Activations, ExtractOptions, Site};
+use crate::extract::{
+    extract, extract_pairs, write_safetensors, Activations, ExtractOptions, Site,
+};
 use crate::hook::{AddVector, HookPoint, Hooks, Positions, ProjectOut};
 use crate::model::Model;
 use crate::tokenize::Tokenizer;
@@ -589,8 +591,12 @@ pub fn train_vector(
         progress: opts.progress,
         ..ExtractOptions::resid_post(model, Site::Last)
     };
-    let p = extract(model, &pos, &eopts)?;
-    let n = extract(model, &neg, &eopts)?;
+    // Pairs sharing their beginning (CAA prompts) run it once; unpaired sides run apart.
+    let (p, n) = if pos.len() == neg.len() {
+        extract_pairs(model, &pos, &neg, &eopts)?
+    } else {
+        (extract(model, &pos, &eopts)?, extract(model, &neg, &eopts)?)
+    };
     let vector = match opts.method {
         VectorMethod::MeanDiff => SteeringVector::mean_diff(&p, &n, n_layers)?,
         VectorMethod::PcaDiff => SteeringVector::pca_diff(&p, &n, n_layers)?,

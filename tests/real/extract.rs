@@ -226,3 +226,82 @@ fn store_reads_straight_into_ndarray() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Paired prompts that share their beginning (CAA prompts: a chat-formatted question followed by
+/// each answer letter) give what whole extraction gives when the question runs once and the
+/// letters run as KV-cached steps on it, on both checkpoints; pairs that share nothing run whole,
+/// and [`extract_endings`] with a site other than the last token falls back to whole prompts.
+#[test]
+fn shared_prefixes_run_once_and_equal_whole_extraction() {
+    use puppetlens::data::{
+        ab_prompt, ab_text_prompt, load_ab_json, load_with_split, PromptFormat,
+    };
+    use puppetlens::extract::{extract_endings, extract_pairs};
+    for (name, (model, tok)) in [("smollm2", common::smollm()), ("gemma3", common::gemma())] {
+        let mut tok = tok.clone();
+        if name == "gemma3" {
+            // The GGUF has no chat template: the project supplies Gemma's.
+            tok.set_chat_template(Some(puppetlens::tokenize::GEMMA3_CHAT_TEMPLATE.into()));
+        }
+        let tok = &tok;
+        let items = load_with_split("probes/sycophancy_ab.jsonl", load_ab_json)
+            .unwrap()
+            .test;
+        let fmt = PromptFormat::Chat { system: None };
+        let cases: Vec<_> = items[..9]
+            .iter()
+            .map(|it| {
+                // Gemma 3 270m cannot bind letters to choices: its items use the text answers.
+                let p = if name == "gemma3" {
+                    ab_text_prompt(tok, it, &fmt)
+                } else {
+                    ab_prompt(tok, it, &fmt)
+                };
+                puppetlens::eval::AbCase::from(p.unwrap())
+            })
+            .collect();
+        let (mut pos, mut neg) = puppetlens::diff::caa_prompts(&cases);
+        // One pair that shares nothing: runs whole.
+        pos.push(tok.encode("Cats are mammals.").unwrap());
+        neg.push(tok.encode("Two plus two is four.").unwrap());
+        let opts = ExtractOptions {
+            batch_size: 4,
+            progress: false,
+            ..ExtractOptions::resid_post(model, Site::Last)
+        };
+        let (p, n) = extract_pairs(model, &pos, &neg, &opts).unwrap();
+        let (wp, wn) = (
+            extract(model, &pos, &opts).unwrap(),
+            extract(model, &neg, &opts).unwrap(),
+        );
+        let mut worst = 0f32;
+        for (a, b) in [(&p, &wp), (&n, &wn)] {
+            assert_eq!(a.len(), pos.len());
+            for (pt, t) in b.iter() {
+                let rel = max_abs_diff(a.require(pt).unwrap(), t) / common::max_abs(t);
+                worst = worst.max(rel);
+            }
+        }
+        println!("{name}: shared-prefix vs whole extraction, max abs diff / max abs {worst:.2e}");
+        assert!(worst <= 1e-5, "{name}: {worst}");
+        // Other sites run the joined prompts whole: equal to whole extraction bit for bit.
+        let prefixes: Vec<Vec<u32>> = cases.iter().map(|c| c.ids.clone()).collect();
+        let endings = vec![cases.iter().map(|c| vec![c.matching]).collect::<Vec<_>>()];
+        let mean = ExtractOptions {
+            site: Site::Mean {
+                start: 1,
+                end: None,
+            },
+            ..opts.clone()
+        };
+        let sets = extract_endings(model, &prefixes, &endings, &mean).unwrap();
+        let whole = extract(model, &pos[..cases.len()], &mean).unwrap();
+        for (pt, t) in whole.iter() {
+            assert_eq!(max_abs_diff(sets[0].require(pt).unwrap(), t), 0.0);
+        }
+        // A set with the wrong number of endings is refused, naming it.
+        let short = vec![endings[0][1..].to_vec()];
+        let err = extract_endings(model, &prefixes, &short, &opts).unwrap_err();
+        assert!(err.to_string().contains("endings set 0"), "{err}");
+    }
+}
