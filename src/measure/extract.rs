@@ -7,6 +7,9 @@
 //! each header and in `store.json`), so memory does not grow with the dataset; an interrupted run
 //! resumes from the last complete shard. Shards open in Python with `safetensors.safe_open`.
 //! [`extract_dataset`] is the one call from a dataset file to such a store, with each row's label.
+//! [`extract_pairs`] and [`extract_endings`] take prompts that share their beginning (a contrast
+//! pair's question followed by each answer letter): the beginning runs once into a KV cache and
+//! the endings run as cached steps on it, giving what [`extract`] gives on the joined prompts.
 //!
 //! ```no_run
 //! use puppetlens::extract::{extract, ExtractOptions, Site};

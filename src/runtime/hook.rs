@@ -941,6 +941,7 @@ impl Hook for Knockout {
             None => (0..h).collect(),
         };
         let mut cut = vec![0f32; b * h * s * t];
+        let mut any = false;
         for row in 0..b {
             let pad = ctx.pads[row];
             for j in 0..s {
@@ -957,9 +958,13 @@ impl Hook for Knockout {
                     }
                     for &hh in &heads {
                         cut[((row * h + hh) * s + j) * t + col] = f32::NEG_INFINITY;
+                        any = true;
                     }
                 }
             }
+        }
+        if !any {
+            return Ok(None); // nothing to cut: the scores go on unchanged
         }
         let cut = Tensor::from_vec(cut, (b, h, s, t), x.device())?.to_dtype(x.dtype())?; // [b, h, pos, keys]
         Ok(Some((x + cut)?))

@@ -1,9 +1,9 @@
 //! Grouped-query attention with rotary positions, optional q/k norms and a KV cache; its hook
 //! points (`attn.hook_q` ... `attn.hook_result`) fire through `Taps`.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
-use super::kernels::{rope_differentiable, rope_i_differentiable};
+use super::kernels::{rope_differentiable, rope_i_differentiable, CausalAttn};
 use super::layers::{Linear, RmsNorm};
 use super::rope::Rope;
 use super::taps::{Flow, Taps};
@@ -113,24 +113,70 @@ impl Attention {
             }
             None => (k, v),
         }; // [b, kvh, t, hd] x2
-        let t = k.dim(2)?;
-        let rep = h / kvh;
-        // Grouped-query attention without copying keys: fold each kv head's query heads into rows.
-        let q = (q * self.scale)?.reshape((b, kvh, rep * sq, hd))?; // [b, kvh, rep*sq, hd]
-        let att = q.matmul(&k.t()?)?.reshape((b, h, sq, t))?; // [b, h, sq, t]
-        let att = match mask {
-            Some(m) => att.broadcast_add(&m.narrow(2, s - sq, sq)?)?,
-            None => att,
-        }; // [b, h, sq, t]
-        let att = taps.fire(HookPoint::AttnScores(l), att)?; // [b, h, sq, t]
-        let att = if grad {
-            candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&att)?
-        }; // [b, h, sq, t]
-        let att = taps.fire(HookPoint::AttnPattern(l), att)?; // [b, h, sq, t]
-        let y = att.reshape((b, kvh, rep * sq, t))?.matmul(&v)?; // [b, kvh, rep*sq, hd]
-        let z = y.reshape((b, h, sq, hd))?.transpose(1, 2)?; // [b, sq, h, hd]
+           // One fused pass per query (CPU, f32, AVX-512, no gradient); where a hook reads the
+           // scores or the pattern they are computed as well, and the fused pass still gives the
+           // output unless a hook changed them (so that observing changes nothing).
+        let fused = match mask {
+            Some(m)
+                if !grad
+                    && q.device().is_cpu()
+                    && q.dtype() == DType::F32
+                    && super::packed::available() =>
+            {
+                Some(m.narrow(2, s - sq, sq)?.flatten_all()?.to_vec1::<f32>()?) // [b * sq * t]
+            }
+            _ => None,
+        };
+        let mut fused = fused.map(|mask| CausalAttn {
+            scale: self.scale as f32,
+            mask,
+        });
+        let mut att = None;
+        if fused.is_none()
+            || taps.wants(HookPoint::AttnScores(l))
+            || taps.wants(HookPoint::AttnPattern(l))
+        {
+            let t = k.dim(2)?;
+            let rep = h / kvh;
+            // Grouped-query attention without copying keys: fold each kv head's query heads
+            // into rows.
+            let q = (&q * self.scale)?.reshape((b, kvh, rep * sq, hd))?; // [b, kvh, rep*sq, hd]
+            let scores = q.matmul(&k.t()?)?.reshape((b, h, sq, t))?; // [b, h, sq, t]
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(&m.narrow(2, s - sq, sq)?)?,
+                None => scores,
+            }; // [b, h, sq, t]
+            let id = scores.id();
+            let scores = taps.fire(HookPoint::AttnScores(l), scores)?; // [b, h, sq, t]
+            let pattern = if grad {
+                candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            }; // [b, h, sq, t]
+            let pid = pattern.id();
+            let pattern = taps.fire(HookPoint::AttnPattern(l), pattern)?; // [b, h, sq, t]
+            if scores.id() != id || pattern.id() != pid {
+                fused = None;
+            }
+            att = Some(pattern.reshape((b, kvh, rep * sq, t))?); // [b, kvh, rep*sq, t]
+        }
+        let z = match (fused, att) {
+            (Some(op), _) => {
+                q.contiguous()?
+                    .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?
+            } // [b, sq, h, hd]
+            (None, Some(att)) => {
+                let y = att.matmul(&v)?; // [b, kvh, rep*sq, hd]
+                y.reshape((b, h, sq, hd))?.transpose(1, 2)? // [b, sq, h, hd]
+            }
+            (None, None) => {
+                return Err(crate::Error::InvalidArgument {
+                    name: format!("layer {l} attention"),
+                    msg: "neither the fused nor the plain attention ran".into(),
+                }
+                .into())
+            }
+        };
         let z = taps.fire(HookPoint::AttnZ(l), z)?; // [b, sq, h, hd]
         if taps.wants(HookPoint::AttnResult(l)) {
             let result = self.head_results(&z)?; // [b, s, h, d_model]

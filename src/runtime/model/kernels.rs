@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::packed::SendPtr;
 use super::Activation;
 use crate::Result;
 
@@ -120,7 +121,6 @@ impl candle_core::CustomOp2 for GatedAct {
         u: &candle_core::CpuStorage,
         lu: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
         let (candle_core::CpuStorage::F32(g), candle_core::CpuStorage::F32(u)) = (g, u) else {
             candle_core::bail!("gated-act: f32 only")
         };
@@ -135,24 +135,205 @@ impl candle_core::CustomOp2 for GatedAct {
         let mut out = vec![0f32; g.len()];
         let act = self.0;
         const CHUNK: usize = 4096;
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| match act {
-                Activation::Silu => {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = g / (1.0 + exp_f32(-g)) * u;
-                    }
-                }
-                _ => {
-                    const TWO_SQRT_TWO_OVER_PI: f32 = 2.0 * 0.797_884_560_802_865_4;
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        let z2 = TWO_SQRT_TWO_OVER_PI * g * (1.0 + 0.044715 * g * g);
-                        *o = g / (1.0 + exp_f32(-z2)) * u;
-                    }
-                }
-            });
+        let chunks = g.len().div_ceil(CHUNK);
+        let dst = SendPtr(out.as_mut_ptr());
+        // candle's own CPU pool, where the packed matmul before and after it runs too.
+        candle_core::utils::barrier_pool().execute_chunked(chunks, |range| {
+            for c in range {
+                let (a, b) = (c * CHUNK, ((c + 1) * CHUNK).min(g.len()));
+                // SAFETY: chunk `c` alone writes elements a..b of `out`, which has g.len() of them.
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(a), b - a) };
+                gated(act, o, &g[a..b], &u[a..b]);
+            }
+        });
         Ok((candle_core::CpuStorage::F32(out), lg.shape().clone()))
     }
+}
+
+/// `o = act(g) * u` elementwise (one chunk of [`GatedAct`]).
+fn gated(act: Activation, o: &mut [f32], g: &[f32], u: &[f32]) {
+    match act {
+        Activation::Silu => {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + exp_f32(-g)) * u;
+            }
+        }
+        _ => {
+            const TWO_SQRT_TWO_OVER_PI: f32 = 2.0 * 0.797_884_560_802_865_4;
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                let z2 = TWO_SQRT_TWO_OVER_PI * g * (1.0 + 0.044715 * g * g);
+                *o = g / (1.0 + exp_f32(-z2)) * u;
+            }
+        }
+    }
+}
+
+/// Causal attention in one pass per query, split over candle's CPU pool: for each row, head and
+/// query, the scores against the keys the additive mask lets it see (masked keys are skipped,
+/// not computed), their softmax and the weighted sum of the values, written straight in the
+/// `[b, sq, h, hd]` layout the output projection reads. Inputs `q [b, h, sq, hd]`,
+/// `k`/`v [b, kvh, t, hd]` (grouped-query: head `i` reads kv head `i / (h / kvh)`), f32,
+/// contiguous; `mask` is `[b, sq, t]` (0 or -inf, the forward's mask for these queries).
+/// Each query's result depends on its own row, keys and values only (not on the batch or on how
+/// many queries run), so a KV-cached step computes what the whole forward computes there.
+/// CPU with AVX-512 only ([`super::packed::available`]); elsewhere the attention runs as
+/// separate matmul, mask, softmax and matmul ops.
+pub(crate) struct CausalAttn {
+    pub(crate) scale: f32,
+    pub(crate) mask: Vec<f32>, // [b, sq, t]
+}
+
+impl candle_core::CustomOp3 for CausalAttn {
+    fn name(&self) -> &'static str {
+        "causal-attn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &candle_core::CpuStorage,
+        lq: &candle_core::Layout,
+        k: &candle_core::CpuStorage,
+        lk: &candle_core::Layout,
+        v: &candle_core::CpuStorage,
+        lv: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage::F32;
+        let (F32(q), F32(k), F32(v)) = (q, k, v) else {
+            candle_core::bail!("causal-attn: f32 only")
+        };
+        let (Some((q0, q1)), Some((k0, k1)), Some((v0, v1))) = (
+            lq.contiguous_offsets(),
+            lk.contiguous_offsets(),
+            lv.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("causal-attn: non-contiguous input")
+        };
+        let (b, h, sq, hd) = lq.shape().dims4()?;
+        let (bk, kvh, t, hdk) = lk.shape().dims4()?;
+        if bk != b || hdk != hd || lv.shape() != lk.shape() || kvh == 0 || h % kvh != 0 {
+            candle_core::bail!(
+                "causal-attn: q {:?}, k {:?}, v {:?}",
+                lq.shape(),
+                lk.shape(),
+                lv.shape()
+            )
+        }
+        if self.mask.len() != b * sq * t || sq > t || !super::packed::available() {
+            candle_core::bail!(
+                "causal-attn: mask of {} for [{b}, {sq}, {t}]",
+                self.mask.len()
+            )
+        }
+        let (q, k, v) = (&q[q0..q1], &k[k0..k1], &v[v0..v1]);
+        let mut out = vec![0f32; b * sq * h * hd];
+        let dst = SendPtr(out.as_mut_ptr());
+        // Jobs: (row, head, block of QB queries); later queries see more keys, so a shared
+        // cursor hands the jobs out.
+        const QB: usize = 16;
+        let blocks = sq.div_ceil(QB);
+        let rep = h / kvh;
+        candle_core::utils::barrier_pool().execute_chunked(b * h * blocks, |range| {
+            let mut scores = vec![0f32; t];
+            let mut kt = Vec::new();
+            for job in range {
+                let (bh, blk) = (job / blocks, job % blocks);
+                let (bi, hh) = (bh / h, bh % h);
+                let kv = (bi * kvh + hh / rep) * t * hd;
+                let (kk, vv) = (&k[kv..kv + t * hd], &v[kv..kv + t * hd]);
+                let qs = blk * QB..((blk + 1) * QB).min(sq);
+                // The keys this block's queries can see (up to its last query's own column),
+                // transposed to [hd, tn] so that a query's scores are a vector sum.
+                let tn = t - sq + qs.end;
+                kt.clear();
+                kt.resize(hd * tn, 0.0);
+                for j in 0..tn {
+                    for d in 0..hd {
+                        kt[d * tn + j] = kk[j * hd + d];
+                    }
+                }
+                for qi in qs {
+                    let qv = &q[((bi * h + hh) * sq + qi) * hd..][..hd];
+                    let mrow = &self.mask[(bi * sq + qi) * t..][..tn];
+                    // SAFETY: query qi of head hh in row bi alone writes these hd outputs of
+                    // `out` ([b, sq, h, hd]); AVX-512 is present (checked above).
+                    unsafe {
+                        let o = std::slice::from_raw_parts_mut(
+                            dst.get().add(((bi * sq + qi) * h + hh) * hd),
+                            hd,
+                        );
+                        let sc = &mut scores[..tn];
+                        match hd {
+                            64 => attend::<64>(qv, &kt, vv, mrow, self.scale, sc, o),
+                            128 => attend::<128>(qv, &kt, vv, mrow, self.scale, sc, o),
+                            256 => attend::<256>(qv, &kt, vv, mrow, self.scale, sc, o),
+                            _ => attend::<0>(qv, &kt, vv, mrow, self.scale, sc, o),
+                        }
+                    }
+                }
+            }
+        });
+        Ok((F32(out), (b, sq, h, hd).into()))
+    }
+}
+
+/// One query's attention: `o = softmax(scale q.k_j + mask_j) . v` over the keys `j` whose mask
+/// is finite (`kt`: the first `tn` keys transposed, `[hd, tn]`; `v`: `[t, hd]`; `mask` and
+/// `scores`: `tn` columns). `HD` is the head dimension when
+/// it is one of the common sizes (the sums then stay in registers), 0 for any other.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn attend<const HD: usize>(
+    q: &[f32],
+    kt: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    let hd = if HD > 0 { HD } else { q.len() };
+    let q = &q[..hd];
+    let tn = mask.len();
+    // Scores of every visible column at once: s_j = sum_d q_d kt[d, j] (vectorised over j).
+    scores.iter_mut().for_each(|x| *x = 0.0);
+    for (d, &qd) in q.iter().enumerate() {
+        for (s, &kd) in scores.iter_mut().zip(&kt[d * tn..(d + 1) * tn]) {
+            *s += qd * kd;
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for (s, &m) in scores.iter_mut().zip(mask) {
+        *s = *s * scale + m;
+        max = max.max(*s);
+    }
+    let mut total = 0f32;
+    if HD > 0 {
+        let mut acc = [0f32; HD];
+        for (j, (&m, &s)) in mask.iter().zip(scores.iter()).enumerate() {
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let p = exp_f32(s - max);
+            total += p;
+            for (x, &y) in acc.iter_mut().zip(&v[j * HD..(j + 1) * HD]) {
+                *x += p * y;
+            }
+        }
+        o[..HD].copy_from_slice(&acc);
+    } else {
+        o.iter_mut().for_each(|x| *x = 0.0);
+        for (j, (&m, &s)) in mask.iter().zip(scores.iter()).enumerate() {
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let p = exp_f32(s - max);
+            total += p;
+            for (x, &y) in o.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                *x += p * y;
+            }
+        }
+    }
+    let inv = 1.0 / total;
+    o.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Rotary embedding on split halves from plain ops (differentiable): `x [b, h, s, hd]`,
@@ -208,6 +389,96 @@ mod tests {
         assert!(worst <= 2.0, "worst {worst} ulps");
         assert!(exp_f32(200.0).is_finite() && exp_f32(-200.0) >= 0.0);
         assert!(exp_f32(-200.0) < 1e-37);
+    }
+
+    /// The fused attention equals matmul, mask, softmax and matmul (the unfused path) within
+    /// f32 rounding, for grouped-query heads, left padding, a sliding window, a few queries
+    /// against more keys (a KV-cached step) and head sizes with and without a specialised
+    /// kernel; a query's result does not depend on the other queries run with it.
+    #[test]
+    fn causal_attn_matches_the_unfused_ops() {
+        if !super::super::packed::available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        for (b, h, kvh, sq, t, hd, window) in [
+            (2, 4, 2, 7, 7, 64, usize::MAX),
+            (3, 6, 2, 5, 40, 256, 9),
+            (1, 3, 3, 19, 19, 24, usize::MAX),
+            (2, 2, 1, 1, 33, 128, usize::MAX),
+        ] {
+            let pads = [0usize, 3, 5];
+            let q = Tensor::randn(0f32, 1.0, (b, h, sq, hd), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, kvh, t, hd), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, kvh, t, hd), &dev).unwrap();
+            let mut m = vec![f32::NEG_INFINITY; b * sq * t];
+            for i in 0..b {
+                for qi in 0..sq {
+                    let qp = t - sq + qi;
+                    for kj in 0..=qp {
+                        if (kj >= pads[i] && qp - kj < window) || kj == qp {
+                            m[(i * sq + qi) * t + kj] = 0.0;
+                        }
+                    }
+                }
+            }
+            let scale = 1.0 / (hd as f32).sqrt();
+            let fused = q
+                .apply_op3_no_bwd(
+                    &k,
+                    &v,
+                    &CausalAttn {
+                        scale,
+                        mask: m.clone(),
+                    },
+                )
+                .unwrap(); // [b, sq, h, hd]
+            let rep = h / kvh;
+            let mask = Tensor::from_vec(m.clone(), (b, 1, sq, t), &dev).unwrap();
+            let att = (&q * scale as f64)
+                .unwrap()
+                .reshape((b, kvh, rep * sq, hd))
+                .unwrap()
+                .matmul(&k.t().unwrap())
+                .unwrap()
+                .reshape((b, h, sq, t))
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap();
+            let att = candle_nn::ops::softmax_last_dim(&att).unwrap();
+            let plain = att
+                .reshape((b, kvh, rep * sq, t))
+                .unwrap()
+                .matmul(&v)
+                .unwrap()
+                .reshape((b, h, sq, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap();
+            let diff = (&fused - &plain)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            println!("[{b}, {h}, {sq}, {t}, {hd}]: max abs diff {diff:.1e}");
+            assert!(diff < 2e-6, "[{b}, {h}, {sq}, {t}, {hd}]: {diff}");
+            // The last query alone (a KV-cached step) gives the same bits.
+            let last = q.narrow(2, sq - 1, 1).unwrap().contiguous().unwrap();
+            let lm: Vec<f32> = (0..b)
+                .flat_map(|i| m[(i * sq + sq - 1) * t..(i * sq + sq) * t].to_vec())
+                .collect();
+            let one = last
+                .apply_op3_no_bwd(&k, &v, &CausalAttn { scale, mask: lm })
+                .unwrap();
+            let want = fused.narrow(1, sq - 1, 1).unwrap();
+            assert_eq!(
+                one.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
     }
 
     /// The fused gate kernel is as accurate as candle's separate ops, against the same formulas

@@ -88,12 +88,14 @@ impl Packed {
 
     /// `x [rows, in]` (row-major) times the weight's transpose into `y [rows, out]`.
     fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
-        use rayon::prelude::*;
         let (n, k) = (self.out, self.inner);
         let n_panels = n.div_ceil(NR);
         // Panels per job: enough jobs for every thread, each job's panels (one inner block of
         // them) small enough to stay in L2 next to the block of `x`.
-        let threads = rayon::current_num_threads().max(1);
+        // candle's own CPU pool (its elementwise ops run there too): one set of threads, so
+        // none spins waiting for work while another pool's threads compute.
+        let pool = candle_core::utils::barrier_pool();
+        let threads = pool.n_workers() + 1;
         let per_job = n_panels.div_ceil(2 * threads).clamp(1, 8);
         let jobs = n_panels.div_ceil(per_job);
         let out = SendPtr(y.as_mut_ptr());
@@ -135,19 +137,20 @@ impl Packed {
         if jobs == 1 || rows * n * k < 1 << 16 {
             (0..jobs).for_each(run);
         } else {
-            (0..jobs).into_par_iter().for_each(run);
+            pool.execute_chunked(jobs, |range| range.for_each(run));
         }
     }
 }
 
-/// The output pointer, shared by jobs that write disjoint columns.
+/// An output pointer shared by jobs that write disjoint elements (the packed matmul's columns,
+/// the gate kernel's chunks).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the jobs sharing it write disjoint elements (`Packed::matmul`).
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: the jobs sharing it write disjoint elements (`Packed::matmul`, `GatedAct`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
