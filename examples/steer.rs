@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release --example steer               # full run, every layer
-//! cargo run --release --example steer -- --layers 0,2,4,6,8,10,12,14,16   # the committed run (29 min, 2 cores)
+//! cargo run --release --example steer -- --layers 0,2,4,6,8,10,12,14,16   # the committed run (26 min, 2 cores)
 //! cargo run --release --example steer -- --quick    # a small run (a few minutes)
 //! ```
 //!
