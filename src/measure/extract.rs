@@ -191,11 +191,13 @@ fn check_finite(t: &Tensor, p: HookPoint) -> Result<()> {
     Ok(())
 }
 
-/// Runs one batch of prompts and returns the site vectors at every point.
-fn extract_batch(
+/// Runs one batch of prompts and returns the site vectors at every point; with `kv`, the
+/// prompts are endings run as cached steps after the prefixes it holds (a copy is extended).
+fn extract_batch<P: AsRef<[u32]>>(
     model: &Model,
-    prompts: &[Vec<u32>],
+    prompts: &[P],
     opts: &ExtractOptions,
+    kv: Option<&KvCache>,
 ) -> Result<Activations> {
     let batch = Batch::new(prompts)?;
     let mut rec = SiteRecorder {
@@ -207,7 +209,7 @@ fn extract_batch(
         let points = opts.points.clone();
         let mut hooks = Hooks::new();
         hooks.add_where(move |p| points.contains(&p), &mut rec);
-        model.run_hooks(&batch, &mut hooks)?;
+        model.run(&batch, kv.cloned().as_mut(), &mut hooks, Output::HooksOnly)?;
     }
     for (p, t) in &rec.out {
         check_finite(t, *p)?;
@@ -261,7 +263,7 @@ fn extract_ordered(
     let mut order = Vec::with_capacity(prompts.len());
     for idx in crate::util::length_batches(&lens, opts.batch_size) {
         let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
-        sorted.append(extract_batch(model, &batch, opts)?)?;
+        sorted.append(extract_batch(model, &batch, opts, None)?)?;
         progress.advance(idx.len());
         order.extend(idx);
     }
@@ -469,32 +471,13 @@ pub(crate) fn extract_split(
             for (j, set) in endings.iter().enumerate() {
                 let acts = match (&kv, cached) {
                     (Some(kv), true) => {
+                        // One ending length per set in a group: no padding.
                         let rows: Vec<&[u32]> = idx.iter().map(|&i| set[i]).collect();
-                        let batch = Batch::new(&rows)?; // one length: no padding
-                        let mut rec = SiteRecorder {
-                            site: &opts.site,
-                            lens: batch.lengths(),
-                            out: BTreeMap::new(),
-                        };
-                        {
-                            let points = opts.points.clone();
-                            let mut hooks = Hooks::new();
-                            hooks.add_where(move |p| points.contains(&p), &mut rec);
-                            model.run(
-                                &batch,
-                                Some(&mut kv.clone()),
-                                &mut hooks,
-                                Output::HooksOnly,
-                            )?;
-                        }
-                        for (p, t) in &rec.out {
-                            check_finite(t, *p)?;
-                        }
-                        Activations::from_map(rec.out)
+                        extract_batch(model, &rows, opts, Some(kv))?
                     }
                     _ => {
                         let rows: Vec<Vec<u32>> = idx.iter().map(|&i| joined(j, i)).collect();
-                        extract_batch(model, &rows, opts)?
+                        extract_batch(model, &rows, opts, None)?
                     }
                 };
                 sorted[j].append(acts)?;
